@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the demo, the tests and the benchmarks need on a fresh
+# Debian 12 machine: haproxy, iptables, consul (from Debian 11, see below),
+# curl, socat, wrk, iproute2, util-linux. Idempotent; run as root.
+set -euo pipefail
+
+need_apt=()
+for pair in haproxy:haproxy iptables:iptables curl:curl socat:socat wrk:wrk ip:iproute2 unshare:util-linux ps:procps; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+
+apt_updated=0
+apt_update() { if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi; }
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt_update
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Debian 12 has no consul package; Debian 11 (bullseye) has 1.8.7. We add a
+# bullseye source derived from the machine's own Debian entry, use it only to
+# download the .deb, and extract /usr/bin/consul from it.
+if ! command -v consul >/dev/null 2>&1; then
+  src=/etc/apt/sources.list.d/debian.sources
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  mkdir -p "$work/lists/partial" "$work/archives/partial"
+  if [ -f "$src" ]; then
+    # Keep only the first stanza (the main archive), suite set to bullseye.
+    awk 'BEGIN{RS="";ORS="\n\n"} NR==1' "$src" \
+      | sed -E 's/^Suites:.*/Suites: bullseye/' > "$work/bullseye.sources"
+    srcopt=(-o Dir::Etc::SourceList=/dev/null -o Dir::Etc::SourceParts="$work/parts")
+    mkdir -p "$work/parts"; cp "$work/bullseye.sources" "$work/parts/bullseye.sources"
+  else
+    # One-line sources.list format.
+    grep -E '^deb ' /etc/apt/sources.list | grep -v security | head -1 \
+      | awk '{$3="bullseye"; print}' > "$work/bullseye.list"
+    srcopt=(-o Dir::Etc::SourceList="$work/bullseye.list" -o Dir::Etc::SourceParts=/dev/null)
+  fi
+  aptopts=("${srcopt[@]}" -o Dir::State::Lists="$work/lists" -o Dir::Cache::Archives="$work/archives"
+           -o APT::Get::List-Cleanup=0 -o APT::Sandbox::User=root)
+  apt-get "${aptopts[@]}" update -qq
+  (cd "$work" && apt-get "${aptopts[@]}" download consul >/dev/null)
+  dpkg-deb -x "$work"/consul_*.deb "$work/root"
+  install -m 0755 "$work/root/usr/bin/consul" /usr/local/bin/consul
+fi
+
+echo "setup: haproxy $(haproxy -v | head -1 | awk '{print $3}'), consul $(consul version | head -1 | awk '{print $2}'), $(iptables --version)"

@@ -1,0 +1,415 @@
+//! `demo-backend`: a small, fast HTTP/1.x backend for the demo, the tests,
+//! the docker image test and the benchmarks.
+//!
+//! ```text
+//! demo-backend [--listen ADDR] [--name NAME]
+//! ```
+//!
+//! * `--listen ADDR` (default `127.0.0.1:9001`); port 0 picks a free port.
+//!   The first stdout line is always `listening <bound address>` (flushed),
+//!   so a caller can learn the port.
+//! * `--name NAME` (default `demo-backend`): every request gets `200 OK`,
+//!   `Content-Type: text/plain` and the body `NAME\n`; `GET /health` gets
+//!   `ok\n`.
+//!
+//! Keep-alive is supported (HTTP/1.1 default, `Connection: close` honoured;
+//! HTTP/1.0 closes unless `Connection: keep-alive`), pipelined requests are
+//! answered in order with one write per batch, request bodies are skipped by
+//! `Content-Length` (a chunked request body is answered and the connection
+//! closed). Responses are pre-rendered once at start-up, and each connection
+//! reuses one input and one output buffer, so the hot path does not allocate.
+//! SIGTERM or SIGINT exits with status 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Largest request head accepted before answering 431 and closing.
+const MAX_HEAD: usize = 64 * 1024;
+/// Read granularity.
+const READ_CHUNK: usize = 8 * 1024;
+
+const USAGE: &str = "usage: demo-backend [--listen ADDR] [--name NAME]\n\
+  --listen ADDR  address to listen on (default 127.0.0.1:9001; port 0 = any free port)\n\
+  --name NAME    body of every response (default demo-backend)\n";
+
+struct Args {
+    listen: String,
+    name: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:9001".to_string(),
+        name: "demo-backend".to_string(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |flag: &str| -> Result<String, String> {
+            match inline.clone().or_else(|| it.next()) {
+                Some(v) => Ok(v),
+                None => Err(format!("{flag} needs a value")),
+            }
+        };
+        match flag.as_str() {
+            "--listen" | "-l" => args.listen = value("--listen")?,
+            "--name" | "-n" => args.name = value("--name")?,
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.name.contains(['\r', '\n']) {
+        return Err("--name must not contain a line break".to_string());
+    }
+    Ok(args)
+}
+
+/// One pre-rendered response: `bytes[..head_len]` is the head (for HEAD
+/// requests), `bytes` the whole response.
+struct Canned {
+    bytes: Vec<u8>,
+    head_len: usize,
+}
+
+impl Canned {
+    fn new(status: &str, body: &str, keep_alive: bool) -> Canned {
+        let conn = if keep_alive { "keep-alive" } else { "close" };
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n",
+            body.len()
+        );
+        let mut bytes = head.clone().into_bytes();
+        bytes.extend_from_slice(body.as_bytes());
+        Canned {
+            bytes,
+            head_len: head.len(),
+        }
+    }
+
+    fn get(&self, head_only: bool) -> &[u8] {
+        if head_only {
+            &self.bytes[..self.head_len]
+        } else {
+            &self.bytes
+        }
+    }
+}
+
+/// Every response the server can give, rendered once.
+struct Responses {
+    name_keep: Canned,
+    name_close: Canned,
+    health_keep: Canned,
+    health_close: Canned,
+    bad_request: Canned,
+    too_large: Canned,
+}
+
+impl Responses {
+    fn new(name: &str) -> Responses {
+        let body = format!("{name}\n");
+        Responses {
+            name_keep: Canned::new("200 OK", &body, true),
+            name_close: Canned::new("200 OK", &body, false),
+            health_keep: Canned::new("200 OK", "ok\n", true),
+            health_close: Canned::new("200 OK", "ok\n", false),
+            bad_request: Canned::new("400 Bad Request", "bad request\n", false),
+            too_large: Canned::new(
+                "431 Request Header Fields Too Large",
+                "request head too large\n",
+                false,
+            ),
+        }
+    }
+}
+
+/// What one parsed request head asks for.
+struct Request {
+    head_only: bool,
+    health: bool,
+    keep_alive: bool,
+    content_length: usize,
+    chunked: bool,
+}
+
+/// Position just past the first `\r\n\r\n` in `buf`, searching from `from`.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    buf.get(start..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| start + p + 4)
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
+    &s[start..end.max(start)]
+}
+
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| trim(t).eq_ignore_ascii_case(token))
+}
+
+/// Parses a request head (everything up to and including the blank line).
+fn parse_head(head: &[u8]) -> Option<Request> {
+    let mut lines = head.split(|&b| b == b'\n').map(|l| match l.last() {
+        Some(b'\r') => &l[..l.len() - 1],
+        _ => l,
+    });
+    let request_line = lines.next()?;
+    let mut parts = request_line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let method = parts.next()?;
+    let target = parts.next()?;
+    let version = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let http11 = match version {
+        b"HTTP/1.1" => true,
+        b"HTTP/1.0" => false,
+        _ => return None,
+    };
+    let path = target.split(|&b| b == b'?').next().unwrap_or(target);
+    let mut req = Request {
+        head_only: method == b"HEAD",
+        health: path == b"/health",
+        keep_alive: http11,
+        content_length: 0,
+        chunked: false,
+    };
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"connection") {
+            if has_token(value, b"close") {
+                req.keep_alive = false;
+            } else if has_token(value, b"keep-alive") {
+                req.keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            req.content_length = std::str::from_utf8(value).ok()?.parse().ok()?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            req.chunked = has_token(value, b"chunked");
+        }
+    }
+    Some(req)
+}
+
+async fn serve(mut stream: TcpStream, responses: Arc<Responses>) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // Bytes of a request body still to be discarded.
+    let mut skip: usize = 0;
+    // Where the search for the end of the current head resumes.
+    let mut scanned: usize = 0;
+    loop {
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        if skip > 0 {
+            let n = skip.min(buf.len());
+            buf.drain(..n);
+            skip -= n;
+            if buf.is_empty() {
+                continue;
+            }
+        }
+        let mut pos = 0;
+        let mut close = false;
+        while let Some(end) = find_head_end(&buf[pos..], scanned) {
+            scanned = 0;
+            let head_end = pos + end;
+            let resp = match parse_head(&buf[pos..head_end]) {
+                Some(r) => r,
+                None => {
+                    out.extend_from_slice(responses.bad_request.get(false));
+                    close = true;
+                    break;
+                }
+            };
+            let keep = resp.keep_alive && !resp.chunked;
+            let canned = match (resp.health, keep) {
+                (true, true) => &responses.health_keep,
+                (true, false) => &responses.health_close,
+                (false, true) => &responses.name_keep,
+                (false, false) => &responses.name_close,
+            };
+            out.extend_from_slice(canned.get(resp.head_only));
+            pos = head_end;
+            if !keep {
+                close = true;
+                break;
+            }
+            let avail = buf.len() - pos;
+            if resp.content_length <= avail {
+                pos += resp.content_length;
+            } else {
+                skip = resp.content_length - avail;
+                pos = buf.len();
+            }
+        }
+        if !close {
+            buf.drain(..pos);
+            scanned = buf.len();
+            if buf.len() > MAX_HEAD {
+                out.extend_from_slice(responses.too_large.get(false));
+                close = true;
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            linger(&mut stream, &mut buf).await;
+            return Ok(());
+        }
+    }
+}
+
+/// After our FIN, reads (and discards) what the client still sends until it
+/// closes, for at most a second: closing a socket with unread input sends a
+/// RST, which can destroy the response before the client has read it.
+async fn linger(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let drain = async {
+        loop {
+            buf.clear();
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) if buf.capacity() > MAX_HEAD => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+}
+
+async fn run(listener: TcpListener, responses: Arc<Responses>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let responses = Arc::clone(&responses);
+                tokio::spawn(async move {
+                    let _ = serve(stream, responses).await;
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                eprintln!("demo-backend: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprint!("demo-backend: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let addr: SocketAddr = match tokio::net::lookup_host(&args.listen).await {
+        Ok(mut addrs) => match addrs.next() {
+            Some(a) => a,
+            None => {
+                eprintln!("demo-backend: {:?} resolves to nothing", args.listen);
+                std::process::exit(2);
+            }
+        },
+        Err(e) => {
+            eprintln!("demo-backend: bad --listen {:?}: {e}", args.listen);
+            std::process::exit(2);
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("demo-backend: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening {bound}");
+        let _ = stdout.flush();
+    }
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    let responses = Arc::new(Responses::new(&args.name));
+    tokio::spawn(run(listener, responses));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_head_end_across_resumes() {
+        let buf = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET";
+        assert_eq!(find_head_end(buf, 0), Some(27));
+        assert_eq!(find_head_end(buf, 25), Some(27));
+        assert_eq!(find_head_end(&buf[27..], 0), None);
+        assert_eq!(find_head_end(b"\r\n\r", 0), None);
+    }
+
+    #[test]
+    fn parses_heads() {
+        let r = parse_head(b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert!(r.health && r.keep_alive && !r.head_only);
+        let r = parse_head(b"POST / HTTP/1.1\r\nconnection: Close\r\ncontent-length: 5\r\n\r\n")
+            .unwrap();
+        assert!(!r.health && !r.keep_alive && r.content_length == 5);
+        let r = parse_head(b"HEAD / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(r.head_only && !r.keep_alive);
+        let r = parse_head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap();
+        assert!(r.keep_alive);
+        assert!(parse_head(b"GET / HTTP/2.0\r\n\r\n").is_none());
+        assert!(parse_head(b"GARBAGE\r\n\r\n").is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
+    }
+
+    #[test]
+    fn canned_responses_have_correct_length() {
+        let r = Responses::new("web-1");
+        let text = String::from_utf8(r.name_keep.bytes.clone()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains("Content-Length: 6\r\n"));
+        assert!(text.ends_with("\r\n\r\nweb-1\n"));
+        assert_eq!(r.name_keep.get(true).len(), text.len() - 6);
+    }
+}

@@ -1,0 +1,334 @@
+//! HAProxy itself: `haproxy -c`, starting a generation, telling when it
+//! listens, and the pieces of the reload strategies (SPEC §6), including the
+//! iptables SYN-drop guard.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+use tokio::sync::oneshot;
+
+use crate::process::{Exit, Reaper};
+
+/// The comment that marks our iptables rules.
+pub const RULE_COMMENT: &str = "haproxy-supervisor-syn-drop";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HaproxyError {
+    #[error("haproxy rejected {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cannot run {bin}: {source}")]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("iptables: {0}")]
+    Iptables(String),
+    #[error("the new haproxy (pid {pid}) did not listen on ports {ports:?} within {waited:?}")]
+    NotListening {
+        pid: i32,
+        ports: Vec<u16>,
+        waited: Duration,
+    },
+    #[error("the new haproxy (pid {pid}) exited at start: {exit}")]
+    DiedAtStart { pid: i32, exit: Exit },
+}
+
+/// Builds the `haproxy -c` command.
+fn check_command(bin: &Path, cfg: &Path) -> Command {
+    let mut c = Command::new(bin);
+    c.arg("-c").arg("-f").arg(cfg);
+    c.stdin(Stdio::null());
+    c
+}
+
+fn check_result(
+    bin: &Path,
+    cfg: &Path,
+    out: std::io::Result<std::process::Output>,
+) -> Result<(), HaproxyError> {
+    let out = out.map_err(|source| HaproxyError::Spawn {
+        bin: bin.to_path_buf(),
+        source,
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !stdout.trim().is_empty() {
+        message.push('\n');
+        message.push_str(stdout.trim());
+    }
+    if message.is_empty() {
+        message = format!("haproxy -c failed with {}", out.status);
+    }
+    Err(HaproxyError::Invalid {
+        path: cfg.to_path_buf(),
+        message,
+    })
+}
+
+/// `haproxy -c -f cfg`, for the one-shot subcommands (no reaper running).
+pub fn check_sync(bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
+    check_result(bin, cfg, check_command(bin, cfg).output())
+}
+
+/// `haproxy -c -f cfg` under the supervisor's reaper.
+pub async fn check(reaper: &Reaper, bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
+    let out = reaper.run_output(check_command(bin, cfg)).await;
+    check_result(bin, cfg, out)
+}
+
+/// How to start a generation.
+#[derive(Debug, Clone)]
+pub struct StartSpec<'a> {
+    pub bin: &'a Path,
+    pub config: &'a Path,
+    /// Take the listening sockets from this admin socket (`-x`).
+    pub take_sockets_from: Option<&'a Path>,
+    /// Old generations to soft-stop once this one listens (`-sf`).
+    pub finish: &'a [Pid],
+}
+
+/// Starts HAProxy in the foreground as our child.
+pub fn start(
+    reaper: &Reaper,
+    spec: &StartSpec,
+) -> Result<(Pid, oneshot::Receiver<Exit>), HaproxyError> {
+    let mut c = Command::new(spec.bin);
+    c.arg("-f").arg(spec.config);
+    if let Some(sock) = spec.take_sockets_from {
+        c.arg("-x").arg(sock);
+    }
+    if !spec.finish.is_empty() {
+        c.arg("-sf");
+        for p in spec.finish {
+            c.arg(p.as_raw().to_string());
+        }
+    }
+    c.stdin(Stdio::null());
+    reaper.spawn(&mut c).map_err(|source| HaproxyError::Spawn {
+        bin: spec.bin.to_path_buf(),
+        source,
+    })
+}
+
+/// The ports a config binds, from its `bind` lines (`bind *:8080`,
+/// `bind 127.0.0.1:9000,[::]:9000 ...`). Unix sockets and ranges are ignored.
+pub fn bind_ports(config: &str) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for line in config.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("bind") {
+            continue;
+        }
+        let Some(addrs) = words.next() else { continue };
+        for addr in addrs.split(',') {
+            if let Some((_, p)) = addr.rsplit_once(':') {
+                if let Ok(p) = p.parse::<u16>() {
+                    ports.insert(p);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// Inodes of TCP sockets listening on `ports` in this network namespace.
+fn listening_inodes(ports: &BTreeSet<u16>) -> Vec<(u16, u64)> {
+    let mut found = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let Some(port) = f[1]
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            if ports.contains(&port) {
+                if let Ok(inode) = f[9].parse::<u64>() {
+                    found.push((port, inode));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The ports among `ports` that process `pid` holds a listening socket for.
+pub fn ports_listening(pid: Pid, ports: &BTreeSet<u16>) -> BTreeSet<u16> {
+    let inodes = listening_inodes(ports);
+    let mut held = BTreeSet::new();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw())) else {
+        return held;
+    };
+    for fd in fds.flatten() {
+        let Ok(link) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        let Some(inode) = link
+            .strip_prefix("socket:[")
+            .and_then(|s| s.strip_suffix(']'))
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        for (port, i) in &inodes {
+            if *i == inode {
+                held.insert(*port);
+            }
+        }
+    }
+    held
+}
+
+/// Waits until `pid` listens on every port of `ports`, or it exits, or
+/// `timeout` passes.
+pub async fn wait_listening(
+    pid: Pid,
+    ports: &BTreeSet<u16>,
+    exited: &mut oneshot::Receiver<Exit>,
+    timeout: Duration,
+) -> Result<(), HaproxyError> {
+    let start = Instant::now();
+    loop {
+        if ports_listening(pid, ports) == *ports {
+            return Ok(());
+        }
+        if let Ok(exit) = exited.try_recv() {
+            return Err(HaproxyError::DiedAtStart {
+                pid: pid.as_raw(),
+                exit,
+            });
+        }
+        if start.elapsed() > timeout {
+            return Err(HaproxyError::NotListening {
+                pid: pid.as_raw(),
+                ports: ports.iter().copied().collect(),
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Our SYN-drop rule for one port, in iptables-crate syntax (no `-A INPUT`).
+pub fn syn_drop_rule(port: u16) -> String {
+    format!("-p tcp -m tcp --dport {port} --syn -m comment --comment {RULE_COMMENT} -j DROP")
+}
+
+fn ipt() -> Result<iptables::IPTables, HaproxyError> {
+    iptables::new(false).map_err(|e| HaproxyError::Iptables(e.to_string()))
+}
+
+/// Whether we can manage iptables rules here (NET_ADMIN and an iptables
+/// binary). Blocking: run it under [`Reaper::hold_off`] once the reaper runs.
+pub fn iptables_usable() -> Result<(), HaproxyError> {
+    let t = ipt()?;
+    t.list("filter", "INPUT").map(|_| ()).map_err(|e| {
+        HaproxyError::Iptables(format!(
+            "cannot read the INPUT chain (is NET_ADMIN granted?): {e}"
+        ))
+    })
+}
+
+/// Removes every rule of ours from INPUT (left by a killed earlier run).
+/// Blocking. Returns how many were removed.
+pub fn remove_stale_rules() -> Result<usize, HaproxyError> {
+    let t = ipt()?;
+    let rules = t
+        .list("filter", "INPUT")
+        .map_err(|e| HaproxyError::Iptables(e.to_string()))?;
+    let mut n = 0;
+    for r in rules.iter().filter(|r| r.contains(RULE_COMMENT)) {
+        if let Some(spec) = r.strip_prefix("-A INPUT ") {
+            t.delete("filter", "INPUT", spec)
+                .map_err(|e| HaproxyError::Iptables(format!("cannot delete {r:?}: {e}")))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// SYN-drop rules inserted for a reload; removed when dropped, on every
+/// path (success, error, timeout, panic). Blocking on drop (a few ms).
+#[derive(Debug)]
+pub struct SynDropGuard {
+    rules: Vec<String>,
+}
+
+impl SynDropGuard {
+    /// Inserts a DROP rule for SYNs to each port. On error, the rules
+    /// already inserted are removed again.
+    pub fn insert(ports: &BTreeSet<u16>) -> Result<SynDropGuard, HaproxyError> {
+        let t = ipt()?;
+        let mut guard = SynDropGuard { rules: Vec::new() };
+        for p in ports {
+            let rule = syn_drop_rule(*p);
+            t.insert("filter", "INPUT", &rule, 1)
+                .map_err(|e| HaproxyError::Iptables(format!("cannot insert {rule:?}: {e}")))?;
+            guard.rules.push(rule);
+        }
+        Ok(guard)
+    }
+
+    /// Removes the rules now.
+    pub fn remove(mut self) -> Result<(), HaproxyError> {
+        self.remove_all()
+    }
+
+    fn remove_all(&mut self) -> Result<(), HaproxyError> {
+        let mut first_err = None;
+        if !self.rules.is_empty() {
+            match ipt() {
+                Ok(t) => {
+                    for r in self.rules.drain(..) {
+                        if let Err(e) = t.delete("filter", "INPUT", &r) {
+                            first_err.get_or_insert(HaproxyError::Iptables(format!(
+                                "cannot delete {r:?}: {e}"
+                            )));
+                        }
+                    }
+                }
+                Err(e) => first_err = Some(e),
+            }
+        }
+        match first_err {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for SynDropGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove_all() {
+            tracing::error!(error = %e, "could not remove SYN-drop rules");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bind_ports() {
+        let cfg = "frontend a\n    bind *:8080\n  bind 127.0.0.1:9000,[::]:9001 ssl\n    bind /run/x.sock\n# bind *:1\nlisten s\n    bind :4444\n";
+        assert_eq!(
+            bind_ports(cfg).into_iter().collect::<Vec<_>>(),
+            [4444, 8080, 9000, 9001]
+        );
+    }
+}

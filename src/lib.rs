@@ -1,0 +1,40 @@
+//! # haproxy-supervisor
+//!
+//! The PID 1 of an HAProxy container: it watches Consul (or a catalog file)
+//! for services tagged `HAPROXY.ENABLE=true`, renders `haproxy.cfg` from a
+//! tera template, checks it with `haproxy -c`, and reloads HAProxy without
+//! dropping connections.
+//!
+//! # Layout
+//!
+//! The data flows one way through these modules:
+//!
+//! ```text
+//! discovery (Consul, file) → model (services, tags, validation)
+//!     → render (tera, atomic write) → haproxy (check, spawn, reload strategies)
+//!     → supervisor (PID 1: signals, reaping, lifecycle)
+//! ```
+//!
+//! - [`settings`]: every `HAPROXY_*` variable and CLI flag, parsed and
+//!   validated once at start-up (a bad value is exit code 2).
+//! - [`duration`]: HAProxy-style durations (`100ms`, `3s`, `1m`).
+//! - [`model`]: the catalog as discovered, and the validated desired state
+//!   built from it; nothing from outside reaches the config unvalidated.
+//! - [`discovery`]: sources of catalogs — Consul blocking queries and a
+//!   catalog file — published through a `watch` channel.
+//! - [`render`]: the template, map files, and the atomic write.
+//! - [`haproxy`]: `haproxy -c`, spawning generations, reload strategies and
+//!   the iptables guard.
+//! - [`process`]: the one reaper of child processes.
+//! - [`cli`]: the one-shot `render` and `check` subcommands.
+//! - [`supervisor`]: PID-1 duties, the reload loop and graceful stop.
+
+pub mod cli;
+pub mod discovery;
+pub mod duration;
+pub mod haproxy;
+pub mod model;
+pub mod process;
+pub mod render;
+pub mod settings;
+pub mod supervisor;

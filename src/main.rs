@@ -1,0 +1,64 @@
+//! The `haproxy-supervisor` binary: argument parsing and one call into the
+//! library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use haproxy_supervisor::settings::{Cli, Command, LogFormat, Settings};
+use haproxy_supervisor::{cli, supervisor};
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let mut settings = match Settings::from_options(&args.options) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("haproxy-supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(settings.log_format);
+    if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
+        if let Some(w) = settings.fit_fd_limit(limit) {
+            tracing::warn!("{w}");
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("haproxy-supervisor: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match args.command.unwrap_or(Command::Run) {
+            Command::Run => match supervisor::run(settings).await {
+                Ok(code) => code,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    1
+                }
+            },
+            Command::Render => cli::render(&settings).await,
+            Command::Check => cli::check(&settings).await,
+        }
+    });
+    // Leaves blocked tasks (a Consul long poll) behind instead of waiting.
+    runtime.shutdown_background();
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HAPROXY_SUPERVISOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

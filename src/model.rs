@@ -1,0 +1,782 @@
+//! The catalog as discovered ([`Catalog`]) and the validated desired state
+//! built from it ([`Desired`]).
+//!
+//! Everything in a [`Catalog`] came from outside (Consul or a file) and is
+//! untrusted. [`Desired::build`] accepts a value only when it is exactly of
+//! the form SPEC §3 gives; anything else makes that one service invalid, with
+//! a [`Warning`] naming the service and the tag, and every other service
+//! still renders. So every string in a [`Desired`] is safe to write into
+//! haproxy.cfg and map files verbatim: no whitespace, quote, `#` or newline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::HaproxyVars;
+
+/// A snapshot of discovered services, keyed by service name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    pub services: BTreeMap<String, CatalogService>,
+}
+
+/// One service as discovered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogService {
+    /// Service-level tags: the union of every instance's tags, passing or
+    /// not. They decide whether the service is exposed and how, so a service
+    /// whose instances are all failing keeps its route and answers 503.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Instances; only `passing` ones become servers.
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub address: String,
+    pub port: i64,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+    #[serde(default = "default_passing")]
+    pub passing: bool,
+}
+
+fn default_weight() -> i64 {
+    1
+}
+fn default_passing() -> bool {
+    true
+}
+
+/// The on-disk catalog file: a list, so the service name is a field.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CatalogFile {
+    pub services: Vec<CatalogFileService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatalogFileService {
+    pub name: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+impl Catalog {
+    /// Builds a catalog from the file shape. Service-level tags default to
+    /// the union of the instances' tags; services listed twice are merged.
+    pub fn from_file(file: CatalogFile) -> Catalog {
+        let mut services: BTreeMap<String, CatalogService> = BTreeMap::new();
+        for s in file.services {
+            let entry = services.entry(s.name).or_default();
+            entry.tags.extend(s.tags);
+            for i in &s.instances {
+                entry.tags.extend(i.tags.iter().cloned());
+            }
+            entry.instances.extend(s.instances);
+        }
+        for s in services.values_mut() {
+            s.tags.sort();
+            s.tags.dedup();
+        }
+        Catalog { services }
+    }
+
+    /// Parses the catalog file format.
+    pub fn parse_file(text: &str) -> Result<Catalog, serde_json::Error> {
+        serde_json::from_str::<CatalogFile>(text).map(Catalog::from_file)
+    }
+}
+
+/// HAProxy backend/frontend mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+/// A validated service, ready to render.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Service {
+    /// The service name; also the backend name.
+    pub name: String,
+    pub mode: Mode,
+    pub balance: String,
+    pub maxconn: Option<u32>,
+    pub frontend_port: Option<u16>,
+    /// Host names routed to this service on the shared HTTP frontend.
+    pub vhosts: Vec<String>,
+    pub path: Option<String>,
+    pub healthcheck: Option<String>,
+    pub sticky: bool,
+    pub servers: Vec<Server>,
+}
+
+/// A validated server line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Server {
+    pub name: String,
+    /// `ip:port`, `[ipv6]:port` or `host:port`.
+    pub address: String,
+    pub weight: u32,
+}
+
+/// Why a service (or part of it) was left out.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub service: String,
+    /// The tag or field at fault (`HAPROXY.BACKEND.MAXCONN`, `instance id`, ...).
+    pub tag: String,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "service {:?}: {}: {}",
+            self.service, self.tag, self.message
+        )
+    }
+}
+
+/// The validated desired state: what haproxy.cfg must express.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Desired {
+    /// Sorted by name.
+    pub services: Vec<Service>,
+}
+
+pub const TAG_PREFIX: &str = "HAPROXY.";
+const KNOWN_TAGS: &[&str] = &[
+    "HAPROXY.ENABLE",
+    "HAPROXY.PROTOCOL",
+    "HAPROXY.BACKEND.BALANCE",
+    "HAPROXY.BACKEND.MAXCONN",
+    "HAPROXY.FRONTEND.PORT",
+    "HAPROXY.VHOST",
+    "HAPROXY.PATH",
+    "HAPROXY.BACKEND.HEALTHCHECK",
+    "HAPROXY.BACKEND.STICKY",
+];
+const BALANCES: &[&str] = &[
+    "roundrobin",
+    "static-rr",
+    "leastconn",
+    "first",
+    "source",
+    "random",
+    "uri",
+];
+const MAX_NAME: usize = 128;
+const MAX_PATH: usize = 256;
+
+/// True when an instance's or service's tags expose it.
+pub fn enabled(tags: &[String]) -> bool {
+    tags.iter().any(|t| t == "HAPROXY.ENABLE=true")
+}
+
+/// A service or backend name HAProxy and map files can carry verbatim.
+pub fn is_service_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+/// An instance ID usable as an HAProxy server name.
+pub fn is_server_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+}
+
+/// A DNS host name (RFC 1123 labels), lowercased; `None` if it is not one.
+pub fn hostname(s: &str) -> Option<String> {
+    if s.is_empty() || s.len() > 253 {
+        return None;
+    }
+    let s = s.strip_suffix('.').unwrap_or(s);
+    for label in s.split('.') {
+        let b = label.as_bytes();
+        if b.is_empty()
+            || b.len() > 63
+            || b[0] == b'-'
+            || b[b.len() - 1] == b'-'
+            || !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        {
+            return None;
+        }
+    }
+    Some(s.to_ascii_lowercase())
+}
+
+/// A URL path prefix safe for the config and map files: starts with `/`, no
+/// whitespace, quotes, `#`, backslash or control characters.
+pub fn is_path(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_PATH
+        && b[0] == b'/'
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"/._~%!$&*+,;=:@-".contains(c))
+}
+
+/// `host[:port]`, `ip:port`, `[ipv6]:port` or an absolute unix socket path.
+pub fn is_syslog_address(s: &str) -> bool {
+    if let Some(p) = s.strip_prefix('/') {
+        return !p.is_empty() && is_path(s);
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
+        _ => (s, None),
+    };
+    if let Some(p) = port {
+        if !matches!(p.parse::<u32>(), Ok(1..=65535)) {
+            return false;
+        }
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() || hostname(host).is_some()
+}
+
+/// Renders `address:port` for a server line, or `None` if the address is not
+/// an IPv4 address, an IPv6 address or a host name.
+fn server_address(addr: &str, port: i64) -> Option<String> {
+    if !(1..=65535).contains(&port) {
+        return None;
+    }
+    if addr.parse::<Ipv4Addr>().is_ok() {
+        Some(format!("{addr}:{port}"))
+    } else if let Ok(v6) = addr.parse::<Ipv6Addr>() {
+        Some(format!("[{v6}]:{port}"))
+    } else {
+        hostname(addr).map(|h| format!("{h}:{port}"))
+    }
+}
+
+/// The HAPROXY.* tags of a service, one value per key.
+struct Tags<'a> {
+    values: BTreeMap<&'a str, &'a str>,
+}
+
+/// Settings the model needs from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub dom: Option<String>,
+    /// Ports the config binds besides per-service frontends.
+    pub reserved_ports: Vec<u16>,
+}
+
+impl From<&HaproxyVars> for Context {
+    fn from(v: &HaproxyVars) -> Context {
+        Context {
+            dom: v.dom.clone(),
+            reserved_ports: vec![v.http_port, v.stats_port],
+        }
+    }
+}
+
+struct Invalid {
+    tag: String,
+    message: String,
+}
+
+fn invalid(tag: &str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        tag: tag.to_string(),
+        message: message.into(),
+    }
+}
+
+impl Desired {
+    /// Validates a catalog. Returns the desired state and the warnings, both
+    /// deterministic for a given catalog.
+    pub fn build(catalog: &Catalog, ctx: &Context) -> (Desired, Vec<Warning>) {
+        let mut warnings = Vec::new();
+        let mut services = Vec::new();
+        let mut ports: BTreeSet<u16> = ctx.reserved_ports.iter().copied().collect();
+        let mut routes: BTreeSet<(String, String)> = BTreeSet::new();
+        for (name, cs) in &catalog.services {
+            if !enabled(&cs.tags) {
+                continue;
+            }
+            let mut warn = |tag: &str, message: String| {
+                warnings.push(Warning {
+                    service: name.clone(),
+                    tag: tag.to_string(),
+                    message,
+                })
+            };
+            match build_service(name, cs, ctx, &mut warn) {
+                Err(e) => warn(&e.tag, format!("{}; service left out", e.message)),
+                Ok(svc) => {
+                    // Conflicts with services already accepted (earlier by name).
+                    if let Some(p) = svc.frontend_port {
+                        if ports.contains(&p) {
+                            warn(
+                                "HAPROXY.FRONTEND.PORT",
+                                format!("port {p} is already bound by another frontend; service left out"),
+                            );
+                            continue;
+                        }
+                    }
+                    let my_routes: Vec<(String, String)> = if svc.mode == Mode::Http {
+                        svc.vhosts
+                            .iter()
+                            .map(|h| (h.clone(), svc.path.clone().unwrap_or_default()))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    if let Some(r) = my_routes.iter().find(|r| routes.contains(*r)) {
+                        warn(
+                            "HAPROXY.VHOST",
+                            format!(
+                                "route {}{} is already taken by another service; service left out",
+                                r.0, r.1
+                            ),
+                        );
+                        continue;
+                    }
+                    if let Some(p) = svc.frontend_port {
+                        ports.insert(p);
+                    }
+                    routes.extend(my_routes);
+                    services.push(svc);
+                }
+            }
+        }
+        warnings.sort();
+        warnings.dedup();
+        (Desired { services }, warnings)
+    }
+}
+
+fn build_service(
+    name: &str,
+    cs: &CatalogService,
+    ctx: &Context,
+    warn: &mut impl FnMut(&str, String),
+) -> Result<Service, Invalid> {
+    if !is_service_name(name) {
+        return Err(invalid(
+            "service name",
+            format!(
+                "{:?} is not a valid name (letters, digits, '.', '_', '-', at most {MAX_NAME})",
+                name
+            ),
+        ));
+    }
+    let tags = parse_tags(&cs.tags, warn)?;
+
+    let mode = match tags.values.get("HAPROXY.PROTOCOL") {
+        None | Some(&"http") => Mode::Http,
+        Some(&"tcp") => Mode::Tcp,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.PROTOCOL",
+                format!("{v:?} is not http or tcp"),
+            ))
+        }
+    };
+    let balance = match tags.values.get("HAPROXY.BACKEND.BALANCE") {
+        None => "roundrobin".to_string(),
+        Some(v) if BALANCES.contains(v) => v.to_string(),
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.BALANCE",
+                format!("{v:?} is not one of {}", BALANCES.join(", ")),
+            ))
+        }
+    };
+    let maxconn = match tags.values.get("HAPROXY.BACKEND.MAXCONN") {
+        None => None,
+        Some(v) => Some(strict_int(v, 1, 1_000_000).ok_or_else(|| {
+            invalid(
+                "HAPROXY.BACKEND.MAXCONN",
+                format!("{v:?} is not an integer 1..=1000000"),
+            )
+        })?),
+    };
+    let frontend_port = match tags.values.get("HAPROXY.FRONTEND.PORT") {
+        None => None,
+        Some(v) => Some(strict_int(v, 1, 65535).ok_or_else(|| {
+            invalid(
+                "HAPROXY.FRONTEND.PORT",
+                format!("{v:?} is not a port 1..=65535"),
+            )
+        })? as u16),
+    };
+    if mode == Mode::Tcp && frontend_port.is_none() {
+        return Err(invalid(
+            "HAPROXY.FRONTEND.PORT",
+            "required when HAPROXY.PROTOCOL=tcp",
+        ));
+    }
+    let vhosts = if mode == Mode::Tcp {
+        Vec::new()
+    } else {
+        match tags.values.get("HAPROXY.VHOST") {
+            Some(v) => {
+                let mut hosts = Vec::new();
+                for h in v.split(',') {
+                    let host = hostname(h).ok_or_else(|| {
+                        invalid(
+                            "HAPROXY.VHOST",
+                            format!("{h:?} in {v:?} is not a host name"),
+                        )
+                    })?;
+                    hosts.push(host);
+                }
+                hosts.sort();
+                hosts.dedup();
+                hosts
+            }
+            None => match &ctx.dom {
+                None => {
+                    return Err(invalid(
+                        "HAPROXY.VHOST",
+                        "absent and HAPROXY_DOM is unset, so the service has no host name",
+                    ))
+                }
+                Some(dom) => {
+                    let host = hostname(&format!("{name}.{dom}")).ok_or_else(|| {
+                        invalid(
+                            "HAPROXY.VHOST",
+                            format!("absent, and {name}.{dom} is not a host name"),
+                        )
+                    })?;
+                    vec![host]
+                }
+            },
+        }
+    };
+    let path = match tags.values.get("HAPROXY.PATH") {
+        None => None,
+        Some(v) if is_path(v) => Some(v.to_string()),
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.PATH",
+                format!("{v:?} is not a path starting with /"),
+            ))
+        }
+    };
+    let healthcheck = match tags.values.get("HAPROXY.BACKEND.HEALTHCHECK") {
+        None => None,
+        Some(v) if is_path(v) => Some(v.to_string()),
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.HEALTHCHECK",
+                format!("{v:?} is not a path starting with /"),
+            ))
+        }
+    };
+    let sticky = match tags.values.get("HAPROXY.BACKEND.STICKY") {
+        None => false,
+        Some(&"true") => true,
+        Some(&"false") => false,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.STICKY",
+                format!("{v:?} is not true or false"),
+            ))
+        }
+    };
+
+    let mut instances: Vec<&Instance> = cs
+        .instances
+        .iter()
+        .filter(|i| i.passing && enabled(&i.tags))
+        .collect();
+    instances.sort_by(|a, b| (&a.id, &a.address, a.port).cmp(&(&b.id, &b.address, b.port)));
+    let mut servers = Vec::with_capacity(instances.len());
+    let mut names = BTreeSet::new();
+    for i in instances {
+        if !is_server_name(&i.id) {
+            return Err(invalid(
+                "instance id",
+                format!("{:?} is not a valid server name", i.id),
+            ));
+        }
+        let address = server_address(&i.address, i.port).ok_or_else(|| {
+            invalid(
+                "instance address",
+                format!(
+                    "{:?} port {} of instance {} is not an address and port",
+                    i.address, i.port, i.id
+                ),
+            )
+        })?;
+        // Consul IDs are unique per agent, not per service: keep names unique.
+        let mut name = i.id.clone();
+        let mut n = 2;
+        while !names.insert(name.clone()) {
+            name = format!("{}-{n}", i.id);
+            n += 1;
+        }
+        let weight = if i.weight > 256 {
+            warn(
+                "instance weight",
+                format!("weight {} of instance {} capped at 256", i.weight, i.id),
+            );
+            256
+        } else {
+            i.weight.max(0) as u32
+        };
+        servers.push(Server {
+            name,
+            address,
+            weight,
+        });
+    }
+
+    Ok(Service {
+        name: name.to_string(),
+        mode,
+        balance,
+        maxconn,
+        frontend_port,
+        vhosts,
+        path,
+        healthcheck,
+        sticky,
+        servers,
+    })
+}
+
+/// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
+fn strict_int(s: &str, min: u32, max: u32) -> Option<u32> {
+    if s.is_empty()
+        || s.len() > 10
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse::<u32>().ok().filter(|n| (min..=max).contains(n))
+}
+
+fn parse_tags<'a>(
+    tags: &'a [String],
+    warn: &mut impl FnMut(&str, String),
+) -> Result<Tags<'a>, Invalid> {
+    let mut values: BTreeMap<&str, &str> = BTreeMap::new();
+    for t in tags {
+        if !t.starts_with(TAG_PREFIX) {
+            continue;
+        }
+        let Some((key, value)) = t.split_once('=') else {
+            warn(t, "HAPROXY tag without '=value'; ignored".into());
+            continue;
+        };
+        if !KNOWN_TAGS.contains(&key) {
+            warn(key, "unknown HAPROXY tag (a typo?); ignored".into());
+            continue;
+        }
+        if key == "HAPROXY.ENABLE" {
+            continue;
+        }
+        match values.get(key) {
+            None => {
+                values.insert(key, value);
+            }
+            Some(prev) if *prev == value => {}
+            Some(prev) => {
+                // Instances disagree (a rolling change of tags): keep the
+                // smallest value so the result does not depend on order.
+                let keep = if value < *prev { value } else { *prev };
+                warn(
+                    key,
+                    format!("instances disagree ({prev:?} and {value:?}); using {keep:?}"),
+                );
+                values.insert(key, keep);
+            }
+        }
+    }
+    Ok(Tags { values })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(id: &str, addr: &str, port: i64, tags: &[&str]) -> Instance {
+        Instance {
+            id: id.into(),
+            address: addr.into(),
+            port,
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            weight: 1,
+            passing: true,
+        }
+    }
+
+    fn catalog(services: &[(&str, Vec<Instance>)]) -> Catalog {
+        Catalog::from_file(CatalogFile {
+            services: services
+                .iter()
+                .map(|(n, i)| CatalogFileService {
+                    name: n.to_string(),
+                    tags: vec![],
+                    instances: i.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    fn ctx() -> Context {
+        Context {
+            dom: Some("example.com".into()),
+            reserved_ports: vec![8080, 4444],
+        }
+    }
+
+    #[test]
+    fn seed_tags() {
+        let tags = [
+            "HAPROXY.ENABLE=true",
+            "HAPROXY.PROTOCOL=http",
+            "HAPROXY.BACKEND.BALANCE=leastconn",
+            "HAPROXY.BACKEND.MAXCONN=10000",
+        ];
+        let c = catalog(&[(
+            "www",
+            vec![
+                inst("www-2", "10.0.0.2", 80, &tags),
+                inst("www-1", "10.0.0.1", 80, &tags),
+            ],
+        )]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        let s = &d.services[0];
+        assert_eq!(s.name, "www");
+        assert_eq!(s.balance, "leastconn");
+        assert_eq!(s.maxconn, Some(10000));
+        assert_eq!(s.vhosts, vec!["www.example.com"]);
+        assert_eq!(
+            s.servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["www-1", "www-2"]
+        );
+        assert_eq!(s.servers[0].address, "10.0.0.1:80");
+    }
+
+    #[test]
+    fn not_enabled_is_ignored() {
+        let c = catalog(&[(
+            "www",
+            vec![inst("a", "10.0.0.1", 80, &["HAPROXY.ENABLE=false"])],
+        )]);
+        assert!(Desired::build(&c, &ctx()).0.services.is_empty());
+    }
+
+    #[test]
+    fn bad_tag_excludes_only_that_service() {
+        let c = catalog(&[
+            (
+                "bad",
+                vec![inst(
+                    "a",
+                    "10.0.0.1",
+                    80,
+                    &["HAPROXY.ENABLE=true", "HAPROXY.BACKEND.MAXCONN=10 0"],
+                )],
+            ),
+            (
+                "good",
+                vec![inst("b", "10.0.0.2", 80, &["HAPROXY.ENABLE=true"])],
+            ),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert_eq!(d.services.len(), 1);
+        assert_eq!(d.services[0].name, "good");
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].service, "bad");
+        assert_eq!(w[0].tag, "HAPROXY.BACKEND.MAXCONN");
+    }
+
+    #[test]
+    fn ipv6_and_hostnames() {
+        assert_eq!(server_address("::1", 80).as_deref(), Some("[::1]:80"));
+        assert_eq!(
+            server_address("Web.Local", 80).as_deref(),
+            Some("web.local:80")
+        );
+        assert_eq!(server_address("a b", 80), None);
+        assert_eq!(server_address("10.0.0.1", 0), None);
+        assert_eq!(server_address("10.0.0.1", 65536), None);
+    }
+
+    #[test]
+    fn strict_ints() {
+        assert_eq!(strict_int("1", 1, 10), Some(1));
+        assert_eq!(strict_int("01", 1, 10), None);
+        assert_eq!(strict_int("+1", 1, 10), None);
+        assert_eq!(strict_int("11", 1, 10), None);
+        assert_eq!(strict_int("99999999999", 1, u32::MAX), None);
+    }
+
+    #[test]
+    fn port_and_route_conflicts_keep_the_first_by_name() {
+        let c = catalog(&[
+            (
+                "a",
+                vec![inst(
+                    "a1",
+                    "10.0.0.1",
+                    80,
+                    &["HAPROXY.ENABLE=true", "HAPROXY.VHOST=x.com"],
+                )],
+            ),
+            (
+                "b",
+                vec![inst(
+                    "b1",
+                    "10.0.0.1",
+                    80,
+                    &["HAPROXY.ENABLE=true", "HAPROXY.VHOST=x.com"],
+                )],
+            ),
+            (
+                "c",
+                vec![inst(
+                    "c1",
+                    "10.0.0.1",
+                    80,
+                    &[
+                        "HAPROXY.ENABLE=true",
+                        "HAPROXY.PROTOCOL=tcp",
+                        "HAPROXY.FRONTEND.PORT=8080",
+                    ],
+                )],
+            ),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert_eq!(
+            d.services
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+    }
+}

@@ -1,0 +1,369 @@
+//! Rendering the desired state into haproxy.cfg plus map files, and writing
+//! them atomically.
+//!
+//! Map files are named by a hash of their content (`maps/hosts-<hash>.map`)
+//! so a candidate config never changes a file the running config refers to:
+//! staging writes new maps beside the old ones and the candidate config to a
+//! temporary file; committing is a single `rename` of the config. The output
+//! is a pure function of its inputs, so an unchanged catalog gives
+//! byte-identical text and never causes a reload.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Desired, Mode, Service};
+use crate::settings::HaproxyVars;
+
+/// The built-in template, compiled into the binary.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy.cfg.tera");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("cannot read template {path}: {source}")]
+    ReadTemplate { path: PathBuf, source: io::Error },
+    #[error("invalid template {name}: {detail}")]
+    Template { name: String, detail: String },
+    #[error("rendering failed: {detail}")]
+    Render { detail: String },
+}
+
+/// Flattens tera's error chain, which hides the useful part in `source()`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A rendered config and the map files it refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub config: String,
+    /// File name (inside the maps directory) → content.
+    pub maps: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct MapPaths {
+    hosts: String,
+    paths: Option<String>,
+}
+
+#[derive(Serialize)]
+struct TemplateContext<'a> {
+    vars: &'a HaproxyVars,
+    admin_socket: String,
+    maps: MapPaths,
+    services: &'a [Service],
+    /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend.
+    tcp_frontends: Vec<&'a Service>,
+}
+
+/// Renders configs for one config path.
+pub struct Renderer {
+    tera: tera::Tera,
+    name: String,
+    maps_dir: PathBuf,
+    admin_socket: PathBuf,
+}
+
+/// The directory map files live in, beside the config.
+pub fn maps_dir(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("maps")
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn short_hash(s: &str) -> String {
+    let d = Sha256::digest(s.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Renderer {
+    /// Loads `template` (or the built-in one) for configs written at `config_path`.
+    pub fn new(
+        template: Option<&Path>,
+        config_path: &Path,
+        admin_socket: &Path,
+    ) -> Result<Renderer, RenderError> {
+        let (name, text) = match template {
+            None => (
+                "haproxy.cfg (built-in)".to_string(),
+                DEFAULT_TEMPLATE.to_string(),
+            ),
+            Some(p) => (
+                p.display().to_string(),
+                fs::read_to_string(p).map_err(|source| RenderError::ReadTemplate {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+            ),
+        };
+        let mut tera = tera::Tera::default();
+        tera.autoescape_on(vec![]);
+        tera.add_raw_template(&name, &text)
+            .map_err(|e| RenderError::Template {
+                name: name.clone(),
+                detail: chain(&e),
+            })?;
+        Ok(Renderer {
+            tera,
+            name,
+            maps_dir: absolute(&maps_dir(config_path)),
+            admin_socket: absolute(admin_socket),
+        })
+    }
+
+    /// Renders the config and its maps. Deterministic.
+    pub fn render(&self, desired: &Desired, vars: &HaproxyVars) -> Result<Rendered, RenderError> {
+        let mut hosts: Vec<(String, &str)> = Vec::new();
+        let mut paths: Vec<(String, &str)> = Vec::new();
+        for s in desired.services.iter().filter(|s| s.mode == Mode::Http) {
+            for h in &s.vhosts {
+                match &s.path {
+                    None => hosts.push((h.clone(), &s.name)),
+                    Some(p) => paths.push((format!("{h}{p}"), &s.name)),
+                }
+            }
+        }
+        hosts.sort();
+        // map_beg returns the first match in file order: longest prefix first.
+        paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let to_text = |entries: &[(String, &str)]| {
+            let mut t = String::with_capacity(entries.len() * 48);
+            for (k, v) in entries {
+                t.push_str(k);
+                t.push(' ');
+                t.push_str(v);
+                t.push('\n');
+            }
+            t
+        };
+        let mut maps = BTreeMap::new();
+        let hosts_text = to_text(&hosts);
+        let hosts_name = format!("hosts-{}.map", short_hash(&hosts_text));
+        maps.insert(hosts_name.clone(), hosts_text);
+        let paths_name = if paths.is_empty() {
+            None
+        } else {
+            let t = to_text(&paths);
+            let n = format!("paths-{}.map", short_hash(&t));
+            maps.insert(n.clone(), t);
+            Some(n)
+        };
+        let ctx = TemplateContext {
+            vars,
+            admin_socket: self.admin_socket.display().to_string(),
+            maps: MapPaths {
+                hosts: self.maps_dir.join(&hosts_name).display().to_string(),
+                paths: paths_name.map(|n| self.maps_dir.join(n).display().to_string()),
+            },
+            services: &desired.services,
+            tcp_frontends: desired
+                .services
+                .iter()
+                .filter(|s| s.frontend_port.is_some())
+                .collect(),
+        };
+        let context = tera::Context::from_serialize(&ctx)
+            .map_err(|e| RenderError::Render { detail: chain(&e) })?;
+        let config = self
+            .tera
+            .render(&self.name, &context)
+            .map_err(|e| RenderError::Render { detail: chain(&e) })?;
+        Ok(Rendered { config, maps })
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same
+/// directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })?;
+    sync_dir(path)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A candidate written to disk but not yet in place.
+#[derive(Debug)]
+pub struct Staged {
+    /// The candidate config; pass it to `haproxy -c`.
+    pub candidate: PathBuf,
+    target: PathBuf,
+    /// Map files this staging created (removed again on abort).
+    new_maps: Vec<PathBuf>,
+}
+
+/// Writes the maps (new names only) and a candidate config beside `target`.
+pub fn stage(target: &Path, rendered: &Rendered) -> io::Result<Staged> {
+    let dir = maps_dir(target);
+    fs::create_dir_all(&dir)?;
+    let mut new_maps = Vec::new();
+    for (name, text) in &rendered.maps {
+        let p = dir.join(name);
+        if fs::read(&p).ok().as_deref() != Some(text.as_bytes()) {
+            write_atomic(&p, text.as_bytes())?;
+            new_maps.push(p);
+        }
+    }
+    let candidate = target.with_file_name(format!(
+        "{}.candidate",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    write_synced(&candidate, rendered.config.as_bytes())?;
+    Ok(Staged {
+        candidate,
+        target: target.to_path_buf(),
+        new_maps,
+    })
+}
+
+impl Staged {
+    /// Puts the candidate in place (one rename) and removes map files that
+    /// no longer belong to it. The running HAProxy loaded its maps at start,
+    /// so removing their files does not affect it.
+    pub fn commit(self, rendered: &Rendered) -> io::Result<()> {
+        fs::rename(&self.candidate, &self.target)?;
+        sync_dir(&self.target)?;
+        if let Ok(entries) = fs::read_dir(maps_dir(&self.target)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".map") && !rendered.maps.contains_key(&name) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the candidate and the maps only it used; the file in place is untouched.
+    pub fn abort(self) {
+        let _ = fs::remove_file(&self.candidate);
+        for m in &self.new_maps {
+            let _ = fs::remove_file(m);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Catalog, Context};
+
+    fn rendered(catalog: &str) -> Rendered {
+        let c = Catalog::parse_file(catalog).unwrap();
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            ..HaproxyVars::default()
+        };
+        let (d, _) = Desired::build(&c, &Context::from(&vars));
+        Renderer::new(
+            None,
+            Path::new("/etc/haproxy/haproxy.cfg"),
+            Path::new("/run/hs/admin.sock"),
+        )
+        .unwrap()
+        .render(&d, &vars)
+        .unwrap()
+    }
+
+    const TWO: &str = r#"{"services":[
+        {"name":"www","instances":[{"id":"www-1","address":"10.0.0.1","port":80,"tags":["HAPROXY.ENABLE=true"]}]},
+        {"name":"api","instances":[{"id":"api-1","address":"10.0.0.2","port":80,"tags":["HAPROXY.ENABLE=true","HAPROXY.PATH=/v1"]}]}
+    ]}"#;
+
+    #[test]
+    fn deterministic() {
+        assert_eq!(rendered(TWO), rendered(TWO));
+    }
+
+    #[test]
+    fn maps_route_hosts_and_paths() {
+        let r = rendered(TWO);
+        let hosts: Vec<_> = r
+            .maps
+            .iter()
+            .filter(|(k, _)| k.starts_with("hosts-"))
+            .collect();
+        assert_eq!(hosts[0].1, "www.example.com www\n");
+        let paths: Vec<_> = r
+            .maps
+            .iter()
+            .filter(|(k, _)| k.starts_with("paths-"))
+            .collect();
+        assert_eq!(paths[0].1, "api.example.com/v1 api\n");
+        assert!(r
+            .config
+            .contains(&format!("/etc/haproxy/maps/{}", hosts[0].0)));
+    }
+
+    #[test]
+    fn stage_commit_and_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("haproxy.cfg");
+        let r = rendered(TWO);
+        let st = stage(&target, &r).unwrap();
+        assert!(!target.exists());
+        st.commit(&r).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), r.config);
+        let n_maps = fs::read_dir(maps_dir(&target)).unwrap().count();
+        assert_eq!(n_maps, 2);
+
+        let other = rendered(r#"{"services":[]}"#);
+        let st = stage(&target, &other).unwrap();
+        st.abort();
+        assert_eq!(fs::read_to_string(&target).unwrap(), r.config);
+        assert_eq!(fs::read_dir(maps_dir(&target)).unwrap().count(), 2);
+    }
+}

@@ -1,0 +1,622 @@
+//! Every CLI flag and `HAPROXY_*` variable, parsed and validated once at
+//! start-up. Every flag has its variable and every variable its flag. A value
+//! that does not parse is a [`SettingsError`] naming the variable and the
+//! value; the binary exits with code 2 before anything starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration;
+
+/// Command line of `haproxy-supervisor`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "haproxy-supervisor",
+    version,
+    about = "PID 1 for an HAProxy container: renders haproxy.cfg from Consul and reloads HAProxy without dropping connections",
+    after_help = "Every flag can also be set through the environment variable shown beside it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Watch discovery, run HAProxy and reload it on change and on SIGHUP (the default).
+    Run,
+    /// Render haproxy.cfg once to stdout and exit.
+    Render,
+    /// Render, run `haproxy -c` on the result, exit 0 if valid and 1 if not.
+    Check,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How a reload hands traffic from the old HAProxy to the new one (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// `-x <admin socket> -sf old`: the listening sockets are transferred.
+    Seamless,
+    /// Drop SYNs with iptables while the new process binds, `-sf old`.
+    SynDrop,
+    /// `-sf old` and nothing else: connections may be reset.
+    Plain,
+}
+
+impl ReloadStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadStrategy::Seamless => "seamless",
+            ReloadStrategy::SynDrop => "syn-drop",
+            ReloadStrategy::Plain => "plain",
+        }
+    }
+}
+
+/// Raw options as given by flags or the environment; validated by
+/// [`Settings::from_options`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct Options {
+    /// Consul HTTP API address [default: CONSUL_SERVER, else http://127.0.0.1:8500]
+    #[arg(long, env = "CONSUL_HTTP_ADDR", global = true)]
+    pub consul: Option<String>,
+    /// Consul address as host:port (the seed image's variable); used when --consul is unset
+    #[arg(long, env = "CONSUL_SERVER", global = true)]
+    pub consul_server: Option<String>,
+    /// ACL token sent to Consul as X-Consul-Token
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", global = true, hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// CA certificate (PEM) to verify an https Consul address
+    #[arg(long, env = "CONSUL_CACERT", global = true)]
+    pub consul_cacert: Option<PathBuf>,
+    /// Read services from this JSON catalog file instead of Consul (re-read on change)
+    #[arg(long, env = "HAPROXY_CATALOG_FILE", global = true)]
+    pub catalog_file: Option<PathBuf>,
+    /// Where the rendered config is written (map files go beside it)
+    #[arg(long, env = "HAPROXY_CONFIG_FILE", global = true)]
+    pub config_file: Option<PathBuf>,
+    /// Do not render: an external watcher writes --config-file; SIGHUP checks and reloads it
+    #[arg(long, env = "HAPROXY_NO_RENDER", global = true)]
+    pub no_render: bool,
+    /// Directory for the admin socket and pid files [default: /run/haproxy-supervisor]
+    #[arg(long, env = "HAPROXY_RUN_DIR", global = true)]
+    pub run_dir: Option<PathBuf>,
+    /// The haproxy executable [default: haproxy]
+    #[arg(long, env = "HAPROXY_BIN", global = true)]
+    pub haproxy_bin: Option<PathBuf>,
+    /// A tera template that replaces the built-in one
+    #[arg(long, env = "HAPROXY_TEMPLATE", global = true)]
+    pub template: Option<PathBuf>,
+    /// Log format of the supervisor
+    #[arg(
+        long,
+        env = "HAPROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Domain appended to a service name when it has no HAPROXY.VHOST tag
+    #[arg(long, env = "HAPROXY_DOM", global = true)]
+    pub dom: Option<String>,
+    /// global maxconn [default: 50000]
+    #[arg(long, env = "HAPROXY_MAXCONN_GLOBAL", global = true)]
+    pub maxconn_global: Option<String>,
+    /// spread-checks percentage [default: 5]
+    #[arg(long, env = "HAPROXY_SPREAD_CHECKS", global = true)]
+    pub spread_checks: Option<String>,
+    /// max-spread-checks in ms [default: 15000]
+    #[arg(long, env = "HAPROXY_MAX_SPREAD_CHECKS", global = true)]
+    pub max_spread_checks: Option<String>,
+    /// retries [default: 3]
+    #[arg(long, env = "HAPROXY_RETRIES", global = true)]
+    pub retries: Option<String>,
+    /// backlog [default: 10000]
+    #[arg(long, env = "HAPROXY_BACKLOG", global = true)]
+    pub backlog: Option<String>,
+    /// defaults maxconn [default: 10000]
+    #[arg(long, env = "HAPROXY_MAXCONN", global = true)]
+    pub maxconn: Option<String>,
+    /// timeout connect [default: 3s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_CONNECT", global = true)]
+    pub timeout_connect: Option<String>,
+    /// timeout client [default: 30s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_CLIENT", global = true)]
+    pub timeout_client: Option<String>,
+    /// timeout server [default: 30s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_SERVER", global = true)]
+    pub timeout_server: Option<String>,
+    /// timeout http-keep-alive [default: 1s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE", global = true)]
+    pub timeout_http_keep_alive: Option<String>,
+    /// timeout http-request [default: 15s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_HTTP_REQUEST", global = true)]
+    pub timeout_http_request: Option<String>,
+    /// timeout queue [default: 30s]
+    #[arg(long, env = "HAPROXY_TIMEOUT_QUEUE", global = true)]
+    pub timeout_queue: Option<String>,
+    /// Syslog address for HAProxy's logs [default: unset, HAProxy logs to stdout]
+    #[arg(long, env = "LOCAL_SYSLOG", global = true)]
+    pub local_syslog: Option<String>,
+    /// Port of the shared HTTP frontend app_http_in [default: 8080]
+    #[arg(long, env = "HAPROXY_HTTP_PORT", global = true)]
+    pub http_port: Option<String>,
+    /// Port of the stats page and /_haproxy_health_check [default: 4444]
+    #[arg(long, env = "HAPROXY_STATS_PORT", global = true)]
+    pub stats_port: Option<String>,
+    /// seamless, syn-drop or plain [default: seamless]
+    #[arg(long, env = "HAPROXY_RELOAD_STRATEGY", global = true)]
+    pub reload_strategy: Option<String>,
+    /// Quiescence before a reload, min:max as consul-template's wait [default: 100ms:1s]
+    #[arg(long, env = "HAPROXY_RELOAD_WAIT", global = true)]
+    pub reload_wait: Option<String>,
+    /// How long an old HAProxy may drain after a reload [default: 60s]
+    #[arg(long, env = "HAPROXY_HARD_STOP_AFTER", global = true)]
+    pub hard_stop_after: Option<String>,
+    /// Graceful stop on SIGTERM before forcing [default: 8s]
+    #[arg(long, env = "HAPROXY_STOP_TIMEOUT", global = true)]
+    pub stop_timeout: Option<String>,
+}
+
+/// A setting that did not parse: names the variable, its flag and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var} (--{flag}) = {value:?}: {reason}")]
+pub struct SettingsError {
+    pub var: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+/// Values that end up in the rendered config. Every field is validated so it
+/// can be written verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HaproxyVars {
+    pub dom: Option<String>,
+    pub maxconn_global: u32,
+    pub spread_checks: u32,
+    pub max_spread_checks: u32,
+    pub retries: u32,
+    pub backlog: u32,
+    pub maxconn: u32,
+    pub timeout_connect: String,
+    pub timeout_client: String,
+    pub timeout_server: String,
+    pub timeout_http_keep_alive: String,
+    pub timeout_http_request: String,
+    pub timeout_queue: String,
+    pub hard_stop_after: String,
+    /// `log` target: `stdout format raw` or a syslog address.
+    pub log_target: String,
+    pub http_port: u16,
+    pub stats_port: u16,
+}
+
+impl Default for HaproxyVars {
+    fn default() -> Self {
+        Settings::from_options(&Options::default())
+            .expect("defaults are valid")
+            .vars
+    }
+}
+
+/// Where services come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSettings {
+    Consul {
+        url: String,
+        token: Option<String>,
+        cacert: Option<PathBuf>,
+    },
+    File(PathBuf),
+    /// `--no-render`: an external watcher writes the config.
+    External,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceSettings,
+    pub config_file: PathBuf,
+    pub run_dir: PathBuf,
+    pub haproxy_bin: PathBuf,
+    pub template: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub vars: HaproxyVars,
+    pub reload_strategy: ReloadStrategy,
+    pub reload_wait_min: Duration,
+    pub reload_wait_max: Duration,
+    pub hard_stop_after: Duration,
+    pub stop_timeout: Duration,
+}
+
+fn err(
+    var: &'static str,
+    flag: &'static str,
+    value: &str,
+    reason: impl Into<String>,
+) -> SettingsError {
+    SettingsError {
+        var,
+        flag,
+        value: value.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn int(
+    v: &Option<String>,
+    var: &'static str,
+    flag: &'static str,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, SettingsError> {
+    let Some(s) = v else { return Ok(default) };
+    let n: u32 = s
+        .parse()
+        .map_err(|_| err(var, flag, s, format!("expected an integer {min}..={max}")))?;
+    if n < min || n > max {
+        return Err(err(var, flag, s, format!("must be in {min}..={max}")));
+    }
+    Ok(n)
+}
+
+fn port(
+    v: &Option<String>,
+    var: &'static str,
+    flag: &'static str,
+    default: u16,
+) -> Result<u16, SettingsError> {
+    Ok(int(v, var, flag, default as u32, 1, 65535)? as u16)
+}
+
+/// A duration written into the config verbatim: validated, then kept as text.
+fn timeout(
+    v: &Option<String>,
+    var: &'static str,
+    flag: &'static str,
+    default: &str,
+) -> Result<(String, Duration), SettingsError> {
+    let s = v.as_deref().unwrap_or(default);
+    let d = duration::parse(s).map_err(|e| err(var, flag, s, e.to_string()))?;
+    Ok((s.to_string(), d))
+}
+
+impl Settings {
+    pub fn from_options(o: &Options) -> Result<Settings, SettingsError> {
+        let dom = match &o.dom {
+            None => None,
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(
+                crate::model::hostname(d)
+                    .ok_or_else(|| err("HAPROXY_DOM", "dom", d, "not a DNS domain name"))?,
+            ),
+        };
+        let log_target = match &o.local_syslog {
+            None => "stdout format raw".to_string(),
+            Some(s) if s.is_empty() => "stdout format raw".to_string(),
+            Some(s) => {
+                if !crate::model::is_syslog_address(s) {
+                    return Err(err(
+                        "LOCAL_SYSLOG",
+                        "local-syslog",
+                        s,
+                        "expected host[:port], ip:port or an absolute unix socket path",
+                    ));
+                }
+                s.clone()
+            }
+        };
+        let (hard_stop_after_s, hard_stop_after) = timeout(
+            &o.hard_stop_after,
+            "HAPROXY_HARD_STOP_AFTER",
+            "hard-stop-after",
+            "60s",
+        )?;
+        let vars = HaproxyVars {
+            dom,
+            maxconn_global: int(
+                &o.maxconn_global,
+                "HAPROXY_MAXCONN_GLOBAL",
+                "maxconn-global",
+                50000,
+                1,
+                10_000_000,
+            )?,
+            spread_checks: int(
+                &o.spread_checks,
+                "HAPROXY_SPREAD_CHECKS",
+                "spread-checks",
+                5,
+                0,
+                50,
+            )?,
+            max_spread_checks: int(
+                &o.max_spread_checks,
+                "HAPROXY_MAX_SPREAD_CHECKS",
+                "max-spread-checks",
+                15000,
+                0,
+                3_600_000,
+            )?,
+            retries: int(&o.retries, "HAPROXY_RETRIES", "retries", 3, 0, 100)?,
+            backlog: int(
+                &o.backlog,
+                "HAPROXY_BACKLOG",
+                "backlog",
+                10000,
+                1,
+                10_000_000,
+            )?,
+            maxconn: int(
+                &o.maxconn,
+                "HAPROXY_MAXCONN",
+                "maxconn",
+                10000,
+                1,
+                10_000_000,
+            )?,
+            timeout_connect: timeout(
+                &o.timeout_connect,
+                "HAPROXY_TIMEOUT_CONNECT",
+                "timeout-connect",
+                "3s",
+            )?
+            .0,
+            timeout_client: timeout(
+                &o.timeout_client,
+                "HAPROXY_TIMEOUT_CLIENT",
+                "timeout-client",
+                "30s",
+            )?
+            .0,
+            timeout_server: timeout(
+                &o.timeout_server,
+                "HAPROXY_TIMEOUT_SERVER",
+                "timeout-server",
+                "30s",
+            )?
+            .0,
+            timeout_http_keep_alive: timeout(
+                &o.timeout_http_keep_alive,
+                "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE",
+                "timeout-http-keep-alive",
+                "1s",
+            )?
+            .0,
+            timeout_http_request: timeout(
+                &o.timeout_http_request,
+                "HAPROXY_TIMEOUT_HTTP_REQUEST",
+                "timeout-http-request",
+                "15s",
+            )?
+            .0,
+            timeout_queue: timeout(
+                &o.timeout_queue,
+                "HAPROXY_TIMEOUT_QUEUE",
+                "timeout-queue",
+                "30s",
+            )?
+            .0,
+            hard_stop_after: hard_stop_after_s,
+            log_target,
+            http_port: port(&o.http_port, "HAPROXY_HTTP_PORT", "http-port", 8080)?,
+            stats_port: port(&o.stats_port, "HAPROXY_STATS_PORT", "stats-port", 4444)?,
+        };
+        if vars.http_port == vars.stats_port {
+            return Err(err(
+                "HAPROXY_STATS_PORT",
+                "stats-port",
+                &vars.stats_port.to_string(),
+                "must differ from HAPROXY_HTTP_PORT",
+            ));
+        }
+
+        let reload_strategy = match o.reload_strategy.as_deref() {
+            None | Some("seamless") => ReloadStrategy::Seamless,
+            Some("syn-drop") => ReloadStrategy::SynDrop,
+            Some("plain") => ReloadStrategy::Plain,
+            Some(s) => {
+                return Err(err(
+                    "HAPROXY_RELOAD_STRATEGY",
+                    "reload-strategy",
+                    s,
+                    "expected seamless, syn-drop or plain",
+                ))
+            }
+        };
+        let wait = o.reload_wait.as_deref().unwrap_or("100ms:1s");
+        let (min_s, max_s) = match wait.split_once(':') {
+            Some((a, b)) => (a, b),
+            None => (wait, wait),
+        };
+        let bad_wait = |reason: String| err("HAPROXY_RELOAD_WAIT", "reload-wait", wait, reason);
+        let reload_wait_min = duration::parse(min_s).map_err(|e| bad_wait(e.to_string()))?;
+        let reload_wait_max = duration::parse(max_s).map_err(|e| bad_wait(e.to_string()))?;
+        if reload_wait_max < reload_wait_min {
+            return Err(bad_wait("max must not be below min".into()));
+        }
+        let stop_timeout = timeout(
+            &o.stop_timeout,
+            "HAPROXY_STOP_TIMEOUT",
+            "stop-timeout",
+            "8s",
+        )?
+        .1;
+
+        let source = if o.no_render {
+            SourceSettings::External
+        } else if let Some(f) = &o.catalog_file {
+            SourceSettings::File(f.clone())
+        } else {
+            let url = match (&o.consul, &o.consul_server) {
+                (Some(u), _) if !u.is_empty() => consul_url(u, "CONSUL_HTTP_ADDR", "consul")?,
+                (_, Some(s)) if !s.is_empty() => consul_url(s, "CONSUL_SERVER", "consul-server")?,
+                _ => "http://127.0.0.1:8500".to_string(),
+            };
+            SourceSettings::Consul {
+                url,
+                token: o.consul_token.clone().filter(|t| !t.is_empty()),
+                cacert: o.consul_cacert.clone(),
+            }
+        };
+
+        Ok(Settings {
+            source,
+            config_file: o
+                .config_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/etc/haproxy/haproxy.cfg")),
+            run_dir: o
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/run/haproxy-supervisor")),
+            haproxy_bin: o
+                .haproxy_bin
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("haproxy")),
+            template: o.template.clone().filter(|p| !p.as_os_str().is_empty()),
+            log_format: o.log_format,
+            vars,
+            reload_strategy,
+            reload_wait_min,
+            reload_wait_max,
+            hard_stop_after,
+            stop_timeout,
+        })
+    }
+
+    /// HAProxy refuses to start when it cannot get about two descriptors per
+    /// connection of the global maxconn. Where the open-files limit cannot
+    /// be raised that far (no CAP_SYS_RESOURCE), lower the global maxconn
+    /// to what fits rather than fail; returns a warning saying so.
+    pub fn fit_fd_limit(&mut self, fd_limit: u64) -> Option<String> {
+        const RESERVE: u64 = 1000;
+        let need = 2 * self.vars.maxconn_global as u64 + RESERVE;
+        if fd_limit >= need {
+            return None;
+        }
+        let fit = (fd_limit.saturating_sub(RESERVE) / 2).max(1) as u32;
+        let warning = format!(
+            "HAPROXY_MAXCONN_GLOBAL={} needs about {need} open files but the limit is {fd_limit}; using maxconn {fit}",
+            self.vars.maxconn_global
+        );
+        self.vars.maxconn_global = fit;
+        Some(warning)
+    }
+
+    /// The admin socket HAProxy exposes its listeners on (for `-x`).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.run_dir.join("admin.sock")
+    }
+}
+
+/// Accepts `http(s)://host:port[/]` or a bare `host:port`.
+fn consul_url(s: &str, var: &'static str, flag: &'static str) -> Result<String, SettingsError> {
+    let with_scheme = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    };
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| err(var, flag, s, e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(err(
+            var,
+            flag,
+            s,
+            "expected http://host:port, https://host:port or host:port",
+        ));
+    }
+    Ok(with_scheme.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Options)) -> Result<Settings, SettingsError> {
+        let mut o = Options::default();
+        f(&mut o);
+        Settings::from_options(&o)
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let s = with(|_| {}).unwrap();
+        assert_eq!(s.vars.maxconn_global, 50000);
+        assert_eq!(s.vars.spread_checks, 5);
+        assert_eq!(s.vars.max_spread_checks, 15000);
+        assert_eq!(s.vars.retries, 3);
+        assert_eq!(s.vars.backlog, 10000);
+        assert_eq!(s.vars.maxconn, 10000);
+        assert_eq!(s.vars.timeout_connect, "3s");
+        assert_eq!(s.vars.timeout_http_keep_alive, "1s");
+        assert_eq!(s.vars.http_port, 8080);
+        assert_eq!(s.vars.stats_port, 4444);
+        assert_eq!(s.reload_strategy, ReloadStrategy::Seamless);
+        assert_eq!(s.reload_wait_min, Duration::from_millis(100));
+        assert_eq!(s.reload_wait_max, Duration::from_secs(1));
+        assert_eq!(s.stop_timeout, Duration::from_secs(8));
+        assert_eq!(
+            s.source,
+            SourceSettings::Consul {
+                url: "http://127.0.0.1:8500".into(),
+                token: None,
+                cacert: None
+            }
+        );
+    }
+
+    #[test]
+    fn consul_server_is_the_fallback() {
+        let s = with(|o| o.consul_server = Some("consul:8500".into())).unwrap();
+        assert!(
+            matches!(s.source, SourceSettings::Consul { ref url, .. } if url == "http://consul:8500")
+        );
+        let s = with(|o| {
+            o.consul_server = Some("consul:8500".into());
+            o.consul = Some("https://c.example:8501".into());
+        })
+        .unwrap();
+        assert!(
+            matches!(s.source, SourceSettings::Consul { ref url, .. } if url == "https://c.example:8501")
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = with(|o| o.http_port = Some("70000".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_HTTP_PORT");
+        assert!(e.to_string().contains("70000"), "{e}");
+        let e = with(|o| o.reload_strategy = Some("fast".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_RELOAD_STRATEGY");
+        let e = with(|o| o.timeout_client = Some("30 s".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_TIMEOUT_CLIENT");
+        let e = with(|o| o.timeout_client = Some("30s\n    option x".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_TIMEOUT_CLIENT");
+        let e = with(|o| o.reload_wait = Some("1s:100ms".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_RELOAD_WAIT");
+        let e = with(|o| o.maxconn = Some("-1".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_MAXCONN");
+        let e = with(|o| o.dom = Some("bad domain".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_DOM");
+        let e = with(|o| o.local_syslog = Some("1.2.3.4:514 local0\nx".into())).unwrap_err();
+        assert_eq!(e.var, "LOCAL_SYSLOG");
+        let e = with(|o| o.stats_port = Some("8080".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_STATS_PORT");
+        let e = with(|o| o.consul = Some("ftp://x".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_HTTP_ADDR");
+    }
+}

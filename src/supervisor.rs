@@ -1,0 +1,653 @@
+//! `haproxy-supervisor run`: PID-1 duties, the reload loop and graceful stop.
+//! The lifecycle is described step by step in LIFECYCLE.md beside this file.
+//!
+//! One loop owns all state. It reacts to: the catalog changing (after the
+//! `HAPROXY_RELOAD_WAIT` quiescence), SIGHUP (check and reload now), an
+//! HAProxy generation exiting (drained, or died: restart with backoff), and
+//! SIGTERM/SIGINT (graceful stop; a second one forces). Reloads run inline in
+//! that loop, so they are serialized by construction, and signals that
+//! arrive during one merge into a single follow-up.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+use tokio::time::sleep_until;
+
+use crate::discovery::{self, CatalogRx};
+use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
+use crate::model::{Catalog, Context, Desired};
+use crate::process::{self, Exit, Reaper};
+use crate::render::{self, Renderer};
+use crate::settings::{ReloadStrategy, Settings, SourceSettings};
+
+/// Where an HAProxy generation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenState {
+    /// Started, not yet listening on every port.
+    Starting,
+    /// The current generation.
+    Serving,
+    /// Told to finish (`-sf` or SIGUSR1); exits when its connections end.
+    Draining,
+}
+
+#[derive(Debug)]
+struct Generation {
+    id: u64,
+    pid: Pid,
+    state: GenState,
+    started: Instant,
+}
+
+/// What made a reload happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    Start,
+    Catalog,
+    Sighup,
+    Restart,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Counters, logged with each reload.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub reloads: u64,
+    pub failed_reloads: u64,
+    pub restarts: u64,
+}
+
+struct Supervisor {
+    settings: Settings,
+    reaper: Reaper,
+    renderer: Option<Renderer>,
+    catalog: Option<CatalogRx>,
+    gens: Vec<Generation>,
+    next_gen: u64,
+    exits_tx: mpsc::UnboundedSender<(u64, Pid, Exit)>,
+    /// The config file HAProxy runs from (only ever holds a checked config).
+    running_file: PathBuf,
+    /// The text of the config the serving generation runs.
+    running_text: Option<String>,
+    /// Warnings already logged, so each is logged once while it lasts.
+    warned: BTreeSet<String>,
+    syn_drop_available: bool,
+    counters: Counters,
+    restart_backoff: discovery::Backoff,
+    /// Pids of HAProxy processes left by an earlier run of ours (adopted).
+    adopted: Vec<Pid>,
+}
+
+/// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
+    let setup =
+        |what: &str, e: &dyn std::fmt::Display| SupervisorError::Setup(format!("{what}: {e}"));
+    // PID 1 gets no default signal actions: install every handler first.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| setup("SIGTERM handler", &e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| setup("SIGINT handler", &e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| setup("SIGHUP handler", &e))?;
+    if let Err(e) = process::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans may not be reaped here");
+    }
+    let reaper = Reaper::new();
+    tokio::spawn(reaper.clone().run());
+
+    std::fs::create_dir_all(&settings.run_dir)
+        .map_err(|e| setup(&format!("creating {}", settings.run_dir.display()), &e))?;
+    if let Some(dir) = settings.config_file.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup(&format!("creating {}", dir.display()), &e))?;
+        }
+    }
+
+    // iptables: required for syn-drop, the fallback of seamless.
+    let ipt = reaper
+        .hold_off(haproxy::iptables_usable)
+        .await
+        .map_err(|e| setup("iptables", &e))?;
+    let syn_drop_available = match (ipt, settings.reload_strategy) {
+        (Ok(()), _) => {
+            match reaper.hold_off(haproxy::remove_stale_rules).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    tracing::warn!(rules = n, "removed SYN-drop rules left by an earlier run")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot remove stale SYN-drop rules"),
+                Err(e) => tracing::error!(error = %e, "cannot remove stale SYN-drop rules"),
+            }
+            true
+        }
+        (Err(e), ReloadStrategy::SynDrop) => {
+            return Err(SupervisorError::Setup(format!(
+                "HAPROXY_RELOAD_STRATEGY=syn-drop needs iptables and the NET_ADMIN capability: {e}"
+            )))
+        }
+        (Err(e), ReloadStrategy::Seamless) => {
+            tracing::warn!(error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
+            false
+        }
+        (Err(_), ReloadStrategy::Plain) => false,
+    };
+
+    let (renderer, catalog, running_file) = match &settings.source {
+        SourceSettings::External => (None, None, settings.run_dir.join("haproxy.cfg")),
+        source => {
+            let r = Renderer::new(
+                settings.template.as_deref(),
+                &settings.config_file,
+                &settings.admin_socket(),
+            )
+            .map_err(|e| setup("template", &e))?;
+            let (tx, rx) = watch::channel(None::<Arc<Catalog>>);
+            match source.clone() {
+                SourceSettings::File(path) => {
+                    tokio::spawn(discovery::file::watch(path, Duration::from_millis(200), tx));
+                }
+                SourceSettings::Consul { url, token, cacert } => {
+                    let mut cfg = discovery::consul::ConsulConfig::new(url);
+                    cfg.token = token;
+                    cfg.cacert = cacert;
+                    // Fail now on a bad CA file rather than in the task.
+                    discovery::consul::Client::new(&cfg).map_err(|e| setup("consul", &e))?;
+                    tokio::spawn(async move {
+                        if let Err(e) = discovery::consul::watch(cfg, tx).await {
+                            tracing::error!(error = %e, "consul watcher stopped");
+                        }
+                    });
+                }
+                SourceSettings::External => unreachable!(),
+            }
+            (Some(r), Some(rx), settings.config_file.clone())
+        }
+    };
+
+    let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let mut sup = Supervisor {
+        adopted: adopt_leftovers(&settings),
+        settings,
+        reaper,
+        renderer,
+        catalog,
+        gens: Vec::new(),
+        next_gen: 1,
+        exits_tx,
+        running_file,
+        running_text: None,
+        warned: BTreeSet::new(),
+        syn_drop_available,
+        counters: Counters::default(),
+        restart_backoff: discovery::Backoff::new(Duration::from_secs(10)),
+    };
+    tracing::info!(
+        strategy = sup.settings.reload_strategy.as_str(),
+        config = %sup.settings.config_file.display(),
+        pid = std::process::id(),
+        "haproxy-supervisor started"
+    );
+
+    if sup.catalog.is_none() {
+        sup.reload(Trigger::Start).await;
+    }
+    // Catalog changes wait for quiescence: `first` bounds the wait by max.
+    let mut pending: Option<(Instant, Instant)> = None;
+    let mut restart_at: Option<tokio::time::Instant> = None;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
+
+    loop {
+        let deadline = match pending {
+            Some((first, last)) => tokio::time::Instant::from_std(
+                (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max),
+            ),
+            None => far(),
+        };
+        let catalog_changed = async {
+            match &mut sup.catalog {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sigterm.recv() => return Ok(sup.stop("SIGTERM", &mut sigterm, &mut sigint, &mut exits_rx).await),
+            _ = sigint.recv() => return Ok(sup.stop("SIGINT", &mut sigterm, &mut sigint, &mut exits_rx).await),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: checking and reloading");
+                pending = None;
+                sup.reload(Trigger::Sighup).await;
+            }
+            ok = catalog_changed => {
+                if !ok {
+                    tracing::error!("discovery stopped; keeping the running config");
+                    sup.catalog = None;
+                    continue;
+                }
+                let now = Instant::now();
+                if sup.gens.is_empty() && sup.running_text.is_none() {
+                    // The first catalog: start without waiting.
+                    sup.reload(Trigger::Start).await;
+                } else {
+                    pending = Some((pending.map_or(now, |p| p.0), now));
+                }
+            }
+            _ = sleep_until(deadline), if pending.is_some() => {
+                pending = None;
+                sup.reload(Trigger::Catalog).await;
+            }
+            Some((id, pid, exit)) = exits_rx.recv() => {
+                if sup.on_exit(id, pid, exit) {
+                    let delay = sup.restart_backoff.next_delay();
+                    tracing::warn!(?delay, "restarting haproxy after backoff");
+                    restart_at = Some(tokio::time::Instant::now() + delay);
+                }
+            }
+            _ = sleep_until(restart_at.unwrap_or_else(far)), if restart_at.is_some() => {
+                restart_at = None;
+                if !sup.gens.iter().any(|g| g.state == GenState::Serving) {
+                    sup.counters.restarts += 1;
+                    if !sup.start_generation(Trigger::Restart).await {
+                        let delay = sup.restart_backoff.next_delay();
+                        restart_at = Some(tokio::time::Instant::now() + delay);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// HAProxy processes of an earlier run of ours (the supervisor was killed):
+/// the first generation takes their sockets and finishes them.
+fn adopt_leftovers(settings: &Settings) -> Vec<Pid> {
+    let Ok(text) = std::fs::read_to_string(settings.run_dir.join("haproxy.pids")) else {
+        return Vec::new();
+    };
+    let pids: Vec<Pid> = text
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .filter(|p| *p > 1)
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "haproxy")
+        })
+        .map(Pid::from_raw)
+        .collect();
+    if !pids.is_empty() {
+        tracing::warn!(
+            ?pids,
+            "found haproxy processes of an earlier run; the new one will take over from them"
+        );
+    }
+    pids
+}
+
+impl Supervisor {
+    fn serving(&self) -> Option<&Generation> {
+        self.gens.iter().find(|g| g.state == GenState::Serving)
+    }
+
+    fn write_pids(&self) {
+        let text: String = self.gens.iter().map(|g| format!("{}\n", g.pid)).collect();
+        if let Err(e) =
+            render::write_atomic(&self.settings.run_dir.join("haproxy.pids"), text.as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot write the pid file");
+        }
+    }
+
+    /// Logs each warning once while it lasts.
+    fn log_warnings(&mut self, warnings: &[crate::model::Warning]) {
+        let now: BTreeSet<String> = warnings.iter().map(|w| w.to_string()).collect();
+        for w in now.difference(&self.warned) {
+            tracing::warn!("{w}");
+        }
+        self.warned = now;
+    }
+
+    /// Produces a checked config in `running_file`. Returns its text, or
+    /// `None` when there is nothing new to run (or it is invalid: logged,
+    /// counted, and the running HAProxy and file are untouched).
+    async fn prepare(&mut self, trigger: Trigger) -> Option<String> {
+        let bin = self.settings.haproxy_bin.clone();
+        let Some(renderer) = &self.renderer else {
+            // External watcher mode: check its file, then copy it to ours.
+            let src = self.settings.config_file.clone();
+            let text = match std::fs::read_to_string(&src) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.counters.failed_reloads += 1;
+                    tracing::error!(file = %src.display(), error = %e, "cannot read the config; keeping the running haproxy");
+                    return None;
+                }
+            };
+            if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
+                return None;
+            }
+            if let Err(e) = render::write_atomic(&self.running_file, text.as_bytes()) {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, "cannot write the running config");
+                return None;
+            }
+            return Some(text);
+        };
+        let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
+        let (desired, warnings) = Desired::build(&catalog, &Context::from(&self.settings.vars));
+        let rendered = match renderer.render(&desired, &self.settings.vars) {
+            Ok(r) => r,
+            Err(e) => {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, "render failed; keeping the running haproxy");
+                return None;
+            }
+        };
+        self.log_warnings(&warnings);
+        let on_disk = std::fs::read_to_string(&self.running_file).ok();
+        let unchanged = on_disk.as_deref() == Some(rendered.config.as_str());
+        if unchanged
+            && trigger == Trigger::Catalog
+            && self.running_text.as_deref() == Some(rendered.config.as_str())
+        {
+            tracing::debug!("catalog changed but the config did not; no reload");
+            return None;
+        }
+        if unchanged {
+            // Already in place and checked (by us, earlier, or by a previous run).
+            if haproxy::check(&self.reaper, &bin, &self.running_file)
+                .await
+                .is_ok()
+            {
+                return Some(rendered.config);
+            }
+        }
+        let staged = match render::stage(&self.running_file, &rendered) {
+            Ok(s) => s,
+            Err(e) => {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, "cannot write the candidate config");
+                return None;
+            }
+        };
+        if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
+            self.counters.failed_reloads += 1;
+            tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
+            staged.abort();
+            return None;
+        }
+        if let Err(e) = staged.commit(&rendered) {
+            self.counters.failed_reloads += 1;
+            tracing::error!(error = %e, "cannot put the new config in place");
+            return None;
+        }
+        tracing::info!(services = desired.services.len(), file = %self.running_file.display(), "config written");
+        Some(rendered.config)
+    }
+
+    /// One reload: prepare a checked config, then start a generation.
+    async fn reload(&mut self, trigger: Trigger) {
+        let Some(text) = self.prepare(trigger).await else {
+            return;
+        };
+        self.running_text = Some(text);
+        self.start_generation(trigger).await;
+    }
+
+    /// Starts a generation on `running_file` by the configured strategy.
+    /// Returns whether it serves.
+    async fn start_generation(&mut self, trigger: Trigger) -> bool {
+        let Some(text) = self
+            .running_text
+            .clone()
+            .or_else(|| std::fs::read_to_string(&self.running_file).ok())
+        else {
+            return false;
+        };
+        let ports = haproxy::bind_ports(&text);
+        let mut old: Vec<Pid> = self
+            .gens
+            .iter()
+            .filter(|g| g.state != GenState::Draining)
+            .map(|g| g.pid)
+            .collect();
+        old.extend(self.adopted.iter().copied());
+        let socket = self.settings.admin_socket();
+        let can_transfer = !old.is_empty()
+            && text.contains("expose-fd listeners")
+            && std::os::unix::net::UnixStream::connect(&socket).is_ok();
+
+        let mut strategy = self.settings.reload_strategy;
+        if old.is_empty() {
+            strategy = ReloadStrategy::Plain; // nothing to hand over from
+        } else if strategy == ReloadStrategy::Seamless && !can_transfer {
+            strategy = if self.syn_drop_available {
+                ReloadStrategy::SynDrop
+            } else {
+                ReloadStrategy::Plain
+            };
+            tracing::warn!(socket = %socket.display(), fallback = strategy.as_str(), "socket transfer impossible; falling back");
+        }
+        let started = Instant::now();
+        let result = match strategy {
+            ReloadStrategy::SynDrop => self.start_syn_drop(&text, &ports, &old).await,
+            ReloadStrategy::Seamless => self.start_with(&ports, &old, Some(&socket)).await,
+            ReloadStrategy::Plain => self.start_with(&ports, &old, None).await,
+        };
+        match result {
+            Ok(id) => {
+                for g in &mut self.gens {
+                    if g.id != id && g.state != GenState::Draining {
+                        g.state = GenState::Draining;
+                    }
+                }
+                self.adopted.clear();
+                if trigger != Trigger::Start && trigger != Trigger::Restart {
+                    self.counters.reloads += 1;
+                }
+                let pid = self.serving().map(|g| g.pid.as_raw()).unwrap_or(0);
+                tracing::info!(
+                    ?trigger,
+                    strategy = strategy.as_str(),
+                    pid,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    reloads = self.counters.reloads,
+                    failed_reloads = self.counters.failed_reloads,
+                    restarts = self.counters.restarts,
+                    draining = self
+                        .gens
+                        .iter()
+                        .filter(|g| g.state == GenState::Draining)
+                        .count(),
+                    "haproxy reload done"
+                );
+                self.write_pids();
+                true
+            }
+            Err(e) => {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, ?trigger, "haproxy reload failed; the previous generation keeps serving");
+                false
+            }
+        }
+    }
+
+    /// Spawns a generation and waits until it listens.
+    async fn start_with(
+        &mut self,
+        ports: &BTreeSet<u16>,
+        old: &[Pid],
+        socket: Option<&std::path::Path>,
+    ) -> Result<u64, HaproxyError> {
+        let spec = StartSpec {
+            bin: &self.settings.haproxy_bin,
+            config: &self.running_file,
+            take_sockets_from: socket,
+            finish: old,
+        };
+        let (pid, mut exited) = haproxy::start(&self.reaper, &spec)?;
+        let id = self.next_gen;
+        self.next_gen += 1;
+        self.gens.push(Generation {
+            id,
+            pid,
+            state: GenState::Starting,
+            started: Instant::now(),
+        });
+        let r = haproxy::wait_listening(pid, ports, &mut exited, Duration::from_secs(10)).await;
+        // From here on the exit goes to the main loop.
+        let tx = self.exits_tx.clone();
+        match r {
+            Ok(()) => {
+                tokio::spawn(async move {
+                    if let Ok(exit) = exited.await {
+                        let _ = tx.send((id, pid, exit));
+                    }
+                });
+                if let Some(g) = self.gens.iter_mut().find(|g| g.id == id) {
+                    g.state = GenState::Serving;
+                }
+                Ok(id)
+            }
+            Err(HaproxyError::DiedAtStart { pid: p, exit }) => {
+                // Already reaped: the old generations keep serving.
+                self.gens.retain(|g| g.id != id);
+                Err(HaproxyError::DiedAtStart { pid: p, exit })
+            }
+            Err(e) => {
+                // Not serving: make sure it goes away; the old keep serving.
+                tokio::spawn(async move {
+                    if let Ok(exit) = exited.await {
+                        let _ = tx.send((id, pid, exit));
+                    }
+                });
+                let _ = kill(pid, Signal::SIGKILL);
+                if let Some(g) = self.gens.iter_mut().find(|g| g.id == id) {
+                    g.state = GenState::Draining;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The seed's reload: drop SYNs to every bound port while the new
+    /// process starts and the old ones unbind, then remove the rules.
+    async fn start_syn_drop(
+        &mut self,
+        _text: &str,
+        ports: &BTreeSet<u16>,
+        old: &[Pid],
+    ) -> Result<u64, HaproxyError> {
+        let p = ports.clone();
+        let guard = self
+            .reaper
+            .hold_off(move || SynDropGuard::insert(&p))
+            .await
+            .map_err(|e| HaproxyError::Iptables(e.to_string()))??;
+        let result = self.start_with(ports, old, None).await;
+        if result.is_ok() {
+            // New SYNs must not land in an old socket's queue: wait (briefly)
+            // until the old generations have closed their listeners.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline
+                && old
+                    .iter()
+                    .any(|pid| !haproxy::ports_listening(*pid, ports).is_empty())
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        match self.reaper.hold_off(move || guard.remove()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not remove SYN-drop rules"),
+            Err(e) => tracing::error!(error = %e, "could not remove SYN-drop rules"),
+        }
+        result
+    }
+
+    /// Handles a generation's exit; returns whether a restart is needed.
+    fn on_exit(&mut self, id: u64, pid: Pid, exit: Exit) -> bool {
+        let Some(pos) = self.gens.iter().position(|g| g.id == id) else {
+            return false;
+        };
+        let g = self.gens.remove(pos);
+        self.write_pids();
+        match g.state {
+            GenState::Draining => {
+                tracing::info!(pid = pid.as_raw(), %exit, "old haproxy finished draining");
+                false
+            }
+            GenState::Starting | GenState::Serving => {
+                if g.started.elapsed() > Duration::from_secs(30) {
+                    self.restart_backoff.reset();
+                }
+                tracing::error!(pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
+                !self.gens.iter().any(|g| g.state == GenState::Serving)
+            }
+        }
+    }
+
+    /// Graceful stop: soft-stop every generation (SIGUSR1), wait up to the
+    /// stop timeout, then force. A second SIGTERM/SIGINT forces at once.
+    async fn stop(
+        &mut self,
+        why: &str,
+        sigterm: &mut tokio::signal::unix::Signal,
+        sigint: &mut tokio::signal::unix::Signal,
+        exits_rx: &mut mpsc::UnboundedReceiver<(u64, Pid, Exit)>,
+    ) -> i32 {
+        tracing::info!(signal = why, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
+        let serving = self.serving().map(|g| g.id);
+        for g in &self.gens {
+            let _ = kill(g.pid, Signal::SIGUSR1);
+        }
+        let mut serving_exit: Option<Exit> = None;
+        let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
+        let mut forced = false;
+        while !self.gens.is_empty() {
+            tokio::select! {
+                _ = sleep_until(deadline), if !forced => {
+                    tracing::warn!("stop timeout passed; terminating haproxy");
+                    forced = true;
+                    self.force();
+                }
+                _ = sigterm.recv() => { tracing::warn!("second signal; stopping now"); forced = true; self.force(); }
+                _ = sigint.recv() => { tracing::warn!("second signal; stopping now"); forced = true; self.force(); }
+                _ = tokio::time::sleep(Duration::from_secs(2)), if forced => {
+                    for g in &self.gens { let _ = kill(g.pid, Signal::SIGKILL); }
+                }
+                Some((id, _pid, exit)) = exits_rx.recv() => {
+                    if Some(id) == serving { serving_exit = Some(exit); }
+                    self.gens.retain(|g| g.id != id);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.settings.run_dir.join("haproxy.pids"));
+        self.reaper.drain();
+        let code = match serving_exit {
+            None | Some(Exit::Code(0)) => 0,
+            Some(e) => e.code(),
+        };
+        tracing::info!(
+            exit_code = code,
+            reloads = self.counters.reloads,
+            failed_reloads = self.counters.failed_reloads,
+            restarts = self.counters.restarts,
+            "stopped"
+        );
+        code
+    }
+
+    fn force(&self) {
+        for g in &self.gens {
+            let _ = kill(g.pid, Signal::SIGTERM);
+        }
+    }
+}
