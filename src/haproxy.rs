@@ -232,24 +232,34 @@ fn ipt() -> Result<iptables::IPTables, HaproxyError> {
     iptables::new(false).map_err(|e| HaproxyError::Iptables(e.to_string()))
 }
 
+/// `iptables -S INPUT`, failing when iptables fails (the crate's `list`
+/// ignores the exit status, so a missing NET_ADMIN would look like an
+/// empty chain).
+fn list_input(t: &iptables::IPTables) -> Result<Vec<String>, HaproxyError> {
+    let out = t
+        .execute("filter", "-S INPUT")
+        .map_err(|e| HaproxyError::Iptables(e.to_string()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !stdout.contains("-P INPUT") {
+        return Err(HaproxyError::Iptables(format!(
+            "cannot read the INPUT chain (is NET_ADMIN granted?): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(stdout.lines().map(str::to_string).collect())
+}
+
 /// Whether we can manage iptables rules here (NET_ADMIN and an iptables
 /// binary). Blocking: run it under [`Reaper::hold_off`] once the reaper runs.
 pub fn iptables_usable() -> Result<(), HaproxyError> {
-    let t = ipt()?;
-    t.list("filter", "INPUT").map(|_| ()).map_err(|e| {
-        HaproxyError::Iptables(format!(
-            "cannot read the INPUT chain (is NET_ADMIN granted?): {e}"
-        ))
-    })
+    list_input(&ipt()?).map(|_| ())
 }
 
 /// Removes every rule of ours from INPUT (left by a killed earlier run).
 /// Blocking. Returns how many were removed.
 pub fn remove_stale_rules() -> Result<usize, HaproxyError> {
     let t = ipt()?;
-    let rules = t
-        .list("filter", "INPUT")
-        .map_err(|e| HaproxyError::Iptables(e.to_string()))?;
+    let rules = list_input(&t)?;
     let mut n = 0;
     for r in rules.iter().filter(|r| r.contains(RULE_COMMENT)) {
         if let Some(spec) = r.strip_prefix("-A INPUT ") {

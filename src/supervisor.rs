@@ -206,6 +206,13 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
 
     loop {
+        // A checked config but nothing serving (a start that failed, say
+        // because a port was taken): retry with backoff until it serves.
+        if restart_at.is_none() && sup.running_text.is_some() && sup.serving().is_none() {
+            let delay = sup.restart_backoff.next_delay();
+            tracing::warn!(?delay, "no haproxy is serving; starting one after backoff");
+            restart_at = Some(tokio::time::Instant::now() + delay);
+        }
         let deadline = match pending {
             Some((first, last)) => tokio::time::Instant::from_std(
                 (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max),
@@ -245,20 +252,14 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 sup.reload(Trigger::Catalog).await;
             }
             Some((id, pid, exit)) = exits_rx.recv() => {
-                if sup.on_exit(id, pid, exit) {
-                    let delay = sup.restart_backoff.next_delay();
-                    tracing::warn!(?delay, "restarting haproxy after backoff");
-                    restart_at = Some(tokio::time::Instant::now() + delay);
-                }
+                // A needed restart is scheduled at the top of the loop.
+                sup.on_exit(id, pid, exit);
             }
             _ = sleep_until(restart_at.unwrap_or_else(far)), if restart_at.is_some() => {
                 restart_at = None;
-                if !sup.gens.iter().any(|g| g.state == GenState::Serving) {
+                if sup.serving().is_none() {
                     sup.counters.restarts += 1;
-                    if !sup.start_generation(Trigger::Restart).await {
-                        let delay = sup.restart_backoff.next_delay();
-                        restart_at = Some(tokio::time::Instant::now() + delay);
-                    }
+                    sup.start_generation(Trigger::Restart).await;
                 }
             }
         }
@@ -473,7 +474,11 @@ impl Supervisor {
             }
             Err(e) => {
                 self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, ?trigger, "haproxy reload failed; the previous generation keeps serving");
+                if self.serving().is_some() {
+                    tracing::error!(error = %e, ?trigger, "haproxy reload failed; the previous generation keeps serving");
+                } else {
+                    tracing::error!(error = %e, ?trigger, "haproxy failed to start");
+                }
                 false
             }
         }
@@ -572,24 +577,22 @@ impl Supervisor {
         result
     }
 
-    /// Handles a generation's exit; returns whether a restart is needed.
-    fn on_exit(&mut self, id: u64, pid: Pid, exit: Exit) -> bool {
+    /// Handles a generation's exit.
+    fn on_exit(&mut self, id: u64, pid: Pid, exit: Exit) {
         let Some(pos) = self.gens.iter().position(|g| g.id == id) else {
-            return false;
+            return;
         };
         let g = self.gens.remove(pos);
         self.write_pids();
         match g.state {
             GenState::Draining => {
                 tracing::info!(pid = pid.as_raw(), %exit, "old haproxy finished draining");
-                false
             }
             GenState::Starting | GenState::Serving => {
                 if g.started.elapsed() > Duration::from_secs(30) {
                     self.restart_backoff.reset();
                 }
                 tracing::error!(pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
-                !self.gens.iter().any(|g| g.state == GenState::Serving)
             }
         }
     }
