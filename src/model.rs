@@ -142,10 +142,14 @@ pub struct Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The tag may be an unknown key straight from Consul: escaped, so a
+        // newline in it cannot forge a log line.
         write!(
             f,
             "service {:?}: {}: {}",
-            self.service, self.tag, self.message
+            self.service,
+            self.tag.escape_debug(),
+            self.message
         )
     }
 }
@@ -314,6 +318,19 @@ impl Desired {
         let mut routes: BTreeSet<(String, String)> = BTreeSet::new();
         for (name, cs) in &catalog.services {
             if !enabled(&cs.tags) {
+                // `HAPROXY.ENABLE=TRUE`, `=yes`...: most likely meant to expose.
+                if let Some(t) = cs.tags.iter().find(|t| {
+                    t.strip_prefix("HAPROXY.ENABLE=")
+                        .is_some_and(|v| v != "false")
+                }) {
+                    warnings.push(Warning {
+                        service: name.clone(),
+                        tag: "HAPROXY.ENABLE".into(),
+                        message: format!(
+                            "{t:?}: only HAPROXY.ENABLE=true exposes a service; not exposed"
+                        ),
+                    });
+                }
                 continue;
             }
             let mut warn = |tag: &str, message: String| {
@@ -778,5 +795,23 @@ mod tests {
             ["a"]
         );
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn warnings_cannot_forge_log_lines() {
+        let c = catalog(&[(
+            "www\nx",
+            vec![inst(
+                "a",
+                "10.0.0.1",
+                80,
+                &["HAPROXY.ENABLE=true", "HAPROXY.X\nforged=1"],
+            )],
+        )]);
+        let (_, w) = Desired::build(&c, &ctx());
+        assert!(!w.is_empty());
+        for w in &w {
+            assert!(!w.to_string().contains('\n'), "{w}");
+        }
     }
 }

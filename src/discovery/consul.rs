@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::{publish, Backoff, CatalogTx};
-use crate::model::{enabled, Catalog, CatalogService, Instance};
+use crate::model::{enabled, is_service_name, Catalog, CatalogService, Instance};
 
 /// How long a blocking query waits on Consul's side.
 pub const WAIT: Duration = Duration::from_secs(55);
@@ -383,8 +383,13 @@ impl State {
             .map(|(n, _)| n)
             .collect();
         self.instances.retain(|n, _| exposed.contains(n));
+        // A name the model rejects is left out whatever its instances are,
+        // and Consul itself may refuse to look it up (a newline in the name
+        // is a 400): fetching it would fail every refresh, so it is not
+        // fetched and renders as an invalid service with a warning.
         let todo: Vec<String> = exposed
             .iter()
+            .filter(|n| is_service_name(n))
             .filter(|n| {
                 self.all_dirty || self.dirty.contains(**n) || !self.instances.contains_key(**n)
             })
@@ -474,6 +479,14 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
     let mut health_q: Query<Vec<HealthCheck>> =
         query(&client, "/v1/health/state/any", 0, Duration::ZERO);
     let mut last_error: Option<String> = None;
+    // Whether each query's last answer was a success. After an error (an
+    // agent restart, say) the other query's view is from before it, and a
+    // catalog mixing the two is neither the old nor the new state: with the
+    // services from before and the checks from after, every instance looks
+    // gone, the catalog is not empty, and the empty-catalog grace below
+    // would not hold it back. So a catalog is built only when both are
+    // current again.
+    let (mut cat_ok, mut health_ok) = (true, true);
     loop {
         let mut report = |e: &ConsulError, st: &mut State| {
             let text = e.to_string();
@@ -488,6 +501,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             r = &mut cat_q => match r {
                 Ok(a) => {
                     cat_backoff.reset();
+                    cat_ok = true;
                     let (idx, changed) = next_index(cat_index, a.index);
                     let reset = idx == 0;
                     cat_index = if reset { 0 } else { idx };
@@ -505,6 +519,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 }
                 Err(e) => {
                     report(&e, &mut st);
+                    cat_ok = false;
                     cat_q = query(&client, "/v1/catalog/services", 0, cat_backoff.next_delay());
                     cat_index = 0;
                     false
@@ -513,6 +528,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             r = &mut health_q => match r {
                 Ok(a) => {
                     health_backoff.reset();
+                    health_ok = true;
                     let (idx, changed) = next_index(health_index, a.index);
                     let reset = idx == 0;
                     health_index = if reset { 0 } else { idx };
@@ -524,13 +540,16 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 }
                 Err(e) => {
                     report(&e, &mut st);
+                    health_ok = false;
                     health_q = query(&client, "/v1/health/state/any", 0, health_backoff.next_delay());
                     health_index = 0;
                     false
                 }
             },
         };
-        if !changed {
+        // The other query's next answer after its error comes with index 0,
+        // so it counts as a change and the skipped refresh happens then.
+        if !(changed && cat_ok && health_ok) {
             continue;
         }
         match st.refresh().await {
@@ -542,12 +561,15 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 }
                 let was_empty = tx.borrow().as_ref().is_none_or(|c| c.services.is_empty());
                 if catalog.services.is_empty() && !was_empty && st.recovering {
+                    let first = st.empty_since.is_none();
                     let since = *st.empty_since.get_or_insert_with(Instant::now);
                     if since.elapsed() < st.cfg.empty_grace {
-                        tracing::warn!(
-                            grace = ?st.cfg.empty_grace,
-                            "consul answers with no services after an outage; keeping the last good catalog for now"
-                        );
+                        if first {
+                            tracing::warn!(
+                                grace = ?st.cfg.empty_grace,
+                                "consul answers with no services after an outage; keeping the last good catalog for now"
+                            );
+                        }
                         // Ask again soon: the grace period ends without an index change.
                         health_q =
                             query(&client, "/v1/health/state/any", 0, Duration::from_secs(1));

@@ -1341,3 +1341,107 @@ impl Drop for Supervisor {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// One-shot runs and the rendered files
+// ---------------------------------------------------------------------------
+
+/// What a one-shot run of the binary under test (`render`, `check`) left.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Exit code; None if killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary under test to completion with `args` and extra `envs`
+/// (in the calling thread's network namespace). Panics with its output if it
+/// has not exited after `timeout`.
+pub fn run_once(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> RunOutput {
+    let mut cmd = Command::new(SUPERVISOR_BIN);
+    cmd.args(args)
+        .envs(envs.iter().copied())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {SUPERVISOR_BIN}: {e}"));
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let status = child_wait_timeout(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(s) => RunOutput {
+            code: s.code(),
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "`haproxy-supervisor {}` still running after {timeout:?}; stderr:\n{stderr}",
+            args.join(" ")
+        ),
+    }
+}
+
+/// The lines of the section that starts with the line `header` (for example
+/// `backend www`) in a rendered config, header excluded, up to the next
+/// blank line; None if there is no such section.
+pub fn config_section(config: &str, header: &str) -> Option<Vec<String>> {
+    let mut lines = config.lines();
+    lines.find(|l| *l == header)?;
+    Some(
+        lines
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Path of the map file of `kind` (`"hosts"` or `"paths"`) a rendered config
+/// refers to (`...map(<dir>/hosts-<hash>.map)` or `map_beg(...)`).
+pub fn config_map_path(config: &str, kind: &str) -> Option<PathBuf> {
+    config.lines().find_map(|l| {
+        let start = l.find("map(")? + 4;
+        let rest = &l[start..];
+        let path = &rest[..rest.find(')')?];
+        let name = Path::new(path).file_name()?.to_str()?;
+        (name.starts_with(&format!("{kind}-")) && name.ends_with(".map"))
+            .then(|| PathBuf::from(path))
+    })
+}
+
+/// The content of the map file of `kind` the config at `cfg_path` refers
+/// to: None if the config cannot be read or names no such map, `Some("")`
+/// if the map file it names is missing.
+pub fn current_map(cfg_path: &Path, kind: &str) -> Option<String> {
+    let config = std::fs::read_to_string(cfg_path).ok()?;
+    let map = config_map_path(&config, kind)?;
+    Some(std::fs::read_to_string(map).unwrap_or_default())
+}
