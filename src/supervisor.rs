@@ -87,6 +87,8 @@ struct Supervisor {
     restart_backoff: discovery::Backoff,
     /// Pids of HAProxy processes left by an earlier run of ours (adopted).
     adopted: Vec<Pid>,
+    /// The global maxconn last lowered to fit the servers' descriptors.
+    fd_fit: Option<u32>,
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
@@ -175,7 +177,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
-        adopted: adopt_leftovers(&settings),
+        adopted: adopt_leftovers(&settings, &running_file),
         settings,
         reaper,
         renderer,
@@ -189,6 +191,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         syn_drop_available,
         counters: Counters::default(),
         restart_backoff: discovery::Backoff::new(Duration::from_secs(10)),
+        fd_fit: None,
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -267,18 +270,37 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
 }
 
 /// HAProxy processes of an earlier run of ours (the supervisor was killed):
-/// the first generation takes their sockets and finishes them.
-fn adopt_leftovers(settings: &Settings) -> Vec<Pid> {
-    let Ok(text) = std::fs::read_to_string(settings.run_dir.join("haproxy.pids")) else {
-        return Vec::new();
+/// the first generation takes their sockets and finishes them. They are the
+/// pids of the pid file, and any `haproxy -f <running_file>`: a process
+/// spawned just before the kill may not have reached the pid file yet.
+fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<Pid> {
+    let is_haproxy = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "haproxy")
     };
-    let pids: Vec<Pid> = text
+    let runs_our_file = |p: i32| {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
+            return false;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = running_file.as_os_str().as_encoded_bytes();
+        args.windows(2).any(|w| w[0] == b"-f" && w[1] == ours)
+    };
+    let mut pids: BTreeSet<i32> = std::fs::read_to_string(settings.run_dir.join("haproxy.pids"))
+        .unwrap_or_default()
         .split_whitespace()
         .filter_map(|p| p.parse::<i32>().ok())
-        .filter(|p| *p > 1)
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "haproxy")
-        })
+        .collect();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        pids.extend(
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| runs_our_file(*p)),
+        );
+    }
+    let me = std::process::id() as i32;
+    let pids: Vec<Pid> = pids
+        .into_iter()
+        .filter(|p| *p > 1 && *p != me && is_haproxy(*p))
         .map(Pid::from_raw)
         .collect();
     if !pids.is_empty() {
@@ -313,12 +335,51 @@ impl Supervisor {
         self.warned = now;
     }
 
+    /// HAProxy reserves one descriptor per health-checked server on top of
+    /// two per connection and refuses to start when the open-files limit
+    /// cannot hold them all (with 3,000 servers and the start-up fit of the
+    /// global maxconn it never started). Lowers the global maxconn so that
+    /// every server fits too; logs when the fitted value changes.
+    fn fit_fd_limit(&mut self, desired: &Desired) -> crate::settings::HaproxyVars {
+        const RESERVE: u64 = 1000;
+        let mut vars = self.settings.vars.clone();
+        let Ok((limit, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        else {
+            return vars;
+        };
+        let servers: u64 = desired
+            .services
+            .iter()
+            .map(|s| s.servers.len() as u64)
+            .sum();
+        let fit = (limit.saturating_sub(RESERVE + servers) / 2).clamp(1, u32::MAX as u64) as u32;
+        let fitted = (vars.maxconn_global > fit).then_some(fit);
+        if fitted != self.fd_fit {
+            if let Some(fit) = fitted {
+                tracing::warn!(
+                    servers,
+                    open_files_limit = limit,
+                    maxconn = fit,
+                    "HAPROXY_MAXCONN_GLOBAL={} and one descriptor per checked server do not fit the open-files limit; using a lower global maxconn{}",
+                    vars.maxconn_global,
+                    if limit < RESERVE + servers + 2 { " (too many servers: haproxy will refuse to start)" } else { "" }
+                );
+            }
+            self.fd_fit = fitted;
+        }
+        if let Some(fit) = fitted {
+            vars.maxconn_global = fit;
+        }
+        vars
+    }
+
     /// Produces a checked config in `running_file`. Returns its text, or
     /// `None` when there is nothing new to run (or it is invalid: logged,
     /// counted, and the running HAProxy and file are untouched).
     async fn prepare(&mut self, trigger: Trigger) -> Option<String> {
         let bin = self.settings.haproxy_bin.clone();
-        let Some(renderer) = &self.renderer else {
+        if self.renderer.is_none() {
             // External watcher mode: check its file, then copy it to ours.
             let src = self.settings.config_file.clone();
             let text = match std::fs::read_to_string(&src) {
@@ -340,10 +401,14 @@ impl Supervisor {
                 return None;
             }
             return Some(text);
-        };
+        }
         let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
         let (desired, warnings) = Desired::build(&catalog, &Context::from(&self.settings.vars));
-        let rendered = match renderer.render(&desired, &self.settings.vars) {
+        let vars = self.fit_fd_limit(&desired);
+        let Some(renderer) = &self.renderer else {
+            return None;
+        };
+        let rendered = match renderer.render(&desired, &vars) {
             Ok(r) => r,
             Err(e) => {
                 self.counters.failed_reloads += 1;
@@ -506,6 +571,9 @@ impl Supervisor {
             state: GenState::Starting,
             started: Instant::now(),
         });
+        // Recorded before it serves: if we are killed during this reload,
+        // the next run must find (and finish) this process too.
+        self.write_pids();
         let r = haproxy::wait_listening(pid, ports, &mut exited, Duration::from_secs(10)).await;
         // From here on the exit goes to the main loop.
         let tx = self.exits_tx.clone();

@@ -1,0 +1,267 @@
+//! Issue #3, the supervisor as PID 1 of a pid namespace (as a container's
+//! ENTRYPOINT): it reaps orphans it never started, lets in-flight requests
+//! finish on SIGTERM and exits 0, and restarts a killed HAProxy.
+//!
+//! Each test runs in its own network namespace, under
+//! `unshare --pid --fork --mount-proc`. Run as root: `cargo test --test pid1`.
+
+mod common;
+mod reload_support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use reload_support::*;
+
+/// Starts the supervisor as PID 1 on `services` and waits until `www`
+/// answers.
+fn start_pid1(files: &Files, extra_args: &[String], envs: &[(&'static str, String)]) -> Supervisor {
+    let mut args = files.render_args();
+    args.extend(extra_args.iter().cloned());
+    let sup = Supervisor::spawn_as_pid1(&strs(&args), &env_refs(envs));
+    wait_done(&sup, 1, T);
+    wait_serving(WWW, T);
+    sup
+}
+
+/// SIGTERM, then the exit status of `unshare` (the supervisor's own).
+fn terminate(sup: &mut Supervisor) -> std::process::ExitStatus {
+    sup.signal(Signal::SIGTERM).expect("SIGTERM");
+    match sup.wait_timeout(Duration::from_secs(15)) {
+        Some(st) => st,
+        None => panic!("did not exit within 15 s of SIGTERM; log:\n{}", sup.log()),
+    }
+}
+
+/// With an `--haproxy-bin` wrapper that leaves a background `sleep` behind
+/// every time it runs (`haproxy -c` and every generation), the orphans are
+/// reparented to the supervisor, PID 1, which must reap them: none stays a
+/// zombie.
+#[test]
+fn pid1_reaps_orphaned_grandchildren() {
+    netns::enter();
+    let _orphans = OrphanGuard;
+    let a = Backend::start("web-1");
+    let b = Backend::start("web-2");
+    let files = Files::new();
+    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let wrapper = files.path("haproxy-wrapper");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n# The subshell exits at once: its background sleep is orphaned.\n\
+             ( sleep 1.5 & )\nexec {} \"$@\"\n",
+            require("haproxy").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = env("seamless");
+    let mut sup = start_pid1(&files, &["--haproxy-bin".into(), s(&wrapper)], &env);
+    let init = sup.pid();
+    let ns = sup.wrapper_pid().expect("unshare pid");
+
+    // More orphans: a reload runs the wrapper twice (check, new generation).
+    let before = done_count(&sup);
+    sup.signal(Signal::SIGHUP).expect("SIGHUP");
+
+    // Orphaned sleeps whose parent is now PID 1 (the supervisor).
+    let mut adopted: Vec<i32> = Vec::new();
+    wait_until(T, "an orphaned sleep reparented to the supervisor", || {
+        for p in children_of(init) {
+            if p.comm == "sleep" && !adopted.contains(&p.pid) {
+                adopted.push(p.pid);
+            }
+        }
+        !adopted.is_empty()
+    });
+    wait_done(&sup, before + 1, T);
+    // Each exits after 1.5 s and must then disappear from /proc: reaped.
+    for pid in &adopted {
+        if !poll_until(Duration::from_secs(5), || proc_stat(*pid).is_none()) {
+            panic!(
+                "orphan {pid} not reaped: {:?}; log:\n{}",
+                proc_stat(*pid),
+                sup.log()
+            );
+        }
+    }
+    // Nothing in the pid namespace is left a zombie once the sleeps are over.
+    wait_until(T, "every sleep of the wrappers to be over", || {
+        !descendants_of(ns).iter().any(|p| p.comm == "sleep")
+    });
+    assert!(
+        poll_until(Duration::from_secs(2), || zombies_under(ns).is_empty()),
+        "zombies in the pid namespace: {:?}",
+        descendants_of(ns)
+            .into_iter()
+            .filter(|p| p.state == 'Z')
+            .collect::<Vec<_>>()
+    );
+    println!("reaped orphans {adopted:?}");
+    assert!(matches!(get(WWW), Ok((200, _))));
+    let status = terminate(&mut sup);
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{}", sup.log());
+}
+
+/// A backend on a test thread that answers each request after `delay`, and
+/// counts the requests it has received.
+struct SlowBackend {
+    port: u16,
+    received: Arc<AtomicUsize>,
+}
+
+impl SlowBackend {
+    fn start(delay: Duration) -> SlowBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind slow backend");
+        let port = listener.local_addr().unwrap().port();
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&received);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let counter = Arc::clone(&counter);
+                thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    // Health checks connect and close: only full heads count.
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    thread::sleep(delay);
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nslow\n",
+                    );
+                });
+            }
+        });
+        SlowBackend { port, received }
+    }
+}
+
+/// SIGTERM while slow requests are in flight (and a load is running): the
+/// in-flight requests complete with 200, and the exit code is 0.
+#[test]
+fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
+    netns::enter();
+    let _orphans = OrphanGuard;
+    let a = Backend::start("web-1");
+    let b = Backend::start("web-2");
+    let slow = SlowBackend::start(Duration::from_millis(1500));
+    let files = Files::new();
+    let slow_service = serde_json::json!({
+        "name": "slow",
+        "instances": [{"id": "slow-1", "address": "127.0.0.1", "port": slow.port,
+                        "tags": ["HAPROXY.ENABLE=true"]}],
+    });
+    write_catalog(
+        &files.catalog(),
+        &[service("www", &[&a, &b], &[]), slow_service],
+    );
+    let env = env("seamless");
+    let mut sup = start_pid1(&files, &[], &env);
+    let ns = sup.wrapper_pid().expect("unshare pid");
+
+    let load = Load::start(FRONT, WWW, 20);
+    thread::sleep(Duration::from_millis(300));
+    const SLOW: usize = 5;
+    let in_flight: Vec<_> = (0..SLOW)
+        .map(|_| {
+            thread::spawn(|| http_get(FRONT, "slow.example.com", "/", Duration::from_secs(10)))
+        })
+        .collect();
+    wait_until(T, "the slow requests to reach the backend", || {
+        slow.received.load(Ordering::SeqCst) >= SLOW
+    });
+
+    let status = terminate(&mut sup);
+    let report = load.stop();
+    let answers: Vec<_> = in_flight.into_iter().map(|t| t.join().unwrap()).collect();
+    println!("exit {status}; in-flight answers {answers:?}; load during the stop: {report}");
+    for r in &answers {
+        assert_eq!(
+            r,
+            &Ok((200, "slow\n".to_string())),
+            "an in-flight request did not finish; log:\n{}",
+            sup.log()
+        );
+    }
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{}", sup.log());
+    // Once HAProxy stops listening new connections are refused; a request
+    // that got an answer got a complete, successful one.
+    assert_eq!(report.non_2xx, 0, "{report}");
+    assert_eq!(report.other, 0, "{report}");
+    assert!(report.ok > 0, "{report}");
+    assert!(
+        !events_with(&sup, "stopped").is_empty(),
+        "log:\n{}",
+        sup.log()
+    );
+    // The namespace is gone with its PID 1: nothing of it is left.
+    assert!(descendants_of(ns).is_empty(), "{:?}", descendants_of(ns));
+    assert!(
+        in_my_netns("haproxy").is_empty(),
+        "{:?}",
+        in_my_netns("haproxy")
+    );
+}
+
+/// SIGKILL of the serving HAProxy: the supervisor logs it, restarts HAProxy
+/// (after a short backoff), and it serves again; the dead one is reaped.
+#[test]
+fn pid1_restarts_a_killed_haproxy() {
+    netns::enter();
+    let _orphans = OrphanGuard;
+    let a = Backend::start("web-1");
+    let b = Backend::start("web-2");
+    let files = Files::new();
+    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let env = env("seamless");
+    let mut sup = start_pid1(&files, &[], &env);
+    let init = sup.pid();
+    let ns = sup.wrapper_pid().expect("unshare pid");
+    // Pids as the test sees them (the log has the namespace's own).
+    let serving = haproxies_under(init);
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    let old = serving[0];
+
+    kill(Pid::from_raw(old), Signal::SIGKILL).expect("kill haproxy");
+    wait_until(T, "the death to be logged", || {
+        !events_with(&sup, "serving haproxy died unexpectedly").is_empty()
+    });
+    wait_done(&sup, 2, T);
+    let restarted = events_with(&sup, "haproxy reload done");
+    let last = &restarted[restarted.len() - 1]["fields"];
+    assert_eq!(last["trigger"], "Restart", "{last}");
+    wait_serving(WWW, T);
+    for _ in 0..10 {
+        assert!(matches!(get(WWW), Ok((200, _))), "{:?}", get(WWW));
+    }
+    let serving = haproxies_under(init);
+    assert_eq!(serving.len(), 1, "{serving:?}");
+    assert_ne!(serving[0], old);
+    assert!(
+        proc_stat(old).is_none(),
+        "the killed haproxy was not reaped"
+    );
+    assert!(
+        poll_until(Duration::from_secs(2), || zombies_under(ns).is_empty()),
+        "zombies: {:?}",
+        zombies_under(ns)
+    );
+
+    let status = terminate(&mut sup);
+    assert_eq!(status.code(), Some(0), "exit {status}; log:\n{}", sup.log());
+}
