@@ -277,13 +277,31 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
     let is_haproxy = |p: i32| {
         std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "haproxy")
     };
+    // Same file: `-f` resolved against that process's working directory,
+    // compared canonically (tests and users pass relative paths).
+    let ours = std::fs::canonicalize(running_file).ok();
     let runs_our_file = |p: i32| {
+        let Some(ours) = &ours else { return false };
         let Ok(cmdline) = std::fs::read(format!("/proc/{p}/cmdline")) else {
             return false;
         };
+        let Ok(cwd) = std::fs::read_link(format!("/proc/{p}/cwd")) else {
+            return false;
+        };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let ours = running_file.as_os_str().as_encoded_bytes();
-        args.windows(2).any(|w| w[0] == b"-f" && w[1] == ours)
+        args.windows(2).any(|w| {
+            w[0] == b"-f"
+                && std::str::from_utf8(w[1])
+                    .ok()
+                    .and_then(|f| std::fs::canonicalize(cwd.join(f)).ok())
+                    .as_ref()
+                    == Some(ours)
+        })
+    };
+    // Only processes of our own network namespace hold our ports.
+    let my_netns = std::fs::read_link("/proc/self/ns/net").ok();
+    let same_netns = |p: i32| {
+        my_netns.is_some() && std::fs::read_link(format!("/proc/{p}/ns/net")).ok() == my_netns
     };
     let mut pids: BTreeSet<i32> = std::fs::read_to_string(settings.run_dir.join("haproxy.pids"))
         .unwrap_or_default()
@@ -300,7 +318,7 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
     let me = std::process::id() as i32;
     let pids: Vec<Pid> = pids
         .into_iter()
-        .filter(|p| *p > 1 && *p != me && is_haproxy(*p))
+        .filter(|p| *p > 1 && *p != me && is_haproxy(*p) && same_netns(*p))
         .map(Pid::from_raw)
         .collect();
     if !pids.is_empty() {
