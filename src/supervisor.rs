@@ -444,8 +444,13 @@ impl Supervisor {
             tracing::debug!("catalog changed but the config did not; no reload");
             return None;
         }
+        if unchanged && self.running_text.as_deref() == Some(rendered.config.as_str()) {
+            // The very text we checked and put in place ourselves (a SIGHUP
+            // with nothing new): checking it again would only cost CPU.
+            return Some(rendered.config);
+        }
         if unchanged {
-            // Already in place and checked (by us, earlier, or by a previous run).
+            // In place but not checked by this run (a previous run wrote it).
             if haproxy::check(&self.reaper, &bin, &self.running_file)
                 .await
                 .is_ok()

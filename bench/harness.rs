@@ -1,0 +1,683 @@
+//! Shared pieces of the two benchmark binaries (`src/bin/reload-bench.rs`
+//! and `src/bin/scale-bench.rs` include this file with `#[path]`): a private
+//! network namespace, child processes that die with the bench, a small
+//! blocking HTTP client that classifies failures, the supervisor's JSON log,
+//! and percentiles.
+//!
+//! Everything is plain std plus `nix`/`libc`/`serde_json`, so the benches
+//! need no async runtime.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+// ---------------------------------------------------------------------------
+// Network namespace
+// ---------------------------------------------------------------------------
+
+/// Moves the calling thread into a new network namespace and brings `lo` up.
+/// Call it first thing in `main`, before any thread or child exists: every
+/// thread and process created afterwards inherits the namespace, so the
+/// bench owns 127.0.0.1's ports and its own iptables tables and never
+/// touches the host's.
+pub fn enter_netns() -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("unshare(CLONE_NEWNET) failed: {e} (the bench must run as root)"))?;
+    loopback_up().map_err(|e| format!("cannot bring lo up: {e}"))?;
+    // Per-namespace TCP settings for a client that opens ~20k connections a
+    // second: a wide ephemeral range and TIME_WAIT reuse on loopback.
+    // Failures are harmless (the defaults work, just with less headroom).
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "10000 65000");
+    let _ = std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1");
+    Ok(())
+}
+
+/// `ip link set lo up` through SIOCGIFFLAGS/SIOCSIFFLAGS.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain socket/ioctl calls on a zeroed, correctly sized ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut result = Ok(());
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr) < 0 {
+            result = Err(std::io::Error::last_os_error());
+        } else {
+            ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &ifr) < 0 {
+                result = Err(std::io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+        result
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (the bench itself holds
+/// one socket per client, HAProxy and the supervisor raise their own).
+pub fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Whether anything listens on TCP `port` in this namespace.
+pub fn port_listening(port: u16) -> bool {
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 3
+                && f[3] == "0A"
+                && f[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------
+// Programs
+// ---------------------------------------------------------------------------
+
+/// Finds `name` on PATH (and in the sbin directories).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/local/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The sibling binary `name` of the running bench (target/release/NAME).
+pub fn sibling_bin(name: &str) -> Result<PathBuf, String> {
+    let me = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let p = me.with_file_name(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found: build everything with `cargo build --release` first",
+            p.display()
+        ))
+    }
+}
+
+/// Removes the supervisor's and Consul's variables inherited from the
+/// caller's environment (`HAPROXY_*`, `CONSUL_*`, `LOCAL_SYSLOG`), so runs
+/// are reproducible: the bench sets what it means to.
+pub fn clear_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("HAPROXY_") || k.starts_with("CONSUL_") || k == "LOCAL_SYSLOG" {
+            cmd.env_remove(&*k);
+        }
+    }
+}
+
+/// Makes the child receive SIGKILL when the spawning thread exits, so
+/// nothing survives a killed bench. Spawn from the main thread.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub log: Option<PathBuf>,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin null; stdout to `stdout` (None = /dev/null);
+    /// stderr to `log` (None = inherited).
+    pub fn spawn(
+        mut cmd: Command,
+        log: Option<&Path>,
+        stdout_to_log: bool,
+    ) -> Result<Proc, String> {
+        cmd.stdin(Stdio::null());
+        if let Some(log) = log {
+            let f = File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
+            if stdout_to_log {
+                cmd.stdout(f.try_clone().map_err(|e| e.to_string())?);
+            } else {
+                cmd.stdout(Stdio::null());
+            }
+            cmd.stderr(f);
+        } else {
+            cmd.stdout(Stdio::null());
+        }
+        die_with_parent(&mut cmd);
+        let started_wall = SystemTime::now();
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
+        Ok(Proc {
+            child,
+            log: log.map(Path::to_path_buf),
+            started,
+            started_wall,
+        })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid()), sig);
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether it has exited (reaps it if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits until `f(log)` holds, the process exits, or `timeout` passes.
+    pub fn wait_log(&mut self, timeout: Duration, f: impl Fn(&str) -> bool) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            if f(&text) {
+                return Ok(());
+            }
+            if self.exited() {
+                return Err(format!("process exited; log tail:\n{}", tail(&text, 3000)));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "timed out after {timeout:?}; log tail:\n{}",
+                    tail(&text, 3000)
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.exited() {
+            return;
+        }
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if self.exited() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn tail(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Starts `demo-backend --listen 127.0.0.1:0 --name NAME`; returns it and
+/// the address it reported.
+pub fn start_backend(bin: &Path, name: &str) -> Result<(Proc, SocketAddr), String> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--name", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    die_with_parent(&mut cmd);
+    let started_wall = SystemTime::now();
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("spawn demo-backend: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the backend never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let proc = Proc {
+        child,
+        log: None,
+        started,
+        started_wall,
+    };
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .map_err(|_| "demo-backend did not report its address".to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("demo-backend said {line:?}"))?;
+    Ok((proc, addr))
+}
+
+// ---------------------------------------------------------------------------
+// HTTP client
+// ---------------------------------------------------------------------------
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    /// Connection refused (nothing listening).
+    Refused,
+    /// Reset or aborted, or closed before a complete response.
+    Reset,
+    /// Connect or response took longer than the timeout.
+    Timeout,
+    /// A complete response with a status outside 2xx.
+    Status(u16),
+    /// Anything else (malformed response, other I/O errors).
+    Other,
+}
+
+fn classify(e: &std::io::Error) -> Fail {
+    match e.kind() {
+        ErrorKind::ConnectionRefused => Fail::Refused,
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => Fail::Reset,
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => Fail::Timeout,
+        _ => Fail::Other,
+    }
+}
+
+fn remaining(deadline: Instant) -> Result<Duration, Fail> {
+    let now = Instant::now();
+    if now >= deadline {
+        Err(Fail::Timeout)
+    } else {
+        Ok(deadline - now)
+    }
+}
+
+/// One `GET /` with `Host: host` and `Connection: close` on a new
+/// connection; returns the status. The server closes the connection (so
+/// TIME_WAIT stays on its side, not on the client's ephemeral ports); the
+/// response is read to EOF and checked against its Content-Length.
+/// `timeout` bounds the whole exchange, connect included. `buf` is a
+/// reusable scratch buffer.
+pub fn get(
+    addr: &SocketAddr,
+    host: &str,
+    timeout: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<u16, Fail> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(addr, timeout).map_err(|e| classify(&e))?;
+    let _ = s.set_nodelay(true);
+    let req =
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\nConnection: close\r\n\r\n");
+    s.set_write_timeout(Some(remaining(deadline)?))
+        .map_err(|_| Fail::Other)?;
+    s.write_all(req.as_bytes()).map_err(|e| classify(&e))?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        s.set_read_timeout(Some(remaining(deadline)?))
+            .map_err(|_| Fail::Other)?;
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(classify(&e)),
+        }
+    }
+    parse_response(buf)
+}
+
+fn parse_response(buf: &[u8]) -> Result<u16, Fail> {
+    if buf.is_empty() {
+        return Err(Fail::Reset);
+    }
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Err(Fail::Reset);
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| Fail::Other)?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split(' ');
+    if !parts.next().unwrap_or_default().starts_with("HTTP/1.") {
+        return Err(Fail::Other);
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Fail::Other)?;
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                let len: usize = v.trim().parse().map_err(|_| Fail::Other)?;
+                if buf.len() - (head_end + 4) < len {
+                    return Err(Fail::Reset);
+                }
+            }
+        }
+    }
+    if (200..300).contains(&status) {
+        Ok(status)
+    } else {
+        Err(Fail::Status(status))
+    }
+}
+
+/// Status of one GET (any status), or the failure.
+pub fn status_of(addr: &SocketAddr, host: &str, timeout: Duration) -> Result<u16, Fail> {
+    let mut buf = Vec::new();
+    match get(addr, host, timeout, &mut buf) {
+        Ok(s) => Ok(s),
+        Err(Fail::Status(s)) => Ok(s),
+        Err(e) => Err(e),
+    }
+}
+
+/// Polls `GET host` until it answers `want` or `timeout` passes.
+pub fn wait_status(addr: &SocketAddr, host: &str, want: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if status_of(addr, host, Duration::from_secs(1)) == Ok(want) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A minimal request to Consul's HTTP API: `method path` with an optional
+/// JSON body; returns (status, body).
+pub fn consul_call(
+    addr: &SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect consul: {e}"))?;
+    let _ = s.set_nodelay(true);
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad answer {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The supervisor's JSON log
+// ---------------------------------------------------------------------------
+
+/// One JSON log line of the supervisor (`HAPROXY_LOG_FORMAT=json`).
+#[derive(Debug, Clone)]
+pub struct LogLine {
+    /// Seconds since the Unix epoch (UTC, microsecond precision).
+    pub at: f64,
+    pub message: String,
+    pub fields: serde_json::Value,
+}
+
+/// The JSON lines of a log (HAProxy's own lines are skipped).
+pub fn json_lines(text: &str) -> Vec<LogLine> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let at = parse_rfc3339(v.get("timestamp")?.as_str()?)?;
+            let fields = v.get("fields")?.clone();
+            let message = fields.get("message")?.as_str()?.to_string();
+            Some(LogLine {
+                at,
+                message,
+                fields,
+            })
+        })
+        .collect()
+}
+
+/// `2026-11-22T03:36:26.566773Z` → seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let h: i64 = t.next()?.parse().ok()?;
+    let min: i64 = t.next()?.parse().ok()?;
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some((days * 86400 + h * 3600 + min * 60) as f64 + sec)
+}
+
+/// Seconds since the epoch of a `SystemTime`.
+pub fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and /proc
+// ---------------------------------------------------------------------------
+
+/// The q-quantile (0..=1) of sorted values (nearest rank).
+pub fn quantile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A field of `/proc/<pid>/status` in kB (`VmHWM`, `VmRSS`).
+pub fn proc_status_kb(pid: i32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Direct children of `pid` named `comm`.
+pub fn children_named(pid: i32, comm: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                return false;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                return false;
+            };
+            let ppid = stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|x| x.parse::<i32>().ok());
+            &stat[open + 1..close] == comm && ppid == Some(pid)
+        })
+        .collect()
+}
+
+/// A short description of the machine for the reports.
+pub fn machine() -> String {
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let mem_gb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cpus} CPUs ({model}), {mem_gb:.1} GiB RAM, Linux {kernel}")
+}
+
+/// `haproxy -v`'s first line.
+pub fn haproxy_version(bin: &Path) -> String {
+    Command::new(bin)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+/// UTC date and time now, `YYYY-MM-DD HH:MM UTC`.
+pub fn now_utc() -> String {
+    let secs = epoch_secs(SystemTime::now()) as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}

@@ -1,0 +1,923 @@
+//! `reload-bench`: what HAProxy reloads cost the clients, per reload
+//! strategy (SPEC §6), under closed-loop load.
+//!
+//! ```text
+//! cargo build --release && target/release/reload-bench [--duration-secs 8]
+//!     [--reload-every-ms 150] [--clients 50] [--out bench/results]
+//! ```
+//!
+//! Runs as root: it first moves into its own network namespace (so it owns
+//! 127.0.0.1's ports and its iptables rules never touch the host), then for
+//! each scenario starts a `demo-backend` and HAProxy — under the supervisor,
+//! or alone in master-worker mode for the peer row — and drives load with C
+//! client threads, each opening a new TCP connection per request
+//! (`Connection: close`), for D seconds, while a reload is triggered every
+//! R ms. Scenarios: `baseline` (supervisor, no reloads), `plain`,
+//! `syn-drop`, `seamless` (SIGHUP to the supervisor) and `master-worker`
+//! (`haproxy -W`, SIGUSR2 to the master).
+//!
+//! Writes `results.md`, `results.json` and `reload-throughput.svg` into the
+//! output directory and prints the table. See bench/README.md.
+
+#[path = "../../bench/harness.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use harness::{Fail, Proc};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+const BUCKET_MS: u64 = 100;
+const HOST: &str = "www.example.com";
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Measures what HAProxy reloads cost clients, per reload strategy")]
+struct Args {
+    /// Concurrent clients (threads), each with one request in flight
+    #[arg(long, default_value_t = 50)]
+    clients: usize,
+    /// Seconds of measured load per scenario
+    #[arg(long, default_value_t = 8.0)]
+    duration_secs: f64,
+    /// Milliseconds between reload triggers
+    #[arg(long, default_value_t = 150)]
+    reload_every_ms: u64,
+    /// Per-request timeout (connect included), in milliseconds
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Unmeasured load before each scenario, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    warmup_ms: u64,
+    /// Pause between scenarios, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    settle_ms: u64,
+    /// Scenarios to run, comma-separated (baseline is always run first)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,plain,syn-drop,seamless,master-worker"
+    )]
+    scenarios: Vec<String>,
+    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Output directory
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Keep the scratch directory (configs, logs) instead of removing it
+    #[arg(long)]
+    keep: bool,
+    /// A template for the supervisor (HAPROXY_TEMPLATE) instead of the
+    /// built-in one, for experiments; the master-worker row uses what it
+    /// renders too
+    #[arg(long)]
+    template: Option<PathBuf>,
+}
+
+/// Outcome counts of one load run.
+#[derive(Debug, Default, Clone)]
+struct Load {
+    ok: u64,
+    refused: u64,
+    reset: u64,
+    timeout: u64,
+    non_2xx: u64,
+    other: u64,
+    statuses: BTreeMap<u16, u64>,
+    /// Latency of every successful request, µs, connect included.
+    lat_us: Vec<u32>,
+    /// Successful requests completed per 100 ms bucket since the start.
+    buckets: Vec<u64>,
+    /// Failed requests per 100 ms bucket.
+    fail_buckets: Vec<u64>,
+}
+
+impl Load {
+    fn failed(&self) -> u64 {
+        self.refused + self.reset + self.timeout + self.non_2xx + self.other
+    }
+
+    fn merge(&mut self, o: Load) {
+        self.ok += o.ok;
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.timeout += o.timeout;
+        self.non_2xx += o.non_2xx;
+        self.other += o.other;
+        for (k, v) in o.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.lat_us.extend(o.lat_us);
+        for (i, v) in o.buckets.iter().enumerate() {
+            self.buckets[i] += v;
+        }
+        for (i, v) in o.fail_buckets.iter().enumerate() {
+            self.fail_buckets[i] += v;
+        }
+    }
+}
+
+fn client(
+    addr: SocketAddr,
+    t0: Instant,
+    stop: &AtomicBool,
+    timeout: Duration,
+    nbuckets: usize,
+) -> Load {
+    let mut l = Load {
+        buckets: vec![0; nbuckets],
+        fail_buckets: vec![0; nbuckets],
+        lat_us: Vec::with_capacity(1 << 16),
+        ..Load::default()
+    };
+    let mut buf = Vec::with_capacity(1024);
+    while !stop.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        let r = harness::get(&addr, HOST, timeout, &mut buf);
+        let end = Instant::now();
+        let bucket = (end.saturating_duration_since(t0).as_millis() as u64 / BUCKET_MS) as usize;
+        match r {
+            Ok(_) => {
+                l.ok += 1;
+                l.lat_us
+                    .push((end - start).as_micros().min(u32::MAX as u128) as u32);
+                if let Some(b) = l.buckets.get_mut(bucket) {
+                    *b += 1;
+                }
+            }
+            Err(f) => {
+                match f {
+                    Fail::Refused => l.refused += 1,
+                    Fail::Reset => l.reset += 1,
+                    Fail::Timeout => l.timeout += 1,
+                    Fail::Status(s) => {
+                        l.non_2xx += 1;
+                        *l.statuses.entry(s).or_default() += 1;
+                    }
+                    Fail::Other => l.other += 1,
+                }
+                if let Some(b) = l.fail_buckets.get_mut(bucket) {
+                    *b += 1;
+                }
+                // A closed port must not become a busy loop that starves
+                // the processes under test.
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    l
+}
+
+/// How a scenario's HAProxy is reloaded.
+enum Target {
+    /// The supervisor: SIGHUP.
+    Supervisor(Proc),
+    /// `haproxy -W`: SIGUSR2 to the master.
+    MasterWorker(Proc),
+}
+
+impl Target {
+    fn proc(&mut self) -> &mut Proc {
+        match self {
+            Target::Supervisor(p) | Target::MasterWorker(p) => p,
+        }
+    }
+}
+
+/// Runs `clients` for `duration`; when `reload` is set, sends `sig` to
+/// `pid` every `every`. Returns the counts and the instants (seconds since
+/// the start) the signals were sent, and the wall-clock start.
+fn drive(
+    args: &Args,
+    addr: SocketAddr,
+    duration: Duration,
+    reload: Option<(i32, Signal)>,
+) -> (Load, Vec<f64>, SystemTime) {
+    let nbuckets = (duration.as_millis() as u64).div_ceil(BUCKET_MS) as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let wall0 = SystemTime::now();
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name(format!("client-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || client(addr, t0, &stop, timeout, nbuckets))
+                .expect("spawn client thread")
+        })
+        .collect();
+    let mut sent = Vec::new();
+    if let Some((pid, sig)) = reload {
+        let every = Duration::from_millis(args.reload_every_ms.max(1));
+        let mut k = 1u32;
+        loop {
+            let at = t0 + every * k;
+            if at >= t0 + duration {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                thread::sleep(at - now);
+            }
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            sent.push(t0.elapsed().as_secs_f64());
+            k += 1;
+        }
+    }
+    let end = t0 + duration;
+    let now = Instant::now();
+    if end > now {
+        thread::sleep(end - now);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut load = Load {
+        buckets: vec![0; nbuckets],
+        fail_buckets: vec![0; nbuckets],
+        ..Load::default()
+    };
+    for t in threads {
+        load.merge(t.join().expect("client thread panicked"));
+    }
+    load.lat_us.sort_unstable();
+    (load, sent, wall0)
+}
+
+#[derive(Debug, Clone)]
+struct Outcome {
+    name: String,
+    what: String,
+    load: Load,
+    duration: f64,
+    reloads_sent: usize,
+    /// When the reload signals were sent, seconds since the load started.
+    sent_at: Vec<f64>,
+    reloads_done: usize,
+    failed_reloads: usize,
+    /// When reloads completed (supervisor: "haproxy reload done" lines) or
+    /// were signalled (master-worker), seconds since the load started.
+    reload_marks: Vec<f64>,
+    marks_are: &'static str,
+    /// Strategies the supervisor logged for its SIGHUP reloads (fallbacks
+    /// show up here).
+    strategies: BTreeMap<String, usize>,
+    took_ms: Vec<f64>,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        let ok_in_window: u64 = self.load.buckets.iter().sum();
+        ok_in_window as f64 / self.duration
+    }
+    fn lat_ms(&self, q: f64) -> f64 {
+        harness::quantile(&self.load.lat_us, q) as f64 / 1000.0
+    }
+    fn max_ms(&self) -> f64 {
+        self.load.lat_us.last().copied().unwrap_or(0) as f64 / 1000.0
+    }
+    /// The worst 100 ms bucket (ok requests), as req/s.
+    fn worst_bucket_rps(&self) -> f64 {
+        self.load.buckets.iter().copied().min().unwrap_or(0) as f64 * 1000.0 / BUCKET_MS as f64
+    }
+}
+
+struct Bench {
+    args: Args,
+    supervisor_bin: PathBuf,
+    haproxy_bin: PathBuf,
+    work: PathBuf,
+    backend_addr: SocketAddr,
+    addr: SocketAddr,
+}
+
+impl Bench {
+    fn wait_port_free(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while harness::port_listening(self.args.http_port) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if harness::port_listening(self.args.http_port) {
+            eprintln!(
+                "warning: port {} still listening after the scenario ended",
+                self.args.http_port
+            );
+        }
+    }
+
+    fn start_supervisor(&self, name: &str, strategy: &str) -> Result<Proc, String> {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let catalog = json!({"services": [{"name": "www", "instances": [{
+            "id": "www-1",
+            "address": self.backend_addr.ip().to_string(),
+            "port": self.backend_addr.port(),
+            "tags": ["HAPROXY.ENABLE=true"],
+        }]}]});
+        let catalog_file = dir.join("catalog.json");
+        std::fs::write(&catalog_file, catalog.to_string()).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.supervisor_bin);
+        harness::clear_env(&mut cmd);
+        if let Some(t) = &self.args.template {
+            cmd.env("HAPROXY_TEMPLATE", t);
+        }
+        cmd.arg("run")
+            .arg("--catalog-file")
+            .arg(&catalog_file)
+            .arg("--config-file")
+            .arg(dir.join("etc/haproxy.cfg"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .env("HAPROXY_DOM", "example.com")
+            .env("HAPROXY_RELOAD_STRATEGY", strategy)
+            .env("HAPROXY_LOG_FORMAT", "json")
+            .env("HAPROXY_HTTP_PORT", self.args.http_port.to_string())
+            .env("HAPROXY_BIN", &self.haproxy_bin)
+            .current_dir(&dir);
+        // HAProxy's access log goes to the supervisor's stdout: /dev/null.
+        let mut p = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
+        p.wait_log(Duration::from_secs(30), |t| {
+            t.contains("\"message\":\"haproxy reload done\"")
+        })
+        .map_err(|e| format!("{name}: supervisor did not start haproxy: {e}"))?;
+        if !harness::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
+            return Err(format!("{name}: {HOST} does not answer 200"));
+        }
+        Ok(p)
+    }
+
+    fn start_master_worker(&self) -> Result<Proc, String> {
+        let dir = self.work.join("master-worker");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let base = self.work.join("baseline/etc/haproxy.cfg");
+        let text = std::fs::read_to_string(&base).map_err(|e| {
+            format!(
+                "read the baseline's rendered config {}: {e}",
+                base.display()
+            )
+        })?;
+        let cfg = master_worker_config(&text, &dir.join("admin.sock"));
+        let cfg_path = dir.join("haproxy.cfg");
+        std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.haproxy_bin);
+        cmd.arg("-W").arg("-f").arg(&cfg_path).current_dir(&dir);
+        let mut p = Proc::spawn(cmd, Some(&dir.join("haproxy.log")), false)?;
+        p.wait_log(Duration::from_secs(30), |t| t.contains("Loading success."))
+            .map_err(|e| format!("master-worker: haproxy -W did not start: {e}"))?;
+        if !harness::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
+            return Err(format!("master-worker: {HOST} does not answer 200"));
+        }
+        Ok(p)
+    }
+
+    fn run(&self, name: &str) -> Result<Outcome, String> {
+        let (mut target, what, reload) = match name {
+            "baseline" => (
+                Target::Supervisor(self.start_supervisor(name, "seamless")?),
+                "supervisor, no reloads".to_string(),
+                false,
+            ),
+            "plain" | "syn-drop" | "seamless" => (
+                Target::Supervisor(self.start_supervisor(name, name)?),
+                format!("supervisor, HAPROXY_RELOAD_STRATEGY={name}, SIGHUP"),
+                true,
+            ),
+            "master-worker" => (
+                Target::MasterWorker(self.start_master_worker()?),
+                "haproxy -W alone, SIGUSR2 to the master".to_string(),
+                true,
+            ),
+            other => return Err(format!("unknown scenario {other:?}")),
+        };
+        let sig = match target {
+            Target::Supervisor(_) => Signal::SIGHUP,
+            Target::MasterWorker(_) => Signal::SIGUSR2,
+        };
+        let pid = target.proc().pid();
+        if self.args.warmup_ms > 0 {
+            drive(
+                &self.args,
+                self.addr,
+                Duration::from_millis(self.args.warmup_ms),
+                None,
+            );
+        }
+        let duration = Duration::from_secs_f64(self.args.duration_secs);
+        let (load, sent, wall0) = drive(
+            &self.args,
+            self.addr,
+            duration,
+            reload.then_some((pid, sig)),
+        );
+        // Let the last reload finish and log.
+        thread::sleep(Duration::from_millis(500));
+        let log = target.proc().log_text();
+        let mut out = Outcome {
+            name: name.to_string(),
+            what,
+            load,
+            duration: duration.as_secs_f64(),
+            reloads_sent: sent.len(),
+            sent_at: sent.clone(),
+            reloads_done: 0,
+            failed_reloads: 0,
+            reload_marks: Vec::new(),
+            marks_are: "reload done",
+            strategies: BTreeMap::new(),
+            took_ms: Vec::new(),
+        };
+        match &mut target {
+            Target::Supervisor(p) => {
+                let start = harness::epoch_secs(wall0);
+                for l in harness::json_lines(&log) {
+                    let trigger = l.fields.get("trigger").and_then(|v| v.as_str());
+                    if trigger != Some("Sighup") {
+                        continue;
+                    }
+                    if l.message == "haproxy reload done" {
+                        out.reloads_done += 1;
+                        out.reload_marks.push(l.at - start);
+                        if let Some(s) = l.fields.get("strategy").and_then(|v| v.as_str()) {
+                            *out.strategies.entry(s.to_string()).or_default() += 1;
+                        }
+                        if let Some(t) = l.fields.get("took_ms").and_then(|v| v.as_f64()) {
+                            out.took_ms.push(t);
+                        }
+                    } else if l.message.starts_with("haproxy reload failed") {
+                        out.failed_reloads += 1;
+                    }
+                }
+                out.failed_reloads += log.matches("invalid config; keeping").count();
+                p.stop(Duration::from_secs(15));
+            }
+            Target::MasterWorker(p) => {
+                // "Loading success." once at start, then once per reload.
+                out.reloads_done = log.matches("Loading success.").count().saturating_sub(1);
+                out.failed_reloads = log.matches("Loading failure").count();
+                out.reload_marks = sent.clone();
+                out.marks_are = "SIGUSR2 sent";
+                p.stop(Duration::from_secs(15));
+            }
+        }
+        self.wait_port_free();
+        Ok(out)
+    }
+}
+
+/// The baseline's rendered config for `haproxy -W`: global maxconn 5000
+/// (fits the open-files limit) and its own admin socket.
+fn master_worker_config(text: &str, socket: &Path) -> String {
+    let mut out = String::new();
+    let mut in_global = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if !line.starts_with(' ') && !line.starts_with('\t') && !t.is_empty() && !t.starts_with('#')
+        {
+            in_global = t.starts_with("global");
+        }
+        if in_global && t.starts_with("maxconn ") {
+            out.push_str("    maxconn 5000\n");
+        } else if in_global && t.starts_with("stats socket ") {
+            let rest: Vec<&str> = t.split_whitespace().skip(3).collect();
+            out.push_str(&format!(
+                "    stats socket {} {}\n",
+                socket.display(),
+                rest.join(" ")
+            ));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
+    let base = outs.iter().find(|o| o.name == "baseline");
+    let (brps, bp50, bp99) = base
+        .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99)))
+        .unwrap_or((0.0, 0.0, 0.0));
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{} clients, a new TCP connection per request, {} s per scenario, a reload every {} ms; \
+         request timeout {} ms; {}; {}; run {}.\n\n",
+        args.clients,
+        args.duration_secs,
+        args.reload_every_ms,
+        args.timeout_ms,
+        meta["machine"].as_str().unwrap_or(""),
+        meta["haproxy"].as_str().unwrap_or(""),
+        meta["date"].as_str().unwrap_or(""),
+    ));
+    s.push_str("| scenario | reloads done (sent) | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for o in outs {
+        let reloads = if o.name == "baseline" {
+            "0".to_string()
+        } else {
+            format!("{} ({})", o.reloads_done, o.reloads_sent)
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            o.name,
+            reloads,
+            o.load.ok,
+            o.load.failed(),
+            o.load.refused,
+            o.load.reset,
+            o.load.timeout,
+            o.load.non_2xx + o.load.other,
+            o.rps(),
+            ratio(o.rps(), brps),
+            o.worst_bucket_rps(),
+            o.lat_ms(0.5),
+            o.lat_ms(0.99),
+            o.lat_ms(0.999),
+            o.max_ms(),
+            ratio(o.lat_ms(0.5), bp50),
+            ratio(o.lat_ms(0.99), bp99),
+        ));
+    }
+    s.push('\n');
+    for o in outs {
+        let mut notes = Vec::new();
+        if !o.strategies.is_empty() {
+            notes.push(format!(
+                "strategies logged: {}",
+                o.strategies
+                    .iter()
+                    .map(|(k, v)| format!("{k}×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !o.took_ms.is_empty() {
+            let mean = o.took_ms.iter().sum::<f64>() / o.took_ms.len() as f64;
+            let max = o.took_ms.iter().copied().fold(0.0, f64::max);
+            notes.push(format!("reload took {mean:.0} ms mean, {max:.0} ms max"));
+        }
+        if o.failed_reloads > 0 {
+            notes.push(format!("{} failed reloads", o.failed_reloads));
+        }
+        if o.load.other > 0 {
+            notes.push(format!("{} other errors", o.load.other));
+        }
+        if !o.load.statuses.is_empty() {
+            notes.push(format!("statuses {:?}", o.load.statuses));
+        }
+        if !notes.is_empty() {
+            s.push_str(&format!("- {}: {}\n", o.name, notes.join("; ")));
+        }
+    }
+    s.push_str("\nGoals (figures, not assertions):\n\n");
+    let find = |n: &str| outs.iter().find(|o| o.name == n);
+    if let Some(o) = find("seamless") {
+        let r = ratio(o.rps(), brps);
+        let p = ratio(o.lat_ms(0.99), bp99);
+        s.push_str(&format!(
+            "- seamless: 0 failed over ≥50 reloads → {} failed over {} reloads ({}); throughput ≥95% of baseline → {:.1}% ({}); p99 ≤ 2× baseline → {:.2}× ({})\n",
+            o.load.failed(),
+            o.reloads_done,
+            met(o.load.failed() == 0 && o.reloads_done >= 50),
+            r * 100.0,
+            met(r >= 0.95),
+            p,
+            met(p <= 2.0),
+        ));
+    }
+    if let Some(o) = find("syn-drop") {
+        s.push_str(&format!(
+            "- syn-drop: 0 failed → {} failed over {} reloads ({})\n",
+            o.load.failed(),
+            o.reloads_done,
+            met(o.load.failed() == 0)
+        ));
+    }
+    s
+}
+
+fn met(b: bool) -> &'static str {
+    if b {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json::Value {
+    let base = outs.iter().find(|o| o.name == "baseline");
+    let (brps, bp50, bp99, bp999) = base
+        .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99), b.lat_ms(0.999)))
+        .unwrap_or((0.0, 0.0, 0.0, 0.0));
+    let scenarios: Vec<_> = outs
+        .iter()
+        .map(|o| {
+            json!({
+                "name": o.name,
+                "what": o.what,
+                "reloads_sent": o.reloads_sent,
+                "reloads_done": o.reloads_done,
+                "failed_reloads": o.failed_reloads,
+                "reload_strategies_logged": o.strategies,
+                "reload_took_ms": o.took_ms,
+                "requests_ok": o.load.ok,
+                "failed": {
+                    "total": o.load.failed(),
+                    "refused": o.load.refused,
+                    "reset": o.load.reset,
+                    "timeout": o.load.timeout,
+                    "non_2xx": o.load.non_2xx,
+                    "other": o.load.other,
+                    "statuses": o.load.statuses,
+                },
+                "throughput_rps": o.rps(),
+                "throughput_ratio": ratio(o.rps(), brps),
+                "worst_bucket_rps": o.worst_bucket_rps(),
+                "latency_ms": {
+                    "p50": o.lat_ms(0.5),
+                    "p99": o.lat_ms(0.99),
+                    "p99_9": o.lat_ms(0.999),
+                    "max": o.max_ms(),
+                },
+                "latency_ratio": {
+                    "p50": ratio(o.lat_ms(0.5), bp50),
+                    "p99": ratio(o.lat_ms(0.99), bp99),
+                    "p99_9": ratio(o.lat_ms(0.999), bp999),
+                },
+                "bucket_ms": BUCKET_MS,
+                "ok_per_bucket": o.load.buckets,
+                "failed_per_bucket": o.load.fail_buckets,
+                "reload_marks_s": o.reload_marks,
+                "reload_signals_sent_s": o.sent_at,
+                "reload_marks_are": o.marks_are,
+            })
+        })
+        .collect();
+    json!({
+        "bench": "reload-bench",
+        "meta": meta,
+        "config": {
+            "clients": args.clients,
+            "duration_s": args.duration_secs,
+            "reload_every_ms": args.reload_every_ms,
+            "timeout_ms": args.timeout_ms,
+            "warmup_ms": args.warmup_ms,
+            "connection": "new TCP connection per request (Connection: close), closed-loop",
+            "latency": "from before connect() to the end of the response, successful requests only",
+            "throughput": "successful requests completed within the window / window",
+        },
+        "scenarios": scenarios,
+    })
+}
+
+const COLORS: [plotters::style::RGBColor; 6] = [
+    plotters::style::RGBColor(0x44, 0x44, 0x44),
+    plotters::style::RGBColor(0xd6, 0x27, 0x28),
+    plotters::style::RGBColor(0xff, 0x7f, 0x0e),
+    plotters::style::RGBColor(0x2c, 0xa0, 0x2c),
+    plotters::style::RGBColor(0x1f, 0x77, 0xb4),
+    plotters::style::RGBColor(0x94, 0x67, 0xbd),
+];
+
+fn series(o: &Outcome) -> Vec<(f64, f64)> {
+    o.load
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                (i as f64 + 0.5) * BUCKET_MS as f64 / 1000.0,
+                *n as f64 * 1000.0 / BUCKET_MS as f64,
+            )
+        })
+        .collect()
+}
+
+/// Throughput per 100 ms bucket: all scenarios in one chart on top, then
+/// one panel per reload scenario with its reload instants marked (and the
+/// baseline in grey for reference).
+fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
+    use plotters::prelude::*;
+    let panels: Vec<&Outcome> = outs.iter().filter(|o| o.name != "baseline").collect();
+    let top_h = 420u32;
+    let panel_h = 220u32;
+    let height = top_h + panel_h * panels.len() as u32;
+    let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let (top, bottom) = root.split_vertically(top_h);
+    let ymax = outs
+        .iter()
+        .flat_map(|o| series(o).into_iter().map(|p| p.1))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let xmax = args.duration_secs;
+    let color = |o: &Outcome| {
+        let i = outs.iter().position(|x| x.name == o.name).unwrap_or(0);
+        COLORS[i % COLORS.len()]
+    };
+    let base = outs.iter().find(|o| o.name == "baseline");
+    {
+        let mut chart = ChartBuilder::on(&top)
+            .caption(
+                format!(
+                    "Successful requests/s per {BUCKET_MS} ms bucket ({} clients, new connection per request, a reload every {} ms)",
+                    args.clients, args.reload_every_ms
+                ),
+                ("sans-serif", 18),
+            )
+            .margin(10)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("req/s")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for o in outs {
+            let c = color(o);
+            chart
+                .draw_series(LineSeries::new(series(o), c.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(format!("{} ({:.0} req/s)", o.name, o.rps()))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    let areas = bottom.split_evenly((panels.len().max(1), 1));
+    for (o, area) in panels.iter().zip(areas.iter()) {
+        let c = color(o);
+        let mut chart = ChartBuilder::on(area)
+            .caption(
+                format!(
+                    "{}: {} failed, {} reloads (vertical lines: {})",
+                    o.name,
+                    o.load.failed(),
+                    o.reloads_done,
+                    o.marks_are
+                ),
+                ("sans-serif", 15),
+            )
+            .margin(8)
+            .x_label_area_size(25)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .y_desc("req/s")
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(
+                o.reload_marks
+                    .iter()
+                    .filter(|t| **t >= 0.0 && **t <= xmax)
+                    .map(|t| PathElement::new(vec![(*t, 0.0), (*t, ymax)], c.mix(0.3))),
+            )
+            .map_err(|e| e.to_string())?;
+        if let Some(b) = base {
+            chart
+                .draw_series(LineSeries::new(series(b), RGBColor(0xaa, 0xaa, 0xaa)))
+                .map_err(|e| e.to_string())?;
+        }
+        chart
+            .draw_series(LineSeries::new(series(o), c.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if let Err(e) = harness::enter_netns() {
+        eprintln!("reload-bench: {e}");
+        std::process::exit(2);
+    }
+    harness::raise_nofile();
+    if let Err(e) = real_main(&mut args) {
+        eprintln!("reload-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: &mut Args) -> Result<(), String> {
+    let supervisor_bin = harness::sibling_bin("haproxy-supervisor")?;
+    let backend_bin = harness::sibling_bin("demo-backend")?;
+    let haproxy_bin = harness::which("haproxy").ok_or("haproxy is not installed")?;
+    if harness::which("iptables").is_none() {
+        return Err("iptables is not installed (needed by syn-drop)".into());
+    }
+    args.scenarios.retain(|s| s != "baseline");
+    args.scenarios.insert(0, "baseline".into());
+
+    let work = std::env::temp_dir().join(format!("reload-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let (_backend, backend_addr) = harness::start_backend(&backend_bin, "web-1")?;
+    let bench = Bench {
+        args: args.clone(),
+        supervisor_bin,
+        haproxy_bin: haproxy_bin.clone(),
+        work: work.clone(),
+        backend_addr,
+        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+    };
+    let meta = json!({
+        "machine": harness::machine(),
+        "haproxy": harness::haproxy_version(&haproxy_bin),
+        "date": harness::now_utc(),
+        "open_files_limit_hard": nofile_hard(),
+    });
+    let mut outs = Vec::new();
+    for name in &args.scenarios {
+        eprintln!(
+            "reload-bench: {name}: {} clients for {} s{}",
+            args.clients,
+            args.duration_secs,
+            if name == "baseline" {
+                String::new()
+            } else {
+                format!(", a reload every {} ms", args.reload_every_ms)
+            }
+        );
+        let o = bench.run(name)?;
+        eprintln!(
+            "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent",
+            o.load.ok,
+            o.load.failed(),
+            o.rps(),
+            o.lat_ms(0.99),
+            o.reloads_done,
+            o.reloads_sent
+        );
+        outs.push(o);
+        thread::sleep(Duration::from_millis(args.settle_ms));
+    }
+
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
+    let md = markdown(args, &outs, &meta);
+    let title = "# reload-bench results\n\n";
+    std::fs::write(args.out.join("results.md"), format!("{title}{md}"))
+        .map_err(|e| e.to_string())?;
+    let j = to_json(args, &outs, meta);
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&j).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    plot(&args.out.join("reload-throughput.svg"), args, &outs)?;
+    println!("{md}");
+    println!(
+        "written: {0}/results.md, {0}/results.json, {0}/reload-throughput.svg",
+        args.out.display()
+    );
+    if args.keep {
+        eprintln!("scratch directory kept: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+fn nofile_hard() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit on a valid struct.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+    }
+    r.rlim_max
+}

@@ -1,0 +1,944 @@
+//! `scale-bench`: how fast catalog changes reach HAProxy, and how the
+//! supervisor scales with the number of services.
+//!
+//! ```text
+//! cargo build --release && target/release/scale-bench [--changes 60]
+//!     [--sizes 100,1000,10000] [--out bench/results]
+//! ```
+//!
+//! Runs as root in its own network namespace (see `reload-bench`). Three
+//! parts:
+//!
+//! - **propagation**: a real `consul agent -dev` and the supervisor on it
+//!   (default `HAPROXY_RELOAD_WAIT`). Time from a Consul change to HAProxy
+//!   routing accordingly, polled with real HTTP requests every ~5 ms: a new
+//!   service's registration until its host answers 200; a TTL check turning
+//!   critical until the host answers 503 (its only server is gone); and the
+//!   check passing again until 200.
+//! - **scale**: the supervisor on a catalog file of N services × 3
+//!   instances: time from start to the checked config and to HAProxy
+//!   serving, the supervisor's peak RSS (VmHWM), and every host answering.
+//! - **first vs last**: with the largest catalog, requests per second for
+//!   the last service's host against the first's, in the same run.
+//!
+//! Writes `scale.md` and `scale.json` into the output directory.
+
+#[path = "../../bench/harness.rs"]
+mod harness;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use harness::Proc;
+use serde_json::json;
+
+const DOM: &str = "example.com";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "Change propagation through Consul, and the supervisor at 100 to 10,000 services"
+)]
+struct Args {
+    /// Changes of each kind in the propagation part
+    #[arg(long, default_value_t = 60)]
+    changes: usize,
+    /// Poll interval while waiting for HAProxy to follow a change, ms
+    #[arg(long, default_value_t = 5)]
+    poll_ms: u64,
+    /// Catalog sizes for the scale part, comma-separated: `N` services of
+    /// `--instances` instances each, `NxK` for K instances each, and a
+    /// `-nocheck` suffix for a template without health checks
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100,1000,10000,10000x3-nocheck,10000x1"
+    )]
+    sizes: Vec<String>,
+    /// Instances per service in the scale part
+    #[arg(long, default_value_t = 3)]
+    instances: usize,
+    /// Clients for the first-vs-last comparison
+    #[arg(long, default_value_t = 10)]
+    clients: usize,
+    /// Seconds per first-vs-last load run (each host is measured twice,
+    /// alternating)
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Skip the Consul propagation part
+    #[arg(long)]
+    skip_propagation: bool,
+    /// Skip the scale part
+    #[arg(long)]
+    skip_scale: bool,
+    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
+    #[arg(long, default_value_t = 8080)]
+    http_port: u16,
+    /// Output directory
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Keep the scratch directory (configs, logs)
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Env {
+    args: Args,
+    supervisor_bin: PathBuf,
+    haproxy_bin: PathBuf,
+    work: PathBuf,
+    backend: SocketAddr,
+    addr: SocketAddr,
+}
+
+fn main() {
+    let args = Args::parse();
+    if let Err(e) = harness::enter_netns() {
+        eprintln!("scale-bench: {e}");
+        std::process::exit(2);
+    }
+    harness::raise_nofile();
+    if let Err(e) = real_main(args) {
+        eprintln!("scale-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> Result<(), String> {
+    let supervisor_bin = harness::sibling_bin("haproxy-supervisor")?;
+    let backend_bin = harness::sibling_bin("demo-backend")?;
+    let haproxy_bin = harness::which("haproxy").ok_or("haproxy is not installed")?;
+    let work = std::env::temp_dir().join(format!("scale-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let (_backend, backend) = harness::start_backend(&backend_bin, "web-1")?;
+    let env = Env {
+        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+        args: args.clone(),
+        supervisor_bin,
+        haproxy_bin: haproxy_bin.clone(),
+        work: work.clone(),
+        backend,
+    };
+    let meta = json!({
+        "machine": harness::machine(),
+        "haproxy": harness::haproxy_version(&haproxy_bin),
+        "consul": consul_version(),
+        "date": harness::now_utc(),
+    });
+    let propagation = if args.skip_propagation {
+        None
+    } else {
+        Some(propagation(&env)?)
+    };
+    let scale = if args.skip_scale {
+        None
+    } else {
+        Some(scale(&env)?)
+    };
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
+    let md = markdown(&args, &meta, propagation.as_ref(), scale.as_ref());
+    std::fs::write(
+        args.out.join("scale.md"),
+        format!("# scale-bench results\n\n{md}"),
+    )
+    .map_err(|e| e.to_string())?;
+    let j = json!({
+        "bench": "scale-bench",
+        "meta": meta,
+        "config": {
+            "changes": args.changes,
+            "poll_ms": args.poll_ms,
+            "sizes": args.sizes,
+            "instances": args.instances,
+            "first_vs_last": {
+                "clients": args.clients,
+                "secs_per_run": args.secs,
+                "connection": "new TCP connection per request (Connection: close)",
+            },
+        },
+        "propagation": propagation,
+        "scale": scale,
+    });
+    std::fs::write(
+        args.out.join("scale.json"),
+        serde_json::to_string_pretty(&j).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    println!("{md}");
+    println!("written: {0}/scale.md, {0}/scale.json", args.out.display());
+    if args.keep {
+        eprintln!("scratch directory kept: {}", work.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    Ok(())
+}
+
+fn consul_version() -> String {
+    Command::new(harness::which("consul").unwrap_or_else(|| "consul".into()))
+        .arg("version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Part (a): propagation through Consul
+// ---------------------------------------------------------------------------
+
+fn consul_ok(
+    consul: &SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(), String> {
+    match harness::consul_call(consul, method, path, body)? {
+        (200, _) => Ok(()),
+        (s, b) => Err(format!("consul {method} {path}: HTTP {s}: {b}")),
+    }
+}
+
+/// Polls `host` every `poll` until it answers `want`; the time since `t0`.
+fn until_status(
+    env: &Env,
+    host: &str,
+    want: u16,
+    t0: Instant,
+    timeout: Duration,
+) -> Option<Duration> {
+    let poll = Duration::from_millis(env.args.poll_ms);
+    loop {
+        if harness::status_of(&env.addr, host, Duration::from_secs(1)) == Ok(want) {
+            return Some(t0.elapsed());
+        }
+        if t0.elapsed() > timeout {
+            return None;
+        }
+        thread::sleep(poll);
+    }
+}
+
+fn summary(ms: &[f64], timeouts: usize) -> serde_json::Value {
+    let mut v = ms.to_vec();
+    v.sort_by(f64::total_cmp);
+    json!({
+        "n": v.len(),
+        "timeouts": timeouts,
+        "p50_ms": harness::quantile(&v, 0.5),
+        "p90_ms": harness::quantile(&v, 0.9),
+        "p99_ms": harness::quantile(&v, 0.99),
+        "min_ms": v.first().copied().unwrap_or(0.0),
+        "max_ms": v.last().copied().unwrap_or(0.0),
+        "all_ms": ms,
+    })
+}
+
+fn propagation(env: &Env) -> Result<serde_json::Value, String> {
+    let consul_bin = harness::which("consul").ok_or("consul is not installed")?;
+    let dir = env.work.join("propagation");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(consul_bin);
+    cmd.args([
+        "agent",
+        "-dev",
+        "-bind",
+        "127.0.0.1",
+        "-client",
+        "127.0.0.1",
+        "-http-port",
+        "8500",
+        "-log-level",
+        "warn",
+    ])
+    .env("CHECKPOINT_DISABLE", "1")
+    .current_dir(&dir);
+    let mut consul = Proc::spawn(cmd, Some(&dir.join("consul.log")), true)?;
+    let caddr = SocketAddr::from(([127, 0, 0, 1], 8500));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = harness::consul_call(&caddr, "GET", "/v1/status/leader", None);
+        if matches!(&leader, Ok((200, b)) if b.trim().trim_matches('"').len() > 1) {
+            break;
+        }
+        if consul.exited() || Instant::now() > deadline {
+            return Err(format!(
+                "consul did not become ready: {leader:?}\n{}",
+                harness::tail(&consul.log_text(), 2000)
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("scale-bench: propagation: consul ready");
+    let port = env.backend.port();
+    consul_ok(
+        &caddr,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(
+            &json!({"ID": "www-1", "Name": "www", "Address": "127.0.0.1", "Port": port,
+                    "Tags": ["HAPROXY.ENABLE=true"]})
+            .to_string(),
+        ),
+    )?;
+    let mut cmd = Command::new(&env.supervisor_bin);
+    harness::clear_env(&mut cmd);
+    cmd.arg("run")
+        .arg("--config-file")
+        .arg(dir.join("etc/haproxy.cfg"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .env("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
+        .env("HAPROXY_DOM", DOM)
+        .env("HAPROXY_LOG_FORMAT", "json")
+        .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
+        .env("HAPROXY_BIN", &env.haproxy_bin)
+        .current_dir(&dir);
+    let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
+    sup.wait_log(Duration::from_secs(30), |t| {
+        t.contains("\"message\":\"haproxy reload done\"")
+    })?;
+    if !harness::wait_status(
+        &env.addr,
+        &format!("www.{DOM}"),
+        200,
+        Duration::from_secs(15),
+    ) {
+        return Err("propagation: www does not answer 200".into());
+    }
+    let timeout = Duration::from_secs(10);
+    let gap = Duration::from_millis(300);
+
+    // New services.
+    let (mut reg, mut reg_to) = (Vec::new(), 0);
+    for i in 0..env.args.changes {
+        let name = format!("reg-{i:03}");
+        let host = format!("{name}.{DOM}");
+        let body = json!({"ID": format!("{name}-1"), "Name": name, "Address": "127.0.0.1",
+                          "Port": port, "Tags": ["HAPROXY.ENABLE=true"]})
+        .to_string();
+        let t0 = Instant::now();
+        consul_ok(&caddr, "PUT", "/v1/agent/service/register", Some(&body))?;
+        match until_status(env, &host, 200, t0, timeout) {
+            Some(d) => reg.push(d.as_secs_f64() * 1000.0),
+            None => reg_to += 1,
+        }
+        thread::sleep(gap);
+    }
+    eprintln!(
+        "scale-bench: propagation: {} registrations timed",
+        reg.len()
+    );
+
+    // A TTL check turning critical, then passing again.
+    let host = format!("ttl-svc.{DOM}");
+    let check = "ttl-svc-1-ttl";
+    consul_ok(
+        &caddr,
+        "PUT",
+        "/v1/agent/service/register",
+        Some(
+            &json!({"ID": "ttl-svc-1", "Name": "ttl-svc", "Address": "127.0.0.1", "Port": port,
+                    "Tags": ["HAPROXY.ENABLE=true"],
+                    "Check": {"CheckID": check, "TTL": "1h", "Status": "passing"}})
+            .to_string(),
+        ),
+    )?;
+    if until_status(env, &host, 200, Instant::now(), timeout).is_none() {
+        return Err("propagation: ttl-svc never answered 200".into());
+    }
+    thread::sleep(gap);
+    let (mut crit, mut crit_to, mut pass, mut pass_to) = (Vec::new(), 0, Vec::new(), 0);
+    for _ in 0..env.args.changes {
+        let t0 = Instant::now();
+        consul_ok(
+            &caddr,
+            "PUT",
+            &format!("/v1/agent/check/fail/{check}"),
+            None,
+        )?;
+        match until_status(env, &host, 503, t0, timeout) {
+            Some(d) => crit.push(d.as_secs_f64() * 1000.0),
+            None => crit_to += 1,
+        }
+        thread::sleep(gap);
+        let t0 = Instant::now();
+        consul_ok(
+            &caddr,
+            "PUT",
+            &format!("/v1/agent/check/pass/{check}"),
+            None,
+        )?;
+        match until_status(env, &host, 200, t0, timeout) {
+            Some(d) => pass.push(d.as_secs_f64() * 1000.0),
+            None => pass_to += 1,
+        }
+        thread::sleep(gap);
+    }
+    eprintln!(
+        "scale-bench: propagation: {} check flips timed",
+        crit.len() + pass.len()
+    );
+    let log = sup.log_text();
+    let reloads = harness::json_lines(&log)
+        .iter()
+        .filter(|l| {
+            l.message == "haproxy reload done"
+                && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("Catalog")
+        })
+        .count();
+    sup.stop(Duration::from_secs(15));
+    consul.stop(Duration::from_secs(10));
+    wait_port_free(env.args.http_port);
+    Ok(json!({
+        "reload_wait": "default (HAPROXY_RELOAD_WAIT unset: 100ms:1s)",
+        "catalog_reloads": reloads,
+        "register_to_200": summary(&reg, reg_to),
+        "critical_to_503": summary(&crit, crit_to),
+        "passing_to_200": summary(&pass, pass_to),
+    }))
+}
+
+fn wait_port_free(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while harness::port_listening(port) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parts (b) and (c): scale
+// ---------------------------------------------------------------------------
+
+fn service_name(i: usize) -> String {
+    format!("svc-{i:05}")
+}
+
+fn write_catalog(
+    path: &Path,
+    n: usize,
+    instances: usize,
+    backend: SocketAddr,
+) -> Result<(), String> {
+    let services: Vec<_> = (0..n)
+        .map(|i| {
+            let name = service_name(i);
+            let inst: Vec<_> = (1..=instances)
+                .map(|k| {
+                    json!({"id": format!("{name}-{k}"), "address": backend.ip().to_string(),
+                           "port": backend.port(), "tags": ["HAPROXY.ENABLE=true"]})
+                })
+                .collect();
+            json!({"name": name, "instances": inst})
+        })
+        .collect();
+    std::fs::write(path, json!({ "services": services }).to_string()).map_err(|e| e.to_string())
+}
+
+/// GETs every host with a few threads; returns (ok, failed, first failures).
+fn sweep(env: &Env, n: usize) -> (usize, usize, Vec<String>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let addr = env.addr;
+            thread::spawn(move || {
+                let (mut ok, mut bad, mut errs) = (0, 0, Vec::new());
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let host = format!("{}.{DOM}", service_name(i));
+                    match harness::get(&addr, &host, Duration::from_secs(5), &mut buf) {
+                        Ok(_) => ok += 1,
+                        Err(e) => {
+                            bad += 1;
+                            if errs.len() < 3 {
+                                errs.push(format!("{host}: {e:?}"));
+                            }
+                        }
+                    }
+                }
+                (ok, bad, errs)
+            })
+        })
+        .collect();
+    let mut total = (0, 0, Vec::new());
+    for t in threads {
+        let (ok, bad, errs) = t.join().unwrap_or_default();
+        total.0 += ok;
+        total.1 += bad;
+        total.2.extend(errs);
+    }
+    total.2.truncate(5);
+    total
+}
+
+#[derive(Default)]
+struct Run {
+    ok: u64,
+    failed: u64,
+    lat_us: Vec<u32>,
+    secs: f64,
+}
+
+/// `clients` threads, a new connection per request, for `secs`.
+fn load(env: &Env, host: &str) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..env.args.clients)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            let addr = env.addr;
+            let host = host.to_string();
+            thread::spawn(move || {
+                let mut r = Run::default();
+                let mut buf = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let s = Instant::now();
+                    match harness::get(&addr, &host, Duration::from_secs(5), &mut buf) {
+                        Ok(_) => {
+                            r.ok += 1;
+                            r.lat_us.push(s.elapsed().as_micros() as u32);
+                        }
+                        Err(_) => {
+                            r.failed += 1;
+                            thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs_f64(env.args.secs));
+    stop.store(true, Ordering::SeqCst);
+    let mut total = Run::default();
+    for t in threads {
+        if let Ok(r) = t.join() {
+            total.ok += r.ok;
+            total.failed += r.failed;
+            total.lat_us.extend(r.lat_us);
+        }
+    }
+    total.secs = t0.elapsed().as_secs_f64();
+    total
+}
+
+fn first_vs_last(env: &Env, n: usize) -> serde_json::Value {
+    let first = format!("{}.{DOM}", service_name(0));
+    let last = format!("{}.{DOM}", service_name(n - 1));
+    // Warm up both, then alternate so drift hits both alike.
+    let _ = harness::status_of(&env.addr, &first, Duration::from_secs(2));
+    let _ = harness::status_of(&env.addr, &last, Duration::from_secs(2));
+    let (mut f, mut l) = (Run::default(), Run::default());
+    let mut rounds = Vec::new();
+    for _ in 0..2 {
+        for (host, acc, which) in [(&first, &mut f, "first"), (&last, &mut l, "last")] {
+            let r = load(env, host);
+            rounds.push(json!({"host": which, "ok": r.ok, "failed": r.failed,
+                               "rps": r.ok as f64 / r.secs}));
+            acc.ok += r.ok;
+            acc.failed += r.failed;
+            acc.secs += r.secs;
+            acc.lat_us.extend(r.lat_us);
+        }
+    }
+    let stats = |r: &mut Run, host: &str| {
+        r.lat_us.sort_unstable();
+        json!({
+            "host": host,
+            "ok": r.ok,
+            "failed": r.failed,
+            "rps": r.ok as f64 / r.secs,
+            "p50_ms": harness::quantile(&r.lat_us, 0.5) as f64 / 1000.0,
+            "p99_ms": harness::quantile(&r.lat_us, 0.99) as f64 / 1000.0,
+        })
+    };
+    let frps = f.ok as f64 / f.secs;
+    let lrps = l.ok as f64 / l.secs;
+    json!({
+        "services": n,
+        "clients": env.args.clients,
+        "connection": "new TCP connection per request (Connection: close)",
+        "first": stats(&mut f, &first),
+        "last": stats(&mut l, &last),
+        "last_over_first": if frps > 0.0 { lrps / frps } else { 0.0 },
+        "rounds": rounds,
+    })
+}
+
+/// `N`, `NxK` or `NxK-nocheck` → (services, instances, without health
+/// checks).
+fn parse_size(s: &str, default_instances: usize) -> Result<(usize, usize, bool), String> {
+    let bad = || format!("bad size {s:?}: expected N, NxK or NxK-nocheck");
+    let (s, nocheck) = match s.strip_suffix("-nocheck") {
+        Some(rest) => (rest, true),
+        None => (s, false),
+    };
+    match s.split_once('x') {
+        Some((n, k)) => Ok((
+            n.parse().map_err(|_| bad())?,
+            k.parse().map_err(|_| bad())?,
+            nocheck,
+        )),
+        None => Ok((s.parse().map_err(|_| bad())?, default_instances, nocheck)),
+    }
+}
+
+/// The built-in template without `check` on server lines: HAProxy reserves
+/// one descriptor per checked server, which a low open-files limit cannot
+/// hold at 30,000 servers.
+fn nocheck_template(dir: &Path) -> Result<PathBuf, String> {
+    let t = haproxy_supervisor::render::DEFAULT_TEMPLATE;
+    let needle = "}} check weight";
+    if !t.contains(needle) {
+        return Err(format!(
+            "the built-in template has no {needle:?}; cannot make a no-check variant"
+        ));
+    }
+    let p = dir.join("nocheck.cfg.tera");
+    std::fs::write(&p, t.replace(needle, "}} weight")).map_err(|e| e.to_string())?;
+    Ok(p)
+}
+
+fn scale(env: &Env) -> Result<serde_json::Value, String> {
+    let mut rows = Vec::new();
+    let mut fvl = serde_json::Value::Null;
+    let sizes = env
+        .args
+        .sizes
+        .iter()
+        .map(|s| parse_size(s, env.args.instances))
+        .collect::<Result<Vec<_>, _>>()?;
+    // First vs last runs on the first size with the most services that
+    // starts.
+    let largest = sizes.iter().map(|s| s.0).max().unwrap_or(0);
+    for &(n, instances, nocheck) in &sizes {
+        let label = format!(
+            "{n} × {instances}{}",
+            if nocheck { " (no health checks)" } else { "" }
+        );
+        eprintln!("scale-bench: scale: {label}");
+        let dir = env.work.join(format!(
+            "scale-{n}x{instances}{}",
+            if nocheck { "-nocheck" } else { "" }
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let catalog = dir.join("catalog.json");
+        write_catalog(&catalog, n, instances, env.backend)?;
+        let catalog_bytes = std::fs::metadata(&catalog).map(|m| m.len()).unwrap_or(0);
+        let cfg = dir.join("etc/haproxy.cfg");
+        let mut cmd = Command::new(&env.supervisor_bin);
+        harness::clear_env(&mut cmd);
+        cmd.arg("run")
+            .arg("--catalog-file")
+            .arg(&catalog)
+            .arg("--config-file")
+            .arg(&cfg)
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .env("HAPROXY_DOM", DOM)
+            .env("HAPROXY_LOG_FORMAT", "json")
+            .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
+            .env("HAPROXY_BIN", &env.haproxy_bin)
+            .current_dir(&dir);
+        if nocheck {
+            cmd.env("HAPROXY_TEMPLATE", nocheck_template(&dir)?);
+        }
+        let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
+        let wall0 = harness::epoch_secs(sup.started_wall);
+        let started = sup.wait_log(Duration::from_secs(600), |t| {
+            t.contains("\"message\":\"haproxy reload done\"")
+                || t.contains("\"message\":\"haproxy failed to start\"")
+                || t.contains("\"message\":\"haproxy reload failed")
+        });
+        let log = sup.log_text();
+        if started.is_err() || !log.contains("\"message\":\"haproxy reload done\"") {
+            let lines = harness::json_lines(&log);
+            let at = |msg: &str| {
+                lines
+                    .iter()
+                    .find(|l| l.message == msg)
+                    .map(|l| (l.at - wall0) * 1000.0)
+            };
+            let (read, written) = (at("catalog file read"), at("config written"));
+            let alert = log
+                .lines()
+                .find(|l| l.contains("[ALERT]"))
+                .map(str::to_string)
+                .or_else(|| started.err())
+                .unwrap_or_default();
+            let hwm = harness::proc_status_kb(sup.pid(), "VmHWM");
+            eprintln!("scale-bench: scale: {label}: haproxy did not start: {alert}");
+            sup.stop(Duration::from_secs(20));
+            wait_port_free(env.args.http_port);
+            rows.push(json!({
+                "services": n,
+                "instances_per_service": instances,
+                "health_checks": !nocheck,
+                "start_to_catalog_read_ms": read,
+                "start_to_config_written_ms": written,
+                "catalog_read_to_config_written_ms": match (read, written) {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                },
+                "supervisor_vmhwm_kb": hwm,
+                "error": format!("haproxy did not start: {alert}"),
+            }));
+            continue;
+        }
+        let hwm_at_start = harness::proc_status_kb(sup.pid(), "VmHWM");
+        let lines = harness::json_lines(&sup.log_text());
+        let at = |msg: &str| {
+            lines
+                .iter()
+                .find(|l| l.message == msg)
+                .map(|l| (l.at - wall0) * 1000.0)
+        };
+        let read_ms = at("catalog file read");
+        let written_ms = at("config written");
+        let serving_ms = at("haproxy reload done");
+        // HAProxy's own check of the same file, alone.
+        let t = Instant::now();
+        let check = Command::new(&env.haproxy_bin)
+            .arg("-c")
+            .arg("-f")
+            .arg(&cfg)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        let check_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let cfg_bytes = std::fs::metadata(&cfg).map(|m| m.len()).unwrap_or(0);
+        // Every host answers?
+        let t = Instant::now();
+        let (ok, failed, errs) = sweep(env, n);
+        let sweep_s = t.elapsed().as_secs_f64();
+        eprintln!(
+            "scale-bench: scale: {label}: config in {:.0} ms, serving at {:.0} ms, {ok}/{n} hosts answered 200",
+            written_ms.unwrap_or(-1.0),
+            serving_ms.unwrap_or(-1.0)
+        );
+        if n == largest && fvl.is_null() {
+            fvl = first_vs_last(env, n);
+            fvl["instances_per_service"] = json!(instances);
+            fvl["health_checks"] = json!(!nocheck);
+        }
+        let hwm = harness::proc_status_kb(sup.pid(), "VmHWM");
+        let rss = harness::proc_status_kb(sup.pid(), "VmRSS");
+        let hap = harness::children_named(sup.pid(), "haproxy");
+        let hap_hwm: Option<u64> = hap
+            .iter()
+            .filter_map(|p| harness::proc_status_kb(*p, "VmHWM"))
+            .max();
+        sup.stop(Duration::from_secs(20));
+        wait_port_free(env.args.http_port);
+        rows.push(json!({
+            "services": n,
+            "instances_per_service": instances,
+            "health_checks": !nocheck,
+            "catalog_file_bytes": catalog_bytes,
+            "config_bytes": cfg_bytes,
+            "start_to_catalog_read_ms": read_ms,
+            "start_to_config_written_ms": written_ms,
+            "catalog_read_to_config_written_ms": match (read_ms, written_ms) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+            "start_to_serving_ms": serving_ms,
+            "haproxy_check_alone_ms": check_ms,
+            "haproxy_check_ok": check,
+            "supervisor_vmhwm_kb": hwm,
+            "supervisor_vmhwm_kb_at_first_reload": hwm_at_start,
+            "supervisor_vmrss_kb": rss,
+            "haproxy_vmhwm_kb": hap_hwm,
+            "hosts_answering_200": ok,
+            "hosts_failing": failed,
+            "first_failures": errs,
+            "sweep_s": sweep_s,
+        }));
+    }
+    Ok(json!({ "rows": rows, "first_vs_last": fvl }))
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn markdown(
+    args: &Args,
+    meta: &serde_json::Value,
+    prop: Option<&serde_json::Value>,
+    scale: Option<&serde_json::Value>,
+) -> String {
+    let mut s = format!(
+        "{}; {}; {}; run {}.\n\n",
+        meta["machine"].as_str().unwrap_or(""),
+        meta["haproxy"].as_str().unwrap_or(""),
+        meta["consul"].as_str().unwrap_or(""),
+        meta["date"].as_str().unwrap_or("")
+    );
+    let mut goals = Vec::new();
+    if let Some(p) = prop {
+        s.push_str(&format!(
+            "## Change → routing (Consul `agent -dev`, default HAPROXY_RELOAD_WAIT, polled every {} ms with real requests)\n\n",
+            args.poll_ms
+        ));
+        s.push_str("| change | n | timeouts (10 s) | p50 ms | p90 ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|---|---|\n");
+        for (key, label) in [
+            (
+                "register_to_200",
+                "new service registered → its host answers 200",
+            ),
+            ("critical_to_503", "TTL check critical → host answers 503"),
+            (
+                "passing_to_200",
+                "TTL check passing again → host answers 200",
+            ),
+        ] {
+            let r = &p[key];
+            s.push_str(&format!(
+                "| {label} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+                r["n"],
+                r["timeouts"],
+                f(&r["p50_ms"]),
+                f(&r["p90_ms"]),
+                f(&r["p99_ms"]),
+                f(&r["min_ms"]),
+                f(&r["max_ms"]),
+            ));
+        }
+        s.push_str(&format!(
+            "\n{} catalog-triggered reloads in this part.\n\n",
+            p["catalog_reloads"]
+        ));
+        for (key, what) in [
+            ("register_to_200", "registration"),
+            ("critical_to_503", "critical check"),
+        ] {
+            let p99 = f(&p[key]["p99_ms"]);
+            let n = p[key]["n"].as_u64().unwrap_or(0);
+            let to = p[key]["timeouts"].as_u64().unwrap_or(0);
+            goals.push(format!(
+                "- change-to-route p99 < 500 ms ({what}, {n} changes, {to} timeouts): {p99:.0} ms ({})",
+                if p99 < 500.0 && n >= 50 && to == 0 { "met" } else { "missed" }
+            ));
+        }
+    }
+    if let Some(sc) = scale {
+        s.push_str(
+            "## Catalog size (catalog file; every instance points at one live backend; health-checked unless marked)\n\n",
+        );
+        s.push_str("| services × instances | servers | config KB | start → catalog read ms | catalog read → checked config written ms | start → HAProxy serving ms | `haproxy -c` alone ms | supervisor peak RSS (VmHWM) MB | HAProxy worker VmHWM MB | hosts answering 200 |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in sc["rows"].as_array().into_iter().flatten() {
+            let n = r["services"].as_u64().unwrap_or(0);
+            let k = r["instances_per_service"].as_u64().unwrap_or(0);
+            let nc = if r["health_checks"] == json!(false) {
+                " (no checks)"
+            } else {
+                ""
+            };
+            let mb = |v: &serde_json::Value| f(v) / 1024.0;
+            if let Some(e) = r["error"].as_str() {
+                s.push_str(&format!(
+                    "| {n} × {k}{nc} | {} | – | {:.0} | {:.0} | {e} | – | {:.1} | – | – |\n",
+                    n * k,
+                    f(&r["start_to_catalog_read_ms"]),
+                    f(&r["catalog_read_to_config_written_ms"]),
+                    mb(&r["supervisor_vmhwm_kb"]),
+                ));
+                continue;
+            }
+            s.push_str(&format!(
+                "| {} × {k}{nc} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} | {}/{} |\n",
+                n,
+                n * k,
+                f(&r["config_bytes"]) / 1024.0,
+                f(&r["start_to_catalog_read_ms"]),
+                f(&r["catalog_read_to_config_written_ms"]),
+                f(&r["start_to_serving_ms"]),
+                f(&r["haproxy_check_alone_ms"]),
+                mb(&r["supervisor_vmhwm_kb"]),
+                mb(&r["haproxy_vmhwm_kb"]),
+                r["hosts_answering_200"],
+                n
+            ));
+            if n == 1000 && k == args.instances as u64 && nc.is_empty() {
+                let t = f(&r["catalog_read_to_config_written_ms"]);
+                let rss = mb(&r["supervisor_vmhwm_kb"]);
+                goals.push(format!(
+                    "- 1,000 services rendered+checked < 1 s: {t:.0} ms ({}); supervisor < 50 MB RSS: {rss:.1} MB ({})",
+                    if t < 1000.0 { "met" } else { "missed" },
+                    if rss < 50.0 { "met" } else { "missed" }
+                ));
+            }
+        }
+        let fl = &sc["first_vs_last"];
+        if !fl.is_null() {
+            s.push_str(&format!(
+                "\n## First vs last service ({} services × {}{}; {} clients, {}, {} s per run, alternating first/last twice)\n\n",
+                fl["services"], fl["instances_per_service"],
+                if fl["health_checks"] == json!(false) { ", no health checks" } else { "" },
+                fl["clients"], fl["connection"].as_str().unwrap_or(""), args.secs
+            ));
+            s.push_str(
+                "| host | ok | failed | req/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n",
+            );
+            for k in ["first", "last"] {
+                let r = &fl[k];
+                s.push_str(&format!(
+                    "| {} | {} | {} | {:.0} | {:.2} | {:.2} |\n",
+                    r["host"].as_str().unwrap_or(""),
+                    r["ok"],
+                    r["failed"],
+                    f(&r["rps"]),
+                    f(&r["p50_ms"]),
+                    f(&r["p99_ms"]),
+                ));
+            }
+            let ratio = f(&fl["last_over_first"]);
+            s.push_str(&format!("\nlast / first = {ratio:.3}\n"));
+            let all_ok = sc["rows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| {
+                    r["services"] == fl["services"]
+                        && r["instances_per_service"] == fl["instances_per_service"]
+                        && r["health_checks"] == fl["health_checks"]
+                })
+                .map(|r| r["hosts_failing"].as_u64() == Some(0))
+                .unwrap_or(false);
+            goals.push(format!(
+                "- {} services work ({}) and the last is served ≥90% as fast as the first: {:.1}% ({})",
+                fl["services"],
+                if all_ok { "every host answered 200" } else { "some hosts failed" },
+                ratio * 100.0,
+                if ratio >= 0.9 && all_ok { "met" } else { "missed" }
+            ));
+        }
+    }
+    if !goals.is_empty() {
+        s.push_str("\nGoals (figures, not assertions):\n\n");
+        s.push_str(&goals.join("\n"));
+        s.push('\n');
+    }
+    s
+}
