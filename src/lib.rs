@@ -33,6 +33,7 @@ pub mod cli;
 pub mod discovery;
 pub mod duration;
 pub mod haproxy;
+pub mod live;
 pub mod model;
 pub mod process;
 pub mod render;

@@ -1,0 +1,972 @@
+//! Live changes (SPEC §10): the state the serving HAProxy runs, held as a
+//! value, and the pure diff that says whether a new render can be applied
+//! through the runtime API or needs a reload.
+//!
+//! The diff works on the rendered text, not on the model, so it holds for
+//! any template: a config is split into its *skeleton* (every line except the
+//! `server` lines of backends, with map file names replaced by their role)
+//! and its *live parts* (the servers of each backend, the content of each
+//! map). Two renders with the same skeleton differ only in what the runtime
+//! API can change; anything else is structural and reloads.
+//!
+//! Nothing here performs an effect: [`Running::plan`] returns the operations
+//! and the state that holds once they all succeeded, and the supervisor
+//! applies them (falling back to a reload on any failure).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::render::Rendered;
+
+/// One `server` line of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLine {
+    /// The address as written (`10.0.0.1:80`, `host:80`, ...).
+    pub address: String,
+    /// The address when it is an IPv4 literal with a port: only those can be
+    /// added or moved live (`set server addr` wants an IP).
+    pub ip_port: Option<(Ipv4Addr, u16)>,
+    pub weight: u32,
+    /// Every keyword of the line except `weight <n>`, in order.
+    pub keywords: Vec<String>,
+}
+
+/// What a backend says about its servers, besides the servers themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Whether its balance algorithm accepts dynamic servers (`add server`).
+    pub dynamic: bool,
+    /// The keywords of its `default-server` line: an added server does not
+    /// inherit them, so they are passed explicitly.
+    pub defaults: Vec<String>,
+    pub servers: BTreeMap<String, ServerLine>,
+}
+
+/// A map file the config refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFile {
+    /// The path as written in the config: HAProxy's name for the map.
+    pub path: String,
+    pub content: String,
+}
+
+/// A rendered config split into its skeleton and its live parts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    skeleton: String,
+    pub backends: BTreeMap<String, Backend>,
+    /// Map role (`hosts`, `paths`: the file name without its content hash) → file.
+    pub maps: BTreeMap<String, MapFile>,
+}
+
+/// What the running HAProxy can do live, by version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// `cookie` on `add server` (HAProxy 3.0 and later).
+    pub dynamic_cookie: bool,
+}
+
+impl Caps {
+    /// From `haproxy -v` output (`HAProxy version 2.6.12-1+deb12u4 ...`).
+    pub fn from_version(v: &str) -> Caps {
+        let ver = v
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .unwrap_or("");
+        let mut it = ver.split(|c: char| !c.is_ascii_digit());
+        let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        Caps {
+            dynamic_cookie: major >= 3,
+        }
+    }
+}
+
+/// One live operation on the serving HAProxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `add server` (keywords include the backend's defaults and the
+    /// weight), then enable its health check and put it in rotation.
+    AddServer {
+        backend: String,
+        server: String,
+        ip: Ipv4Addr,
+        port: u16,
+        keywords: Vec<String>,
+    },
+    SetAddr {
+        backend: String,
+        server: String,
+        ip: Ipv4Addr,
+        port: u16,
+    },
+    SetWeight {
+        backend: String,
+        server: String,
+        weight: u32,
+    },
+    /// Back into rotation: a parked server the config has again.
+    Ready { backend: String, server: String },
+    /// Out of rotation (maintenance): a server the config no longer has.
+    /// It stays in the process, parked, until it can be deleted.
+    Park { backend: String, server: String },
+    /// Replaces a map's whole content in one atomic commit.
+    ReplaceMap {
+        path: String,
+        entries: Vec<(String, String)>,
+    },
+}
+
+impl Op {
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::AddServer { .. } => "add_server",
+            Op::SetAddr { .. } => "set_addr",
+            Op::SetWeight { .. } => "set_weight",
+            Op::Ready { .. } => "ready",
+            Op::Park { .. } => "park",
+            Op::ReplaceMap { .. } => "replace_map",
+        }
+    }
+}
+
+/// Why a change cannot be applied live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Structural {
+    /// Something outside the servers and maps changed (a backend or
+    /// frontend added or removed, an option, a global, the template).
+    Skeleton { line: usize },
+    /// A map the config refers to appeared or disappeared.
+    Maps,
+    /// A server's keywords (other than weight) changed.
+    ServerKeywords { backend: String, server: String },
+    /// The address is not an IPv4 literal the runtime API can take.
+    Address { backend: String, server: String },
+    /// The backend's balance algorithm refuses dynamic servers.
+    StaticBackend { backend: String },
+    /// `cookie` on a dynamic server needs HAProxy 3.0.
+    Cookie { backend: String, server: String },
+}
+
+impl fmt::Display for Structural {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Structural::Skeleton { line } => {
+                write!(
+                    f,
+                    "the config changed beyond servers and maps (line {line})"
+                )
+            }
+            Structural::Maps => write!(f, "a map file was added or removed"),
+            Structural::ServerKeywords { backend, server } => {
+                write!(
+                    f,
+                    "server {backend}/{server} changed beyond address and weight"
+                )
+            }
+            Structural::Address { backend, server } => {
+                write!(f, "server {backend}/{server} has no IPv4 address")
+            }
+            Structural::StaticBackend { backend } => {
+                write!(f, "backend {backend} uses a static balance algorithm")
+            }
+            Structural::Cookie { backend, server } => {
+                write!(
+                    f,
+                    "server {backend}/{server} has a cookie (live only on HAProxy 3.0+)"
+                )
+            }
+        }
+    }
+}
+
+/// The outcome of a diff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing the serving HAProxy would notice.
+    Same,
+    /// These operations, in order; `next` is the state once they all succeeded.
+    Live {
+        ops: Vec<Op>,
+        next: Box<Running>,
+    },
+    Reload(Structural),
+}
+
+/// What the serving HAProxy runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// The layout the process runs (its map paths are those it loaded).
+    pub layout: Layout,
+    /// Servers the config no longer has, kept in the process in
+    /// maintenance until they can be deleted: backend → server → line.
+    pub parked: BTreeMap<String, BTreeMap<String, ServerLine>>,
+}
+
+fn tokens(line: &str) -> Vec<&str> {
+    let mut v = Vec::new();
+    for t in line.split_whitespace() {
+        if t.starts_with('#') {
+            break;
+        }
+        v.push(t);
+    }
+    v
+}
+
+fn parse_addr(a: &str) -> Option<(Ipv4Addr, u16)> {
+    let (ip, port) = a.rsplit_once(':')?;
+    let ip: Ipv4Addr = ip.parse().ok()?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    // Only the canonical spelling, so the text and the value agree.
+    (format!("{ip}:{port}") == a).then_some((ip, port))
+}
+
+/// Balance algorithms that take dynamic servers (HAProxy 2.6's
+/// `be_supports_dynamic_srv`); the hashing ones only with consistent hashing.
+fn dynamic_balance(balance: &str, hash_consistent: bool) -> bool {
+    match balance {
+        "roundrobin" | "leastconn" | "first" | "random" => true,
+        "static-rr" => false,
+        _ => hash_consistent,
+    }
+}
+
+impl Layout {
+    /// Splits a rendered config. `maps_dir` is the directory the config
+    /// refers to its maps in (the same the renderer used).
+    pub fn new(rendered: &Rendered, maps_dir: &str) -> Layout {
+        let mut text = rendered.config.clone();
+        let mut maps = BTreeMap::new();
+        for (name, content) in &rendered.maps {
+            let role = name
+                .rsplit_once('-')
+                .map(|(r, _)| r)
+                .unwrap_or(name.trim_end_matches(".map"));
+            let path = format!("{maps_dir}/{name}");
+            if text.contains(&path) {
+                text = text.replace(&path, &format!("<map:{role}>"));
+                maps.insert(
+                    role.to_string(),
+                    MapFile {
+                        path,
+                        content: content.clone(),
+                    },
+                );
+            }
+        }
+        Layout::split(&text, maps)
+    }
+
+    fn split(text: &str, maps: BTreeMap<String, MapFile>) -> Layout {
+        let mut skeleton = String::with_capacity(text.len());
+        let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
+        let mut defaults_balance: (Option<String>, bool) = (None, false);
+        // (kind, name, balance, hash consistent)
+        let mut section: Option<(String, String)> = None;
+        let mut balance: (Option<String>, bool) = (None, false);
+        let finish = |section: &Option<(String, String)>,
+                      balance: &(Option<String>, bool),
+                      defaults_balance: &mut (Option<String>, bool),
+                      backends: &mut BTreeMap<String, Backend>| {
+            match section {
+                Some((kind, _)) if kind == "defaults" => *defaults_balance = balance.clone(),
+                Some((kind, name)) if kind == "backend" || kind == "listen" => {
+                    let b = backends.entry(name.clone()).or_default();
+                    let algo = balance
+                        .0
+                        .clone()
+                        .or_else(|| defaults_balance.0.clone())
+                        .unwrap_or_else(|| "roundrobin".into());
+                    b.dynamic = dynamic_balance(&algo, balance.1 || defaults_balance.1);
+                }
+                _ => {}
+            }
+        };
+        for line in text.lines() {
+            let t = tokens(line);
+            let indented = line.starts_with(char::is_whitespace);
+            if !indented && !t.is_empty() {
+                finish(&section, &balance, &mut defaults_balance, &mut backends);
+                balance = (None, false);
+                section = Some((t[0].to_string(), t.get(1).unwrap_or(&"").to_string()));
+                skeleton.push_str(line);
+                skeleton.push('\n');
+                continue;
+            }
+            let in_backend = matches!(&section, Some((k, _)) if k == "backend" || k == "listen");
+            match t.first().copied() {
+                Some("balance") => balance.0 = t.get(1).map(|s| s.to_string()),
+                Some("hash-type") => balance.1 = t.get(1) == Some(&"consistent"),
+                _ => {}
+            }
+            if in_backend && t.len() >= 3 && t[0] == "server" {
+                let (_, name) = section.as_ref().expect("in a backend");
+                let mut weight = 1;
+                let mut keywords = Vec::new();
+                let mut i = 3;
+                while i < t.len() {
+                    if t[i] == "weight" && i + 1 < t.len() {
+                        weight = t[i + 1].parse().unwrap_or(1);
+                        i += 2;
+                    } else {
+                        keywords.push(t[i].to_string());
+                        i += 1;
+                    }
+                }
+                backends.entry(name.clone()).or_default().servers.insert(
+                    t[1].to_string(),
+                    ServerLine {
+                        address: t[2].to_string(),
+                        ip_port: parse_addr(t[2]),
+                        weight,
+                        keywords,
+                    },
+                );
+                continue;
+            }
+            if in_backend && t.first() == Some(&"default-server") {
+                let (_, name) = section.as_ref().expect("in a backend");
+                backends.entry(name.clone()).or_default().defaults =
+                    t[1..].iter().map(|s| s.to_string()).collect();
+            }
+            skeleton.push_str(line);
+            skeleton.push('\n');
+        }
+        finish(&section, &balance, &mut defaults_balance, &mut backends);
+        Layout {
+            skeleton,
+            backends,
+            maps,
+        }
+    }
+}
+
+/// The keywords an added server needs: the backend's defaults that an added
+/// server does not inherit, then the line's own, then its weight. Keywords
+/// that only make sense at start-up (`init-addr`) are left out.
+fn add_keywords(defaults: &[String], line: &ServerLine) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push_all = |kws: &[String]| {
+        let mut i = 0;
+        while i < kws.len() {
+            match kws[i].as_str() {
+                "init-addr" | "weight" => i += 2,
+                _ => {
+                    out.push(kws[i].clone());
+                    i += 1;
+                }
+            }
+        }
+    };
+    push_all(defaults);
+    push_all(&line.keywords);
+    out.push("weight".into());
+    out.push(line.weight.to_string());
+    out
+}
+
+fn map_entries(content: &str) -> Vec<(String, String)> {
+    content
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.splitn(2, ' ');
+            Some((it.next()?.to_string(), it.next()?.trim().to_string()))
+        })
+        .collect()
+}
+
+impl Running {
+    /// The state of a process just started on `layout`.
+    pub fn started(layout: Layout) -> Running {
+        Running {
+            layout,
+            parked: BTreeMap::new(),
+        }
+    }
+
+    /// Diffs a new render against what runs.
+    pub fn plan(&self, new: &Layout, caps: Caps) -> Plan {
+        if self.layout.skeleton != new.skeleton {
+            let line = self
+                .layout
+                .skeleton
+                .lines()
+                .zip(new.skeleton.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| {
+                    self.layout
+                        .skeleton
+                        .lines()
+                        .count()
+                        .min(new.skeleton.lines().count())
+                })
+                + 1;
+            return Plan::Reload(Structural::Skeleton { line });
+        }
+        if !self.layout.maps.keys().eq(new.maps.keys()) {
+            return Plan::Reload(Structural::Maps);
+        }
+        let mut adds = Vec::new();
+        let mut changes = Vec::new();
+        let mut parks = Vec::new();
+        let mut next = Running {
+            layout: Layout {
+                skeleton: self.layout.skeleton.clone(),
+                backends: BTreeMap::new(),
+                maps: self.layout.maps.clone(),
+            },
+            parked: self.parked.clone(),
+        };
+        // The skeleton holds the section headers: both have the same backends.
+        for (bname, nb) in &new.backends {
+            let empty = Backend::default();
+            let ob = self.layout.backends.get(bname).unwrap_or(&empty);
+            let parked = next.parked.entry(bname.clone()).or_default();
+            for (sname, ns) in &nb.servers {
+                let (b, s) = (bname.clone(), sname.clone());
+                let old = ob.servers.get(sname).or_else(|| parked.get(sname));
+                match old {
+                    Some(os) => {
+                        if os.keywords != ns.keywords {
+                            return Plan::Reload(Structural::ServerKeywords {
+                                backend: b,
+                                server: s,
+                            });
+                        }
+                        if os.address != ns.address {
+                            let Some((ip, port)) = ns.ip_port.filter(|_| os.ip_port.is_some())
+                            else {
+                                return Plan::Reload(Structural::Address {
+                                    backend: b,
+                                    server: s,
+                                });
+                            };
+                            changes.push(Op::SetAddr {
+                                backend: b.clone(),
+                                server: s.clone(),
+                                ip,
+                                port,
+                            });
+                        }
+                        if os.weight != ns.weight {
+                            changes.push(Op::SetWeight {
+                                backend: b.clone(),
+                                server: s.clone(),
+                                weight: ns.weight,
+                            });
+                        }
+                        if parked.remove(sname).is_some() {
+                            changes.push(Op::Ready {
+                                backend: b,
+                                server: s,
+                            });
+                        }
+                    }
+                    None => {
+                        if !nb.dynamic {
+                            return Plan::Reload(Structural::StaticBackend { backend: b });
+                        }
+                        let Some((ip, port)) = ns.ip_port else {
+                            return Plan::Reload(Structural::Address {
+                                backend: b,
+                                server: s,
+                            });
+                        };
+                        if !caps.dynamic_cookie && ns.keywords.iter().any(|k| k == "cookie") {
+                            return Plan::Reload(Structural::Cookie {
+                                backend: b,
+                                server: s,
+                            });
+                        }
+                        adds.push(Op::AddServer {
+                            backend: b,
+                            server: s,
+                            ip,
+                            port,
+                            keywords: add_keywords(&nb.defaults, ns),
+                        });
+                    }
+                }
+            }
+            for (sname, os) in &ob.servers {
+                if !nb.servers.contains_key(sname) {
+                    parks.push(Op::Park {
+                        backend: bname.clone(),
+                        server: sname.clone(),
+                    });
+                    parked.insert(sname.clone(), os.clone());
+                }
+            }
+            next.layout.backends.insert(bname.clone(), nb.clone());
+        }
+        next.parked.retain(|_, p| !p.is_empty());
+        for (role, nm) in &new.maps {
+            let om = &self.layout.maps[role];
+            if om.content != nm.content {
+                changes.push(Op::ReplaceMap {
+                    path: om.path.clone(),
+                    entries: map_entries(&nm.content),
+                });
+                // The process keeps the name it loaded the map under.
+                next.layout.maps.insert(
+                    role.clone(),
+                    MapFile {
+                        path: om.path.clone(),
+                        content: nm.content.clone(),
+                    },
+                );
+            }
+        }
+        // New servers first, then changes, then removals: capacity is
+        // added before it is taken away.
+        let mut ops = adds;
+        ops.extend(changes);
+        ops.extend(parks);
+        if ops.is_empty() {
+            Plan::Same
+        } else {
+            Plan::Live {
+                ops,
+                next: Box::new(next),
+            }
+        }
+    }
+
+    /// Forgets a parked server once it was deleted from the process.
+    pub fn deleted(&mut self, backend: &str, server: &str) {
+        if let Some(p) = self.parked.get_mut(backend) {
+            p.remove(server);
+            if p.is_empty() {
+                self.parked.remove(backend);
+            }
+        }
+    }
+
+    /// Parked servers, as (backend, server): candidates for `del server`.
+    pub fn parked(&self) -> Vec<(String, String)> {
+        self.parked
+            .iter()
+            .flat_map(|(b, s)| s.keys().map(move |n| (b.clone(), n.clone())))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Catalog, Context, Desired};
+    use crate::render::Renderer;
+    use crate::settings::HaproxyVars;
+    use std::path::Path;
+
+    const DIR: &str = "/etc/haproxy/maps";
+    const V26: Caps = Caps {
+        dynamic_cookie: false,
+    };
+
+    /// Renders a catalog file text with the built-in template.
+    fn layout(catalog: &str) -> Layout {
+        let c = Catalog::parse_file(catalog).unwrap();
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            ..HaproxyVars::default()
+        };
+        let (d, _) = Desired::build(&c, &Context::from(&vars));
+        let r = Renderer::new(
+            None,
+            Path::new("/etc/haproxy/haproxy.cfg"),
+            Path::new("/run/hs/admin.sock"),
+        )
+        .unwrap()
+        .render(&d, &vars)
+        .unwrap();
+        Layout::new(&r, DIR)
+    }
+
+    /// A catalog: per service, (name, tags, instances as (id, addr, weight, passing)).
+    fn catalog(services: &[(&str, &[&str], &[(&str, &str, u32, bool)])]) -> String {
+        let svcs: Vec<String> = services
+            .iter()
+            .map(|(name, tags, insts)| {
+                let mut all_tags = vec!["\"HAPROXY.ENABLE=true\"".to_string()];
+                all_tags.extend(tags.iter().map(|t| format!("\"{t}\"")));
+                let insts: Vec<String> = insts
+                    .iter()
+                    .map(|(id, addr, w, pass)| {
+                        let (a, p) = addr.rsplit_once(':').unwrap();
+                        format!(
+                            r#"{{"id":"{id}","address":"{a}","port":{p},"weight":{w},"passing":{pass},"tags":[{}]}}"#,
+                            all_tags.join(",")
+                        )
+                    })
+                    .collect();
+                format!(r#"{{"name":"{name}","instances":[{}]}}"#, insts.join(","))
+            })
+            .collect();
+        format!(r#"{{"services":[{}]}}"#, svcs.join(","))
+    }
+
+    fn www(insts: &[(&str, &str, u32, bool)]) -> Layout {
+        layout(&catalog(&[
+            ("www", &[], insts),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+        ]))
+    }
+
+    fn live(p: Plan) -> (Vec<Op>, Running) {
+        match p {
+            Plan::Live { ops, next } => (ops, *next),
+            other => panic!("expected a live plan, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_same_render_is_the_same() {
+        let a = www(&[("w1", "10.0.0.1:80", 1, true)]);
+        let run = Running::started(a.clone());
+        assert_eq!(run.plan(&a, V26), Plan::Same);
+    }
+
+    #[test]
+    fn a_new_instance_is_added_with_the_backend_defaults() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let (ops, next) = live(run.plan(
+            &www(&[
+                ("w1", "10.0.0.1:80", 1, true),
+                ("w2", "10.0.0.2:8080", 3, true),
+            ]),
+            V26,
+        ));
+        assert_eq!(
+            ops,
+            vec![Op::AddServer {
+                backend: "www".into(),
+                server: "w2".into(),
+                ip: "10.0.0.2".parse().unwrap(),
+                port: 8080,
+                keywords: ["inter", "10s", "rise", "2", "fall", "1", "check", "weight", "3"]
+                    .map(String::from)
+                    .to_vec(),
+            }]
+        );
+        assert!(next.layout.backends["www"].servers.contains_key("w2"));
+        // Applying the same render again changes nothing.
+        assert_eq!(
+            next.plan(
+                &www(&[
+                    ("w1", "10.0.0.1:80", 1, true),
+                    ("w2", "10.0.0.2:8080", 3, true)
+                ]),
+                V26
+            ),
+            Plan::Same
+        );
+    }
+
+    #[test]
+    fn a_critical_instance_is_parked_and_comes_back_ready() {
+        let two = [
+            ("w1", "10.0.0.1:80", 1, true),
+            ("w2", "10.0.0.2:80", 1, true),
+        ];
+        let run = Running::started(www(&two));
+        let (ops, parked) = live(run.plan(&www(&[two[0], ("w2", "10.0.0.2:80", 1, false)]), V26));
+        assert_eq!(
+            ops,
+            vec![Op::Park {
+                backend: "www".into(),
+                server: "w2".into()
+            }]
+        );
+        assert_eq!(parked.parked(), vec![("www".to_string(), "w2".to_string())]);
+        let (ops, back) = live(parked.plan(&www(&two), V26));
+        assert_eq!(
+            ops,
+            vec![Op::Ready {
+                backend: "www".into(),
+                server: "w2".into()
+            }]
+        );
+        assert!(back.parked.is_empty());
+        assert_eq!(back.plan(&www(&two), V26), Plan::Same);
+    }
+
+    #[test]
+    fn a_parked_server_that_returns_moved_is_moved_then_readied() {
+        let run = Running::started(www(&[
+            ("w1", "10.0.0.1:80", 1, true),
+            ("w2", "10.0.0.2:80", 1, true),
+        ]));
+        let (_, parked) = live(run.plan(&www(&[("w1", "10.0.0.1:80", 1, true)]), V26));
+        let (ops, _) = live(parked.plan(
+            &www(&[
+                ("w1", "10.0.0.1:80", 1, true),
+                ("w2", "10.0.0.9:81", 5, true),
+            ]),
+            V26,
+        ));
+        let kinds: Vec<_> = ops.iter().map(Op::kind).collect();
+        assert_eq!(kinds, ["set_addr", "set_weight", "ready"]);
+    }
+
+    #[test]
+    fn a_deleted_parked_server_is_added_again() {
+        let run = Running::started(www(&[
+            ("w1", "10.0.0.1:80", 1, true),
+            ("w2", "10.0.0.2:80", 1, true),
+        ]));
+        let (_, mut parked) = live(run.plan(&www(&[("w1", "10.0.0.1:80", 1, true)]), V26));
+        parked.deleted("www", "w2");
+        assert!(parked.parked().is_empty());
+        let (ops, _) = live(parked.plan(
+            &www(&[
+                ("w1", "10.0.0.1:80", 1, true),
+                ("w2", "10.0.0.2:80", 1, true),
+            ]),
+            V26,
+        ));
+        assert_eq!(ops.iter().map(Op::kind).collect::<Vec<_>>(), ["add_server"]);
+    }
+
+    #[test]
+    fn weight_and_address_changes_are_live() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let (ops, _) = live(run.plan(&www(&[("w1", "10.0.0.7:90", 10, true)]), V26));
+        assert_eq!(
+            ops,
+            vec![
+                Op::SetAddr {
+                    backend: "www".into(),
+                    server: "w1".into(),
+                    ip: "10.0.0.7".parse().unwrap(),
+                    port: 90
+                },
+                Op::SetWeight {
+                    backend: "www".into(),
+                    server: "w1".into(),
+                    weight: 10
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn adds_come_before_removals() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let (ops, _) = live(run.plan(&www(&[("w2", "10.0.0.2:80", 1, true)]), V26));
+        assert_eq!(
+            ops.iter().map(Op::kind).collect::<Vec<_>>(),
+            ["add_server", "park"]
+        );
+    }
+
+    #[test]
+    fn a_new_vhost_replaces_the_map_under_its_loaded_name() {
+        let base = |vhost: &str| {
+            layout(&catalog(&[(
+                "www",
+                &[vhost],
+                &[("w1", "10.0.0.1:80", 1, true)],
+            )]))
+        };
+        let a = base("HAPROXY.VHOST=a.example.com");
+        let run = Running::started(a.clone());
+        let loaded = a.maps["hosts"].path.clone();
+        let b = base("HAPROXY.VHOST=a.example.com,b.example.com");
+        assert_ne!(b.maps["hosts"].path, loaded, "maps are content-addressed");
+        let (ops, next) = live(run.plan(&b, V26));
+        assert_eq!(
+            ops,
+            vec![Op::ReplaceMap {
+                path: loaded.clone(),
+                entries: vec![
+                    ("a.example.com".into(), "www".into()),
+                    ("b.example.com".into(), "www".into())
+                ],
+            }]
+        );
+        assert_eq!(next.layout.maps["hosts"].path, loaded);
+        assert_eq!(next.plan(&b, V26), Plan::Same);
+    }
+
+    #[test]
+    fn a_new_service_reloads() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let more = layout(&catalog(&[
+            ("www", &[], &[("w1", "10.0.0.1:80", 1, true)]),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+            ("new", &[], &[("n1", "10.0.2.1:80", 1, true)]),
+        ]));
+        assert!(matches!(
+            run.plan(&more, V26),
+            Plan::Reload(Structural::Skeleton { .. })
+        ));
+    }
+
+    #[test]
+    fn the_first_path_service_reloads() {
+        let run = Running::started(layout(&catalog(&[(
+            "www",
+            &[],
+            &[("w1", "10.0.0.1:80", 1, true)],
+        )])));
+        let with_path = layout(&catalog(&[(
+            "www",
+            &["HAPROXY.PATH=/v1"],
+            &[("w1", "10.0.0.1:80", 1, true)],
+        )]));
+        assert!(matches!(run.plan(&with_path, V26), Plan::Reload(_)));
+    }
+
+    #[test]
+    fn backend_options_reload() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let lc = layout(&catalog(&[
+            (
+                "www",
+                &["HAPROXY.BACKEND.BALANCE=leastconn"],
+                &[("w1", "10.0.0.1:80", 1, true)],
+            ),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+        ]));
+        assert!(matches!(
+            run.plan(&lc, V26),
+            Plan::Reload(Structural::Skeleton { .. })
+        ));
+        let mc = layout(&catalog(&[
+            (
+                "www",
+                &["HAPROXY.BACKEND.MAXCONN=10"],
+                &[("w1", "10.0.0.1:80", 1, true)],
+            ),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+        ]));
+        assert_eq!(
+            run.plan(&mc, V26),
+            Plan::Reload(Structural::ServerKeywords {
+                backend: "www".into(),
+                server: "w1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn static_backends_and_host_names_reload() {
+        let st = |insts: &[(&str, &str, u32, bool)]| {
+            layout(&catalog(&[(
+                "www",
+                &["HAPROXY.BACKEND.BALANCE=static-rr"],
+                insts,
+            )]))
+        };
+        let run = Running::started(st(&[("w1", "10.0.0.1:80", 1, true)]));
+        assert_eq!(
+            run.plan(
+                &st(&[
+                    ("w1", "10.0.0.1:80", 1, true),
+                    ("w2", "10.0.0.2:80", 1, true)
+                ]),
+                V26
+            ),
+            Plan::Reload(Structural::StaticBackend {
+                backend: "www".into()
+            })
+        );
+        // Removing and reweighting work on any algorithm.
+        assert!(matches!(
+            run.plan(&st(&[("w1", "10.0.0.1:80", 1, false)]), V26),
+            Plan::Live { .. }
+        ));
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        assert_eq!(
+            run.plan(
+                &www(&[
+                    ("w1", "10.0.0.1:80", 1, true),
+                    ("w2", "backend.local:80", 1, true)
+                ]),
+                V26
+            ),
+            Plan::Reload(Structural::Address {
+                backend: "www".into(),
+                server: "w2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn sticky_http_servers_reload_on_2_6_only() {
+        let sticky = |insts: &[(&str, &str, u32, bool)]| {
+            layout(&catalog(&[(
+                "www",
+                &["HAPROXY.BACKEND.STICKY=true"],
+                insts,
+            )]))
+        };
+        let run = Running::started(sticky(&[("w1", "10.0.0.1:80", 1, true)]));
+        let two = sticky(&[
+            ("w1", "10.0.0.1:80", 1, true),
+            ("w2", "10.0.0.2:80", 1, true),
+        ]);
+        assert!(matches!(
+            run.plan(&two, V26),
+            Plan::Reload(Structural::Cookie { .. })
+        ));
+        let v30 = Caps::from_version("HAProxy version 3.0.11-1 2025/06/11");
+        assert!(matches!(run.plan(&two, v30), Plan::Live { .. }));
+    }
+
+    #[test]
+    fn hash_balance_is_dynamic_only_when_consistent() {
+        assert!(!dynamic_balance("source", false));
+        assert!(dynamic_balance("source", true));
+        assert!(dynamic_balance("roundrobin", false));
+        assert!(!dynamic_balance("static-rr", true));
+        let l = Layout::split(
+            "defaults\n    balance uri\n    hash-type consistent\nbackend b\n    server s 10.0.0.1:80\n",
+            BTreeMap::new(),
+        );
+        assert!(l.backends["b"].dynamic);
+    }
+
+    #[test]
+    fn version_parsing() {
+        assert!(!Caps::from_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17").dynamic_cookie);
+        assert!(Caps::from_version("HAProxy version 3.0.11-1 2025").dynamic_cookie);
+        assert!(!Caps::from_version("garbage").dynamic_cookie);
+    }
+
+    #[test]
+    fn server_lines_are_parsed_whatever_the_template() {
+        let l = Layout::split(
+            "backend b\n  balance first\n  server s1 10.0.0.1:80 check weight 7 maxconn 5 # note\n  server s2 h.local:80\n",
+            BTreeMap::new(),
+        );
+        let s1 = &l.backends["b"].servers["s1"];
+        assert_eq!(
+            (s1.weight, s1.keywords.clone()),
+            (7, vec!["check".into(), "maxconn".into(), "5".into()])
+        );
+        assert_eq!(s1.ip_port, Some(("10.0.0.1".parse().unwrap(), 80)));
+        assert_eq!(l.backends["b"].servers["s2"].ip_port, None);
+        assert!(!l.skeleton.contains("server"));
+    }
+}
