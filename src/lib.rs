@@ -26,6 +26,8 @@
 //! - [`haproxy`]: `haproxy -c`, spawning generations, reload strategies and
 //!   the iptables guard.
 //! - [`process`]: the one reaper of child processes.
+//! - [`runtime`]: an async client for HAProxy's runtime API (the admin
+//!   socket): dynamic servers, weights, states, atomic map replacement.
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
 //! - [`supervisor`]: PID-1 duties, the reload loop and graceful stop.
 
@@ -37,5 +39,6 @@ pub mod live;
 pub mod model;
 pub mod process;
 pub mod render;
+pub mod runtime;
 pub mod settings;
 pub mod supervisor;
