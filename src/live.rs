@@ -554,6 +554,53 @@ impl Running {
     }
 }
 
+/// The server state to load into a new generation (`server-state-file`):
+/// the rows of `show servers state` from the serving one, for servers the
+/// new config has at the same address and port, with the new config's
+/// weight. Health (a server found down) and maintenance carry over; a
+/// server that moved or a weight that changed is never overridden by the
+/// old state (the traps of haproxy issues 1412, 2103, 3296).
+pub fn carry_state(dump: &str, new: &Layout) -> String {
+    let mut out = String::from("1\n");
+    for line in dump.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
+        // srv_uweight srv_iweight ... srv_fqdn(17) srv_port(18) ...
+        if f.len() < 19 {
+            continue;
+        }
+        let Some(s) = new.backends.get(f[1]).and_then(|b| b.servers.get(f[3])) else {
+            continue;
+        };
+        let same_place = s
+            .ip_port
+            .is_some_and(|(ip, port)| ip.to_string() == f[4] && port.to_string() == f[18]);
+        if !same_place {
+            continue;
+        }
+        let w = s.weight.to_string();
+        let mut g = f.clone();
+        g[7] = &w;
+        g[8] = &w;
+        out.push_str(&g.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+impl Layout {
+    /// Splits any config text (no map roles): for [`carry_state`] in
+    /// external-watcher mode.
+    pub fn from_text(config: &str) -> Layout {
+        Layout::split(config, BTreeMap::new())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,8 +633,11 @@ mod tests {
         Layout::new(&r, DIR)
     }
 
-    /// A catalog: per service, (name, tags, instances as (id, addr, weight, passing)).
-    fn catalog(services: &[(&str, &[&str], &[(&str, &str, u32, bool)])]) -> String {
+    /// An instance: (id, `ip:port`, weight, passing).
+    type Inst<'a> = (&'a str, &'a str, u32, bool);
+
+    /// A catalog: per service, (name, tags, instances).
+    fn catalog(services: &[(&str, &[&str], &[Inst])]) -> String {
         let svcs: Vec<String> = services
             .iter()
             .map(|(name, tags, insts)| {
@@ -945,6 +995,27 @@ mod tests {
             BTreeMap::new(),
         );
         assert!(l.backends["b"].dynamic);
+    }
+
+    #[test]
+    fn state_carries_only_for_servers_in_the_same_place_with_the_new_weight() {
+        let dump = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
+3 b 1 s1 10.0.0.1 0 0 3 3 1 6 3 2 6 0 0 0 - 80 - 0 0 - - 0\n\
+3 b 2 s2 10.0.0.2 0 0 1 1 2 8 2 0 6 0 0 0 - 80 - 0 0 - - 0\n\
+3 b 3 gone 10.0.0.3 0 0 1 1 2 8 2 0 6 0 0 0 - 80 - 0 0 - - 0\n\
+4 other 1 s1 10.0.0.1 0 0 1 1 2 8 2 0 6 0 0 0 - 80 - 0 0 - - 0\n";
+        let new = Layout::from_text(
+            "backend b\n  server s1 10.0.0.1:80 check weight 5\n  server s2 10.0.0.2:81 check\n",
+        );
+        let out = carry_state(dump, &new);
+        let rows: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            rows,
+            [
+                "1",
+                "3 b 1 s1 10.0.0.1 0 0 5 5 1 6 3 2 6 0 0 0 - 80 - 0 0 - - 0"
+            ]
+        );
     }
 
     #[test]

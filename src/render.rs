@@ -62,6 +62,9 @@ struct MapPaths {
 struct TemplateContext<'a> {
     vars: &'a HaproxyVars,
     admin_socket: String,
+    /// Where the supervisor puts the serving generation's server state
+    /// before a reload (beside the admin socket).
+    server_state_file: String,
     maps: MapPaths,
     services: &'a [Service],
     /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend.
@@ -74,6 +77,11 @@ pub struct Renderer {
     name: String,
     maps_dir: PathBuf,
     admin_socket: PathBuf,
+}
+
+/// The server-state file of the generations using `admin_socket`.
+pub fn server_state_path(admin_socket: &Path) -> PathBuf {
+    admin_socket.with_file_name("server-state")
 }
 
 /// The directory map files live in, beside the config.
@@ -134,6 +142,11 @@ impl Renderer {
         })
     }
 
+    /// The directory the rendered config names its maps in.
+    pub fn maps_dir_str(&self) -> String {
+        self.maps_dir.display().to_string()
+    }
+
     /// Renders the config and its maps. Deterministic.
     pub fn render(&self, desired: &Desired, vars: &HaproxyVars) -> Result<Rendered, RenderError> {
         let mut hosts: Vec<(String, &str)> = Vec::new();
@@ -174,6 +187,7 @@ impl Renderer {
         let ctx = TemplateContext {
             vars,
             admin_socket: self.admin_socket.display().to_string(),
+            server_state_file: server_state_path(&self.admin_socket).display().to_string(),
             maps: MapPaths {
                 hosts: self.maps_dir.join(&hosts_name).display().to_string(),
                 paths: paths_name.map(|n| self.maps_dir.join(n).display().to_string()),

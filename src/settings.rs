@@ -161,6 +161,12 @@ pub struct Options {
     /// Quiescence before a reload, min:max as consul-template's wait [default: 100ms:1s]
     #[arg(long, env = "HAPROXY_RELOAD_WAIT", global = true)]
     pub reload_wait: Option<String>,
+    /// Quiescence before a change that needs no reload is applied live [default: 10ms]
+    #[arg(long, env = "HAPROXY_LIVE_WAIT", global = true)]
+    pub live_wait: Option<String>,
+    /// Never apply changes live through the runtime API: every change reloads
+    #[arg(long, env = "HAPROXY_NO_LIVE", global = true)]
+    pub no_live: bool,
     /// How long an old HAProxy may drain after a reload [default: 60s]
     #[arg(long, env = "HAPROXY_HARD_STOP_AFTER", global = true)]
     pub hard_stop_after: Option<String>,
@@ -237,6 +243,10 @@ pub struct Settings {
     pub reload_strategy: ReloadStrategy,
     pub reload_wait_min: Duration,
     pub reload_wait_max: Duration,
+    /// Quiescence before a live change (no reload needed).
+    pub live_wait: Duration,
+    /// Whether server and map changes are applied through the runtime API.
+    pub live_changes: bool,
     pub hard_stop_after: Duration,
     pub stop_timeout: Duration,
 }
@@ -448,6 +458,7 @@ impl Settings {
         if reload_wait_max < reload_wait_min {
             return Err(bad_wait("max must not be below min".into()));
         }
+        let live_wait = timeout(&o.live_wait, "HAPROXY_LIVE_WAIT", "live-wait", "10ms")?.1;
         let stop_timeout = timeout(
             &o.stop_timeout,
             "HAPROXY_STOP_TIMEOUT",
@@ -493,6 +504,8 @@ impl Settings {
             reload_strategy,
             reload_wait_min,
             reload_wait_max,
+            live_wait: live_wait.min(reload_wait_max),
+            live_changes: !o.no_live,
             hard_stop_after,
             stop_timeout,
         })

@@ -21,9 +21,11 @@ use tokio::time::sleep_until;
 
 use crate::discovery::{self, CatalogRx};
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
+use crate::live::{self, Layout, Op, Plan, Running};
 use crate::model::{Catalog, Context, Desired};
 use crate::process::{self, Exit, Reaper};
-use crate::render::{self, Renderer};
+use crate::render::{self, Rendered, Renderer};
+use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
 use crate::settings::{ReloadStrategy, Settings, SourceSettings};
 
 /// Where an HAProxy generation is in its life.
@@ -66,6 +68,23 @@ pub struct Counters {
     pub reloads: u64,
     pub failed_reloads: u64,
     pub restarts: u64,
+    /// Catalog changes applied through the runtime API, without a reload.
+    pub live_changes: u64,
+    /// Runtime API operations those took.
+    pub live_ops: u64,
+    /// Live changes that failed and fell back to a reload.
+    pub live_failures: u64,
+}
+
+/// What became of a catalog change tried live.
+#[derive(Debug)]
+enum LiveOutcome {
+    /// Applied (or nothing the serving HAProxy would notice).
+    Applied,
+    /// Needs a reload: the change is structural.
+    Structural(live::Structural),
+    /// A live operation failed: the process may be half-changed, reload now.
+    Failed,
 }
 
 struct Supervisor {
@@ -89,6 +108,16 @@ struct Supervisor {
     adopted: Vec<Pid>,
     /// The global maxconn last lowered to fit the servers' descriptors.
     fd_fit: Option<u32>,
+    /// The layout of `running_text` (the config the next generation starts
+    /// from); `None` in external-watcher mode.
+    running_layout: Option<Layout>,
+    /// The layout `prepare` produced, until a reload adopts it.
+    prepared_layout: Option<Layout>,
+    /// What the serving generation runs, for live changes; `None` when not
+    /// known (nothing started by us yet, or a live change failed half-way).
+    live: Option<Running>,
+    caps: live::Caps,
+    runtime: RuntimeApi,
 }
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
@@ -155,7 +184,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             let (tx, rx) = watch::channel(None::<Arc<Catalog>>);
             match source.clone() {
                 SourceSettings::File(path) => {
-                    tokio::spawn(discovery::file::watch(path, Duration::from_millis(200), tx));
+                    tokio::spawn(discovery::file::watch(path, Duration::from_millis(20), tx));
                 }
                 SourceSettings::Consul { url, token, cacert } => {
                     let mut cfg = discovery::consul::ConsulConfig::new(url);
@@ -175,6 +204,24 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         }
     };
 
+    let caps = match reaper
+        .run_output({
+            let mut c = std::process::Command::new(&settings.haproxy_bin);
+            c.arg("-v").stdin(std::process::Stdio::null());
+            c
+        })
+        .await
+    {
+        Ok(out) => live::Caps::from_version(&String::from_utf8_lossy(&out.stdout)),
+        Err(e) => {
+            return Err(setup(
+                &format!("running {} -v", settings.haproxy_bin.display()),
+                &e,
+            ))
+        }
+    };
+    let runtime = RuntimeApi::new(settings.admin_socket(), Duration::from_secs(2));
+
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
         adopted: adopt_leftovers(&settings, &running_file),
@@ -192,6 +239,11 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         counters: Counters::default(),
         restart_backoff: discovery::Backoff::new(Duration::from_secs(10)),
         fd_fit: None,
+        running_layout: None,
+        prepared_layout: None,
+        live: None,
+        caps,
+        runtime,
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -204,7 +256,10 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         sup.reload(Trigger::Start).await;
     }
     // Catalog changes wait for quiescence: `first` bounds the wait by max.
+    // A change that can go live waits `live_wait`; a structural one the
+    // reload wait (`structural` once a live try found it so).
     let mut pending: Option<(Instant, Instant)> = None;
+    let mut structural = false;
     let mut restart_at: Option<tokio::time::Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
 
@@ -217,11 +272,19 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             restart_at = Some(tokio::time::Instant::now() + delay);
         }
         let deadline = match pending {
-            Some((first, last)) => tokio::time::Instant::from_std(
-                (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max),
-            ),
+            Some((first, last)) => {
+                let wait = if structural || !sup.live_possible() {
+                    sup.settings.reload_wait_min
+                } else {
+                    sup.settings.live_wait
+                };
+                tokio::time::Instant::from_std(
+                    (last + wait).min(first + sup.settings.reload_wait_max),
+                )
+            }
             None => far(),
         };
+        let cleanup_parked = sup.live.as_ref().is_some_and(|l| !l.parked.is_empty());
         let catalog_changed = async {
             match &mut sup.catalog {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -234,6 +297,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: checking and reloading");
                 pending = None;
+                structural = false;
                 sup.reload(Trigger::Sighup).await;
             }
             ok = catalog_changed => {
@@ -251,8 +315,33 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 }
             }
             _ = sleep_until(deadline), if pending.is_some() => {
-                pending = None;
-                sup.reload(Trigger::Catalog).await;
+                let (first, last) = pending.expect("pending");
+                if !structural && sup.live_possible() {
+                    match sup.try_live().await {
+                        LiveOutcome::Applied => pending = None,
+                        LiveOutcome::Failed => {
+                            pending = None;
+                            sup.reload(Trigger::Catalog).await;
+                        }
+                        LiveOutcome::Structural(why) => {
+                            tracing::info!(reason = %why, "structural change: reloading after the reload wait");
+                            let at = (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max);
+                            if Instant::now() >= at {
+                                pending = None;
+                                sup.reload(Trigger::Catalog).await;
+                            } else {
+                                structural = true;
+                            }
+                        }
+                    }
+                } else {
+                    pending = None;
+                    structural = false;
+                    sup.reload(Trigger::Catalog).await;
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(2)), if cleanup_parked => {
+                sup.delete_parked().await;
             }
             Some((id, pid, exit)) = exits_rx.recv() => {
                 // A needed restart is scheduled at the top of the loop.
@@ -371,7 +460,11 @@ impl Supervisor {
             .iter()
             .map(|s| s.servers.len() as u64)
             .sum();
-        let fit = (limit.saturating_sub(RESERVE + servers) / 2).clamp(1, u32::MAX as u64) as u32;
+        // Servers counted in steps of 1,000: a server added or removed live
+        // must not change the global maxconn (a structural change), and the
+        // step leaves descriptors for the checks of servers added live.
+        let budget = servers.div_ceil(1000).max(1) * 1000;
+        let fit = (limit.saturating_sub(RESERVE + budget) / 2).clamp(1, u32::MAX as u64) as u32;
         let fitted = (vars.maxconn_global > fit).then_some(fit);
         if fitted != self.fd_fit {
             if let Some(fit) = fitted {
@@ -434,7 +527,9 @@ impl Supervisor {
                 return None;
             }
         };
+        let layout = Layout::new(&rendered, &renderer.maps_dir_str());
         self.log_warnings(&warnings);
+        self.prepared_layout = Some(layout);
         let on_disk = std::fs::read_to_string(&self.running_file).ok();
         let unchanged = on_disk.as_deref() == Some(rendered.config.as_str());
         if unchanged
@@ -483,11 +578,178 @@ impl Supervisor {
 
     /// One reload: prepare a checked config, then start a generation.
     async fn reload(&mut self, trigger: Trigger) {
+        self.prepared_layout = None;
         let Some(text) = self.prepare(trigger).await else {
             return;
         };
         self.running_text = Some(text);
+        self.running_layout = self.prepared_layout.take();
         self.start_generation(trigger).await;
+    }
+
+    /// Whether catalog changes can be tried live: rendering, live changes
+    /// on, and a serving generation whose state we know.
+    fn live_possible(&self) -> bool {
+        self.settings.live_changes
+            && self.renderer.is_some()
+            && self.live.is_some()
+            && self.serving().is_some()
+    }
+
+    /// Renders the current catalog (warnings logged once); `None` when
+    /// there is no catalog or the render failed (logged).
+    fn render_catalog(&mut self) -> Option<Rendered> {
+        let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
+        let (desired, warnings) = Desired::build(&catalog, &Context::from(&self.settings.vars));
+        let vars = self.fit_fd_limit(&desired);
+        let rendered = self.renderer.as_ref()?.render(&desired, &vars);
+        self.log_warnings(&warnings);
+        match rendered {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.counters.failed_reloads += 1;
+                tracing::error!(error = %e, "render failed; keeping the running haproxy");
+                None
+            }
+        }
+    }
+
+    /// Applies the current catalog through the runtime API when the diff
+    /// against what runs allows it, then puts the same config on disk.
+    async fn try_live(&mut self) -> LiveOutcome {
+        let Some(rendered) = self.render_catalog() else {
+            return LiveOutcome::Applied; // nothing new that could run
+        };
+        let Some(renderer) = &self.renderer else {
+            return LiveOutcome::Applied;
+        };
+        let layout = Layout::new(&rendered, &renderer.maps_dir_str());
+        let Some(running) = &self.live else {
+            return LiveOutcome::Failed;
+        };
+        let started = Instant::now();
+        let (ops, next) = match running.plan(&layout, self.caps) {
+            Plan::Reload(why) => return LiveOutcome::Structural(why),
+            Plan::Same => (Vec::new(), None),
+            Plan::Live { ops, next } => (ops, Some(*next)),
+        };
+        for (i, op) in ops.iter().enumerate() {
+            if let Err(e) = self.apply(op).await {
+                self.live = None;
+                self.counters.live_failures += 1;
+                tracing::error!(
+                    error = %e,
+                    op = op.kind(),
+                    applied = i,
+                    of = ops.len(),
+                    live_failures = self.counters.live_failures,
+                    "live change failed; reloading instead"
+                );
+                return LiveOutcome::Failed;
+            }
+        }
+        if let Some(next) = next {
+            self.live = Some(next);
+            self.counters.live_changes += 1;
+            self.counters.live_ops += ops.len() as u64;
+            let mut kinds: Vec<&str> = ops.iter().map(Op::kind).collect();
+            kinds.dedup();
+            tracing::info!(
+                ops = ops.len(),
+                kinds = kinds.join(","),
+                took_ms = started.elapsed().as_millis() as u64,
+                live_changes = self.counters.live_changes,
+                pid = self.serving().map(|g| g.pid.as_raw()).unwrap_or(0),
+                "live change applied"
+            );
+        }
+        self.sync_disk(rendered, layout).await;
+        if self.live.as_ref().is_some_and(|l| !l.parked.is_empty()) {
+            self.delete_parked().await;
+        }
+        LiveOutcome::Applied
+    }
+
+    /// One live operation.
+    async fn apply(&self, op: &Op) -> Result<(), RuntimeError> {
+        let rt = &self.runtime;
+        match op {
+            Op::AddServer {
+                backend,
+                server,
+                ip,
+                port,
+                keywords,
+            } => {
+                rt.add_server(backend, server, &ip.to_string(), *port, keywords)
+                    .await
+            }
+            Op::SetAddr {
+                backend,
+                server,
+                ip,
+                port,
+            } => rt.set_addr(backend, server, &ip.to_string(), *port).await,
+            Op::SetWeight {
+                backend,
+                server,
+                weight,
+            } => rt.set_weight(backend, server, *weight).await,
+            Op::Ready { backend, server } => rt.set_state(backend, server, AdminState::Ready).await,
+            Op::Park { backend, server } => rt.set_state(backend, server, AdminState::Maint).await,
+            Op::ReplaceMap { path, entries } => rt.replace_map(path, entries).await,
+        }
+    }
+
+    /// Deletes parked servers that have no connection left; the others
+    /// stay parked (in maintenance) and are tried again later.
+    async fn delete_parked(&mut self) {
+        let Some(running) = &self.live else { return };
+        for (backend, server) in running.parked() {
+            match self.runtime.del_server(&backend, &server).await {
+                Ok(()) => {
+                    tracing::debug!(backend, server, "parked server deleted");
+                    if let Some(l) = &mut self.live {
+                        l.deleted(&backend, &server);
+                    }
+                }
+                Err(RuntimeError::Busy { .. }) => {}
+                Err(e) => {
+                    tracing::debug!(backend, server, error = %e, "cannot delete a parked server yet")
+                }
+            }
+        }
+    }
+
+    /// Puts a config that already runs (applied live) on disk: checked,
+    /// then swapped in, without starting HAProxy. A later reload or restart
+    /// then reproduces what runs.
+    async fn sync_disk(&mut self, rendered: Rendered, layout: Layout) {
+        let on_disk = std::fs::read_to_string(&self.running_file).ok();
+        if on_disk.as_deref() != Some(rendered.config.as_str()) {
+            let staged = match render::stage(&self.running_file, &rendered) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the config applied live");
+                    return;
+                }
+            };
+            let bin = self.settings.haproxy_bin.clone();
+            if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
+                // Cannot happen with validated server lines; if it does, the
+                // file keeps the last checked config and the next change
+                // (or SIGHUP) tries again.
+                tracing::error!(error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
+                staged.abort();
+                return;
+            }
+            if let Err(e) = staged.commit(&rendered) {
+                tracing::error!(error = %e, "cannot put the config applied live in place");
+                return;
+            }
+        }
+        self.running_text = Some(rendered.config);
+        self.running_layout = Some(layout);
     }
 
     /// Starts a generation on `running_file` by the configured strategy.
@@ -525,6 +787,7 @@ impl Supervisor {
             tracing::warn!(socket = %socket.display(), fallback = strategy.as_str(), "socket transfer impossible; falling back");
         }
         let started = Instant::now();
+        self.write_server_state(&text).await;
         let result = match strategy {
             ReloadStrategy::SynDrop => self.start_syn_drop(&text, &ports, &old).await,
             ReloadStrategy::Seamless => self.start_with(&ports, &old, Some(&socket)).await,
@@ -538,6 +801,11 @@ impl Supervisor {
                     }
                 }
                 self.adopted.clear();
+                self.live = self
+                    .running_layout
+                    .clone()
+                    .filter(|_| self.settings.live_changes)
+                    .map(Running::started);
                 if trigger != Trigger::Start && trigger != Trigger::Restart {
                     self.counters.reloads += 1;
                 }
@@ -569,6 +837,36 @@ impl Supervisor {
                 }
                 false
             }
+        }
+    }
+
+    /// Writes the server-state file the new generation loads: what the
+    /// serving one knows of servers the new config keeps in place (health,
+    /// maintenance), or an empty state when nothing serves.
+    async fn write_server_state(&self, text: &str) {
+        let path = render::server_state_path(&self.settings.admin_socket());
+        let dump = match self.serving() {
+            Some(_) => match self.runtime.command("show servers state").await {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the server state; the new haproxy starts without it");
+                    None
+                }
+            },
+            None => None,
+        };
+        let content = match dump {
+            Some(d) => {
+                let layout = match &self.running_layout {
+                    Some(l) => l.clone(),
+                    None => Layout::from_text(text),
+                };
+                live::carry_state(&d, &layout)
+            }
+            None => "1\n".to_string(),
+        };
+        if let Err(e) = render::write_atomic(&path, content.as_bytes()) {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the server state");
         }
     }
 

@@ -34,13 +34,37 @@ pub fn load(path: &Path) -> Result<Catalog, FileError> {
     })
 }
 
-/// Watches `path` (polling its content every `interval`) and publishes each
-/// new valid catalog. A read or parse error is logged once per distinct
-/// error and the last good catalog stays.
+/// What tells a file changed without reading it: inode, size, mtime.
+fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// Watches `path` (its metadata every `interval`, its content when that
+/// changed, and at least every 2 s) and publishes each new valid catalog. A
+/// read or parse error is logged once per distinct error and the last good
+/// catalog stays.
 pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
     let mut last_bytes: Option<Vec<u8>> = None;
     let mut last_error: Option<String> = None;
+    let mut last_stamp = None;
+    let mut last_read = tokio::time::Instant::now();
     loop {
+        let st = stamp(&path);
+        if last_bytes.is_some()
+            && st.is_some()
+            && st == last_stamp
+            && last_read.elapsed() < Duration::from_secs(2)
+        {
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+            continue;
+        }
+        last_stamp = st;
+        last_read = tokio::time::Instant::now();
         match tokio::fs::read(&path).await {
             Ok(bytes) if last_bytes.as_ref() != Some(&bytes) => {
                 match std::str::from_utf8(&bytes)
