@@ -8,13 +8,15 @@
 //! need no async runtime.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -445,6 +447,15 @@ pub fn status_of(addr: &SocketAddr, host: &str, timeout: Duration) -> Result<u16
     }
 }
 
+/// The body of a complete response left in `buf` by [`get`] (empty when
+/// there is none).
+pub fn body(buf: &[u8]) -> &[u8] {
+    match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => &buf[i + 4..],
+        None => &[],
+    }
+}
+
 /// Polls `GET host` until it answers `want` or `timeout` passes.
 pub fn wait_status(addr: &SocketAddr, host: &str, want: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -680,4 +691,172 @@ pub fn now_utc() -> String {
         rem / 3600,
         rem % 3600 / 60
     )
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a
+/// rename, so a reader polling the file never sees half of it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// HAProxy processes under a parent
+// ---------------------------------------------------------------------------
+
+/// Children of `pid` from `/proc/<pid>/task/*/children` (each thread lists
+/// the children it forked): a handful of small reads, unlike a walk over
+/// all of `/proc`, so sampling every 20 ms costs the load next to nothing.
+pub fn children(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let mut p = t.path();
+        p.push("children");
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|x| x.parse::<i32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+/// Every descendant of `pid` (children, their children, ...).
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for c in children(p) {
+            if !out.contains(&c) {
+                out.push(c);
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// `/proc/<pid>/comm`, trimmed.
+pub fn comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// `/proc/<pid>/cmdline` split into arguments.
+pub fn cmdline(pid: i32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// What a [`HaproxySampler`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Sampled {
+    /// Serving HAProxy processes (not `haproxy -c`) present at the start.
+    pub initial: BTreeSet<i32>,
+    /// Every serving HAProxy process seen, the initial ones included.
+    pub seen: BTreeSet<i32>,
+    /// Distinct `haproxy -c` (config check) processes seen.
+    pub checks: usize,
+    /// Samples taken.
+    pub samples: usize,
+}
+
+impl Sampled {
+    /// Serving HAProxy processes that appeared after the first sample.
+    pub fn started(&self) -> usize {
+        self.seen.difference(&self.initial).count()
+    }
+}
+
+/// Samples the HAProxy processes (comm `haproxy`) under a parent every
+/// `every` on a thread of its own; a process whose arguments hold `-c` is a
+/// config check, counted apart. A process that lives shorter than `every`
+/// can be missed: serving processes live until the next reload at least.
+pub struct HaproxySampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Sampled>>,
+}
+
+impl HaproxySampler {
+    /// Takes the first sample before returning, so [`Sampled::initial`] is
+    /// what ran when the caller started measuring.
+    pub fn start(parent: i32, every: Duration) -> HaproxySampler {
+        let mut kinds: BTreeMap<i32, bool> = BTreeMap::new();
+        let mut sampled = Sampled::default();
+        sample_once(parent, &mut kinds, &mut sampled);
+        sampled.initial = sampled.seen.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("haproxy-sampler".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    thread::sleep(every);
+                    sample_once(parent, &mut kinds, &mut sampled);
+                }
+                sampled
+            })
+            .ok();
+        HaproxySampler { stop, thread }
+    }
+
+    /// Stops sampling (after one last sample) and returns what was seen.
+    pub fn finish(mut self) -> Sampled {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for HaproxySampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One sample: `kinds` remembers per pid whether it is a serving process
+/// (true) or a check (false), so each pid's cmdline is read once.
+fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) {
+    out.samples += 1;
+    for pid in descendants(parent) {
+        let serving = match kinds.get(&pid) {
+            Some(k) => *k,
+            None => {
+                // Between fork and exec a child still bears the parent's
+                // thread name: only an exec'd haproxy counts, and it is
+                // looked at again at the next sample until then.
+                if comm(pid).as_deref() != Some("haproxy") {
+                    continue;
+                }
+                let Some(args) = cmdline(pid) else {
+                    continue;
+                };
+                let serving = !args.iter().skip(1).any(|a| a == "-c");
+                kinds.insert(pid, serving);
+                if !serving {
+                    out.checks += 1;
+                }
+                serving
+            }
+        };
+        if serving {
+            out.seen.insert(pid);
+        }
+    }
 }

@@ -16,6 +16,18 @@
 //! `syn-drop`, `seamless` (SIGHUP to the supervisor) and `master-worker`
 //! (`haproxy -W`, SIGUSR2 to the master).
 //!
+//! Two more scenarios change servers instead of signalling (SPEC §10):
+//! every R ms the catalog file is rewritten (atomically) with one
+//! server-only change, round and round — an instance added, a weight
+//! changed, an instance's check failing, an instance moved to another
+//! backend's port, the check passing again, the instance removed — between
+//! three demo backends, so at least one instance always passes. `live`: the
+//! supervisor applies them through the runtime API; `live-off`: the same
+//! with `HAPROXY_NO_LIVE=true`, every change a reload. For every scenario
+//! the HAProxy processes under the supervisor (or the master) are sampled
+//! from /proc every 20 ms during the window: processes started is what
+//! live changes are to save.
+//!
 //! Writes `results.md`, `results.json` and `reload-throughput.svg` into the
 //! output directory and prints the table. See bench/README.md.
 
@@ -32,12 +44,14 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
-use harness::{Fail, Proc};
+use harness::{Fail, HaproxySampler, Proc, Sampled};
 use nix::sys::signal::Signal;
 use serde_json::json;
 
 const BUCKET_MS: u64 = 100;
 const HOST: &str = "www.example.com";
+/// How often the HAProxy processes are sampled during the window.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "Measures what HAProxy reloads cost clients, per reload strategy")]
@@ -48,7 +62,8 @@ struct Args {
     /// Seconds of measured load per scenario
     #[arg(long, default_value_t = 8.0)]
     duration_secs: f64,
-    /// Milliseconds between reload triggers
+    /// Milliseconds between reload triggers (and catalog changes in the
+    /// `live` and `live-off` scenarios)
     #[arg(long, default_value_t = 150)]
     reload_every_ms: u64,
     /// Per-request timeout (connect included), in milliseconds
@@ -64,7 +79,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,plain,syn-drop,seamless,master-worker"
+        default_value = "baseline,live,live-off,plain,syn-drop,seamless,master-worker"
     )]
     scenarios: Vec<String>,
     /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
@@ -193,18 +208,112 @@ impl Target {
     }
 }
 
-/// Runs `clients` for `duration`; when `reload` is set, sends `sig` to
-/// `pid` every `every`. Returns the counts and the instants (seconds since
-/// the start) the signals were sent, and the wall-clock start.
+/// The server-only catalog changes of the `live` and `live-off` scenarios.
+/// Service `www` starts with `www-1` on backend 0 and `www-2` on backend 1;
+/// each [`Changes::advance`] makes the next change of [`CHANGE_KINDS`],
+/// round and round. `www-1` always passes, so some server always serves.
+struct Changes {
+    backends: [SocketAddr; 3],
+    step: usize,
+    /// `www-1`'s weight: 1 and 3 in turn.
+    weight1: u32,
+    /// `www-2`'s check.
+    passing2: bool,
+    /// `www-3`, when present: on backend 2, or moved to backend 1's port.
+    www3: Option<SocketAddr>,
+}
+
+/// One round of changes, in order.
+const CHANGE_KINDS: [&str; 6] = [
+    "add",        // www-3 added on backend 2
+    "weight",     // www-1's weight 1 ↔ 3
+    "check-fail", // www-2 not passing: leaves the rendered config
+    "move",       // www-3 moved to backend 1's port
+    "check-pass", // www-2 passing again
+    "remove",     // www-3 removed
+];
+
+impl Changes {
+    fn new(backends: [SocketAddr; 3]) -> Changes {
+        Changes {
+            backends,
+            step: 0,
+            weight1: 1,
+            passing2: true,
+            www3: None,
+        }
+    }
+
+    /// The catalog file's content for the current state.
+    fn catalog(&self) -> serde_json::Value {
+        let inst = |id: &str, a: SocketAddr, weight: u32, passing: bool| {
+            json!({"id": id, "address": a.ip().to_string(), "port": a.port(),
+                   "weight": weight, "passing": passing,
+                   "tags": ["HAPROXY.ENABLE=true"]})
+        };
+        let mut instances = vec![
+            inst("www-1", self.backends[0], self.weight1, true),
+            inst("www-2", self.backends[1], 1, self.passing2),
+        ];
+        if let Some(a) = self.www3 {
+            instances.push(inst("www-3", a, 1, true));
+        }
+        json!({"services": [{"name": "www", "instances": instances}]})
+    }
+
+    /// Makes the next change; returns its kind.
+    fn advance(&mut self) -> &'static str {
+        let kind = CHANGE_KINDS[self.step % CHANGE_KINDS.len()];
+        match kind {
+            "add" => self.www3 = Some(self.backends[2]),
+            "weight" => self.weight1 = if self.weight1 == 1 { 3 } else { 1 },
+            "check-fail" => self.passing2 = false,
+            "move" => self.www3 = Some(self.backends[1]),
+            "check-pass" => self.passing2 = true,
+            _ => self.www3 = None,
+        }
+        self.step += 1;
+        kind
+    }
+}
+
+/// What happens every `--reload-every-ms` during the window.
+enum Action<'a> {
+    Nothing,
+    /// A signal to a process (SIGHUP to the supervisor, SIGUSR2 to the
+    /// master).
+    Signal(i32, Signal),
+    /// The next server-only change, written atomically to the catalog file.
+    Catalog(&'a Path, &'a mut Changes),
+}
+
+/// What a measured window gave.
+struct Driven {
+    load: Load,
+    /// When the actions were taken (signal sent, catalog renamed into
+    /// place), seconds since the start.
+    sent: Vec<f64>,
+    /// Per catalog change, its kind.
+    kinds: Vec<&'static str>,
+    wall0: SystemTime,
+    /// The HAProxy processes under the sampled pid.
+    sampled: Option<Sampled>,
+}
+
+/// Runs `clients` for `duration`; every `--reload-every-ms` takes `action`
+/// (from this thread). When `sample` is set, samples the HAProxy processes
+/// under that pid every [`SAMPLE_EVERY`] meanwhile.
 fn drive(
     args: &Args,
     addr: SocketAddr,
     duration: Duration,
-    reload: Option<(i32, Signal)>,
-) -> (Load, Vec<f64>, SystemTime) {
+    mut action: Action,
+    sample: Option<i32>,
+) -> Result<Driven, String> {
     let nbuckets = (duration.as_millis() as u64).div_ceil(BUCKET_MS) as usize;
     let stop = Arc::new(AtomicBool::new(false));
     let timeout = Duration::from_millis(args.timeout_ms);
+    let sampler = sample.map(|pid| HaproxySampler::start(pid, SAMPLE_EVERY));
     let wall0 = SystemTime::now();
     let t0 = Instant::now();
     let threads: Vec<_> = (0..args.clients)
@@ -218,7 +327,9 @@ fn drive(
         })
         .collect();
     let mut sent = Vec::new();
-    if let Some((pid, sig)) = reload {
+    let mut kinds = Vec::new();
+    let mut error = None;
+    if !matches!(action, Action::Nothing) {
         let every = Duration::from_millis(args.reload_every_ms.max(1));
         let mut k = 1u32;
         loop {
@@ -230,7 +341,21 @@ fn drive(
             if at > now {
                 thread::sleep(at - now);
             }
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            match &mut action {
+                Action::Nothing => {}
+                Action::Signal(pid, sig) => {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), *sig);
+                }
+                Action::Catalog(path, changes) => {
+                    let kind = changes.advance();
+                    if let Err(e) =
+                        harness::write_atomic(path, changes.catalog().to_string().as_bytes())
+                    {
+                        error.get_or_insert(e);
+                    }
+                    kinds.push(kind);
+                }
+            }
             sent.push(t0.elapsed().as_secs_f64());
             k += 1;
         }
@@ -241,6 +366,7 @@ fn drive(
         thread::sleep(end - now);
     }
     stop.store(true, Ordering::SeqCst);
+    let sampled = sampler.map(HaproxySampler::finish);
     let mut load = Load {
         buckets: vec![0; nbuckets],
         fail_buckets: vec![0; nbuckets],
@@ -250,7 +376,16 @@ fn drive(
         load.merge(t.join().expect("client thread panicked"));
     }
     load.lat_us.sort_unstable();
-    (load, sent, wall0)
+    if let Some(e) = error {
+        return Err(format!("catalog change: {e}"));
+    }
+    Ok(Driven {
+        load,
+        sent,
+        kinds,
+        wall0,
+        sampled,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -259,19 +394,39 @@ struct Outcome {
     what: String,
     load: Load,
     duration: f64,
+    /// Whether the scenario writes catalog changes (`live`, `live-off`)
+    /// rather than signalling.
+    changes: bool,
     reloads_sent: usize,
-    /// When the reload signals were sent, seconds since the load started.
+    /// When the reload signals were sent (or the catalog changes written),
+    /// seconds since the load started.
     sent_at: Vec<f64>,
+    /// Reloads done in the window: trigger `Sighup` for the signalled
+    /// scenarios, `Catalog` for the change scenarios.
     reloads_done: usize,
     failed_reloads: usize,
     /// When reloads completed (supervisor: "haproxy reload done" lines) or
     /// were signalled (master-worker), seconds since the load started.
     reload_marks: Vec<f64>,
     marks_are: &'static str,
-    /// Strategies the supervisor logged for its SIGHUP reloads (fallbacks
-    /// show up here).
+    /// Strategies the supervisor logged for its reloads in the window
+    /// (fallbacks show up here).
     strategies: BTreeMap<String, usize>,
     took_ms: Vec<f64>,
+    /// Change scenarios: catalog changes written, by kind.
+    change_kinds: BTreeMap<String, usize>,
+    /// "live change applied" events in the window, and when.
+    live_applied: usize,
+    live_marks: Vec<f64>,
+    live_took_ms: Vec<f64>,
+    /// "live change failed; reloading instead" events in the window.
+    live_failed: usize,
+    /// HAProxy processes that appeared during the window, sampled from
+    /// /proc (serving processes; `haproxy -c` apart).
+    sampled: Option<Sampled>,
+    /// Distinct pids of "haproxy reload done" lines in the window (for
+    /// master-worker: "Loading success." lines after the first).
+    started_logged: usize,
 }
 
 impl Outcome {
@@ -289,6 +444,13 @@ impl Outcome {
     fn worst_bucket_rps(&self) -> f64 {
         self.load.buckets.iter().copied().min().unwrap_or(0) as f64 * 1000.0 / BUCKET_MS as f64
     }
+    fn changes_written(&self) -> usize {
+        self.change_kinds.values().sum()
+    }
+    /// HAProxy processes started in the window by sampling, if sampled.
+    fn started_sampled(&self) -> Option<usize> {
+        self.sampled.as_ref().map(Sampled::started)
+    }
 }
 
 struct Bench {
@@ -296,7 +458,9 @@ struct Bench {
     supervisor_bin: PathBuf,
     haproxy_bin: PathBuf,
     work: PathBuf,
-    backend_addr: SocketAddr,
+    /// Three demo backends; every supervisor scenario starts on the same
+    /// catalog ([`Changes::new`]'s: `www-1` and `www-2` on the first two).
+    backends: [SocketAddr; 3],
     addr: SocketAddr,
 }
 
@@ -314,25 +478,30 @@ impl Bench {
         }
     }
 
-    fn start_supervisor(&self, name: &str, strategy: &str) -> Result<Proc, String> {
+    /// Starts the supervisor on `catalog_file` (written here with the
+    /// initial catalog); `live: false` sets `HAPROXY_NO_LIVE=true`.
+    fn start_supervisor(
+        &self,
+        name: &str,
+        strategy: &str,
+        catalog_file: &Path,
+        live: bool,
+    ) -> Result<Proc, String> {
         let dir = self.work.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let catalog = json!({"services": [{"name": "www", "instances": [{
-            "id": "www-1",
-            "address": self.backend_addr.ip().to_string(),
-            "port": self.backend_addr.port(),
-            "tags": ["HAPROXY.ENABLE=true"],
-        }]}]});
-        let catalog_file = dir.join("catalog.json");
-        std::fs::write(&catalog_file, catalog.to_string()).map_err(|e| e.to_string())?;
+        let catalog = Changes::new(self.backends).catalog();
+        harness::write_atomic(catalog_file, catalog.to_string().as_bytes())?;
         let mut cmd = Command::new(&self.supervisor_bin);
         harness::clear_env(&mut cmd);
         if let Some(t) = &self.args.template {
             cmd.env("HAPROXY_TEMPLATE", t);
         }
+        if !live {
+            cmd.env("HAPROXY_NO_LIVE", "true");
+        }
         cmd.arg("run")
             .arg("--catalog-file")
-            .arg(&catalog_file)
+            .arg(catalog_file)
             .arg("--config-file")
             .arg(dir.join("etc/haproxy.cfg"))
             .arg("--run-dir")
@@ -380,53 +549,67 @@ impl Bench {
     }
 
     fn run(&self, name: &str) -> Result<Outcome, String> {
-        let (mut target, what, reload) = match name {
+        let catalog_file = self.work.join(name).join("catalog.json");
+        let (mut target, what) = match name {
             "baseline" => (
-                Target::Supervisor(self.start_supervisor(name, "seamless")?),
+                Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
                 "supervisor, no reloads".to_string(),
-                false,
             ),
             "plain" | "syn-drop" | "seamless" => (
-                Target::Supervisor(self.start_supervisor(name, name)?),
+                Target::Supervisor(self.start_supervisor(name, name, &catalog_file, true)?),
                 format!("supervisor, HAPROXY_RELOAD_STRATEGY={name}, SIGHUP"),
-                true,
+            ),
+            "live" => (
+                Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
+                "supervisor (seamless), a server-only catalog change, applied live".to_string(),
+            ),
+            "live-off" => (
+                Target::Supervisor(self.start_supervisor(
+                    name,
+                    "seamless",
+                    &catalog_file,
+                    false,
+                )?),
+                "supervisor (seamless), the same changes with HAPROXY_NO_LIVE=true: each reloads"
+                    .to_string(),
             ),
             "master-worker" => (
                 Target::MasterWorker(self.start_master_worker()?),
                 "haproxy -W alone, SIGUSR2 to the master".to_string(),
-                true,
             ),
             other => return Err(format!("unknown scenario {other:?}")),
         };
-        let sig = match target {
-            Target::Supervisor(_) => Signal::SIGHUP,
-            Target::MasterWorker(_) => Signal::SIGUSR2,
-        };
+        let changes_scenario = matches!(name, "live" | "live-off");
         let pid = target.proc().pid();
         if self.args.warmup_ms > 0 {
             drive(
                 &self.args,
                 self.addr,
                 Duration::from_millis(self.args.warmup_ms),
+                Action::Nothing,
                 None,
-            );
+            )?;
         }
         let duration = Duration::from_secs_f64(self.args.duration_secs);
-        let (load, sent, wall0) = drive(
-            &self.args,
-            self.addr,
-            duration,
-            reload.then_some((pid, sig)),
-        );
-        // Let the last reload finish and log.
+        let mut changes = Changes::new(self.backends);
+        let action = match (&target, name) {
+            (_, "baseline") => Action::Nothing,
+            (_, "live" | "live-off") => Action::Catalog(&catalog_file, &mut changes),
+            (Target::Supervisor(_), _) => Action::Signal(pid, Signal::SIGHUP),
+            (Target::MasterWorker(_), _) => Action::Signal(pid, Signal::SIGUSR2),
+        };
+        let driven = drive(&self.args, self.addr, duration, action, Some(pid))?;
+        // Let the last reload or change finish and log.
         thread::sleep(Duration::from_millis(500));
         let log = target.proc().log_text();
+        let sent = driven.sent;
         let mut out = Outcome {
             name: name.to_string(),
             what,
-            load,
+            load: driven.load,
             duration: duration.as_secs_f64(),
-            reloads_sent: sent.len(),
+            changes: changes_scenario,
+            reloads_sent: if changes_scenario { 0 } else { sent.len() },
             sent_at: sent.clone(),
             reloads_done: 0,
             failed_reloads: 0,
@@ -434,13 +617,48 @@ impl Bench {
             marks_are: "reload done",
             strategies: BTreeMap::new(),
             took_ms: Vec::new(),
+            change_kinds: BTreeMap::new(),
+            live_applied: 0,
+            live_marks: Vec::new(),
+            live_took_ms: Vec::new(),
+            live_failed: 0,
+            sampled: driven.sampled,
+            started_logged: 0,
         };
+        for k in &driven.kinds {
+            *out.change_kinds.entry(k.to_string()).or_default() += 1;
+        }
         match &mut target {
             Target::Supervisor(p) => {
-                let start = harness::epoch_secs(wall0);
+                let start = harness::epoch_secs(driven.wall0);
+                let counted = if changes_scenario {
+                    "Catalog"
+                } else {
+                    "Sighup"
+                };
+                let mut pids = std::collections::BTreeSet::new();
                 for l in harness::json_lines(&log) {
+                    if l.at < start {
+                        continue;
+                    }
                     let trigger = l.fields.get("trigger").and_then(|v| v.as_str());
-                    if trigger != Some("Sighup") {
+                    let took = l.fields.get("took_ms").and_then(|v| v.as_f64());
+                    if l.message == "haproxy reload done" {
+                        if let Some(pid) = l.fields.get("pid").and_then(|v| v.as_i64()) {
+                            pids.insert(pid);
+                        }
+                    }
+                    if l.message == "live change applied" {
+                        out.live_applied += 1;
+                        out.live_marks.push(l.at - start);
+                        out.live_took_ms.extend(took);
+                        continue;
+                    }
+                    if l.message.starts_with("live change failed") {
+                        out.live_failed += 1;
+                        continue;
+                    }
+                    if trigger != Some(counted) {
                         continue;
                     }
                     if l.message == "haproxy reload done" {
@@ -449,21 +667,26 @@ impl Bench {
                         if let Some(s) = l.fields.get("strategy").and_then(|v| v.as_str()) {
                             *out.strategies.entry(s.to_string()).or_default() += 1;
                         }
-                        if let Some(t) = l.fields.get("took_ms").and_then(|v| v.as_f64()) {
-                            out.took_ms.push(t);
-                        }
+                        out.took_ms.extend(took);
                     } else if l.message.starts_with("haproxy reload failed") {
                         out.failed_reloads += 1;
                     }
                 }
+                out.started_logged = pids.len();
                 out.failed_reloads += log.matches("invalid config; keeping").count();
+                if name == "live" {
+                    out.marks_are = "live change applied";
+                } else if name == "live-off" {
+                    out.marks_are = "catalog reload done";
+                }
                 p.stop(Duration::from_secs(15));
             }
             Target::MasterWorker(p) => {
                 // "Loading success." once at start, then once per reload.
                 out.reloads_done = log.matches("Loading success.").count().saturating_sub(1);
+                out.started_logged = out.reloads_done;
                 out.failed_reloads = log.matches("Loading failure").count();
-                out.reload_marks = sent.clone();
+                out.reload_marks = sent;
                 out.marks_are = "SIGUSR2 sent";
                 p.stop(Duration::from_secs(15));
             }
@@ -516,28 +739,47 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         .unwrap_or((0.0, 0.0, 0.0));
     let mut s = String::new();
     s.push_str(&format!(
-        "{} clients, a new TCP connection per request, {} s per scenario, a reload every {} ms; \
-         request timeout {} ms; {}; {}; run {}.\n\n",
+        "{} clients, a new TCP connection per request, {} s per scenario, a reload (`live`, \
+         `live-off`: a server-only catalog change) every {} ms; request timeout {} ms; HAProxy \
+         processes sampled under the supervisor (master) every {} ms; {}; {}; run {}.\n\n",
         args.clients,
         args.duration_secs,
         args.reload_every_ms,
         args.timeout_ms,
+        SAMPLE_EVERY.as_millis(),
         meta["machine"].as_str().unwrap_or(""),
         meta["haproxy"].as_str().unwrap_or(""),
         meta["date"].as_str().unwrap_or(""),
     ));
-    s.push_str("| scenario | reloads done (sent) | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| scenario | reloads done (sent) | changes written | live changes applied | HAProxy processes started (sampled / logged) | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
+    s.push_str(
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
     for o in outs {
-        let reloads = if o.name == "baseline" {
-            "0".to_string()
+        let reloads = if o.name == "baseline" || o.changes {
+            o.reloads_done.to_string()
         } else {
             format!("{} ({})", o.reloads_done, o.reloads_sent)
         };
+        let (written, live) = if o.changes {
+            (o.changes_written().to_string(), o.live_applied.to_string())
+        } else {
+            ("–".to_string(), "–".to_string())
+        };
+        let started = format!(
+            "{} / {}",
+            o.started_sampled()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
+            o.started_logged
+        );
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
             o.name,
             reloads,
+            written,
+            live,
+            started,
             o.load.ok,
             o.load.failed(),
             o.load.refused,
@@ -576,6 +818,41 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         if o.failed_reloads > 0 {
             notes.push(format!("{} failed reloads", o.failed_reloads));
         }
+        if o.changes {
+            notes.push(format!(
+                "changes written: {}",
+                o.change_kinds
+                    .iter()
+                    .map(|(k, v)| format!("{k}×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if !o.live_took_ms.is_empty() {
+            let mut t = o.live_took_ms.clone();
+            t.sort_by(f64::total_cmp);
+            notes.push(format!(
+                "live change took {:.1} ms mean, p99 {:.0} ms, {:.0} ms max",
+                t.iter().sum::<f64>() / t.len() as f64,
+                harness::quantile(&t, 0.99),
+                t.last().copied().unwrap_or(0.0)
+            ));
+        }
+        if o.live_failed > 0 {
+            notes.push(format!(
+                "{} live changes failed (reloaded instead)",
+                o.live_failed
+            ));
+        }
+        if let Some(sm) = &o.sampled {
+            notes.push(format!(
+                "{} HAProxy serving processes seen ({} at the start), {} `haproxy -c` checks seen, {} samples",
+                sm.seen.len(),
+                sm.initial.len(),
+                sm.checks,
+                sm.samples
+            ));
+        }
         if o.load.other > 0 {
             notes.push(format!("{} other errors", o.load.other));
         }
@@ -588,6 +865,37 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
     }
     s.push_str("\nGoals (figures, not assertions):\n\n");
     let find = |n: &str| outs.iter().find(|o| o.name == n);
+    if let Some(o) = find("live") {
+        let r = ratio(o.rps(), brps);
+        let p = ratio(o.lat_ms(0.99), bp99);
+        let started = o.started_sampled().unwrap_or(usize::MAX);
+        s.push_str(&format!(
+            "- live: {} server-only changes written, {} applied live, {} reloads; 0 failed → {} ({}); throughput ≥98% of baseline → {:.1}% ({}); p99 ≤ 1.2× baseline → {:.2}× ({}); 0 HAProxy processes started → {} sampled, {} logged ({})\n",
+            o.changes_written(),
+            o.live_applied,
+            o.reloads_done,
+            o.load.failed(),
+            met(o.load.failed() == 0),
+            r * 100.0,
+            met(r >= 0.98),
+            p,
+            met(p <= 1.2),
+            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "not".into()),
+            o.started_logged,
+            met(started == 0 && o.started_logged == 0 && o.live_applied > 0),
+        ));
+    }
+    if let Some(o) = find("live-off") {
+        s.push_str(&format!(
+            "- live-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
+            o.load.failed(),
+            o.reloads_done,
+            o.changes_written(),
+            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            ratio(o.rps(), brps) * 100.0,
+            ratio(o.lat_ms(0.99), bp99),
+        ));
+    }
     if let Some(o) = find("seamless") {
         let r = ratio(o.rps(), brps);
         let p = ratio(o.lat_ms(0.99), bp99);
@@ -637,6 +945,23 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
                 "failed_reloads": o.failed_reloads,
                 "reload_strategies_logged": o.strategies,
                 "reload_took_ms": o.took_ms,
+                "catalog_changes": o.changes.then(|| json!({
+                    "written": o.changes_written(),
+                    "by_kind": o.change_kinds,
+                    "live_applied": o.live_applied,
+                    "live_failed": o.live_failed,
+                    "live_took_ms": o.live_took_ms,
+                    "live_marks_s": o.live_marks,
+                })),
+                "haproxy_processes": {
+                    "started_sampled": o.started_sampled(),
+                    "started_logged": o.started_logged,
+                    "serving_seen_sampled": o.sampled.as_ref().map(|x| x.seen.len()),
+                    "at_start_sampled": o.sampled.as_ref().map(|x| x.initial.len()),
+                    "config_checks_sampled": o.sampled.as_ref().map(|x| x.checks),
+                    "samples": o.sampled.as_ref().map(|x| x.samples),
+                    "sample_every_ms": SAMPLE_EVERY.as_millis() as u64,
+                },
                 "requests_ok": o.load.ok,
                 "failed": {
                     "total": o.load.failed(),
@@ -665,7 +990,8 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
                 "ok_per_bucket": o.load.buckets,
                 "failed_per_bucket": o.load.fail_buckets,
                 "reload_marks_s": o.reload_marks,
-                "reload_signals_sent_s": o.sent_at,
+                "reload_signals_sent_s": (!o.changes).then_some(&o.sent_at),
+                "catalog_changes_written_s": o.changes.then_some(&o.sent_at),
                 "reload_marks_are": o.marks_are,
             })
         })
@@ -677,6 +1003,7 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
             "clients": args.clients,
             "duration_s": args.duration_secs,
             "reload_every_ms": args.reload_every_ms,
+            "catalog_change_cycle": CHANGE_KINDS,
             "timeout_ms": args.timeout_ms,
             "warmup_ms": args.warmup_ms,
             "connection": "new TCP connection per request (Connection: close), closed-loop",
@@ -687,8 +1014,10 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
     })
 }
 
-const COLORS: [plotters::style::RGBColor; 6] = [
+const COLORS: [plotters::style::RGBColor; 8] = [
     plotters::style::RGBColor(0x44, 0x44, 0x44),
+    plotters::style::RGBColor(0x17, 0xbe, 0xcf),
+    plotters::style::RGBColor(0x8c, 0x56, 0x4b),
     plotters::style::RGBColor(0xd6, 0x27, 0x28),
     plotters::style::RGBColor(0xff, 0x7f, 0x0e),
     plotters::style::RGBColor(0x2c, 0xa0, 0x2c),
@@ -711,8 +1040,9 @@ fn series(o: &Outcome) -> Vec<(f64, f64)> {
 }
 
 /// Throughput per 100 ms bucket: all scenarios in one chart on top, then
-/// one panel per reload scenario with its reload instants marked (and the
-/// baseline in grey for reference).
+/// one panel per reload scenario with its reload instants marked (the
+/// `live` panel: its live-change instants, and any reload in black), and
+/// the baseline in grey for reference.
 fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
     use plotters::prelude::*;
     let panels: Vec<&Outcome> = outs.iter().filter(|o| o.name != "baseline").collect();
@@ -737,7 +1067,7 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
         let mut chart = ChartBuilder::on(&top)
             .caption(
                 format!(
-                    "Successful requests/s per {BUCKET_MS} ms bucket ({} clients, new connection per request, a reload every {} ms)",
+                    "Successful requests/s per {BUCKET_MS} ms bucket ({} clients, new connection per request, a reload (live rows: a catalog change) every {} ms)",
                     args.clients, args.reload_every_ms
                 ),
                 ("sans-serif", 18),
@@ -775,17 +1105,35 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
     let areas = bottom.split_evenly((panels.len().max(1), 1));
     for (o, area) in panels.iter().zip(areas.iter()) {
         let c = color(o);
-        let mut chart = ChartBuilder::on(area)
-            .caption(
-                format!(
-                    "{}: {} failed, {} reloads (vertical lines: {})",
-                    o.name,
-                    o.load.failed(),
-                    o.reloads_done,
-                    o.marks_are
-                ),
-                ("sans-serif", 15),
+        let started = o
+            .started_sampled()
+            .map(|n| format!(", {n} HAProxy processes started"))
+            .unwrap_or_default();
+        let caption = if o.changes {
+            format!(
+                "{}: {} failed, {} catalog changes, {} applied live, {} reloads{started} (vertical lines: {})",
+                o.name,
+                o.load.failed(),
+                o.changes_written(),
+                o.live_applied,
+                o.reloads_done,
+                if o.name == "live" && o.reloads_done > 0 {
+                    format!("{}; black: reload done", o.marks_are)
+                } else {
+                    o.marks_are.to_string()
+                }
             )
+        } else {
+            format!(
+                "{}: {} failed, {} reloads{started} (vertical lines: {})",
+                o.name,
+                o.load.failed(),
+                o.reloads_done,
+                o.marks_are
+            )
+        };
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 15))
             .margin(8)
             .x_label_area_size(25)
             .y_label_area_size(70)
@@ -797,12 +1145,25 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| e.to_string())?;
+        let (marks, reloads_apart): (&[f64], &[f64]) = if o.name == "live" {
+            (&o.live_marks, &o.reload_marks)
+        } else {
+            (&o.reload_marks, &[])
+        };
         chart
             .draw_series(
-                o.reload_marks
+                marks
                     .iter()
                     .filter(|t| **t >= 0.0 && **t <= xmax)
                     .map(|t| PathElement::new(vec![(*t, 0.0), (*t, ymax)], c.mix(0.3))),
+            )
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(
+                reloads_apart
+                    .iter()
+                    .filter(|t| **t >= 0.0 && **t <= xmax)
+                    .map(|t| PathElement::new(vec![(*t, 0.0), (*t, ymax)], BLACK.mix(0.6))),
             )
             .map_err(|e| e.to_string())?;
         if let Some(b) = base {
@@ -843,13 +1204,15 @@ fn real_main(args: &mut Args) -> Result<(), String> {
 
     let work = std::env::temp_dir().join(format!("reload-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let (_backend, backend_addr) = harness::start_backend(&backend_bin, "web-1")?;
+    let (_web1, b1) = harness::start_backend(&backend_bin, "web-1")?;
+    let (_web2, b2) = harness::start_backend(&backend_bin, "web-2")?;
+    let (_web3, b3) = harness::start_backend(&backend_bin, "web-3")?;
     let bench = Bench {
         args: args.clone(),
         supervisor_bin,
         haproxy_bin: haproxy_bin.clone(),
         work: work.clone(),
-        backend_addr,
+        backends: [b1, b2, b3],
         addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
     };
     let meta = json!({
@@ -864,21 +1227,30 @@ fn real_main(args: &mut Args) -> Result<(), String> {
             "reload-bench: {name}: {} clients for {} s{}",
             args.clients,
             args.duration_secs,
-            if name == "baseline" {
-                String::new()
-            } else {
-                format!(", a reload every {} ms", args.reload_every_ms)
+            match name.as_str() {
+                "baseline" => String::new(),
+                "live" | "live-off" => format!(
+                    ", a server-only catalog change every {} ms",
+                    args.reload_every_ms
+                ),
+                _ => format!(", a reload every {} ms", args.reload_every_ms),
             }
         );
         let o = bench.run(name)?;
         eprintln!(
-            "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent",
+            "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent, {} changes written, {} applied live, HAProxy processes started: {} sampled, {} logged",
             o.load.ok,
             o.load.failed(),
             o.rps(),
             o.lat_ms(0.99),
             o.reloads_done,
-            o.reloads_sent
+            o.reloads_sent,
+            o.changes_written(),
+            o.live_applied,
+            o.started_sampled()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
+            o.started_logged
         );
         outs.push(o);
         thread::sleep(Duration::from_millis(args.settle_ms));
