@@ -82,6 +82,23 @@ pub async fn check(reaper: &Reaper, bin: &Path, cfg: &Path) -> Result<(), Haprox
     check_result(bin, cfg, out)
 }
 
+/// `haproxy -c -f cfg` at the lowest CPU priority (nice 19), for checks
+/// that nobody waits on (the file written after a live change): under load
+/// they take what the serving HAProxy leaves.
+pub async fn check_niced(reaper: &Reaper, bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = check_command(bin, cfg);
+    // SAFETY: setpriority is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+            Ok(())
+        });
+    }
+    let out = reaper.run_output(cmd).await;
+    check_result(bin, cfg, out)
+}
+
 /// How to start a generation.
 #[derive(Debug, Clone)]
 pub struct StartSpec<'a> {

@@ -118,7 +118,18 @@ struct Supervisor {
     live: Option<Running>,
     caps: live::Caps,
     runtime: RuntimeApi,
+    /// A config applied live but not yet on disk (written at most once per
+    /// [`SYNC_EVERY`], before any start, and at stop).
+    unsynced: Option<(Rendered, Layout)>,
+    last_sync: Option<Instant>,
 }
+
+/// How often the config applied live is written to disk and checked: each
+/// write costs a `haproxy -c` (tens of ms of CPU, most of it loading the
+/// system CA store), which at a change every 150 ms would take a fifth of a
+/// core from the HAProxy serving. A restart or reload never waits on it:
+/// they write what they start from first.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
@@ -244,6 +255,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         live: None,
         caps,
         runtime,
+        unsynced: None,
+        last_sync: None,
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -285,6 +298,9 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             None => far(),
         };
         let cleanup_parked = sup.live.as_ref().is_some_and(|l| !l.parked.is_empty());
+        let sync_at = tokio::time::Instant::from_std(
+            sup.last_sync.map_or_else(Instant::now, |t| t + SYNC_EVERY),
+        );
         let catalog_changed = async {
             match &mut sup.catalog {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -340,6 +356,9 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     sup.reload(Trigger::Catalog).await;
                 }
             }
+            _ = sleep_until(sync_at), if sup.unsynced.is_some() => {
+                sup.flush().await;
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)), if cleanup_parked => {
                 sup.delete_parked().await;
             }
@@ -350,6 +369,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             _ = sleep_until(restart_at.unwrap_or_else(far)), if restart_at.is_some() => {
                 restart_at = None;
                 if sup.serving().is_none() {
+                    sup.flush().await;
                     sup.counters.restarts += 1;
                     sup.start_generation(Trigger::Restart).await;
                 }
@@ -579,6 +599,8 @@ impl Supervisor {
     /// One reload: prepare a checked config, then start a generation.
     async fn reload(&mut self, trigger: Trigger) {
         self.prepared_layout = None;
+        // prepare renders the current catalog: what was applied live included.
+        self.unsynced = None;
         let Some(text) = self.prepare(trigger).await else {
             return;
         };
@@ -663,7 +685,7 @@ impl Supervisor {
                 "live change applied"
             );
         }
-        self.sync_disk(rendered, layout).await;
+        self.unsynced = Some((rendered, layout));
         if self.live.as_ref().is_some_and(|l| !l.parked.is_empty()) {
             self.delete_parked().await;
         }
@@ -721,6 +743,14 @@ impl Supervisor {
         }
     }
 
+    /// Writes the config applied live, if any, to disk now.
+    async fn flush(&mut self) {
+        if let Some((rendered, layout)) = self.unsynced.take() {
+            self.last_sync = Some(Instant::now());
+            self.sync_disk(rendered, layout).await;
+        }
+    }
+
     /// Puts a config that already runs (applied live) on disk: checked,
     /// then swapped in, without starting HAProxy. A later reload or restart
     /// then reproduces what runs.
@@ -735,7 +765,7 @@ impl Supervisor {
                 }
             };
             let bin = self.settings.haproxy_bin.clone();
-            if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
+            if let Err(e) = haproxy::check_niced(&self.reaper, &bin, &staged.candidate).await {
                 // Cannot happen with validated server lines; if it does, the
                 // file keeps the last checked config and the next change
                 // (or SIGHUP) tries again.
@@ -1000,6 +1030,8 @@ impl Supervisor {
         for g in &self.gens {
             let _ = kill(g.pid, Signal::SIGUSR1);
         }
+        // What ran, applied live, is what the next start reproduces.
+        self.flush().await;
         let mut serving_exit: Option<Exit> = None;
         let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
         let mut forced = false;

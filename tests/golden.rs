@@ -144,7 +144,14 @@ fn golden(case: &str, catalog: &str) {
     assert_eq!(
         here.config
             .replace(&maps_dir, "/etc/haproxy/maps/")
-            .replace(&sock.display().to_string(), SOCKET),
+            .replace(&sock.display().to_string(), SOCKET)
+            .replace(
+                &sock.with_file_name("server-state").display().to_string(),
+                &Path::new(SOCKET)
+                    .with_file_name("server-state")
+                    .display()
+                    .to_string()
+            ),
         r.config,
         "only the paths differ"
     );
