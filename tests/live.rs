@@ -227,6 +227,16 @@ fn server_changes_under_load_start_no_haproxy() {
     eprintln!("consul's final passing instances: {want:?}");
     assert_eq!(in_rotation(&servers_state(&sup, "www")), want);
     assert_eq!(bodies(WWW, 60), want_bodies, "routing");
+    // The file on disk follows within a second (it is written and checked at
+    // most once a second after live changes).
+    let names: BTreeSet<String> = want.keys().cloned().collect();
+    poll_until(Duration::from_secs(3), || {
+        let lines = server_lines(&read(&sup.dir().join("etc/haproxy.cfg")), "www");
+        lines.keys().cloned().collect::<BTreeSet<_>>() == names
+            && want
+                .iter()
+                .all(|(n, w)| lines[n].contains(&format!(" weight {w}")))
+    });
     let cfg = read(&sup.dir().join("etc/haproxy.cfg"));
     let lines = server_lines(&cfg, "www");
     assert_eq!(
