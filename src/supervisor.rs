@@ -122,6 +122,66 @@ struct Supervisor {
     /// [`SYNC_EVERY`], before any start, and at stop).
     unsynced: Option<(Rendered, Layout)>,
     last_sync: Option<Instant>,
+    /// Serializes writes of the config on disk (a reload's, and the write
+    /// after live changes, which runs as a task); holds the count of
+    /// reloads, so a write after live changes that a reload overtook is
+    /// dropped instead of putting an older config back.
+    disk: Arc<tokio::sync::Mutex<u64>>,
+    /// The same count, as the loop last set it.
+    disk_epoch: u64,
+    sync_in_flight: bool,
+    sync_tx: mpsc::UnboundedSender<SyncDone>,
+}
+
+/// The outcome of writing a config applied live to disk.
+struct SyncDone {
+    epoch: u64,
+    /// The text and layout now on disk; `None` when the write failed
+    /// (logged) or was overtaken by a reload.
+    written: Option<(String, Layout)>,
+}
+
+/// Writes `rendered` (applied live, so it runs already) to `file`: staged,
+/// checked by `haproxy -c` at nice 19, swapped in. Holds the disk lock; does
+/// nothing if a reload wrote the file since `epoch`.
+async fn sync_job(
+    disk: Arc<tokio::sync::Mutex<u64>>,
+    epoch: u64,
+    reaper: Reaper,
+    bin: PathBuf,
+    file: PathBuf,
+    rendered: Rendered,
+    layout: Layout,
+) -> SyncDone {
+    let done = |written| SyncDone { epoch, written };
+    let current = disk.lock().await;
+    if *current != epoch {
+        return done(None);
+    }
+    let on_disk = std::fs::read_to_string(&file).ok();
+    if on_disk.as_deref() != Some(rendered.config.as_str()) {
+        let staged = match render::stage(&file, &rendered) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the config applied live");
+                return done(None);
+            }
+        };
+        if let Err(e) = haproxy::check_niced(&reaper, &bin, &staged.candidate).await {
+            // Cannot happen with validated server lines; if it does, the
+            // file keeps the last checked config and the next change (or
+            // SIGHUP) tries again.
+            tracing::error!(error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
+            staged.abort();
+            return done(None);
+        }
+        if let Err(e) = staged.commit(&rendered) {
+            tracing::error!(error = %e, "cannot put the config applied live in place");
+            return done(None);
+        }
+    }
+    drop(current);
+    done(Some((rendered.config, layout)))
 }
 
 /// How often the config applied live is written to disk and checked: each
@@ -234,6 +294,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let runtime = RuntimeApi::new(settings.admin_socket(), Duration::from_secs(2));
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
+    let (sync_tx, mut sync_rx) = mpsc::unbounded_channel();
     let mut sup = Supervisor {
         adopted: adopt_leftovers(&settings, &running_file),
         settings,
@@ -257,6 +318,10 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         runtime,
         unsynced: None,
         last_sync: None,
+        disk: Arc::new(tokio::sync::Mutex::new(0)),
+        disk_epoch: 0,
+        sync_in_flight: false,
+        sync_tx,
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -356,8 +421,12 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     sup.reload(Trigger::Catalog).await;
                 }
             }
-            _ = sleep_until(sync_at), if sup.unsynced.is_some() => {
-                sup.flush().await;
+            _ = sleep_until(sync_at), if sup.unsynced.is_some() && !sup.sync_in_flight => {
+                sup.sync_in_background();
+            }
+            Some(done) = sync_rx.recv() => {
+                sup.sync_in_flight = false;
+                sup.synced(done);
             }
             _ = tokio::time::sleep(Duration::from_secs(2)), if cleanup_parked => {
                 sup.delete_parked().await;
@@ -601,7 +670,15 @@ impl Supervisor {
         self.prepared_layout = None;
         // prepare renders the current catalog: what was applied live included.
         self.unsynced = None;
-        let Some(text) = self.prepare(trigger).await else {
+        // A write after live changes in flight finishes first; one queued
+        // behind this reload is dropped (the epoch moves on).
+        let disk = self.disk.clone();
+        let mut epoch = disk.lock().await;
+        *epoch += 1;
+        self.disk_epoch = *epoch;
+        let prepared = self.prepare(trigger).await;
+        drop(epoch);
+        let Some(text) = prepared else {
             return;
         };
         self.running_text = Some(text);
@@ -743,43 +820,52 @@ impl Supervisor {
         }
     }
 
-    /// Writes the config applied live, if any, to disk now.
+    fn sync_args(&self) -> (Arc<tokio::sync::Mutex<u64>>, u64, Reaper, PathBuf, PathBuf) {
+        (
+            self.disk.clone(),
+            self.disk_epoch,
+            self.reaper.clone(),
+            self.settings.haproxy_bin.clone(),
+            self.running_file.clone(),
+        )
+    }
+
+    /// Starts writing the config applied live to disk; the loop gets the
+    /// outcome ([`Supervisor::synced`]) and keeps applying changes meanwhile.
+    fn sync_in_background(&mut self) {
+        let Some((rendered, layout)) = self.unsynced.take() else {
+            return;
+        };
+        self.last_sync = Some(Instant::now());
+        self.sync_in_flight = true;
+        let (disk, epoch, reaper, bin, file) = self.sync_args();
+        let tx = self.sync_tx.clone();
+        tokio::spawn(async move {
+            let done = sync_job(disk, epoch, reaper, bin, file, rendered, layout).await;
+            let _ = tx.send(done);
+        });
+    }
+
+    /// Writes the config applied live, if any, to disk now (before a
+    /// restart, and at stop).
     async fn flush(&mut self) {
         if let Some((rendered, layout)) = self.unsynced.take() {
             self.last_sync = Some(Instant::now());
-            self.sync_disk(rendered, layout).await;
+            let (disk, epoch, reaper, bin, file) = self.sync_args();
+            let done = sync_job(disk, epoch, reaper, bin, file, rendered, layout).await;
+            self.synced(done);
         }
     }
 
-    /// Puts a config that already runs (applied live) on disk: checked,
-    /// then swapped in, without starting HAProxy. A later reload or restart
-    /// then reproduces what runs.
-    async fn sync_disk(&mut self, rendered: Rendered, layout: Layout) {
-        let on_disk = std::fs::read_to_string(&self.running_file).ok();
-        if on_disk.as_deref() != Some(rendered.config.as_str()) {
-            let staged = match render::stage(&self.running_file, &rendered) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write the config applied live");
-                    return;
-                }
-            };
-            let bin = self.settings.haproxy_bin.clone();
-            if let Err(e) = haproxy::check_niced(&self.reaper, &bin, &staged.candidate).await {
-                // Cannot happen with validated server lines; if it does, the
-                // file keeps the last checked config and the next change
-                // (or SIGHUP) tries again.
-                tracing::error!(error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
-                staged.abort();
-                return;
-            }
-            if let Err(e) = staged.commit(&rendered) {
-                tracing::error!(error = %e, "cannot put the config applied live in place");
-                return;
-            }
+    /// The config applied live is on disk: a restart starts from it.
+    fn synced(&mut self, done: SyncDone) {
+        if done.epoch != self.disk_epoch {
+            return; // a reload wrote the file since
         }
-        self.running_text = Some(rendered.config);
-        self.running_layout = Some(layout);
+        if let Some((text, layout)) = done.written {
+            self.running_text = Some(text);
+            self.running_layout = Some(layout);
+        }
     }
 
     /// Starts a generation on `running_file` by the configured strategy.
