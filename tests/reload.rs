@@ -44,7 +44,21 @@ struct Run {
 /// puts 20 clients on it and triggers 30 reloads by SIGHUP, each once the
 /// previous one is done plus `pause`. With `syn-drop`, checks after every
 /// reload that no rule of ours is left in INPUT.
+/// How the load's clients use connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Conn {
+    /// A new connection per request (`Connection: close`).
+    PerRequest,
+    /// HTTP keep-alive: one connection per client, reopened only after the
+    /// server closed it (issue #9: browsers and most client libraries).
+    KeepAlive,
+}
+
 fn reloads_under_load(strategy: &str, pause: Duration) -> Run {
+    reloads_under(strategy, pause, Conn::PerRequest)
+}
+
+fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     // One 20-client load at a time: two at once on a 2-core machine starve
     // the supervisor and HAProxy of CPU, and a syn-drop reload whose rules
     // stay in place for over a second drops a SYN's retransmission too.
@@ -61,7 +75,16 @@ fn reloads_under_load(strategy: &str, pause: Duration) -> Run {
     wait_serving(WWW, T);
     assert!(our_rules().is_empty(), "{:?}", our_rules());
 
-    let load = Load::start(FRONT, WWW, CLIENTS);
+    let stop_load: Box<dyn FnOnce() -> LoadReport> = match conn {
+        Conn::PerRequest => {
+            let l = Load::start(FRONT, WWW, CLIENTS);
+            Box::new(move || l.stop())
+        }
+        Conn::KeepAlive => {
+            let l = KeepAliveLoad::start(FRONT, WWW, CLIENTS);
+            Box::new(move || l.stop())
+        }
+    };
     // Let every client get going before the first reload.
     thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
@@ -88,7 +111,7 @@ fn reloads_under_load(strategy: &str, pause: Duration) -> Run {
     let took = started.elapsed();
     // Requests in flight during the last reload complete.
     thread::sleep(Duration::from_millis(300));
-    let report = load.stop();
+    let report = stop_load();
     let reloads = reloads(&sup);
     let failed = events_with(&sup, "haproxy reload failed").len();
     assert_eq!(failed, 0, "failed reloads; log:\n{}", sup.log());
@@ -114,7 +137,7 @@ fn reloads_under_load(strategy: &str, pause: Duration) -> Run {
         took_ms.get(took_ms.len() / 2).unwrap_or(&0),
         took_ms.last().unwrap_or(&0),
     );
-    println!("{strategy}: {reloads} reloads in {took:.2?} ({windows}): {report}");
+    println!("{strategy} ({conn:?}): {reloads} reloads in {took:.2?} ({windows}): {report}");
     Run {
         report,
         reloads,
@@ -176,6 +199,41 @@ fn plain_reloads_under_load_are_reported() {
         run.report.non_2xx,
         run.reloads
     );
+}
+
+/// Issue #9: keep-alive clients lose no request across reloads, whatever the
+/// strategy: an old process answers the next request on an idle
+/// connection with `Connection: close` instead of closing it under the
+/// client (`option idle-close-on-response`).
+fn keepalive_reloads_lose_no_request(strategy: &str, pause: Duration) {
+    let run = reloads_under(strategy, pause, Conn::KeepAlive);
+    assert_eq!(run.reloads, RELOADS, "reload counter");
+    assert!(run.report.ok > 0, "{}", run.report);
+    assert_eq!(
+        run.report.failed(),
+        0,
+        "{strategy}, keep-alive clients: {} failed requests in {} reloads ({:.2?}; {}): {}",
+        run.report.failed(),
+        run.reloads,
+        run.took,
+        run.windows,
+        run.report
+    );
+}
+
+#[test]
+fn keepalive_clients_lose_no_request_across_seamless_reloads() {
+    keepalive_reloads_lose_no_request("seamless", PAUSE);
+}
+
+#[test]
+fn keepalive_clients_lose_no_request_across_plain_reloads() {
+    keepalive_reloads_lose_no_request("plain", PAUSE);
+}
+
+#[test]
+fn keepalive_clients_lose_no_request_across_syn_drop_reloads() {
+    keepalive_reloads_lose_no_request("syn-drop", SYN_DROP_PAUSE);
 }
 
 /// A supervisor SIGKILLed while its SYN-drop rules are in place leaves them

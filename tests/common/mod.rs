@@ -345,6 +345,15 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<(u16, Vec<u8>), HttpError> {
+    read_response_full(stream, deadline).map(|(status, body, _)| (status, body))
+}
+
+/// Reads one response; the flag says the server closes the connection after
+/// it (`Connection: close`).
+fn read_response_full(
+    stream: &mut TcpStream,
+    deadline: Instant,
+) -> Result<(u16, Vec<u8>, bool), HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = loop {
         if let Some(p) = find(&buf, b"\r\n\r\n", 0) {
@@ -369,10 +378,13 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<(u16, Vec<
     };
     let mut content_length: Option<usize> = None;
     let mut chunked = false;
+    let mut closes = false;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
+            if name.eq_ignore_ascii_case("connection") {
+                closes = value.to_ascii_lowercase().contains("close");
+            } else if name.eq_ignore_ascii_case("content-length") {
                 content_length = Some(
                     value
                         .parse()
@@ -401,8 +413,9 @@ fn read_response(stream: &mut TcpStream, deadline: Instant) -> Result<(u16, Vec<
         body.truncate(len);
     } else {
         while read_more(stream, &mut body, deadline)? != 0 {}
+        closes = true;
     }
-    Ok((status, body))
+    Ok((status, body, closes))
 }
 
 fn read_chunked(
@@ -1062,6 +1075,98 @@ impl Load {
         report.elapsed = self.started.elapsed();
         report
     }
+}
+
+/// Closed-loop HTTP load with keep-alive, as browsers and most HTTP client
+/// libraries do: `clients` threads, each keeping one connection and sending
+/// `GET /` with the given `Host` on it, one request at a time, opening a new
+/// connection only after the server said `Connection: close` (or after a
+/// failure). A request that gets no complete response counts as failed: no
+/// retry, so a connection the server closes while a request is on its way
+/// shows up.
+pub struct KeepAliveLoad(Load);
+
+impl KeepAliveLoad {
+    pub fn start(addr: &str, host: &str, clients: usize) -> KeepAliveLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let threads = (0..clients)
+            .map(|i| {
+                let stop = Arc::clone(&stop);
+                let addr = addr.to_string();
+                let host = host.to_string();
+                thread::Builder::new()
+                    .name(format!("keepalive-{i}"))
+                    .spawn(move || keepalive_client(&addr, &host, &stop))
+                    .expect("spawn load client")
+            })
+            .collect();
+        KeepAliveLoad(Load {
+            stop,
+            threads,
+            started,
+        })
+    }
+
+    /// Stops the clients and returns the combined counts.
+    pub fn stop(self) -> LoadReport {
+        self.0.stop()
+    }
+}
+
+fn keepalive_client(addr: &str, host: &str, stop: &AtomicBool) -> LoadReport {
+    let mut r = LoadReport::default();
+    let timeout = Duration::from_secs(2);
+    let mut conn: Option<TcpStream> = None;
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    while !stop.load(Ordering::Relaxed) {
+        let deadline = Instant::now() + timeout;
+        let result = (|| {
+            if conn.is_none() {
+                let sa = resolve(addr)?;
+                let s = TcpStream::connect_timeout(&sa, timeout)
+                    .map_err(|e| HttpError::from_io(&e, &format!("connect {sa}")))?;
+                let _ = s.set_nodelay(true);
+                conn = Some(s);
+            }
+            let s = conn.as_mut().expect("connected");
+            let _ = s.set_write_timeout(Some(timeout));
+            s.write_all(request.as_bytes())
+                .map_err(|e| HttpError::from_io(&e, "send request"))?;
+            read_response_full(s, deadline)
+        })();
+        let error = match result {
+            Ok((status, body, closes)) => {
+                if closes {
+                    conn = None;
+                }
+                if (200..300).contains(&status) {
+                    let text = std::str::from_utf8(&body).unwrap_or("<binary>").trim_end();
+                    *r.bodies.entry(text.to_string()).or_default() += 1;
+                    r.ok += 1;
+                    continue;
+                }
+                r.non_2xx += 1;
+                *r.statuses.entry(status).or_default() += 1;
+                format!("HTTP {status}")
+            }
+            Err(e) => {
+                conn = None;
+                match e {
+                    HttpError::Refused(_) => r.refused += 1,
+                    HttpError::Reset(_) => r.reset += 1,
+                    HttpError::Timeout(_) => r.timeout += 1,
+                    HttpError::Other(_) => r.other += 1,
+                }
+                e.to_string()
+            }
+        };
+        if r.errors.len() < MAX_ERRORS {
+            r.errors.push(error);
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    r
 }
 
 fn load_client(addr: &str, host: &str, stop: &AtomicBool) -> LoadReport {
