@@ -32,8 +32,27 @@ pub enum HaproxyError {
         ports: Vec<u16>,
         waited: Duration,
     },
-    #[error("the new haproxy (pid {pid}) exited at start: {exit}")]
-    DiedAtStart { pid: i32, exit: Exit },
+    #[error("the new haproxy (pid {pid}) exited at start: {exit}{}", alerts(.output))]
+    DiedAtStart {
+        pid: i32,
+        exit: Exit,
+        /// Its last lines on stderr.
+        output: String,
+    },
+}
+
+/// HAProxy's ALERT lines in `output`, for an error message.
+fn alerts(output: &str) -> String {
+    let a: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("[ALERT]"))
+        .map(str::trim)
+        .collect();
+    if a.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", a.join(" / "))
+    }
 }
 
 /// Builds the `haproxy -c` command.
@@ -106,31 +125,118 @@ pub struct StartSpec<'a> {
     pub config: &'a Path,
     /// Take the listening sockets from this admin socket (`-x`).
     pub take_sockets_from: Option<&'a Path>,
-    /// Old generations to soft-stop once this one listens (`-sf`).
-    pub finish: &'a [Pid],
 }
 
-/// Starts HAProxy in the foreground as our child.
+/// The last lines a generation wrote to stderr (HAProxy's alerts), kept to
+/// tell why it failed to start.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>);
+
+impl StderrTail {
+    const KEEP: usize = 64;
+
+    /// The kept lines, oldest first.
+    pub fn text(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    fn push(&self, line: String) {
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == Self::KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+}
+
+/// Starts HAProxy in the foreground as our child. Its stderr is passed on
+/// to ours line by line and its last lines kept.
+///
+/// Old generations are not named with `-sf`: HAProxy would pause their
+/// listeners (SIGTTOU) while the new one binds, so a new generation that
+/// fails to start would refuse connections for every service meanwhile.
+/// The caller soft-stops them (SIGUSR1) once the new one listens.
 pub fn start(
     reaper: &Reaper,
     spec: &StartSpec,
-) -> Result<(Pid, oneshot::Receiver<Exit>), HaproxyError> {
+) -> Result<(Pid, oneshot::Receiver<Exit>, StderrTail), HaproxyError> {
     let mut c = Command::new(spec.bin);
     c.arg("-f").arg(spec.config);
     if let Some(sock) = spec.take_sockets_from {
         c.arg("-x").arg(sock);
     }
-    if !spec.finish.is_empty() {
-        c.arg("-sf");
-        for p in spec.finish {
-            c.arg(p.as_raw().to_string());
-        }
-    }
-    c.stdin(Stdio::null());
-    reaper.spawn(&mut c).map_err(|source| HaproxyError::Spawn {
+    c.stdin(Stdio::null()).stderr(Stdio::piped());
+    let (pid, exited, stderr) = reaper.spawn_child(&mut c).map_err(|source| HaproxyError::Spawn {
         bin: spec.bin.to_path_buf(),
         source,
-    })
+    })?;
+    let tail = StderrTail::default();
+    if let Some(stderr) = stderr {
+        let t = tail.clone();
+        std::thread::Builder::new()
+            .name(format!("haproxy-{pid}-stderr"))
+            .spawn(move || {
+                use std::io::{BufRead, Write};
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                    t.push(line);
+                }
+            })
+            .map_err(|source| HaproxyError::Spawn {
+                bin: spec.bin.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok((pid, exited, tail))
+}
+
+/// The proxies (frontend, backend, listen sections) HAProxy's error
+/// `message` blames for `config`: those it names, and those holding a line
+/// it points at (`[file:line]`).
+pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
+    let lines: Vec<&str> = config.lines().collect();
+    let section_at = |n: usize| -> Option<String> {
+        lines[..n.min(lines.len())].iter().rev().find_map(|l| {
+            let mut t = l.split_whitespace();
+            match (l.starts_with(char::is_whitespace), t.next(), t.next()) {
+                (false, Some("frontend" | "backend" | "listen"), Some(name)) => {
+                    Some(name.to_string())
+                }
+                (false, Some(_), _) => Some(String::new()), // global, defaults, ...
+                _ => None,
+            }
+        })
+    };
+    let mut out = BTreeSet::new();
+    let mut rest = message;
+    while let Some(open) = rest.find('[') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find(']') else { break };
+        if let Some((_, n)) = rest[..close].rsplit_once(':') {
+            if let Ok(n) = n.parse::<usize>() {
+                if let Some(name) = section_at(n).filter(|s| !s.is_empty()) {
+                    out.insert(name);
+                }
+            }
+        }
+    }
+    for kw in ["frontend ", "backend ", "proxy ", "Proxy "] {
+        let mut rest = message;
+        while let Some(i) = rest.find(kw) {
+            rest = &rest[i + kw.len()..];
+            let name: String = rest
+                .trim_start_matches('\'')
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                .collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
 }
 
 /// The ports a config binds, from its `bind` lines (`bind *:8080`,
@@ -344,6 +450,7 @@ pub async fn wait_listening(
             return Err(HaproxyError::DiedAtStart {
                 pid: pid.as_raw(),
                 exit,
+                output: String::new(),
             });
         }
         if start.elapsed() > timeout {

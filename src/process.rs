@@ -86,14 +86,24 @@ impl Reaper {
 
     /// Spawns a long-lived child; the receiver gets its exit.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(Pid, oneshot::Receiver<Exit>)> {
+        self.spawn_child(cmd).map(|(pid, rx, _)| (pid, rx))
+    }
+
+    /// Like [`Reaper::spawn`], and hands back the child's stderr when the
+    /// command pipes it.
+    pub fn spawn_child(
+        &self,
+        cmd: &mut Command,
+    ) -> io::Result<(Pid, oneshot::Receiver<Exit>, Option<std::process::ChildStderr>)> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let child = cmd.spawn()?;
+        let mut child = cmd.spawn()?;
+        let stderr = child.stderr.take();
         let pid = child.id() as i32;
         // The std Child is dropped without waiting: the reaper owns the wait.
         drop(child);
         let (tx, rx) = oneshot::channel();
         table.waiters.insert(pid, tx);
-        Ok((Pid::from_raw(pid), rx))
+        Ok((Pid::from_raw(pid), rx, stderr))
     }
 
     /// Runs a short command to completion on a blocking thread, with the

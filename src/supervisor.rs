@@ -997,9 +997,8 @@ impl Supervisor {
             bin: &self.settings.haproxy_bin,
             config: &self.running_file,
             take_sockets_from: socket,
-            finish: old,
         };
-        let (pid, mut exited) = haproxy::start(&self.reaper, &spec)?;
+        let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
         let id = self.next_gen;
         self.next_gen += 1;
         self.gens.push(Generation {
@@ -1024,12 +1023,23 @@ impl Supervisor {
                 if let Some(g) = self.gens.iter_mut().find(|g| g.id == id) {
                     g.state = GenState::Serving;
                 }
+                // It serves: the old ones finish (what `-sf` would do, but
+                // only now, so they were never paused).
+                for p in old {
+                    let _ = kill(*p, Signal::SIGUSR1);
+                }
                 Ok(id)
             }
-            Err(HaproxyError::DiedAtStart { pid: p, exit }) => {
+            Err(HaproxyError::DiedAtStart { pid: p, exit, .. }) => {
                 // Already reaped: the old generations keep serving.
                 self.gens.retain(|g| g.id != id);
-                Err(HaproxyError::DiedAtStart { pid: p, exit })
+                // Let the stderr reader take the last lines.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err(HaproxyError::DiedAtStart {
+                    pid: p,
+                    exit,
+                    output: stderr.text(),
+                })
             }
             Err(e) => {
                 // Not serving: make sure it goes away; the old keep serving.
