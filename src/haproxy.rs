@@ -138,7 +138,11 @@ impl StderrTail {
     /// The kept lines, oldest first.
     pub fn text(&self) -> String {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn push(&self, line: String) {
@@ -167,10 +171,13 @@ pub fn start(
         c.arg("-x").arg(sock);
     }
     c.stdin(Stdio::null()).stderr(Stdio::piped());
-    let (pid, exited, stderr) = reaper.spawn_child(&mut c).map_err(|source| HaproxyError::Spawn {
-        bin: spec.bin.to_path_buf(),
-        source,
-    })?;
+    let (pid, exited, stderr) =
+        reaper
+            .spawn_child(&mut c)
+            .map_err(|source| HaproxyError::Spawn {
+                bin: spec.bin.to_path_buf(),
+                source,
+            })?;
     let tail = StderrTail::default();
     if let Some(stderr) = stderr {
         let t = tail.clone();
@@ -209,12 +216,27 @@ pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
             }
         })
     };
+    // Only HAProxy's alerts blame (its warnings name proxies too).
+    let alerts: Vec<&str> = message.lines().filter(|l| l.contains("[ALERT]")).collect();
+    let message = if alerts.is_empty() {
+        message.to_string()
+    } else {
+        alerts.join("\n")
+    };
+    let message = message.as_str();
     let mut out = BTreeSet::new();
     let mut rest = message;
     while let Some(open) = rest.find('[') {
         rest = &rest[open + 1..];
         let Some(close) = rest.find(']') else { break };
-        if let Some((_, n)) = rest[..close].rsplit_once(':') {
+        // `[file:line]`, not `[0.0.0.0:19000]` (an address and port).
+        let file_line = rest[..close].rsplit_once(':').filter(|(f, _)| {
+            f.bytes().any(|b| b.is_ascii_alphabetic())
+                && f.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+        });
+        if let Some((_, n)) = file_line {
             if let Ok(n) = n.parse::<usize>() {
                 if let Some(name) = section_at(n).filter(|s| !s.is_empty()) {
                     out.insert(name);
@@ -572,6 +594,28 @@ impl Drop for SynDropGuard {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn blamed_proxies_from_haproxy_messages() {
+        let cfg = "global\n    maxconn 10\n\nfrontend app_http_in\n    bind *:8080\n\nbackend www\n    server a 10.0.0.1:80\n\nfrontend bad_port_19000\n    bind *:19000\n\nbackend bad\n    server b 10.0.0.2:80 bogus\n";
+        let bind = "[ALERT]    (10006) : Binding [/etc/haproxy/haproxy.cfg:11] for frontend bad_port_19000: cannot bind socket (Address already in use) for [0.0.0.0:19000]\n[ALERT]    (10006) : [haproxy.main()] Some protocols failed to start their listeners! Exiting.";
+        assert_eq!(
+            super::blamed_proxies(bind, cfg)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["bad_port_19000"]
+        );
+        let check = "[ALERT]    (28545) : config : [b.cfg:14] : 'server bad/b' : unknown keyword 'bogus'.\n[ALERT]    (28545) : config : Error(s) found in configuration file : b.cfg";
+        assert_eq!(
+            super::blamed_proxies(check, cfg)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["bad"]
+        );
+        assert!(
+            super::blamed_proxies("[ALERT] (1) : global: bad maxconn [b.cfg:2]", cfg).is_empty()
+        );
+    }
+
     use super::*;
 
     #[test]

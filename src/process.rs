@@ -94,7 +94,11 @@ impl Reaper {
     pub fn spawn_child(
         &self,
         cmd: &mut Command,
-    ) -> io::Result<(Pid, oneshot::Receiver<Exit>, Option<std::process::ChildStderr>)> {
+    ) -> io::Result<(
+        Pid,
+        oneshot::Receiver<Exit>,
+        Option<std::process::ChildStderr>,
+    )> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take();

@@ -8,7 +8,7 @@
 //! that loop, so they are serialized by construction, and signals that
 //! arrive during one merge into a single follow-up.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,28 @@ enum Trigger {
     Catalog,
     Sighup,
     Restart,
+    /// A reload retried after a transient failure.
+    Retry,
+}
+
+/// Why `prepare` produced no config.
+#[derive(Debug)]
+enum PrepareError {
+    /// `haproxy -c` refused the candidate (logged, counted); `config` is its text.
+    Invalid { message: String, config: String },
+    /// Reading, writing or rendering failed: may heal, retried with backoff.
+    Transient(String),
+}
+
+/// A service left out because HAProxy refused it (SPEC §11).
+#[derive(Debug, Clone)]
+struct Excluded {
+    /// Its catalog entry when it was left out: changed, it is tried again.
+    fingerprint: u64,
+    /// Tried again after this, too (a port may have been freed).
+    until: Instant,
+    /// How long the next exclusion lasts.
+    next_for: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +153,29 @@ struct Supervisor {
     disk_epoch: u64,
     sync_in_flight: bool,
     sync_tx: mpsc::UnboundedSender<SyncDone>,
+    /// The config (and maps) the serving generation runs: what the file on
+    /// disk rolls back to when a new generation fails to start.
+    serving_config: Option<Rendered>,
+    /// What `prepare` last rendered, until a start adopts it.
+    prepared_rendered: Option<Rendered>,
+    /// Services HAProxy refused, left out of renders.
+    excluded: BTreeMap<String, Excluded>,
+    /// A reload to retry after a transient failure, with its backoff, and
+    /// what failed first (logged once per episode).
+    retry_at: Option<tokio::time::Instant>,
+    retry_backoff: discovery::Backoff,
+    failing: Option<String>,
+    /// Excluded services whose time is up: included in the next render.
+    retry_excluded: Vec<String>,
+}
+
+/// Identifies a service's catalog entry (an excluded service changed when
+/// this did).
+fn fingerprint(s: &crate::model::CatalogService) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{s:?}").hash(&mut h);
+    h.finish()
 }
 
 /// The outcome of writing a config applied live to disk.
@@ -138,7 +183,7 @@ struct SyncDone {
     epoch: u64,
     /// The text and layout now on disk; `None` when the write failed
     /// (logged) or was overtaken by a reload.
-    written: Option<(String, Layout)>,
+    written: Option<(Rendered, Layout)>,
 }
 
 /// Writes `rendered` (applied live, so it runs already) to `file`: staged,
@@ -181,7 +226,7 @@ async fn sync_job(
         }
     }
     drop(current);
-    done(Some((rendered.config, layout)))
+    done(Some((rendered, layout)))
 }
 
 /// How often the config applied live is written to disk and checked: each
@@ -243,6 +288,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         (Err(_), ReloadStrategy::Plain) => false,
     };
 
+    let mut catalog_file: Option<(PathBuf, discovery::CatalogTx)> = None;
     let (renderer, catalog, running_file) = match &settings.source {
         SourceSettings::External => (None, None, settings.run_dir.join("haproxy.cfg")),
         source => {
@@ -255,6 +301,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             let (tx, rx) = watch::channel(None::<Arc<Catalog>>);
             match source.clone() {
                 SourceSettings::File(path) => {
+                    catalog_file = Some((path.clone(), tx.clone()));
                     tokio::spawn(discovery::file::watch(path, Duration::from_millis(20), tx));
                 }
                 SourceSettings::Consul { url, token, cacert } => {
@@ -322,6 +369,13 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         disk_epoch: 0,
         sync_in_flight: false,
         sync_tx,
+        serving_config: None,
+        prepared_rendered: None,
+        excluded: BTreeMap::new(),
+        retry_at: None,
+        retry_backoff: discovery::Backoff::new(Duration::from_secs(30)),
+        failing: None,
+        retry_excluded: Vec::new(),
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -363,6 +417,13 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             None => far(),
         };
         let cleanup_parked = sup.live.as_ref().is_some_and(|l| !l.parked.is_empty());
+        let exclusion_ends = tokio::time::Instant::from_std(
+            sup.excluded
+                .values()
+                .map(|x| x.until)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400)),
+        );
         let sync_at = tokio::time::Instant::from_std(
             sup.last_sync.map_or_else(Instant::now, |t| t + SYNC_EVERY),
         );
@@ -379,6 +440,22 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 tracing::info!("SIGHUP: checking and reloading");
                 pending = None;
                 structural = false;
+                // SIGHUP re-reads what the supervisor reads: the template
+                // (a broken one changes nothing) and the catalog file.
+                if !sup.reread_template() {
+                    continue;
+                }
+                if let Some((path, tx)) = &catalog_file {
+                    match discovery::file::load(path) {
+                        Ok(c) => {
+                            discovery::publish(tx, c);
+                        }
+                        Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: cannot read the catalog file; keeping the last good catalog"),
+                    }
+                    if let Some(rx) = &mut sup.catalog {
+                        rx.borrow_and_update();
+                    }
+                }
                 sup.reload(Trigger::Sighup).await;
             }
             ok = catalog_changed => {
@@ -428,6 +505,24 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 sup.sync_in_flight = false;
                 sup.synced(done);
             }
+            _ = sleep_until(sup.retry_at.unwrap_or_else(far)), if sup.retry_at.is_some() => {
+                sup.retry_at = None;
+                sup.reload(Trigger::Retry).await;
+            }
+            _ = sleep_until(exclusion_ends), if sup.renderer.is_some() && !sup.excluded.is_empty() => {
+                // A service left out is tried again: as a catalog change.
+                let now = Instant::now();
+                let ended: Vec<String> = sup.excluded.iter().filter(|(_, x)| x.until <= now).map(|(n, _)| n.clone()).collect();
+                for n in &ended {
+                    if let Some(x) = sup.excluded.get_mut(n) {
+                        x.until = now + x.next_for;
+                    }
+                }
+                tracing::info!(services = ?ended, "trying services left out again");
+                sup.retry_excluded = ended;
+                pending = Some((pending.map_or(now, |p| p.0), now));
+                structural = true;
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)), if cleanup_parked => {
                 sup.delete_parked().await;
             }
@@ -440,7 +535,13 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 if sup.serving().is_none() {
                     sup.flush().await;
                     sup.counters.restarts += 1;
-                    sup.start_generation(Trigger::Restart).await;
+                    if let Err(HaproxyError::DiedAtStart { output, .. }) = sup.start_generation(Trigger::Restart).await {
+                        // A service HAProxy refuses: render without it.
+                        let text = sup.running_text.clone().unwrap_or_default();
+                        if sup.renderer.is_some() && sup.exclude_blamed(&output, &text) {
+                            sup.reload(Trigger::Retry).await;
+                        }
+                    }
                 }
             }
         }
@@ -574,116 +675,302 @@ impl Supervisor {
         vars
     }
 
+    /// The desired state of `catalog`, without the services HAProxy
+    /// refused (unless their registration changed since, or their time out
+    /// is up).
+    fn desired(&mut self, catalog: &Catalog) -> (Desired, Vec<crate::model::Warning>) {
+        let (mut desired, warnings) = Desired::build(catalog, &Context::from(&self.settings.vars));
+        let retry = std::mem::take(&mut self.retry_excluded);
+        self.excluded.retain(|name, x| {
+            let same = catalog
+                .services
+                .get(name)
+                .is_some_and(|c| fingerprint(c) == x.fingerprint);
+            if !same {
+                tracing::info!(service = %name, "a service left out changed; trying it again");
+            }
+            same
+        });
+        desired
+            .services
+            .retain(|s| !self.excluded.contains_key(&s.name) || retry.contains(&s.name));
+        (desired, warnings)
+    }
+
     /// Produces a checked config in `running_file`. Returns its text, or
-    /// `None` when there is nothing new to run (or it is invalid: logged,
-    /// counted, and the running HAProxy and file are untouched).
-    async fn prepare(&mut self, trigger: Trigger) -> Option<String> {
+    /// `None` when there is nothing new to run; an error when the candidate
+    /// is invalid (logged, counted; the running HAProxy and file are
+    /// untouched) or a step failed that may heal.
+    async fn prepare(&mut self, trigger: Trigger) -> Result<Option<String>, PrepareError> {
         let bin = self.settings.haproxy_bin.clone();
         if self.renderer.is_none() {
             // External watcher mode: check its file, then copy it to ours.
             let src = self.settings.config_file.clone();
-            let text = match std::fs::read_to_string(&src) {
-                Ok(t) => t,
-                Err(e) => {
-                    self.counters.failed_reloads += 1;
-                    tracing::error!(file = %src.display(), error = %e, "cannot read the config; keeping the running haproxy");
-                    return None;
-                }
-            };
+            let text = std::fs::read_to_string(&src).map_err(|e| {
+                PrepareError::Transient(format!("cannot read {}: {e}", src.display()))
+            })?;
             if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
                 self.counters.failed_reloads += 1;
                 tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
-                return None;
+                return Err(PrepareError::Invalid {
+                    message: e.to_string(),
+                    config: text,
+                });
             }
-            if let Err(e) = render::write_atomic(&self.running_file, text.as_bytes()) {
-                self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, "cannot write the running config");
-                return None;
-            }
-            return Some(text);
+            render::write_atomic(&self.running_file, text.as_bytes()).map_err(|e| {
+                PrepareError::Transient(format!(
+                    "cannot write {}: {e}",
+                    self.running_file.display()
+                ))
+            })?;
+            self.prepared_rendered = Some(Rendered {
+                config: text.clone(),
+                maps: BTreeMap::new(),
+            });
+            return Ok(Some(text));
         }
-        let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
-        let (desired, warnings) = Desired::build(&catalog, &Context::from(&self.settings.vars));
+        let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
+            return Ok(None);
+        };
+        let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
         let Some(renderer) = &self.renderer else {
-            return None;
+            return Ok(None);
         };
         let rendered = match renderer.render(&desired, &vars) {
             Ok(r) => r,
             Err(e) => {
+                // The template is the user's: a render error is theirs to fix.
                 self.counters.failed_reloads += 1;
                 tracing::error!(error = %e, "render failed; keeping the running haproxy");
-                return None;
+                return Ok(None);
             }
         };
         let layout = Layout::new(&rendered, &renderer.maps_dir_str());
         self.log_warnings(&warnings);
         self.prepared_layout = Some(layout);
+        self.prepared_rendered = Some(rendered.clone());
         let on_disk = std::fs::read_to_string(&self.running_file).ok();
         let unchanged = on_disk.as_deref() == Some(rendered.config.as_str());
-        if unchanged
-            && trigger == Trigger::Catalog
-            && self.running_text.as_deref() == Some(rendered.config.as_str())
-        {
+        let running = self.running_text.as_deref() == Some(rendered.config.as_str());
+        if unchanged && running && matches!(trigger, Trigger::Catalog) {
             tracing::debug!("catalog changed but the config did not; no reload");
-            return None;
+            return Ok(None);
         }
-        if unchanged && self.running_text.as_deref() == Some(rendered.config.as_str()) {
+        if unchanged && running {
             // The very text we checked and put in place ourselves (a SIGHUP
             // with nothing new): checking it again would only cost CPU.
-            return Some(rendered.config);
+            return Ok(Some(rendered.config));
         }
-        if unchanged {
-            // In place but not checked by this run (a previous run wrote it).
-            if haproxy::check(&self.reaper, &bin, &self.running_file)
+        if unchanged
+            && haproxy::check(&self.reaper, &bin, &self.running_file)
                 .await
                 .is_ok()
-            {
-                return Some(rendered.config);
-            }
+        {
+            // In place but not checked by this run (a previous run wrote it).
+            return Ok(Some(rendered.config));
         }
-        let staged = match render::stage(&self.running_file, &rendered) {
-            Ok(s) => s,
-            Err(e) => {
-                self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, "cannot write the candidate config");
-                return None;
-            }
-        };
+        let staged = render::stage(&self.running_file, &rendered).map_err(|e| {
+            PrepareError::Transient(format!("cannot write the candidate config: {e}"))
+        })?;
         if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
             self.counters.failed_reloads += 1;
             tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
             staged.abort();
-            return None;
+            return Err(PrepareError::Invalid {
+                message: e.to_string(),
+                config: rendered.config,
+            });
         }
-        if let Err(e) = staged.commit(&rendered) {
-            self.counters.failed_reloads += 1;
-            tracing::error!(error = %e, "cannot put the new config in place");
-            return None;
-        }
+        staged.commit(&rendered).map_err(|e| {
+            PrepareError::Transient(format!("cannot put the new config in place: {e}"))
+        })?;
         tracing::info!(services = desired.services.len(), file = %self.running_file.display(), "config written");
-        Some(rendered.config)
+        Ok(Some(rendered.config))
     }
 
-    /// One reload: prepare a checked config, then start a generation.
-    async fn reload(&mut self, trigger: Trigger) {
-        self.prepared_layout = None;
-        // prepare renders the current catalog: what was applied live included.
-        self.unsynced = None;
-        // A write after live changes in flight finishes first; one queued
-        // behind this reload is dropped (the epoch moves on).
-        let disk = self.disk.clone();
-        let mut epoch = disk.lock().await;
-        *epoch += 1;
-        self.disk_epoch = *epoch;
-        let prepared = self.prepare(trigger).await;
-        drop(epoch);
-        let Some(text) = prepared else {
+    /// Leaves out the services HAProxy's `message` blames in `config` (a
+    /// frontend or backend it names or points at); true when it found any
+    /// not left out yet.
+    fn exclude_blamed(&mut self, message: &str, config: &str) -> bool {
+        let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
+            return false;
+        };
+        let blamed = haproxy::blamed_proxies(message, config);
+        let mut any = false;
+        for name in catalog.services.keys() {
+            let hit = blamed.iter().any(|p| {
+                p == name
+                    || p.strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with("_port_"))
+            });
+            if !hit || self.excluded.contains_key(name) {
+                continue;
+            }
+            let first = message
+                .lines()
+                .find(|l| {
+                    l.contains("[ALERT]")
+                        && !l.contains("Fatal errors")
+                        && !l.contains("Error(s) found")
+                })
+                .unwrap_or(message)
+                .trim();
+            tracing::warn!(service = %name, haproxy = %first, "service left out: haproxy refused it; the others still apply");
+            let next_for = Duration::from_secs(60);
+            self.excluded.insert(
+                name.clone(),
+                Excluded {
+                    fingerprint: fingerprint(&catalog.services[name]),
+                    until: Instant::now() + next_for,
+                    next_for: (next_for * 2).min(Duration::from_secs(600)),
+                },
+            );
+            any = true;
+        }
+        any
+    }
+
+    /// A failure that may heal: the reload is retried with backoff, and
+    /// logged once per episode.
+    fn retry_later(&mut self, what: String) {
+        let delay = self.retry_backoff.next_delay();
+        if self.failing.is_none() {
+            tracing::error!(error = %what, retry_in = ?delay, "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)");
+            self.failing = Some(what);
+        } else {
+            tracing::debug!(error = %what, retry_in = ?delay, "reload failed again");
+        }
+        self.retry_at = Some(tokio::time::Instant::now() + delay);
+    }
+
+    /// A reload went through: the failure episode, if any, ends.
+    fn healed(&mut self) {
+        self.retry_backoff.reset();
+        self.retry_at = None;
+        if let Some(what) = self.failing.take() {
+            tracing::info!(after = %what, "reloads work again");
+        }
+    }
+
+    /// Puts the config that serves back on disk after a new generation
+    /// failed to start, so a restart after a crash uses it.
+    async fn roll_back(&mut self) {
+        // The last config that served (even if its HAProxy died since: a
+        // restart must use it, never the one that failed).
+        let Some(cfg) = self.serving_config.clone() else {
             return;
         };
-        self.running_text = Some(text);
-        self.running_layout = self.prepared_layout.take();
-        self.start_generation(trigger).await;
+        let disk = self.disk.clone();
+        let _guard = disk.lock().await;
+        let written = if cfg.maps.is_empty() {
+            render::write_atomic(&self.running_file, cfg.config.as_bytes())
+        } else {
+            render::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
+        };
+        match written {
+            Ok(()) => {
+                tracing::warn!(file = %self.running_file.display(), "rolled back to the config that serves");
+                self.running_text = Some(cfg.config.clone());
+                self.running_layout = self
+                    .renderer
+                    .as_ref()
+                    .map(|r| Layout::new(&cfg, &r.maps_dir_str()));
+            }
+            Err(e) => {
+                tracing::error!(file = %self.running_file.display(), error = %e, "cannot roll back to the config that serves");
+            }
+        }
+    }
+
+    /// One reload: prepare a checked config, then start a generation. A
+    /// service HAProxy refuses (at the check or at the start) is left out
+    /// and the rest applies; a failure that may heal is retried.
+    async fn reload(&mut self, trigger: Trigger) {
+        self.retry_at = None;
+        for _attempt in 0..8 {
+            self.prepared_layout = None;
+            self.prepared_rendered = None;
+            // prepare renders the current catalog: what was applied live included.
+            self.unsynced = None;
+            // A write after live changes in flight finishes first; one queued
+            // behind this reload is dropped (the epoch moves on).
+            let disk = self.disk.clone();
+            let mut epoch = disk.lock().await;
+            *epoch += 1;
+            self.disk_epoch = *epoch;
+            let prepared = self.prepare(trigger).await;
+            drop(epoch);
+            let text = match prepared {
+                Ok(None) => {
+                    self.healed();
+                    return;
+                }
+                Ok(Some(text)) => text,
+                Err(PrepareError::Invalid { message, config }) => {
+                    if self.exclude_blamed(&message, &config) {
+                        continue;
+                    }
+                    return; // waits for a change or SIGHUP
+                }
+                Err(PrepareError::Transient(what)) => {
+                    self.counters.failed_reloads += 1;
+                    self.retry_later(what);
+                    return;
+                }
+            };
+            self.running_text = Some(text.clone());
+            self.running_layout = self.prepared_layout.take();
+            match self.start_generation(trigger).await {
+                Ok(()) => {
+                    self.serving_config = self.prepared_rendered.take();
+                    self.healed();
+                    return;
+                }
+                Err(e) => {
+                    self.roll_back().await;
+                    let output = match &e {
+                        HaproxyError::DiedAtStart { output, .. } => output.clone(),
+                        other => other.to_string(),
+                    };
+                    if self.renderer.is_some() && self.exclude_blamed(&output, &text) {
+                        continue;
+                    }
+                    if self.serving().is_some() {
+                        self.retry_later(e.to_string());
+                    }
+                    // Nothing serving: the loop restarts with backoff.
+                    return;
+                }
+            }
+        }
+        tracing::error!("too many services refused in one reload; keeping the running haproxy");
+    }
+
+    /// Loads `HAPROXY_TEMPLATE` again (SIGHUP). False, with an error
+    /// logged, when it no longer loads: the running config stays.
+    fn reread_template(&mut self) -> bool {
+        let Some(path) = self.settings.template.clone() else {
+            return true;
+        };
+        if self.renderer.is_none() {
+            return true;
+        }
+        match Renderer::new(
+            Some(&path),
+            &self.settings.config_file,
+            &self.settings.admin_socket(),
+        ) {
+            Ok(r) => {
+                self.renderer = Some(r);
+                true
+            }
+            Err(e) => {
+                self.counters.failed_reloads += 1;
+                tracing::error!(template = %path.display(), error = %e, "SIGHUP: the template does not load; nothing changes");
+                false
+            }
+        }
     }
 
     /// Whether catalog changes can be tried live: rendering, live changes
@@ -862,21 +1149,25 @@ impl Supervisor {
         if done.epoch != self.disk_epoch {
             return; // a reload wrote the file since
         }
-        if let Some((text, layout)) = done.written {
-            self.running_text = Some(text);
+        if let Some((rendered, layout)) = done.written {
+            self.running_text = Some(rendered.config.clone());
             self.running_layout = Some(layout);
+            // What runs (it was applied live before it was written).
+            self.serving_config = Some(rendered);
         }
     }
 
     /// Starts a generation on `running_file` by the configured strategy.
-    /// Returns whether it serves.
-    async fn start_generation(&mut self, trigger: Trigger) -> bool {
+    async fn start_generation(&mut self, trigger: Trigger) -> Result<(), HaproxyError> {
         let Some(text) = self
             .running_text
             .clone()
             .or_else(|| std::fs::read_to_string(&self.running_file).ok())
         else {
-            return false;
+            return Err(HaproxyError::Invalid {
+                path: self.running_file.clone(),
+                message: "no config to start from".into(),
+            });
         };
         let ports = haproxy::bind_ports(&text);
         let mut old: Vec<Pid> = self
@@ -942,7 +1233,7 @@ impl Supervisor {
                     "haproxy reload done"
                 );
                 self.write_pids();
-                true
+                Ok(())
             }
             Err(e) => {
                 self.counters.failed_reloads += 1;
@@ -951,7 +1242,7 @@ impl Supervisor {
                 } else {
                     tracing::error!(error = %e, ?trigger, "haproxy failed to start");
                 }
-                false
+                Err(e)
             }
         }
     }
