@@ -116,7 +116,10 @@ pub struct Service {
     pub frontend_port: Option<u16>,
     /// Host names routed to this service on the shared HTTP frontend.
     pub vhosts: Vec<String>,
+    /// Path prefix, without a trailing `/` (never `/` alone: that is no
+    /// path). It matches itself and what continues it after a `/`.
     pub path: Option<String>,
+
     pub healthcheck: Option<String>,
     pub sticky: bool,
     pub servers: Vec<Server>,
@@ -486,7 +489,11 @@ fn build_service(
     };
     let path = match tags.values.get("HAPROXY.PATH") {
         None => None,
-        Some(v) if is_path(v) => Some(v.to_string()),
+        // `/api/` is `/api` (it matches `/api` and `/api/...` either way),
+        // and `/` is the whole host, the same as no path.
+        Some(v) if is_path(v) => Some(v.trim_end_matches('/'))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
         Some(v) => {
             return Err(invalid(
                 "HAPROXY.PATH",
@@ -795,6 +802,48 @@ mod tests {
             ["a"]
         );
         assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    fn names(d: &Desired) -> Vec<&str> {
+        d.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let svc = |id: &str, path: &str| {
+            vec![inst(
+                id,
+                "10.0.0.1",
+                80,
+                &[
+                    "HAPROXY.ENABLE=true",
+                    "HAPROXY.VHOST=x.com",
+                    &format!("HAPROXY.PATH={path}"),
+                ],
+            )]
+        };
+        let c = catalog(&[("a", svc("a1", "/api/")), ("b", svc("b1", "/"))]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(d.services[0].path.as_deref(), Some("/api"));
+        assert_eq!(d.services[1].path, None);
+        // `/api/` and `/api` are one route, `/` and no path another.
+        let c = catalog(&[
+            ("a", svc("a1", "/api/")),
+            ("b", svc("b1", "/api")),
+            (
+                "c",
+                vec![inst(
+                    "c1",
+                    "10.0.0.1",
+                    80,
+                    &["HAPROXY.ENABLE=true", "HAPROXY.VHOST=x.com"],
+                )],
+            ),
+            ("d", svc("d1", "/")),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert_eq!(names(&d), ["a", "c"], "{w:?}");
     }
 
     #[test]

@@ -155,7 +155,10 @@ impl Renderer {
             for h in &s.vhosts {
                 match &s.path {
                     None => hosts.push((h.clone(), &s.name)),
-                    Some(p) => paths.push((format!("{h}{p}"), &s.name)),
+                    // The frontend looks up `host + path + "/"`: with the
+                    // entry ending in `/`, `/api` matches `/api` and
+                    // `/api/...`, never `/apix`.
+                    Some(p) => paths.push((format!("{h}{p}/"), &s.name)),
                 }
             }
         }
@@ -356,7 +359,7 @@ mod tests {
             .iter()
             .filter(|(k, _)| k.starts_with("paths-"))
             .collect();
-        assert_eq!(paths[0].1, "api.example.com/v1 api\n");
+        assert_eq!(paths[0].1, "api.example.com/v1/ api\n");
         assert!(r
             .config
             .contains(&format!("/etc/haproxy/maps/{}", hosts[0].0)));

@@ -249,6 +249,23 @@ pub fn http_get(
     http_request(addr, "GET", host, path, None, timeout)
 }
 
+/// Sends `request` verbatim (a whole HTTP/1.x request head, and body if
+/// any) on a new connection to `addr` and reads one response: for requests
+/// the other helpers cannot write (no `Host`, a hostile `Host`, extra
+/// headers). Returns the status and the body.
+pub fn http_raw(addr: &str, request: &[u8], timeout: Duration) -> Result<(u16, String), HttpError> {
+    let deadline = Instant::now() + timeout;
+    let sa = resolve(addr)?;
+    let mut stream = TcpStream::connect_timeout(&sa, timeout)
+        .map_err(|e| HttpError::from_io(&e, &format!("connect {sa}")))?;
+    let _ = stream.set_write_timeout(Some(remaining(deadline)?));
+    stream
+        .write_all(request)
+        .map_err(|e| HttpError::from_io(&e, "send request"))?;
+    let (status, body) = read_response(&mut stream, deadline)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// One HTTP/1.1 request on a new connection with `Connection: close`.
 /// `body`, when given, is sent with a `Content-Length` (and
 /// `Content-Type: application/json`). `timeout` bounds the whole exchange.
