@@ -33,6 +33,14 @@ pub struct CatalogService {
     /// Instances; only `passing` ones become servers.
     #[serde(default)]
     pub instances: Vec<Instance>,
+    /// Seniority: the lowest Consul `CreateIndex` of the service's
+    /// instances, or the service's position in the catalog file. When two
+    /// services claim the same host (+ path) or frontend port, the lower
+    /// value keeps it (ties: the first by name), so a newcomer never takes
+    /// a route from the service that holds it, and the owner is the same
+    /// after a restart (SPEC §12).
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// One instance of a service.
@@ -74,10 +82,15 @@ pub struct CatalogFileService {
 impl Catalog {
     /// Builds a catalog from the file shape. Service-level tags default to
     /// the union of the instances' tags; services listed twice are merged.
+    /// A service's seniority (`created`) is its first position in the file:
+    /// the earlier listed keeps a contested route.
     pub fn from_file(file: CatalogFile) -> Catalog {
         let mut services: BTreeMap<String, CatalogService> = BTreeMap::new();
-        for s in file.services {
-            let entry = services.entry(s.name).or_default();
+        for (position, s) in file.services.into_iter().enumerate() {
+            let entry = services.entry(s.name).or_insert_with(|| CatalogService {
+                created: position as u64,
+                ..CatalogService::default()
+            });
             entry.tags.extend(s.tags);
             for i in &s.instances {
                 entry.tags.extend(i.tags.iter().cloned());
@@ -119,7 +132,6 @@ pub struct Service {
     /// Path prefix, without a trailing `/` (never `/` alone: that is no
     /// path). It matches itself and what continues it after a `/`.
     pub path: Option<String>,
-
     pub healthcheck: Option<String>,
     pub sticky: bool,
     pub servers: Vec<Server>,
@@ -314,11 +326,14 @@ fn invalid(tag: &str, message: impl Into<String>) -> Invalid {
 impl Desired {
     /// Validates a catalog. Returns the desired state and the warnings, both
     /// deterministic for a given catalog.
+    ///
+    /// Contested routes: a host (+ path) or a frontend port claimed by two
+    /// valid services belongs to the senior one (the lower
+    /// [`CatalogService::created`], then the first by name); the other is
+    /// left out with a warning naming both.
     pub fn build(catalog: &Catalog, ctx: &Context) -> (Desired, Vec<Warning>) {
         let mut warnings = Vec::new();
-        let mut services = Vec::new();
-        let mut ports: BTreeSet<u16> = ctx.reserved_ports.iter().copied().collect();
-        let mut routes: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut valid: Vec<(u64, Service)> = Vec::new();
         for (name, cs) in &catalog.services {
             if !enabled(&cs.tags) {
                 // `HAPROXY.ENABLE=TRUE`, `=yes`...: most likely meant to expose.
@@ -345,43 +360,76 @@ impl Desired {
             };
             match build_service(name, cs, ctx, &mut warn) {
                 Err(e) => warn(&e.tag, format!("{}; service left out", e.message)),
-                Ok(svc) => {
-                    // Conflicts with services already accepted (earlier by name).
-                    if let Some(p) = svc.frontend_port {
-                        if ports.contains(&p) {
-                            warn(
-                                "HAPROXY.FRONTEND.PORT",
-                                format!("port {p} is already bound by another frontend; service left out"),
-                            );
-                            continue;
-                        }
+                Ok(svc) => valid.push((cs.created, svc)),
+            }
+        }
+
+        // Claims are granted by seniority; the catalog is keyed by name, so
+        // the stable sort keeps ties in name order.
+        valid.sort_by_key(|(created, _)| *created);
+        let mut ports: BTreeMap<u16, Option<String>> =
+            ctx.reserved_ports.iter().map(|p| (*p, None)).collect();
+        let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut services = Vec::with_capacity(valid.len());
+        for (_, svc) in valid {
+            let mut refuse = |tag: &str, message: String| {
+                warnings.push(Warning {
+                    service: svc.name.clone(),
+                    tag: tag.to_string(),
+                    message: format!("{message}; service left out"),
+                })
+            };
+            if let Some(p) = svc.frontend_port {
+                match ports.get(&p) {
+                    None => {}
+                    Some(None) => {
+                        refuse(
+                            "HAPROXY.FRONTEND.PORT",
+                            format!("port {p} is bound by the HTTP frontend or the stats listener"),
+                        );
+                        continue;
                     }
-                    let my_routes: Vec<(String, String)> = if svc.mode == Mode::Http {
-                        svc.vhosts
-                            .iter()
-                            .map(|h| (h.clone(), svc.path.clone().unwrap_or_default()))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    if let Some(r) = my_routes.iter().find(|r| routes.contains(*r)) {
-                        warn(
-                            "HAPROXY.VHOST",
+                    Some(Some(owner)) => {
+                        refuse(
+                            "HAPROXY.FRONTEND.PORT",
                             format!(
-                                "route {}{} is already taken by another service; service left out",
-                                r.0, r.1
+                                "port {p} is held by service {owner:?}, which claimed it first"
                             ),
                         );
                         continue;
                     }
-                    if let Some(p) = svc.frontend_port {
-                        ports.insert(p);
-                    }
-                    routes.extend(my_routes);
-                    services.push(svc);
                 }
             }
+            let my_routes: Vec<(String, String)> = if svc.mode == Mode::Http {
+                svc.vhosts
+                    .iter()
+                    .map(|h| (h.clone(), svc.path.clone().unwrap_or_default()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if let Some((r, owner)) = my_routes
+                .iter()
+                .find_map(|r| routes.get(r).map(|owner| (r, owner)))
+            {
+                refuse(
+                    "HAPROXY.VHOST",
+                    format!(
+                        "route {}{} is held by service {owner:?}, which claimed it first",
+                        r.0, r.1
+                    ),
+                );
+                continue;
+            }
+            if let Some(p) = svc.frontend_port {
+                ports.insert(p, Some(svc.name.clone()));
+            }
+            for r in my_routes {
+                routes.insert(r, svc.name.clone());
+            }
+            services.push(svc);
         }
+        services.sort_by(|a, b| a.name.cmp(&b.name));
         warnings.sort();
         warnings.dedup();
         (Desired { services }, warnings)
@@ -806,6 +854,59 @@ mod tests {
 
     fn names(d: &Desired) -> Vec<&str> {
         d.services.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    #[test]
+    fn the_senior_service_keeps_a_contested_route_or_port() {
+        let http = |id: &str, vhost: &str| {
+            vec![inst(
+                id,
+                "10.0.0.1",
+                80,
+                &["HAPROXY.ENABLE=true", &format!("HAPROXY.VHOST={vhost}")],
+            )]
+        };
+        let tcp = |id: &str| {
+            vec![inst(
+                id,
+                "10.0.0.1",
+                80,
+                &[
+                    "HAPROXY.ENABLE=true",
+                    "HAPROXY.PROTOCOL=tcp",
+                    "HAPROXY.FRONTEND.PORT=9000",
+                ],
+            )]
+        };
+        // In the file, the later-named services come first: they hold.
+        let c = catalog(&[
+            ("zeta", http("z1", "x.com")),
+            ("omega", tcp("o1")),
+            ("alpha", http("a1", "x.com,y.com")),
+            ("beta", tcp("b1")),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert_eq!(names(&d), ["omega", "zeta"], "{w:?}");
+        assert_eq!(w.len(), 2, "{w:?}");
+        let alpha = w.iter().find(|w| w.service == "alpha").unwrap();
+        assert!(
+            alpha.message.contains("\"zeta\"") && alpha.message.contains("left out"),
+            "{alpha}"
+        );
+        let beta = w.iter().find(|w| w.service == "beta").unwrap();
+        assert_eq!(beta.tag, "HAPROXY.FRONTEND.PORT");
+        assert!(beta.message.contains("\"omega\""), "{beta}");
+
+        // Consul: the lowest CreateIndex holds, whatever the names.
+        let mut c = c;
+        c.services.get_mut("alpha").unwrap().created = 5;
+        c.services.get_mut("zeta").unwrap().created = 7;
+        let (d, _) = Desired::build(&c, &ctx());
+        assert!(names(&d).contains(&"alpha") && !names(&d).contains(&"zeta"));
+        // A tie: the first by name.
+        c.services.get_mut("zeta").unwrap().created = 5;
+        let (d, _) = Desired::build(&c, &ctx());
+        assert!(names(&d).contains(&"alpha") && !names(&d).contains(&"zeta"));
     }
 
     #[test]

@@ -245,7 +245,7 @@ fn file_cases() -> Vec<Case> {
     }
     // tcp without a frontend port.
     cases.push(next("HAPROXY.FRONTEND.PORT").with_tag("HAPROXY.PROTOCOL=tcp"));
-    // A port taken by the valid tcp service (which sorts first).
+    // A port taken by the valid tcp service (listed or registered first).
     let mut c = next("HAPROXY.FRONTEND.PORT")
         .with_tag("HAPROXY.PROTOCOL=tcp")
         .with_tag("HAPROXY.FRONTEND.PORT=9000");
@@ -362,8 +362,10 @@ fn hostile_catalog_file_entries_are_left_out_with_warnings() {
     netns::enter();
     let cases = file_cases();
     assert!(cases.len() >= 30, "only {} cases", cases.len());
-    let mut services: Vec<Value> = cases.iter().map(Case::file_json).collect();
-    services.extend(good_services());
+    // The valid services come first in the file: they hold their routes
+    // and ports against the later `zz-*-taken` claims (SPEC §12).
+    let mut services: Vec<Value> = good_services();
+    services.extend(cases.iter().map(Case::file_json));
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.json");
     std::fs::write(

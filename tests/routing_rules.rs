@@ -1,10 +1,15 @@
-//! Issue #9, item 6 (SPEC §12): routing that cannot be bypassed.
+//! Issue #9, items 6 and 7 (SPEC §12): routing that cannot be bypassed and
+//! route ownership that does not move.
 //!
 //! - A Host that is not a host name (optionally with `:port`) gets 400 and
 //!   never reaches a service; a trailing dot is the same host; `HAPROXY.PATH`
 //!   matches the prefix and what continues it after a `/`, never `/apix`.
+//! - A host (+ path) or a frontend port claimed by two services belongs to
+//!   the one that has held it longest (earliest in the catalog file, lowest
+//!   Consul `CreateIndex`), across supervisor restarts; the newcomer is left
+//!   out with a warning naming both.
 //!
-//! Real haproxy and demo backends; every test in its own network
+//! Real haproxy, consul and demo backends; every test in its own network
 //! namespace. Run as root: `cargo test --release --test routing_rules`.
 
 mod common;
@@ -13,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 const FRONT: &str = "127.0.0.1:8080";
@@ -78,6 +84,17 @@ fn wait_served(host: &str, path: &str, by: &str, sup: &Supervisor) {
             sup.log()
         );
     }
+}
+
+/// Stops a supervisor gracefully (its HAProxy with it) so the next one can
+/// bind the same ports.
+fn stop(mut sup: Supervisor) {
+    sup.signal(Signal::SIGTERM).unwrap();
+    assert!(
+        sup.wait_timeout(Duration::from_secs(20)).is_some(),
+        "supervisor did not stop; log:\n{}",
+        sup.log()
+    );
 }
 
 #[test]
@@ -195,4 +212,192 @@ fn host_header_is_a_host_name_and_paths_match_whole_segments() {
     assert_eq!(get_raw(Some("other.example.com"), "/api").0, 503);
     assert_eq!(get_raw(None, "/api").0, 503);
     assert_eq!(get_raw(None, "/").0, 503);
+}
+
+#[test]
+fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
+    netns::enter();
+    let old = Backend::start("zeta");
+    let old_tcp = Backend::start("zeta-tcp");
+    let new = Backend::start("alpha");
+    let new_tcp = Backend::start("alpha-tcp");
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.json");
+    let holders = [
+        file_service("zeta", &old, &["HAPROXY.VHOST=shared.example.com"]),
+        file_service(
+            "zeta-tcp",
+            &old_tcp,
+            &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9100"],
+        ),
+    ];
+    write_catalog(&catalog, &holders);
+    let cat = catalog.display().to_string();
+    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    wait_served("shared.example.com", "/", "zeta", &sup);
+
+    // Newcomers that sort first by name claim the same host and port.
+    let mut all = holders.to_vec();
+    all.push(file_service(
+        "alpha",
+        &new,
+        &["HAPROXY.VHOST=shared.example.com,alpha.example.com"],
+    ));
+    all.push(file_service(
+        "alpha-tcp",
+        &new_tcp,
+        &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9100"],
+    ));
+    write_catalog(&catalog, &all);
+    sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
+    let check = |sup: &Supervisor| {
+        let log = sup.log();
+        assert!(
+            log.contains(
+                r#"service "alpha": HAPROXY.VHOST: route shared.example.com is held by service "zeta", which claimed it first; service left out"#
+            ),
+            "{log}"
+        );
+        assert!(
+            log.contains(
+                r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT: port 9100 is held by service "zeta-tcp", which claimed it first; service left out"#
+            ),
+            "{log}"
+        );
+        assert_eq!(
+            served_by("shared.example.com", "/").as_deref(),
+            Some("zeta")
+        );
+        assert_eq!(
+            http_get("127.0.0.1:9100", "x", "/", REQ).map(|(s, b)| (s, b.trim_end().to_string())),
+            Ok((200, "zeta-tcp".to_string()))
+        );
+        // The newcomer is left out whole: its other host does not route.
+        assert_eq!(
+            http_get(FRONT, "alpha.example.com", "/", REQ).map(|r| r.0),
+            Ok(503)
+        );
+    };
+    check(&sup);
+
+    // After a restart, the same owners.
+    stop(sup);
+    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
+    wait_served("shared.example.com", "/", "zeta", &sup);
+    check(&sup);
+
+    // Once the holder is gone, the newcomer gets the host.
+    write_catalog(&catalog, &all[2..]);
+    wait_served("shared.example.com", "/", "alpha", &sup);
+}
+
+/// An agent registration with a TTL check (passing unless told otherwise).
+fn registration(id: &str, name: &str, port: u16, tags: &[&str]) -> Value {
+    let mut all = vec!["HAPROXY.ENABLE=true"];
+    all.extend_from_slice(tags);
+    json!({
+        "ID": id, "Name": name, "Address": "127.0.0.1", "Port": port, "Tags": all,
+        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "300s", "Status": "passing"}
+    })
+}
+
+#[test]
+fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_checks() {
+    netns::enter();
+    let consul = Consul::start();
+    let old = Backend::start("zeta");
+    let new = Backend::start("alpha");
+    let new2 = Backend::start("alpha2");
+    // zeta registers first.
+    consul.register(&registration(
+        "zeta-1",
+        "zeta",
+        old.port(),
+        &["HAPROXY.VHOST=shared.example.com", "HAPROXY.PATH=/app"],
+    ));
+    let addr = consul.addr();
+    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    wait_served("shared.example.com", "/app", "zeta", &sup);
+
+    // alpha (first by name) registers later for the same host and path
+    // (written differently: the same route).
+    consul.register(&registration(
+        "alpha-1",
+        "alpha",
+        new.port(),
+        &["HAPROXY.VHOST=shared.example.com.", "HAPROXY.PATH=/app/"],
+    ));
+    let warning = r#"service "alpha": HAPROXY.VHOST: route shared.example.com/app is held by service "zeta", which claimed it first; service left out"#;
+    sup.wait_for_log(warning, T);
+    assert_eq!(
+        served_by("shared.example.com", "/app").as_deref(),
+        Some("zeta")
+    );
+
+    // A second alpha instance, registered later still, changes nothing.
+    consul.register(&registration(
+        "alpha-2",
+        "alpha",
+        new2.port(),
+        &["HAPROXY.VHOST=shared.example.com.", "HAPROXY.PATH=/app/"],
+    ));
+    wait_until(T, "consul lists alpha-2", || {
+        consul.passing("alpha").len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        served_by("shared.example.com", "/app").as_deref(),
+        Some("zeta")
+    );
+
+    // A restarted supervisor agrees.
+    stop(sup);
+    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    sup.wait_for_log(warning, T);
+    wait_served("shared.example.com", "/app", "zeta", &sup);
+
+    // zeta's only instance fails its check: zeta keeps the route and
+    // answers 503 (no server); the route never falls to alpha.
+    consul.ttl_fail("zeta-1-ttl");
+    wait_until(T, "zeta has no passing instance", || {
+        consul.passing("zeta").is_empty()
+    });
+    wait_until(T, "zeta answers 503", || {
+        matches!(
+            http_get(FRONT, "shared.example.com", "/app", REQ),
+            Ok((503, _))
+        )
+    });
+    for _ in 0..20 {
+        let r = http_get(FRONT, "shared.example.com", "/app", REQ);
+        assert!(
+            matches!(&r, Ok((503, b)) if !b.contains("alpha")),
+            "the route moved while its holder was failing: {r:?}; log:\n{}",
+            sup.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And a restart while it fails does not hand the route over either.
+    stop(sup);
+    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    sup.wait_for_log(warning, T);
+    wait_until(T, "zeta answers 503 after the restart", || {
+        matches!(
+            http_get(FRONT, "shared.example.com", "/app", REQ),
+            Ok((503, _))
+        )
+    });
+
+    consul.ttl_pass("zeta-1-ttl");
+    wait_served("shared.example.com", "/app", "zeta", &sup);
+
+    // Deregistered, the holder leaves the route to the newcomer.
+    consul.deregister("zeta-1");
+    wait_until(T, "alpha takes the route", || {
+        matches!(
+            served_by("shared.example.com", "/app").as_deref(),
+            Some("alpha" | "alpha2")
+        )
+    });
 }

@@ -10,9 +10,12 @@
 //!
 //! When either fires, only the exposed services that are new, whose tags
 //! changed or whose check fingerprint changed are fetched with
-//! `/v1/health/service/<name>?passing` (a few at a time). A change the two
-//! queries cannot attribute to a service (say an instance without checks
-//! re-registered with a new address) refetches every exposed service.
+//! `/v1/health/service/<name>` (a few at a time): every instance with its
+//! checks (passing when all of them pass, as `?passing` filters) and its
+//! `CreateIndex`, the lowest of which is the service's seniority when two
+//! services claim one route (SPEC §12). A change the two queries cannot
+//! attribute to a service (say an instance without checks re-registered
+//! with a new address) refetches every exposed service.
 //!
 //! Index rules (SPEC §2): an index that goes backwards resets to 0 (and
 //! forces a full refetch); an unchanged index changes nothing. Errors and
@@ -128,6 +131,15 @@ struct HealthCheck {
 struct ServiceEntry {
     node: EntryNode,
     service: EntryService,
+    #[serde(default)]
+    checks: Option<Vec<EntryCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct EntryCheck {
+    #[serde(default)]
+    status: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +162,8 @@ struct EntryService {
     tags: Option<Vec<String>>,
     #[serde(default)]
     weights: Option<Weights>,
+    #[serde(default)]
+    create_index: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,26 +251,39 @@ impl Client {
         Ok(Answer { index, body })
     }
 
-    /// Passing instances of one service.
-    async fn passing_instances(&self, name: &str) -> Result<Vec<Instance>, ConsulError> {
-        let path = format!("/v1/health/service/{}?passing=1", encode(name));
+    /// Every instance of one service (passing when all its checks pass,
+    /// node checks included, as `?passing` would filter), and the lowest
+    /// `CreateIndex` among them (`None` without instances).
+    async fn instances(&self, name: &str) -> Result<(Vec<Instance>, Option<u64>), ConsulError> {
+        let path = format!("/v1/health/service/{}", encode(name));
         let a: Answer<Vec<ServiceEntry>> = self.get(&path, None).await?;
-        Ok(a.body
-            .into_iter()
-            .map(|e| Instance {
-                id: e.service.id,
-                address: if e.service.address.is_empty() {
-                    e.node.address
-                } else {
-                    e.service.address
-                },
-                port: e.service.port,
-                tags: e.service.tags.unwrap_or_default(),
-                weight: e.service.weights.map(|w| w.passing).unwrap_or(1),
-                passing: true,
-            })
-            .collect())
+        Ok(instances_of(a.body))
     }
+}
+
+fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>) {
+    let created = entries.iter().map(|e| e.service.create_index).min();
+    let instances = entries
+        .into_iter()
+        .map(|e| Instance {
+            passing: e
+                .checks
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .all(|c| c.status == "passing"),
+            id: e.service.id,
+            address: if e.service.address.is_empty() {
+                e.node.address
+            } else {
+                e.service.address
+            },
+            port: e.service.port,
+            tags: e.service.tags.unwrap_or_default(),
+            weight: e.service.weights.map(|w| w.passing).unwrap_or(1),
+        })
+        .collect();
+    (instances, created)
 }
 
 /// Percent-encodes a path segment (service names are untrusted).
@@ -317,8 +344,10 @@ struct State {
     tags: Option<BTreeMap<String, Vec<String>>>,
     /// Check fingerprint per service name, from `/v1/health/state/any`.
     fps: Option<HashMap<String, u64>>,
-    /// Passing instances per exposed service, as last fetched.
+    /// Instances per exposed service, as last fetched.
     instances: BTreeMap<String, Vec<Instance>>,
+    /// Lowest `CreateIndex` per exposed service, as last fetched.
+    created: BTreeMap<String, u64>,
     /// Services to refetch before the next publish.
     dirty: BTreeSet<String>,
     /// Refetch every exposed service (first run, index reset, unattributed change).
@@ -383,6 +412,7 @@ impl State {
             .map(|(n, _)| n)
             .collect();
         self.instances.retain(|n, _| exposed.contains(n));
+        self.created.retain(|n, _| exposed.contains(n));
         // A name the model rejects is left out whatever its instances are,
         // and Consul itself may refuse to look it up (a newline in the name
         // is a 400): fetching it would fail every refresh, so it is not
@@ -402,15 +432,19 @@ impl State {
             let sem = sem.clone();
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let r = client.passing_instances(&name).await;
+                let r = client.instances(&name).await;
                 (name, r)
             });
         }
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok((name, Ok(inst))) => {
+                Ok((name, Ok((inst, created)))) => {
                     self.dirty.remove(&name);
+                    match created {
+                        Some(c) => self.created.insert(name.clone(), c),
+                        None => self.created.remove(&name),
+                    };
                     self.instances.insert(name, inst);
                 }
                 Ok((_, Err(e))) => {
@@ -431,6 +465,8 @@ impl State {
                 CatalogService {
                     tags: tags[name].clone(),
                     instances: self.instances.get(name).cloned().unwrap_or_default(),
+                    // No instance seen (yet): the most junior.
+                    created: self.created.get(name).copied().unwrap_or(u64::MAX),
                 },
             );
         }
@@ -465,6 +501,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         tags: None,
         fps: None,
         instances: BTreeMap::new(),
+        created: BTreeMap::new(),
         dirty: BTreeSet::new(),
         all_dirty: true,
         recovering: false,
@@ -609,6 +646,45 @@ mod tests {
         assert_eq!(next_index(5, 5), (5, false));
         assert_eq!(next_index(5, 7), (7, true));
         assert_eq!(next_index(7, 3), (0, true));
+    }
+
+    #[test]
+    fn instances_pass_when_every_check_passes_and_the_oldest_dates_the_service() {
+        let entries: Vec<ServiceEntry> = serde_json::from_str(
+            r#"[
+              {"Node": {"Address": "10.0.0.9"},
+               "Service": {"ID": "w1", "Address": "", "Port": 80, "CreateIndex": 30},
+               "Checks": [{"Status": "passing"}, {"Status": "passing"}]},
+              {"Node": {"Address": "10.0.0.9"},
+               "Service": {"ID": "w2", "Address": "10.0.0.2", "Port": 80, "CreateIndex": 12,
+                           "Weights": {"Passing": 3, "Warning": 1}},
+               "Checks": [{"Status": "passing"}, {"Status": "critical"}]},
+              {"Node": {"Address": "10.0.0.9"},
+               "Service": {"ID": "w3", "Address": "10.0.0.3", "Port": 80, "CreateIndex": 40},
+               "Checks": [{"Status": "warning"}]},
+              {"Node": {"Address": "10.0.0.9"},
+               "Service": {"ID": "w4", "Address": "10.0.0.4", "Port": 80, "CreateIndex": 41},
+               "Checks": null}
+            ]"#,
+        )
+        .unwrap();
+        let (inst, created) = instances_of(entries);
+        assert_eq!(created, Some(12));
+        let passing: Vec<(&str, &str, bool)> = inst
+            .iter()
+            .map(|i| (i.id.as_str(), i.address.as_str(), i.passing))
+            .collect();
+        assert_eq!(
+            passing,
+            [
+                ("w1", "10.0.0.9", true),
+                ("w2", "10.0.0.2", false),
+                ("w3", "10.0.0.3", false),
+                ("w4", "10.0.0.4", true)
+            ]
+        );
+        assert_eq!(inst[1].weight, 3);
+        assert_eq!(instances_of(Vec::new()).1, None);
     }
 
     #[test]
