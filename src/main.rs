@@ -17,6 +17,20 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(settings.log_format);
+    // The Consul token is ours alone: HAProxy, haproxy -c and every other
+    // child start without it (their environment is inherited from ours).
+    // Still single-threaded here, so changing the environment is sound.
+    for var in ["CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE"] {
+        std::env::remove_var(var);
+    }
+    match settings.resolve_user() {
+        Ok(None) => {}
+        Ok(Some(note)) => tracing::warn!("{note}"),
+        Err(e) => {
+            eprintln!("haproxy-supervisor: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
         if let Some(w) = settings.fit_fd_limit(limit) {
             tracing::warn!("{w}");

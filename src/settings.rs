@@ -155,12 +155,29 @@ pub struct Options {
     /// Port of the stats page and /_haproxy_health_check [default: 4444]
     #[arg(long, env = "HAPROXY_STATS_PORT", global = true)]
     pub stats_port: Option<String>,
+    /// IP address the stats listener binds, e.g. 127.0.0.1 [default: every address]
+    #[arg(long, env = "HAPROXY_STATS_BIND", global = true)]
+    pub stats_bind: Option<String>,
+    /// Credentials of the stats page, user:password [default: none, the page is open]
+    #[arg(
+        long,
+        env = "HAPROXY_STATS_AUTH",
+        global = true,
+        hide_env_values = true
+    )]
+    pub stats_auth: Option<String>,
+    /// User HAProxy runs as after binding; empty: stay root [default: haproxy, if that user exists]
+    #[arg(long, env = "HAPROXY_USER", global = true)]
+    pub haproxy_user: Option<String>,
     /// seamless, syn-drop or plain [default: seamless]
     #[arg(long, env = "HAPROXY_RELOAD_STRATEGY", global = true)]
     pub reload_strategy: Option<String>,
     /// Quiescence before a reload, min:max as consul-template's wait [default: 100ms:1s]
     #[arg(long, env = "HAPROXY_RELOAD_WAIT", global = true)]
     pub reload_wait: Option<String>,
+    /// Port of the supervisor's status server: /metrics, /healthz, /readyz, /status [default: 4445]
+    #[arg(long, env = "HAPROXY_STATUS_PORT", global = true)]
+    pub status_port: Option<String>,
     /// Quiescence before a change that needs no reload is applied live [default: 10ms]
     #[arg(long, env = "HAPROXY_LIVE_WAIT", global = true)]
     pub live_wait: Option<String>,
@@ -207,7 +224,57 @@ pub struct HaproxyVars {
     pub log_target: String,
     pub http_port: u16,
     pub stats_port: u16,
+    /// Address part of the stats listener's `bind`: `*`, an IPv4 address
+    /// or a bracketed IPv6 address.
+    pub stats_bind: String,
+    /// `stats auth` credentials (`user:password`).
+    pub stats_auth: Option<Secret>,
+    /// `user` and `group` in `global`: whom HAProxy serves as once bound.
+    /// Filled by [`Settings::resolve_user`] from the machine's users.
+    pub user: Option<String>,
+    pub group: Option<String>,
 }
+
+/// A value that goes into the config but never into a log: `Debug` hides
+/// it; it serializes (for the template) as itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// `HAPROXY_USER`: whom HAProxy drops to after binding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HaproxyUser {
+    /// Unset: `haproxy` when that user exists and we run as root.
+    Default,
+    /// Set empty: HAProxy keeps the supervisor's user.
+    Off,
+    /// Set: this user, which must exist.
+    Named(String),
+}
+
+/// The user the default `HAPROXY_USER` picks (Debian's haproxy package
+/// creates it).
+pub const DEFAULT_HAPROXY_USER: &str = "haproxy";
 
 impl Default for HaproxyVars {
     fn default() -> Self {
@@ -245,10 +312,15 @@ pub struct Settings {
     pub reload_wait_max: Duration,
     /// Quiescence before a live change (no reload needed).
     pub live_wait: Duration,
+    /// The status server's port.
+    pub status_port: u16,
     /// Whether server and map changes are applied through the runtime API.
     pub live_changes: bool,
     pub hard_stop_after: Duration,
     pub stop_timeout: Duration,
+    /// `HAPROXY_USER` as given; [`Settings::resolve_user`] turns it into
+    /// `vars.user` / `vars.group`.
+    pub haproxy_user: HaproxyUser,
 }
 
 fn err(
@@ -424,6 +496,10 @@ impl Settings {
             log_target,
             http_port: port(&o.http_port, "HAPROXY_HTTP_PORT", "http-port", 8080)?,
             stats_port: port(&o.stats_port, "HAPROXY_STATS_PORT", "stats-port", 4444)?,
+            stats_bind: stats_bind(o.stats_bind.as_deref())?,
+            stats_auth: stats_auth(o.stats_auth.as_deref())?,
+            user: None,
+            group: None,
         };
         if vars.http_port == vars.stats_port {
             return Err(err(
@@ -505,10 +581,65 @@ impl Settings {
             reload_wait_min,
             reload_wait_max,
             live_wait: live_wait.min(reload_wait_max),
+            status_port: port(&o.status_port, "HAPROXY_STATUS_PORT", "status-port", 4445)?,
             live_changes: !o.no_live,
             hard_stop_after,
             stop_timeout,
+            haproxy_user: haproxy_user(o.haproxy_user.as_deref())?,
         })
+    }
+
+    /// Resolves `HAPROXY_USER` against the machine's user database and
+    /// fills `vars.user` / `vars.group` (the user's primary group). The
+    /// default picks [`DEFAULT_HAPROXY_USER`] when it exists and we are
+    /// root (only root can switch); otherwise HAProxy keeps our user, and
+    /// the returned note says so when that user is root. A named user that
+    /// does not exist is an error.
+    pub fn resolve_user(&mut self) -> Result<Option<String>, SettingsError> {
+        use nix::unistd::{Group, Uid, User};
+        let root = Uid::effective().is_root();
+        let (name, explicit) = match &self.haproxy_user {
+            HaproxyUser::Off => {
+                self.vars.user = None;
+                self.vars.group = None;
+                return Ok(root.then(|| "HAPROXY_USER is empty: HAProxy runs as root".to_string()));
+            }
+            HaproxyUser::Default => (DEFAULT_HAPROXY_USER.to_string(), false),
+            HaproxyUser::Named(n) => (n.clone(), true),
+        };
+        let bad = |reason: String| err("HAPROXY_USER", "haproxy-user", &name, reason);
+        let user = match User::from_name(&name) {
+            Ok(Some(u)) => u,
+            Ok(None) if explicit => return Err(bad("no such user on this machine".into())),
+            Err(e) if explicit => return Err(bad(format!("cannot look the user up: {e}"))),
+            _ => {
+                self.vars.user = None;
+                self.vars.group = None;
+                return Ok(root.then(|| {
+                    format!(
+                        "no {DEFAULT_HAPROXY_USER:?} user on this machine: HAProxy runs as root (set HAPROXY_USER to an unprivileged user)"
+                    )
+                }));
+            }
+        };
+        if !explicit && !root {
+            // Not root: HAProxy could not switch users, and needs not.
+            self.vars.user = None;
+            self.vars.group = None;
+            return Ok(None);
+        }
+        let group = match Group::from_gid(user.gid) {
+            Ok(Some(g)) if is_account_name(&g.name) => g.name,
+            _ => {
+                return Err(bad(format!(
+                    "the user's primary group {} has no usable name",
+                    user.gid
+                )))
+            }
+        };
+        self.vars.user = Some(name);
+        self.vars.group = Some(group);
+        Ok(None)
     }
 
     /// HAProxy refuses to start when it cannot get about two descriptors per
@@ -533,6 +664,72 @@ impl Settings {
     /// The admin socket HAProxy exposes its listeners on (for `-x`).
     pub fn admin_socket(&self) -> PathBuf {
         self.run_dir.join("admin.sock")
+    }
+}
+
+/// A user or group name HAProxy's `user` / `group` can carry verbatim.
+fn is_account_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+}
+
+fn haproxy_user(v: Option<&str>) -> Result<HaproxyUser, SettingsError> {
+    match v {
+        None => Ok(HaproxyUser::Default),
+        Some("") => Ok(HaproxyUser::Off),
+        Some(n) if is_account_name(n) => Ok(HaproxyUser::Named(n.to_string())),
+        Some(n) => Err(err(
+            "HAPROXY_USER",
+            "haproxy-user",
+            n,
+            "expected a user name (letters, digits, '.', '_', '-') or nothing",
+        )),
+    }
+}
+
+/// `HAPROXY_STATS_BIND`: an IP address (unset or empty: every address).
+fn stats_bind(v: Option<&str>) -> Result<String, SettingsError> {
+    match v {
+        None | Some("") => Ok("*".to_string()),
+        Some(s) => match s.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(a)) => Ok(a.to_string()),
+            Ok(std::net::IpAddr::V6(a)) => Ok(format!("[{a}]")),
+            Err(_) => Err(err(
+                "HAPROXY_STATS_BIND",
+                "stats-bind",
+                s,
+                "expected an IP address such as 127.0.0.1 or ::1",
+            )),
+        },
+    }
+}
+
+/// `HAPROXY_STATS_AUTH`: `user:password`, each part non-empty printable
+/// ASCII without whitespace, quotes, `#` or backslash (they would change
+/// the config line). The value is a secret: an error never repeats it.
+fn stats_auth(v: Option<&str>) -> Result<Option<Secret>, SettingsError> {
+    let Some(s) = v.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| err("HAPROXY_STATS_AUTH", "stats-auth", "<hidden>", reason);
+    if s.len() > 256 {
+        return Err(bad("longer than 256 characters"));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"\"'\\#".contains(&b))
+    {
+        return Err(bad(
+            "only printable ASCII without whitespace, quotes, '#' or backslash",
+        ));
+    }
+    match s.split_once(':') {
+        Some((user, pass)) if !user.is_empty() && !pass.is_empty() => Ok(Some(Secret::new(s))),
+        _ => Err(bad("expected user:password")),
     }
 }
 
@@ -631,5 +828,81 @@ mod tests {
         assert_eq!(e.var, "HAPROXY_STATS_PORT");
         let e = with(|o| o.consul = Some("ftp://x".into())).unwrap_err();
         assert_eq!(e.var, "CONSUL_HTTP_ADDR");
+    }
+
+    #[test]
+    fn stats_bind_is_an_ip_address() {
+        assert_eq!(with(|_| {}).unwrap().vars.stats_bind, "*");
+        let s = with(|o| o.stats_bind = Some("127.0.0.1".into())).unwrap();
+        assert_eq!(s.vars.stats_bind, "127.0.0.1");
+        let s = with(|o| o.stats_bind = Some("::1".into())).unwrap();
+        assert_eq!(s.vars.stats_bind, "[::1]");
+        for bad in ["localhost", "127.0.0.1:80", "*", "127.0.0.1 \n", "[::1]"] {
+            let e = with(|o| o.stats_bind = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "HAPROXY_STATS_BIND", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stats_auth_is_validated_and_never_shown() {
+        assert!(with(|_| {}).unwrap().vars.stats_auth.is_none());
+        let s = with(|o| o.stats_auth = Some("admin:s3cr$t:x".into())).unwrap();
+        assert_eq!(
+            s.vars.stats_auth.as_ref().map(Secret::expose),
+            Some("admin:s3cr$t:x")
+        );
+        // Neither Debug nor an error shows the password.
+        assert!(!format!("{s:?}").contains("s3cr"), "{s:?}");
+        for bad in [
+            "adminzq",
+            ":zq",
+            "zq:",
+            "admin:zq word",
+            "admin:zq\"",
+            "admin:zq'",
+            "admin:zq#",
+            "admin:zq\\",
+            "admin:zq\nstats enable",
+            "admin:zqä",
+        ] {
+            let e = with(|o| o.stats_auth = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "HAPROXY_STATS_AUTH", "{bad:?}");
+            assert!(!e.to_string().contains("zq"), "{e}");
+        }
+    }
+
+    #[test]
+    fn haproxy_user_setting() {
+        assert_eq!(with(|_| {}).unwrap().haproxy_user, HaproxyUser::Default);
+        let s = with(|o| o.haproxy_user = Some(String::new())).unwrap();
+        assert_eq!(s.haproxy_user, HaproxyUser::Off);
+        let s = with(|o| o.haproxy_user = Some("www-data".into())).unwrap();
+        assert_eq!(s.haproxy_user, HaproxyUser::Named("www-data".into()));
+        let e = with(|o| o.haproxy_user = Some("a b".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_USER");
+
+        // Resolution against this machine's users.
+        let mut s = with(|o| o.haproxy_user = Some("no-such-user-here".into())).unwrap();
+        assert_eq!(s.resolve_user().unwrap_err().var, "HAPROXY_USER");
+        let mut s = with(|o| o.haproxy_user = Some(String::new())).unwrap();
+        s.resolve_user().unwrap();
+        assert_eq!(s.vars.user, None);
+        let mut s = with(|o| o.haproxy_user = Some("root".into())).unwrap();
+        s.resolve_user().unwrap();
+        assert_eq!(s.vars.user.as_deref(), Some("root"));
+        assert_eq!(s.vars.group.as_deref(), Some("root"));
+        // The default: the haproxy user when it exists and we are root.
+        let mut s = with(|_| {}).unwrap();
+        s.resolve_user().unwrap();
+        let exists = nix::unistd::User::from_name(DEFAULT_HAPROXY_USER)
+            .ok()
+            .flatten()
+            .is_some();
+        let root = nix::unistd::Uid::effective().is_root();
+        assert_eq!(
+            s.vars.user.as_deref(),
+            (exists && root).then_some(DEFAULT_HAPROXY_USER)
+        );
+        assert_eq!(s.vars.group.is_some(), s.vars.user.is_some());
     }
 }

@@ -24,6 +24,12 @@
 //! replacing a non-empty one is believed only once it has been seen for
 //! [`EMPTY_GRACE`]: an agent that restarts answers "nothing" before it has
 //! synced.
+//!
+//! An ACL denial (HTTP 403) is reported as an authorization error naming
+//! where the token came from, not as an outage. Consul 1.8 answers a
+//! token without read rights (the anonymous one included) with empty lists
+//! rather than 403: a catalog without even the `consul` service itself is
+//! reported as most likely that.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
@@ -49,6 +55,14 @@ const FETCH_CONCURRENCY: usize = 32;
 pub enum ConsulError {
     #[error("consul request {url} failed: {source}")]
     Http { url: String, source: reqwest::Error },
+    #[error(
+        "consul authorization error: {url} answered 403 ({body}) to a request made with {token_source}; the token needs service:read and node:read"
+    )]
+    Denied {
+        url: String,
+        body: String,
+        token_source: &'static str,
+    },
     #[error("consul request {url} answered {status}: {body}")]
     Status {
         url: String,
@@ -69,6 +83,14 @@ pub enum ConsulError {
     },
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+}
+
+/// Where the token sent to Consul came from, for authorization errors.
+fn token_source(token: &Option<String>) -> &'static str {
+    match token {
+        Some(_) => "the token from CONSUL_HTTP_TOKEN / --consul-token",
+        None => "no token (CONSUL_HTTP_TOKEN / --consul-token unset: Consul's anonymous token)",
+    }
 }
 
 /// Connection settings.
@@ -226,6 +248,16 @@ impl Client {
         let status = resp.status();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(http_err)?;
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(ConsulError::Denied {
+                url,
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
+                    .trim()
+                    .escape_debug()
+                    .to_string(),
+                token_source: token_source(&self.token),
+            });
+        }
         if !status.is_success() {
             return Err(ConsulError::Status {
                 url,
@@ -516,6 +548,8 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
     let mut health_q: Query<Vec<HealthCheck>> =
         query(&client, "/v1/health/state/any", 0, Duration::ZERO);
     let mut last_error: Option<String> = None;
+    // Whether the catalog was last seen empty (warned once per episode).
+    let mut warned_empty = false;
     // Whether each query's last answer was a success. After an error (an
     // agent restart, say) the other query's view is from before it, and a
     // catalog mixing the two is neither the old nor the new state: with the
@@ -528,7 +562,11 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         let mut report = |e: &ConsulError, st: &mut State| {
             let text = e.to_string();
             if last_error.as_ref() != Some(&text) {
-                tracing::warn!(error = %text, "consul unavailable; keeping the last good catalog and retrying");
+                if matches!(e, ConsulError::Denied { .. }) {
+                    tracing::error!(error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
+                } else {
+                    tracing::warn!(error = %text, "consul unavailable; keeping the last good catalog and retrying");
+                }
                 last_error = Some(text);
             }
             st.recovering = true;
@@ -542,6 +580,15 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     let (idx, changed) = next_index(cat_index, a.index);
                     let reset = idx == 0;
                     cat_index = if reset { 0 } else { idx };
+                    if a.body.is_empty() != warned_empty {
+                        warned_empty = a.body.is_empty();
+                        if warned_empty {
+                            tracing::warn!(
+                                "consul authorization: the catalog lists no service, not even consul's own; ACLs most likely hide them from {}, which needs service:read and node:read",
+                                token_source(&st.cfg.token)
+                            );
+                        }
+                    }
                     if changed {
                         let tags = a.body.into_iter().map(|(k, v)| {
                             let mut v = v.unwrap_or_default();
@@ -685,6 +732,22 @@ mod tests {
         );
         assert_eq!(inst[1].weight, 3);
         assert_eq!(instances_of(Vec::new()).1, None);
+    }
+
+    #[test]
+    fn a_denial_names_the_token_source() {
+        let e = ConsulError::Denied {
+            url: "http://c/v1/catalog/services".into(),
+            body: "ACL not found".into(),
+            token_source: token_source(&Some("s3cret".into())),
+        };
+        let t = e.to_string();
+        assert!(
+            t.contains("authorization") && t.contains("CONSUL_HTTP_TOKEN"),
+            "{t}"
+        );
+        assert!(!t.contains("s3cret") && !t.contains("unavailable"), "{t}");
+        assert!(token_source(&None).starts_with("no token"));
     }
 
     #[test]

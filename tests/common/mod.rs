@@ -646,6 +646,8 @@ pub struct Consul {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     log: PathBuf,
+    /// Arguments added to `consul agent -dev ...` (see [`Consul::start_with_args`]).
+    extra_args: Vec<String>,
 }
 
 impl Consul {
@@ -662,6 +664,27 @@ impl Consul {
             child: None,
             dir: Some(dir),
             log,
+            extra_args: Vec::new(),
+        };
+        consul.spawn();
+        consul
+    }
+
+    /// Like [`Consul::start`] with more agent arguments, e.g.
+    /// `["-hcl", "acl { enabled = true default_policy = \"deny\" }"]`.
+    /// Readiness then also accepts a 403 from `/v1/agent/self` (ACLs).
+    pub fn start_with_args(extra_args: &[&str]) -> Consul {
+        require("consul");
+        let dir = tempfile::Builder::new()
+            .prefix("consul-test-")
+            .tempdir()
+            .expect("create consul tempdir");
+        let log = dir.path().join("consul.log");
+        let mut consul = Consul {
+            child: None,
+            dir: Some(dir),
+            log,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         consul.spawn();
         consul
@@ -687,6 +710,7 @@ impl Consul {
             "-log-level",
             "warn",
         ])
+        .args(&self.extra_args)
         .env("CHECKPOINT_DISABLE", "1")
         .stdin(Stdio::null())
         .stdout(out)
@@ -713,7 +737,12 @@ impl Consul {
             }
             let leader = self.get("/v1/status/leader");
             let ready = matches!(&leader, Ok((200, body)) if !body.trim().trim_matches('"').is_empty())
-                && matches!(self.get("/v1/agent/self"), Ok((200, _)));
+                && match self.get("/v1/agent/self") {
+                    Ok((200, _)) => true,
+                    // With ACLs (default deny) the agent answers, but not to us.
+                    Ok((403, _)) => !self.extra_args.is_empty(),
+                    _ => false,
+                };
             if ready {
                 return;
             }
