@@ -1,46 +1,101 @@
 #!/usr/bin/env bash
-# Builds the haproxy-supervisor container image (docker/Dockerfile).
+# Builds the haproxy-supervisor container images from source (docker/Dockerfile)
+# with no registry and no network during `docker build`, from a clean clone.
+#
+#   scripts/docker-build.sh          build both variants
+#   scripts/docker-build.sh --test   run the container test (tests/docker_image.rs),
+#                                    which runs this script first
 #
 # Idempotent; run as root on Debian 12. Steps:
-#   1. installs docker.io and mmdebstrap if they are missing;
+#   1. installs docker.io, mmdebstrap, git, file and docker-compose if they
+#      are missing;
 #   2. starts dockerd in the background if its socket is missing or dead;
-#   3. builds the base image `haproxy-supervisor-base:bookworm` unless it exists:
-#      a Debian 12 rootfs made by mmdebstrap from this machine's own Debian
-#      mirror (read from /etc/apt/sources.list.d/debian.sources, or
-#      /etc/apt/sources.list), with haproxy, iptables, ca-certificates, procps
-#      and curl already in it, then `docker import`ed. No registry is needed;
-#      the Dockerfile's install step finds everything present and does nothing,
-#      so `docker build` needs no network either;
-#   4. `cargo build --release` (the supervisor and demo-backend);
-#   5. stages a small build context in target/docker-context and runs
-#      `docker build -f docker/Dockerfile`, then prints the image size.
+#   3. makes the local base images, each only when it is missing or its inputs
+#      (suite, packages, this machine's apt sources, this script's recipe, the
+#      Rust toolchain's version) changed — the inputs' hash is a label:
+#        haproxy-supervisor-base:bookworm  Debian 12 minbase + haproxy (2.6),
+#                                          iptables, ca-certificates, procps, curl
+#        haproxy-supervisor-base:trixie    the same from Debian 13 (HAProxy 3.0)
+#        haproxy-supervisor-rust:bookworm  Debian 12 minbase + gcc, libc6-dev and
+#                                          this machine's Rust toolchain (rustc,
+#                                          cargo, the std library; no docs)
+#      all made by mmdebstrap from this machine's own Debian mirror (read from
+#      /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list) and
+#      `docker import`ed;
+#   4. clones the repository (its HEAD commit: uncommitted changes are not in
+#      the image) into $DOCKER_CACHE_DIR/src and puts `cargo vendor --locked`
+#      output in docker/cargo/vendor of the clone (cached per Cargo.lock hash),
+#      so the build stage compiles offline;
+#   5. `docker build -f docker/Dockerfile <clone>` once per variant, with the
+#      local bases as RUST_IMAGE and BASE (Docker's layer cache skips what did
+#      not change: the compiled dependencies are reused until Cargo.lock
+#      changes, the compiled binary until src/ or templates/ change, and both
+#      variants share one build stage);
+#   6. prints each image's size, its base's size, its HAProxy version and
+#      `file` of the binary inside it; prunes the untagged leftovers of
+#      earlier builds of these images only.
 #
 # Environment:
-#   IMAGE=haproxy-supervisor:test           the tag to build
-#   BASE_IMAGE=haproxy-supervisor-base:bookworm
-#                                           the base; set it to a registry image
-#                                           (e.g. debian:bookworm-slim) to skip
-#                                           mmdebstrap and let docker pull it
-#   REBUILD_BASE=1                          rebuild the base image even if it exists
-#   SKIP_CARGO_BUILD=1                      use the binaries already in target/release
-#   CARGO_TARGET_DIR=target                 cargo's own variable, honoured
-#   STRIP_DEBUG=0                           keep debug info in the image's binary
+#   IMAGE=haproxy-supervisor:test               the Debian 12 (HAProxy 2.6) image
+#   IMAGE_TRIXIE=haproxy-supervisor:test-trixie the Debian 13 (HAProxy 3.0) image
+#   VARIANTS="bookworm trixie"                  which of the two to build
+#   RUST_IMAGE=haproxy-supervisor-rust:bookworm the build stage's base; e.g.
+#                                               rust:1-bookworm to pull it instead
+#   BASE_IMAGE=haproxy-supervisor-base:bookworm the runtime base of each variant;
+#   BASE_IMAGE_TRIXIE=haproxy-supervisor-base:trixie  registry images (debian:
+#                                               bookworm-slim, debian:trixie-slim)
+#                                               skip mmdebstrap
+#   REBUILD_BASE=1                              rebuild the local bases regardless
+#   VENDOR=0                                    no vendored crates: the build
+#                                               stage downloads from crates.io
+#   NETWORK=none                                `docker build --network`: none
+#                                               (the default when the crates are
+#                                               vendored and the bases local, so
+#                                               that nothing can be downloaded),
+#                                               else Docker's default
+#   COMPOSE=1                                   also install docker-compose (Debian's
+#                                               package) if no compose is present
+#   DOCKER_CACHE_DIR=$CARGO_TARGET_DIR/docker-cache   clone, vendor cache, logs
+#   DOCKER_BUILDKIT=0                           the classic builder (needs no
+#                                               buildx plugin); 1 for BuildKit
 set -euo pipefail
-
-IMAGE=${IMAGE:-haproxy-supervisor:test}
-LOCAL_BASE=haproxy-supervisor-base:bookworm
-BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}
-REBUILD_BASE=${REBUILD_BASE:-0}
-SKIP_CARGO_BUILD=${SKIP_CARGO_BUILD:-0}
-STRIP_DEBUG=${STRIP_DEBUG:-1}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
+if [ "${1-}" = --test ]; then
+  exec cargo test --release --test docker_image -- --nocapture
+elif [ $# -gt 0 ]; then
+  echo "usage: $0 [--test]" >&2
+  exit 2
+fi
+
+IMAGE=${IMAGE:-haproxy-supervisor:test}
+IMAGE_TRIXIE=${IMAGE_TRIXIE:-haproxy-supervisor:test-trixie}
+VARIANTS=${VARIANTS:-bookworm trixie}
+LOCAL_RUST=haproxy-supervisor-rust:bookworm
+RUST_IMAGE=${RUST_IMAGE:-$LOCAL_RUST}
+BASE_IMAGE=${BASE_IMAGE:-haproxy-supervisor-base:bookworm}
+BASE_IMAGE_TRIXIE=${BASE_IMAGE_TRIXIE:-haproxy-supervisor-base:trixie}
+REBUILD_BASE=${REBUILD_BASE:-0}
+VENDOR=${VENDOR:-1}
+COMPOSE=${COMPOSE:-1}
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+cache=${DOCKER_CACHE_DIR:-$target_dir/docker-cache}
+BUILD_TAG=haproxy-supervisor-build:cache
+RUNTIME_PACKAGES=haproxy,iptables,ca-certificates,procps,curl
+RUST_PACKAGES=gcc,libc6-dev
+
 log() { printf 'docker-build: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+started=$SECONDS
 
 [ "$(id -u)" = 0 ] || die "run as root (installs packages, starts dockerd, runs mmdebstrap)"
+for v in $VARIANTS; do
+  case $v in bookworm | trixie) ;; *) die "unknown variant '$v' (bookworm, trixie)" ;; esac
+done
 
 # --- 1. tools -----------------------------------------------------------------
 apt_updated=0
@@ -54,12 +109,19 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+is_local_base() { [[ "$1" == haproxy-supervisor-base:* || "$1" == "$LOCAL_RUST" ]]; }
 need=()
 command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 # docker.io also brings the client; a client may already be in /usr/local/bin.
 command -v docker >/dev/null 2>&1 || [[ " ${need[*]-} " == *" docker.io "* ]] || need+=(docker.io)
-if [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
+command -v git >/dev/null 2>&1 || need+=(git)
+if is_local_base "$RUST_IMAGE" || is_local_base "$BASE_IMAGE" || is_local_base "$BASE_IMAGE_TRIXIE"; then
   command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+fi
+command -v file >/dev/null 2>&1 || need+=(file)
+# The compose example's test (tests/docker_image.rs) runs docker/compose.yml.
+if [ "$COMPOSE" = 1 ] && ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  need+=(docker-compose)
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 
@@ -97,121 +159,218 @@ for pid in $(pidof dockerd 2>/dev/null || true); do
   fi
 done
 
-# --- 3. the base image --------------------------------------------------------
-# Prints one-line apt sources ("deb URI SUITE COMPONENTS"), one per URI and
-# suite, from this machine's own configuration, with the release codename in
-# each suite replaced by bookworm (so trixie-security becomes bookworm-security).
+# One build at a time on this machine (two would fight over the tags, the
+# clone and the cache).
+mkdir -p "$cache"
+exec 9>"$cache/lock"
+if ! flock -n 9; then
+  log "another docker-build.sh is running; waiting for it"
+  flock 9
+fi
+
+# --- 3. the base images -------------------------------------------------------
+# Prints one-line apt sources ("deb [signed-by=...] URI SUITE COMPONENTS"), one
+# per URI and suite, from this machine's own configuration, with the release
+# codename in each suite replaced by $1 (bookworm-security -> trixie-security).
 machine_sources() {
-  local deb822=/etc/apt/sources.list.d/debian.sources
+  local codename=$1 deb822=/etc/apt/sources.list.d/debian.sources
   if [ -f "$deb822" ]; then
-    awk '
+    awk -v codename="$codename" '
       function flush() {
         if (types ~ /(^| )deb( |$)/ && uris != "" && suites != "") {
           n = split(uris, u, " "); m = split(suites, s, " ")
+          opt = (signed == "" ? "" : "[signed-by=" signed "] ")
           for (i = 1; i <= n; i++) for (j = 1; j <= m; j++) {
-            suite = s[j]; sub(/^[a-z]+/, "bookworm", suite)
-            print "deb " u[i] " " suite " " (comps == "" ? "main" : comps)
+            suite = s[j]; sub(/^[a-z]+/, codename, suite)
+            print "deb " opt u[i] " " suite " " (comps == "" ? "main" : comps)
           }
         }
-        types = uris = suites = comps = ""
+        types = uris = suites = comps = signed = ""
       }
       /^[[:space:]]*#/ { next }
       /^[[:space:]]*$/ { flush(); next }
       { key = $1; sub(/:$/, "", key); $1 = ""; sub(/^[[:space:]]+/, "")
         if (key == "Types") types = $0; else if (key == "URIs") uris = $0
-        else if (key == "Suites") suites = $0; else if (key == "Components") comps = $0 }
+        else if (key == "Suites") suites = $0; else if (key == "Components") comps = $0
+        else if (key == "Signed-By" && $0 ~ /^\//) signed = $0 }
       END { flush() }
     ' "$deb822"
   elif [ -f /etc/apt/sources.list ]; then
     # deb [options] URI SUITE COMPONENTS...
-    awk '$1 == "deb" {
-      i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-      suite = $(i + 1); sub(/^[a-z]+/, "bookworm", suite)
-      line = "deb " $i " " suite; for (k = i + 2; k <= NF; k++) line = line " " $k
+    awk -v codename="$codename" '$1 == "deb" {
+      i = 2; opt = ""
+      if ($2 ~ /^\[/) { while ($i !~ /\]$/) { opt = opt $i " "; i++ } opt = opt $i " "; i++ }
+      suite = $(i + 1); sub(/^[a-z]+/, codename, suite)
+      line = "deb " opt $i " " suite; for (k = i + 2; k <= NF; k++) line = line " " $k
       print line
     }' /etc/apt/sources.list
   fi
 }
 
-if [ "$BASE_IMAGE" = "$LOCAL_BASE" ]; then
-  if [ "$REBUILD_BASE" != 1 ] && docker image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
-    log "base image $LOCAL_BASE exists; not rebuilding (REBUILD_BASE=1 forces it)"
-  else
-    mapfile -t sources < <(machine_sources)
-    [ ${#sources[@]} -gt 0 ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
-    work=$(mktemp -d)
-    trap 'rm -rf "$work"' EXIT
-    log "mmdebstrap bookworm from ${#sources[@]} source line(s) of this machine"
-    # Merged /usr by symlinks (debootstrap's way) rather than the usrmerge
-    # package, which would pull perl (about 50 MB) into the image.
-    hooks=()
-    merged_usr=/usr/share/mmdebstrap/hooks/merged-usr
-    [ -d "$merged_usr" ] && hooks+=(--hook-dir="$merged_usr")
-    # minbase plus the packages the image runs; no docs, man pages or locales,
-    # no apt lists or caches left in the image.
-    # shellcheck disable=SC2016 # "$1" is the hook's argument, not ours
-    mmdebstrap --quiet --variant=minbase "${hooks[@]}" \
-      --include=haproxy,iptables,ca-certificates,procps,curl \
-      --aptopt='Acquire::Languages "none"' \
-      --dpkgopt='path-exclude=/usr/share/man/*' \
-      --dpkgopt='path-exclude=/usr/share/doc/*' \
-      --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-      --dpkgopt='path-exclude=/usr/share/locale/*' \
-      --dpkgopt='path-exclude=/usr/share/info/*' \
-      --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/cache/apt/archives/*.deb "$1"/var/log/*.log' \
-      bookworm "$work/rootfs.tar" "${sources[@]}" >"$work/mmdebstrap.log" 2>&1 \
-      || { tail -n 40 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
-    log "docker import as $LOCAL_BASE"
-    docker import \
-      --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      --change 'CMD ["/bin/bash"]' \
-      --change 'LABEL org.opencontainers.image.title=haproxy-supervisor-base' \
-      --message "Debian 12 minbase + haproxy, iptables, ca-certificates, procps, curl (mmdebstrap)" \
-      "$work/rootfs.tar" "$LOCAL_BASE" >/dev/null
-    rm -rf "$work"
-    trap - EXIT
+# rootfs SUITE OUT.tar PACKAGES [mmdebstrap options...]: a minbase Debian
+# rootfs with PACKAGES, no docs, man pages or locales, no apt lists or caches.
+rootfs() {
+  local suite=$1 out=$2 packages=$3
+  shift 3
+  local sources hooks=()
+  mapfile -t sources < <(machine_sources "$suite")
+  [ ${#sources[@]} -gt 0 ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
+  # Merged /usr by symlinks (debootstrap's way) rather than the usrmerge
+  # package, which would pull perl (about 50 MB) into the image.
+  local merged_usr=/usr/share/mmdebstrap/hooks/merged-usr
+  [ -d "$merged_usr" ] && hooks+=(--hook-dir="$merged_usr")
+  # shellcheck disable=SC2016 # "$1" is the hook's argument, not ours
+  mmdebstrap --quiet --variant=minbase "${hooks[@]}" \
+    --include="$packages" \
+    --aptopt='Acquire::Languages "none"' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/cache/apt/archives/*.deb "$1"/var/log/*.log' \
+    "$@" "$suite" "$out" "${sources[@]}"
+}
+
+label() { docker image inspect -f "{{index .Config.Labels \"$2\"}}" "$1" 2>/dev/null || true; }
+
+# ensure_base TAG SUITE PACKAGES DESCRIPTION EXTRA_INPUTS [--change ...] -- [mmdebstrap options...]
+ensure_base() {
+  local tag=$1 suite=$2 packages=$3 description=$4 extra=$5
+  shift 5
+  local changes=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do changes+=("$1"); shift; done
+  [ "${1-}" = -- ] && shift
+  local inputs
+  inputs=$({ declare -f machine_sources rootfs; printf '%s\n' "$suite" "$packages" "$extra" "${changes[@]}" "$@"; machine_sources "$suite"; } | sha256sum | cut -c1-16)
+  if [ "$REBUILD_BASE" != 1 ] && [ "$(label "$tag" haproxy-supervisor.inputs)" = "$inputs" ]; then
+    log "base $tag is up to date (inputs $inputs)"
+    return
+  fi
+  local work t=$SECONDS
+  work=$(mktemp -d "$cache/base.XXXXXX")
+  log "mmdebstrap $suite ($packages) from this machine's apt sources, for $tag"
+  rootfs "$suite" "$work/rootfs.tar" "$packages" "$@" >"$work/mmdebstrap.log" 2>&1 \
+    || { tail -n 40 "$work/mmdebstrap.log" >&2; rm -rf "$work"; die "mmdebstrap $suite failed"; }
+  log "docker import as $tag"
+  docker import \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    "${changes[@]}" \
+    --change 'CMD ["/bin/bash"]' \
+    --change "LABEL org.opencontainers.image.title=${tag%%:*} haproxy-supervisor.inputs=$inputs" \
+    --message "$description (mmdebstrap)" \
+    "$work/rootfs.tar" "$tag" >/dev/null
+  rm -rf "$work"
+  log "base $tag made in $((SECONDS - t)) s"
+}
+
+if [[ " $VARIANTS " == *" bookworm "* && "$BASE_IMAGE" == haproxy-supervisor-base:* ]]; then
+  ensure_base "$BASE_IMAGE" bookworm "$RUNTIME_PACKAGES" \
+    "Debian 12 minbase + haproxy, iptables, ca-certificates, procps, curl" ""
+fi
+if [[ " $VARIANTS " == *" trixie "* && "$BASE_IMAGE_TRIXIE" == haproxy-supervisor-base:* ]]; then
+  ensure_base "$BASE_IMAGE_TRIXIE" trixie "$RUNTIME_PACKAGES" \
+    "Debian 13 minbase + haproxy, iptables, ca-certificates, procps, curl" ""
+fi
+if [ "$RUST_IMAGE" = "$LOCAL_RUST" ]; then
+  # This machine's toolchain: the one `rustc` here resolves to (rustup's
+  # default or an override), copied without its docs, clippy or rustfmt.
+  sysroot=$(rustc --print sysroot 2>/dev/null) || die "no rustc on PATH: the local build stage base copies this machine's Rust toolchain"
+  [ -x "$sysroot/bin/cargo" ] && [ -x "$sysroot/bin/rustc" ] \
+    || die "$sysroot has no bin/cargo and bin/rustc (a rustup toolchain is expected)"
+  toolchain=$("$sysroot/bin/rustc" -vV; "$sysroot/bin/cargo" -V)
+  # shellcheck disable=SC2016 # "$1" is the hook's argument, not ours
+  ensure_base "$LOCAL_RUST" bookworm "$RUST_PACKAGES" \
+    "Debian 12 minbase + gcc, libc6-dev, Rust $("$sysroot/bin/rustc" -V | awk '{print $2}')" "$toolchain" \
+    --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/usr/local/cargo' \
+    -- \
+    --customize-hook="mkdir -p \"\$1/usr/local/rust\" \"\$1/usr/local/cargo/bin\" && tar -C '$sysroot' -c bin/cargo bin/rustc bin/rustdoc lib | tar -C \"\$1/usr/local/rust\" -x --no-same-owner"
+fi
+
+# --- 4. the source: a clean clone, with vendored crates ------------------------
+src=$cache/src
+rm -rf "$src"
+commit=$(git -C "$repo" rev-parse HEAD)
+git clone --quiet --no-checkout "$repo" "$src"
+git -C "$src" -c advice.detachedHead=false checkout --quiet --detach "$commit"
+if [ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  log "building commit ${commit:0:12} (the working tree has uncommitted changes: they are not in the image)"
+else
+  log "building commit ${commit:0:12}"
+fi
+if [ "$VENDOR" = 1 ]; then
+  lock_hash=$(sha256sum "$src/Cargo.lock" | cut -c1-16)
+  vendor=$cache/vendor-$lock_hash
+  if [ ! -d "$vendor" ]; then
+    log "cargo vendor --locked (Cargo.lock $lock_hash)"
+    rm -rf "$vendor.tmp"
+    (cd "$src" && cargo vendor --locked --quiet "$vendor.tmp" >/dev/null) || die "cargo vendor failed"
+    mv "$vendor.tmp" "$vendor"
+    # Keep only the current crate set.
+    for old in "$cache"/vendor-*; do [ "$old" = "$vendor" ] || rm -rf "$old"; done
+  fi
+  cp -al "$vendor" "$src/docker/cargo/vendor" 2>/dev/null || cp -a "$vendor" "$src/docker/cargo/vendor"
+fi
+
+# --- 5. the images ------------------------------------------------------------
+# docker build -f docker/Dockerfile <clone>, logged to $cache/<name>.log.
+build() {
+  local name=$1
+  shift
+  local t=$SECONDS
+  if ! docker build --network "$NETWORK" --build-arg "RUST_IMAGE=$RUST_IMAGE" "$@" -f "$src/docker/Dockerfile" "$src" \
+    >"$cache/$name.log" 2>&1; then
+    tail -n 60 "$cache/$name.log" >&2
+    die "docker build ($name) failed; full log: $cache/$name.log"
+  fi
+  local cached
+  cached=$(grep -c 'Using cache' "$cache/$name.log" || true)
+  log "$name built in $((SECONDS - t)) s ($cached steps from cache)"
+}
+
+# Offline when it can be: vendored crates and local bases need no download.
+if [ -z "${NETWORK-}" ]; then
+  NETWORK=default
+  if [ "$VENDOR" = 1 ] && is_local_base "$RUST_IMAGE"; then
+    NETWORK=none
+    for v in $VARIANTS; do
+      if [ "$v" = bookworm ]; then base=$BASE_IMAGE; else base=$BASE_IMAGE_TRIXIE; fi
+      is_local_base "$base" || NETWORK=default
+    done
   fi
 fi
+# The classic builder reads only <context>/.dockerignore, not BuildKit's
+# docker/Dockerfile.dockerignore: give it the same rules in the clone.
+cp "$src/docker/Dockerfile.dockerignore" "$src/.dockerignore"
 
-# --- 4. the binaries ----------------------------------------------------------
-if [ "$SKIP_CARGO_BUILD" != 1 ]; then
-  log "cargo build --release"
-  cargo build --release --bins
-fi
-target_dir=${CARGO_TARGET_DIR:-target}
-bin=$target_dir/release/haproxy-supervisor
-[ -x "$bin" ] || die "$bin is missing: run cargo build --release"
+# The build stage first, tagged so that its cache survives the pruning below.
+log "build stage (RUST_IMAGE=$RUST_IMAGE, network $NETWORK)"
+build build-stage --target build -t "$BUILD_TAG"
+for v in $VARIANTS; do
+  if [ "$v" = bookworm ]; then tag=$IMAGE base=$BASE_IMAGE; else tag=$IMAGE_TRIXIE base=$BASE_IMAGE_TRIXIE; fi
+  log "image $tag (BASE=$base)"
+  build "image-$v" --build-arg "BASE=$base" -t "$tag"
+done
 
-# --- 5. the image -------------------------------------------------------------
-# The context mirrors the repository's layout for the two paths the Dockerfile
-# copies, so `docker build -f docker/Dockerfile .` from the repository root
-# works the same way (see docker/README.md).
-ctx=$target_dir/docker-context
-rm -rf "$ctx"
-mkdir -p "$ctx/target/release" "$ctx/templates"
-cp "$bin" "$ctx/target/release/haproxy-supervisor"
-if [ "$STRIP_DEBUG" = 1 ] && command -v strip >/dev/null 2>&1; then
-  strip --strip-debug "$ctx/target/release/haproxy-supervisor"
-fi
-if compgen -G 'templates/*' >/dev/null; then
-  cp -R templates/. "$ctx/templates/"
-fi
-cp docker/Dockerfile "$ctx/Dockerfile"
-
-log "docker build -t $IMAGE (base $BASE_IMAGE)"
-# The classic builder: it needs no buildx plugin and no network for RUN steps
-# whose work is already done in the base image.
-DOCKER_BUILDKIT=0 docker build \
-  --build-arg "BASE=$BASE_IMAGE" \
-  -t "$IMAGE" -f "$ctx/Dockerfile" "$ctx" >"$ctx.log" 2>&1 \
-  || { cat "$ctx.log" >&2; die "docker build failed"; }
-
-# Rebuilds leave the previous image untagged; drop those of this image only.
-for title in haproxy-supervisor haproxy-supervisor-base; do
+# Rebuilds leave the previous images untagged; drop those of these images only.
+for title in haproxy-supervisor haproxy-supervisor-build haproxy-supervisor-base haproxy-supervisor-rust; do
   docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null || true
 done
 
-size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
-base_size=$(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" 2>/dev/null || echo 0)
-awk -v s="$size" -v b="$base_size" -v i="$IMAGE" \
-  'BEGIN { printf "docker-build: image %s: %.1f MB (base %.1f MB)\n", i, s / 1e6, b / 1e6 }'
+# --- 6. report ----------------------------------------------------------------
+mb() { awk -v s="$1" 'BEGIN { printf "%.1f MB", s / 1e6 }'; }
+size() { docker image inspect -f '{{.Size}}' "$1" 2>/dev/null || echo 0; }
+if [ "$RUST_IMAGE" = "$LOCAL_RUST" ]; then
+  log "build stage base $RUST_IMAGE: $(mb "$(size "$RUST_IMAGE")")"
+fi
+for v in $VARIANTS; do
+  if [ "$v" = bookworm ]; then tag=$IMAGE base=$BASE_IMAGE; else tag=$IMAGE_TRIXIE base=$BASE_IMAGE_TRIXIE; fi
+  id=$(docker create "$tag")
+  docker cp "$id:/usr/local/bin/haproxy-supervisor" "$cache/haproxy-supervisor-$v" >/dev/null
+  docker rm "$id" >/dev/null
+  haproxy_version=$(docker run --rm --network none --entrypoint haproxy "$tag" -v | awk 'NR == 1 { print $3 }')
+  log "image $tag: $(mb "$(size "$tag")") (base $base: $(mb "$(size "$base")")), HAProxy $haproxy_version"
+  log "  binary: $(stat -c %s "$cache/haproxy-supervisor-$v") bytes; $(file -b "$cache/haproxy-supervisor-$v")"
+done
+log "done in $((SECONDS - started)) s"
