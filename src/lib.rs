@@ -41,4 +41,5 @@ pub mod process;
 pub mod render;
 pub mod runtime;
 pub mod settings;
+pub mod status;
 pub mod supervisor;

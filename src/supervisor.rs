@@ -27,6 +27,7 @@ use crate::process::{self, Exit, Reaper};
 use crate::render::{self, Rendered, Renderer};
 use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
 use crate::settings::{ReloadStrategy, Settings, SourceSettings};
+use crate::status::{self, LeftOut, Snapshot, Status};
 
 /// Where an HAProxy generation is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +168,14 @@ struct Supervisor {
     failing: Option<String>,
     /// Excluded services whose time is up: included in the next render.
     retry_excluded: Vec<String>,
+    status: Arc<Status>,
+    /// Each service's catalog entry as in the config that serves: a change
+    /// HAProxy refuses is blamed on the services that differ.
+    good_fingerprints: BTreeMap<String, u64>,
+    prepared_fingerprints: Option<BTreeMap<String, u64>>,
+    /// Services and servers of the last render, and the services it left out.
+    rendered_counts: (usize, usize),
+    left_out: Vec<LeftOut>,
 }
 
 /// Identifies a service's catalog entry (an excluded service changed when
@@ -176,6 +185,13 @@ fn fingerprint(s: &crate::model::CatalogService) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     format!("{s:?}").hash(&mut h);
     h.finish()
+}
+
+fn fingerprints(c: &Catalog) -> BTreeMap<String, u64> {
+    c.services
+        .iter()
+        .map(|(n, s)| (n.clone(), fingerprint(s)))
+        .collect()
 }
 
 /// The outcome of writing a config applied live to disk.
@@ -247,6 +263,15 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     if let Err(e) = process::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
+    // The status server: its port taken is a start-up error naming it.
+    let status = Status::new();
+    let listener = status::bind(std::net::SocketAddr::from((
+        [0, 0, 0, 0],
+        settings.status_port,
+    )))
+    .await
+    .map_err(SupervisorError::Setup)?;
+    tokio::spawn(status::serve(listener, status.clone()));
     let reaper = Reaper::new();
     tokio::spawn(reaper.clone().run());
 
@@ -376,6 +401,11 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         retry_backoff: discovery::Backoff::new(Duration::from_secs(30)),
         failing: None,
         retry_excluded: Vec::new(),
+        status,
+        good_fingerprints: BTreeMap::new(),
+        prepared_fingerprints: None,
+        rendered_counts: (0, 0),
+        left_out: Vec::new(),
     };
     tracing::info!(
         strategy = sup.settings.reload_strategy.as_str(),
@@ -396,6 +426,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
 
     loop {
+        sup.publish_status();
         // A checked config but nothing serving (a start that failed, say
         // because a port was taken): retry with backoff until it serves.
         if restart_at.is_none() && sup.running_text.is_some() && sup.serving().is_none() {
@@ -535,6 +566,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 if sup.serving().is_none() {
                     sup.flush().await;
                     sup.counters.restarts += 1;
+                    sup.status.restarted();
                     if let Err(HaproxyError::DiedAtStart { output, .. }) = sup.start_generation(Trigger::Restart).await {
                         // A service HAProxy refuses: render without it.
                         let text = sup.running_text.clone().unwrap_or_default();
@@ -694,6 +726,31 @@ impl Supervisor {
         desired
             .services
             .retain(|s| !self.excluded.contains_key(&s.name) || retry.contains(&s.name));
+        self.rendered_counts = (
+            desired.services.len(),
+            desired.services.iter().map(|s| s.servers.len()).sum(),
+        );
+        let rendered: BTreeSet<&str> = desired.services.iter().map(|s| s.name.as_str()).collect();
+        let mut left_out: Vec<LeftOut> = warnings
+            .iter()
+            .filter(|w| !rendered.contains(w.service.as_str()))
+            .map(|w| LeftOut {
+                service: w.service.clone(),
+                reason: format!("{}: {}", w.tag, w.message),
+            })
+            .collect();
+        left_out.extend(
+            self.excluded
+                .keys()
+                .filter(|n| !rendered.contains(n.as_str()))
+                .map(|n| LeftOut {
+                    service: n.clone(),
+                    reason: "haproxy refused it (see the log)".into(),
+                }),
+        );
+        left_out.sort_by(|a, b| a.service.cmp(&b.service));
+        left_out.dedup_by(|a, b| a.service == b.service);
+        self.left_out = left_out;
         (desired, warnings)
     }
 
@@ -710,6 +767,7 @@ impl Supervisor {
                 PrepareError::Transient(format!("cannot read {}: {e}", src.display()))
             })?;
             if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
+                self.status.check_failed();
                 self.counters.failed_reloads += 1;
                 tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
                 return Err(PrepareError::Invalid {
@@ -732,6 +790,7 @@ impl Supervisor {
         let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
             return Ok(None);
         };
+        self.prepared_fingerprints = Some(fingerprints(&catalog));
         let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
         let Some(renderer) = &self.renderer else {
@@ -774,6 +833,7 @@ impl Supervisor {
             PrepareError::Transient(format!("cannot write the candidate config: {e}"))
         })?;
         if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
+            self.status.check_failed();
             self.counters.failed_reloads += 1;
             tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
             staged.abort();
@@ -797,14 +857,36 @@ impl Supervisor {
             return false;
         };
         let blamed = haproxy::blamed_proxies(message, config);
+        // Only a service that changed since the config that serves can have
+        // broken it: a template may well write one service's line into
+        // another's section, and the one HAProxy points at is innocent.
+        let changed: BTreeSet<&String> = catalog
+            .services
+            .iter()
+            .filter(|(n, c)| self.good_fingerprints.get(*n) != Some(&fingerprint(c)))
+            .map(|(n, _)| n)
+            .collect();
+        let mut culprits: BTreeSet<&String> = changed
+            .iter()
+            .copied()
+            .filter(|name| {
+                blamed.iter().any(|p| {
+                    p == *name
+                        || p.strip_prefix(name.as_str())
+                            .is_some_and(|rest| rest.starts_with("_port_"))
+                })
+            })
+            .collect();
+        if culprits.is_empty() && changed.len() == 1 {
+            // The one change since what serves broke it.
+            culprits = changed.clone();
+        }
+        if culprits.is_empty() && !changed.is_empty() {
+            tracing::error!(changed = ?changed, "haproxy refused the change and names none of the services that changed; keeping the running haproxy");
+        }
         let mut any = false;
-        for name in catalog.services.keys() {
-            let hit = blamed.iter().any(|p| {
-                p == name
-                    || p.strip_prefix(name.as_str())
-                        .is_some_and(|rest| rest.starts_with("_port_"))
-            });
-            if !hit || self.excluded.contains_key(name) {
+        for name in culprits {
+            if self.excluded.contains_key(name) {
                 continue;
             }
             let first = message
@@ -903,6 +985,10 @@ impl Supervisor {
             drop(epoch);
             let text = match prepared {
                 Ok(None) => {
+                    // Nothing new to start: what serves is this catalog.
+                    if let Some(f) = self.prepared_fingerprints.take() {
+                        self.good_fingerprints = f;
+                    }
                     self.healed();
                     return;
                 }
@@ -924,6 +1010,9 @@ impl Supervisor {
             match self.start_generation(trigger).await {
                 Ok(()) => {
                     self.serving_config = self.prepared_rendered.take();
+                    if let Some(f) = self.prepared_fingerprints.take() {
+                        self.good_fingerprints = f;
+                    }
                     self.healed();
                     return;
                 }
@@ -945,6 +1034,43 @@ impl Supervisor {
             }
         }
         tracing::error!("too many services refused in one reload; keeping the running haproxy");
+    }
+
+    /// Publishes what the status server shows (after every loop step).
+    fn publish_status(&self) {
+        let serving = self.serving();
+        let discovery_answered = match &self.catalog {
+            Some(rx) => rx.borrow().is_some(),
+            None => true, // external watcher mode, or discovery stopped
+        };
+        let not_ready = if !discovery_answered {
+            Some("discovery has not answered yet".to_string())
+        } else if serving.is_none() {
+            Some("no checked config serves".to_string())
+        } else {
+            None
+        };
+        self.status.publish(Snapshot {
+            not_ready,
+            serving_generation: serving.map(|g| g.id),
+            serving_pid: serving.map(|g| g.pid.as_raw()),
+            draining: self
+                .gens
+                .iter()
+                .filter(|g| g.state == GenState::Draining)
+                .count(),
+            strategy: self.settings.reload_strategy.as_str().to_string(),
+            live_changes: self.settings.live_changes,
+            services_rendered: self.rendered_counts.0,
+            servers_rendered: self.rendered_counts.1,
+            left_out: self.left_out.clone(),
+            reloads: self.counters.reloads,
+            failed_reloads: self.counters.failed_reloads,
+            restarts: self.counters.restarts,
+            live_applied: self.counters.live_changes,
+            live_ops: self.counters.live_ops,
+            live_failures: self.counters.live_failures,
+        });
     }
 
     /// Loads `HAPROXY_TEMPLATE` again (SIGHUP). False, with an error
@@ -986,7 +1112,8 @@ impl Supervisor {
     /// there is no catalog or the render failed (logged).
     fn render_catalog(&mut self) -> Option<Rendered> {
         let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
-        let (desired, warnings) = Desired::build(&catalog, &Context::from(&self.settings.vars));
+        self.prepared_fingerprints = Some(fingerprints(&catalog));
+        let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
         let rendered = self.renderer.as_ref()?.render(&desired, &vars);
         self.log_warnings(&warnings);
@@ -1020,7 +1147,9 @@ impl Supervisor {
             Plan::Live { ops, next } => (ops, Some(*next)),
         };
         for (i, op) in ops.iter().enumerate() {
-            if let Err(e) = self.apply(op).await {
+            let applied = self.apply(op).await;
+            self.status.live_op(op.kind(), applied.is_ok());
+            if let Err(e) = applied {
                 self.live = None;
                 self.counters.live_failures += 1;
                 tracing::error!(
@@ -1033,6 +1162,9 @@ impl Supervisor {
                 );
                 return LiveOutcome::Failed;
             }
+        }
+        if let Some(f) = self.prepared_fingerprints.take() {
+            self.good_fingerprints = f;
         }
         if let Some(next) = next {
             self.live = Some(next);
@@ -1233,9 +1365,21 @@ impl Supervisor {
                     "haproxy reload done"
                 );
                 self.write_pids();
+                self.status.reload(
+                    &format!("{trigger:?}"),
+                    strategy.as_str(),
+                    started.elapsed(),
+                    None,
+                );
                 Ok(())
             }
             Err(e) => {
+                self.status.reload(
+                    &format!("{trigger:?}"),
+                    strategy.as_str(),
+                    started.elapsed(),
+                    Some(e.to_string()),
+                );
                 self.counters.failed_reloads += 1;
                 if self.serving().is_some() {
                     tracing::error!(error = %e, ?trigger, "haproxy reload failed; the previous generation keeps serving");
@@ -1362,6 +1506,7 @@ impl Supervisor {
             .hold_off(move || SynDropGuard::insert(&p))
             .await
             .map_err(|e| HaproxyError::Iptables(e.to_string()))??;
+        self.status.syn_drop_rules(ports.len());
         let result = self.start_with(ports, old, None).await;
         if result.is_ok() {
             // New SYNs must not land in an old socket's queue: wait (briefly)
@@ -1375,7 +1520,10 @@ impl Supervisor {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        match self.reaper.hold_off(move || guard.remove()).await {
+        let removed = self.reaper.hold_off(move || guard.remove()).await;
+        // The guard removes them on every path (and at the next start).
+        self.status.syn_drop_rules(0);
+        match removed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "could not remove SYN-drop rules"),
             Err(e) => tracing::error!(error = %e, "could not remove SYN-drop rules"),

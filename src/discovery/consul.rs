@@ -560,6 +560,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
     let (mut cat_ok, mut health_ok) = (true, true);
     loop {
         let mut report = |e: &ConsulError, st: &mut State| {
+            super::HEALTH.error(e);
             let text = e.to_string();
             if last_error.as_ref() != Some(&text) {
                 if matches!(e, ConsulError::Denied { .. }) {
@@ -575,6 +576,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             _ = tx.closed() => return Ok(()),
             r = &mut cat_q => match r {
                 Ok(a) => {
+                    super::HEALTH.ok();
                     cat_backoff.reset();
                     cat_ok = true;
                     let (idx, changed) = next_index(cat_index, a.index);
@@ -611,6 +613,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             },
             r = &mut health_q => match r {
                 Ok(a) => {
+                    super::HEALTH.ok();
                     health_backoff.reset();
                     health_ok = true;
                     let (idx, changed) = next_index(health_index, a.index);

@@ -72,11 +72,13 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                     .and_then(|t| Catalog::parse_file(t).map_err(|e| e.to_string()))
                 {
                     Ok(c) => {
+                        super::HEALTH.ok();
                         tracing::info!(path = %path.display(), services = c.services.len(), "catalog file read");
                         publish(&tx, c);
                         last_error = None;
                     }
                     Err(e) => {
+                        super::HEALTH.error(&e);
                         if last_error.as_ref() != Some(&e) {
                             tracing::error!(path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
                             last_error = Some(e);
@@ -85,8 +87,9 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                 }
                 last_bytes = Some(bytes);
             }
-            Ok(_) => {}
+            Ok(_) => super::HEALTH.ok(),
             Err(e) => {
+                super::HEALTH.error(&e);
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
                     tracing::error!(path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");

@@ -31,6 +31,57 @@ pub(crate) fn publish(tx: &CatalogTx, catalog: Catalog) -> bool {
     })
 }
 
+/// How the discovery source is doing, for the status server: the time of
+/// its last good answer and its errors. Written by the watchers.
+pub struct Health {
+    last_ok_ms: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The process's one discovery source.
+pub static HEALTH: Health = Health {
+    last_ok_ms: std::sync::atomic::AtomicU64::new(0),
+    errors: std::sync::atomic::AtomicU64::new(0),
+    last_error: std::sync::Mutex::new(None),
+};
+
+impl Health {
+    /// The source answered.
+    pub fn ok(&self) {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.last_ok_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The source failed to answer.
+    pub fn error(&self, e: &dyn std::fmt::Display) {
+        self.errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+
+    /// Unix time (s) of the last good answer.
+    pub fn last_ok(&self) -> Option<f64> {
+        let ms = self.last_ok_ms.load(std::sync::atomic::Ordering::Relaxed);
+        (ms > 0).then_some(ms as f64 / 1000.0)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
 /// Jittered exponential backoff: 100 ms doubling to `max`, each delay drawn
 /// from [d/2, d] so many supervisors do not retry in lockstep.
 #[derive(Debug, Clone)]
