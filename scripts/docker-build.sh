@@ -159,10 +159,12 @@ for pid in $(pidof dockerd 2>/dev/null || true); do
   fi
 done
 
-# One build at a time on this machine (two would fight over the tags, the
-# clone and the cache).
+# One build at a time on this machine, whichever checkout it comes from (two
+# would fight over the tags, the clone and the cache).
 mkdir -p "$cache"
-exec 9>"$cache/lock"
+lock=/run/lock
+[ -d "$lock" ] && [ -w "$lock" ] || lock=${TMPDIR:-/tmp}
+exec 9>"$lock/haproxy-supervisor-docker-build.lock"
 if ! flock -n 9; then
   log "another docker-build.sh is running; waiting for it"
   flock 9
