@@ -402,6 +402,158 @@ pub fn get(
     parse_response(buf)
 }
 
+/// One HTTP/1.1 keep-alive connection of a client, as browsers and most
+/// HTTP client libraries keep: requests go one at a time on the same
+/// connection; a new one is opened only when there is none (at first, after
+/// the server answered `Connection: close`, or after a failure).
+#[derive(Debug, Default)]
+pub struct KeepAlive {
+    stream: Option<TcpStream>,
+    /// Connections opened (successful connects) so far.
+    pub opened: u64,
+}
+
+/// One `GET /` with `Host: host` on `conn`'s connection (opened first when
+/// there is none). The response is read by its framing (Content-Length,
+/// chunked, or up to the close); a response that says `Connection: close`
+/// (or is HTTP/1.0 without keep-alive) ends the connection after it. A
+/// request that gets no complete response fails and ends the connection:
+/// there is no retry, so a connection closed while a request is on its way
+/// shows up as a failure (`Reset`) — what a client that does not retry sees.
+/// `timeout` bounds the whole exchange, connect included.
+pub fn get_keepalive(
+    conn: &mut KeepAlive,
+    addr: &SocketAddr,
+    host: &str,
+    timeout: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<u16, Fail> {
+    let deadline = Instant::now() + timeout;
+    let r = exchange_keepalive(conn, addr, host, deadline, timeout, buf);
+    match r {
+        Ok((status, closes)) => {
+            if closes {
+                conn.stream = None;
+            }
+            if (200..300).contains(&status) {
+                Ok(status)
+            } else {
+                Err(Fail::Status(status))
+            }
+        }
+        Err(f) => {
+            conn.stream = None;
+            Err(f)
+        }
+    }
+}
+
+/// The exchange of [`get_keepalive`]: (status, whether the connection ends
+/// after this response).
+fn exchange_keepalive(
+    conn: &mut KeepAlive,
+    addr: &SocketAddr,
+    host: &str,
+    deadline: Instant,
+    timeout: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<(u16, bool), Fail> {
+    if conn.stream.is_none() {
+        let s = TcpStream::connect_timeout(addr, timeout).map_err(|e| classify(&e))?;
+        let _ = s.set_nodelay(true);
+        conn.opened += 1;
+        conn.stream = Some(s);
+    }
+    let s = conn.stream.as_mut().ok_or(Fail::Other)?;
+    let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\n\r\n");
+    s.set_write_timeout(Some(remaining(deadline)?))
+        .map_err(|_| Fail::Other)?;
+    s.write_all(req.as_bytes()).map_err(|e| classify(&e))?;
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    // Reads more into `buf`; false at the end of the stream.
+    let mut read_more = |s: &mut TcpStream, buf: &mut Vec<u8>| -> Result<bool, Fail> {
+        loop {
+            s.set_read_timeout(Some(remaining(deadline)?))
+                .map_err(|_| Fail::Other)?;
+            match s.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(classify(&e)),
+            }
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if !read_more(s, buf)? {
+            // Closed before a complete head: the request was lost.
+            return Err(Fail::Reset);
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| Fail::Other)?
+        .to_string();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.split(' ');
+    let version = parts.next().unwrap_or_default();
+    if !version.starts_with("HTTP/1.") {
+        return Err(Fail::Other);
+    }
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Fail::Other)?;
+    let mut length = None;
+    let mut chunked = false;
+    let mut close = version == "HTTP/1.0";
+    for line in lines {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("content-length") {
+            length = Some(v.parse::<usize>().map_err(|_| Fail::Other)?);
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("connection") {
+            for t in v.split(',').map(str::trim) {
+                if t.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case("keep-alive") && version == "HTTP/1.0" {
+                    close = false;
+                }
+            }
+        }
+    }
+    let body_start = head_end + 4;
+    if chunked {
+        // The last chunk and the (empty) trailer end the body.
+        while !buf[body_start..].windows(5).any(|w| w == b"0\r\n\r\n") {
+            if !read_more(s, buf)? {
+                return Err(Fail::Reset);
+            }
+        }
+    } else if let Some(len) = length {
+        while buf.len() - body_start < len {
+            if !read_more(s, buf)? {
+                return Err(Fail::Reset);
+            }
+        }
+    } else if status >= 200 && status != 204 && status != 304 {
+        // Delimited by the close.
+        while read_more(s, buf)? {}
+        close = true;
+    }
+    Ok((status, close))
+}
+
 fn parse_response(buf: &[u8]) -> Result<u16, Fail> {
     if buf.is_empty() {
         return Err(Fail::Reset);
@@ -859,4 +1011,116 @@ fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) 
             out.seen.insert(pid);
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// CPU accounting
+// ---------------------------------------------------------------------------
+
+/// Clock ticks per second of `/proc/<pid>/stat`'s times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// CPU times of one process from `/proc/<pid>/stat`, seconds: its own
+/// (`utime + stime`, all its threads, exited ones included) and that of
+/// the children it has reaped (`cutime + cstime`: each reaped child's own
+/// and its reaped children's, accumulated by the kernel at `wait`).
+/// Readable for a zombie too, until it is reaped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcCpu {
+    pub own: f64,
+    pub reaped: f64,
+}
+
+pub fn proc_cpu(pid: i32) -> Option<ProcCpu> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // Fields after the command: state is field 3; utime 14, stime 15,
+    // cutime 16, cstime 17.
+    let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let n = |i: usize| f.get(i - 3).and_then(|x| x.parse::<f64>().ok());
+    let hz = clock_ticks();
+    Some(ProcCpu {
+        own: (n(14)? + n(15)?) / hz,
+        reaped: (n(16)? + n(17)?) / hz,
+    })
+}
+
+/// A snapshot for the CPU a process tree uses in a window: the root's own
+/// and reaped-children times, and own + reaped times of each live process
+/// below it. The CPU the tree below the root used between two snapshots is
+/// `Δ root.reaped + Σ live(after) − Σ live(before)`: a process that exits in
+/// the window arrives, whole, in its parent's reaped times, and what the
+/// ones alive at the start had used before it is taken off. Exact up to
+/// the clock tick of the live processes' times (10 ms each).
+#[derive(Debug, Clone, Default)]
+pub struct CpuSnapshot {
+    pub root: ProcCpu,
+    pub live: BTreeMap<i32, ProcCpu>,
+    pub at: Option<Instant>,
+}
+
+impl CpuSnapshot {
+    /// The snapshot of `root` and `below` (every descendant of `root` when
+    /// `None`). Taken again when the root reaped a child meanwhile, so a
+    /// process is never counted both live and reaped.
+    pub fn take(root: i32, below: Option<&[i32]>) -> CpuSnapshot {
+        let mut snap = CpuSnapshot::default();
+        for _ in 0..5 {
+            let before = proc_cpu(root).unwrap_or_default();
+            let pids = match below {
+                Some(p) => p.to_vec(),
+                None => descendants(root),
+            };
+            let live: BTreeMap<i32, ProcCpu> = pids
+                .into_iter()
+                .filter_map(|p| Some((p, proc_cpu(p)?)))
+                .collect();
+            let after = proc_cpu(root).unwrap_or_default();
+            snap = CpuSnapshot {
+                root: after,
+                live,
+                at: Some(Instant::now()),
+            };
+            if before.reaped == after.reaped {
+                break;
+            }
+        }
+        snap
+    }
+
+    /// Seconds of CPU used below the root between `self` and `later`.
+    pub fn below_until(&self, later: &CpuSnapshot) -> f64 {
+        let sum = |m: &BTreeMap<i32, ProcCpu>| m.values().map(|c| c.own + c.reaped).sum::<f64>();
+        (later.root.reaped - self.root.reaped) + sum(&later.live) - sum(&self.live)
+    }
+
+    /// Seconds of CPU the root itself used between `self` and `later`.
+    pub fn root_until(&self, later: &CpuSnapshot) -> f64 {
+        later.root.own - self.root.own
+    }
+}
+
+/// The machine's busy and total CPU time so far, seconds (all CPUs, from
+/// `/proc/stat`; busy is everything but idle and iowait).
+pub fn machine_cpu() -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    let hz = clock_ticks();
+    Some(((total - idle) / hz, total / hz))
 }
