@@ -9,12 +9,28 @@
 //! Runs as root: it first moves into its own network namespace (so it owns
 //! 127.0.0.1's ports and its iptables rules never touch the host), then for
 //! each scenario starts a `demo-backend` and HAProxy — under the supervisor,
-//! or alone in master-worker mode for the peer row — and drives load with C
-//! client threads, each opening a new TCP connection per request
-//! (`Connection: close`), for D seconds, while a reload is triggered every
-//! R ms. Scenarios: `baseline` (supervisor, no reloads), `plain`,
-//! `syn-drop`, `seamless` (SIGHUP to the supervisor) and `master-worker`
-//! (`haproxy -W`, SIGUSR2 to the master).
+//! alone in master-worker mode, or alone under the bench's own minimal
+//! reload loop for the peer rows — and drives load with C client threads,
+//! each opening a new TCP connection per request (`Connection: close`), for
+//! D seconds, while a reload is triggered every R ms. Scenarios: `baseline`
+//! (supervisor, no reloads), `plain`, `syn-drop`, `seamless` (SIGHUP to the
+//! supervisor), `bare` (the baseline's rendered config, every R ms `haproxy
+//! -f cfg -x <admin socket> -sf <old pid>` and nothing else: the floor for a
+//! reload that starts a process) and `master-worker` (`haproxy -W`, SIGUSR2
+//! to the master).
+//!
+//! Every scenario also exists as `<name>-ka`: the same, but each client
+//! keeps one HTTP/1.1 keep-alive connection, opening a new one only after
+//! the server answered `Connection: close` or after a failure; a request
+//! that gets no complete response counts as failed (no retry). Their
+//! ratios are to `baseline-ka`, run before the first of them; connections
+//! opened are reported.
+//!
+//! For every scenario the CPU used in the window is measured from /proc:
+//! the supervisor's own and the HAProxy processes' (exited ones included,
+//! through the parent's reaped-children times), per reload beyond what
+//! serving the requests costs at the baseline's rate, and the supervisor's
+//! overhead against `bare` (points of throughput, CPU per reload).
 //!
 //! Two more scenarios change servers instead of signalling (SPEC §10):
 //! every R ms the catalog file is rewritten (atomically) with one
@@ -38,7 +54,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -75,11 +91,12 @@ struct Args {
     /// Pause between scenarios, in milliseconds
     #[arg(long, default_value_t = 1000)]
     settle_ms: u64,
-    /// Scenarios to run, comma-separated (baseline is always run first)
+    /// Scenarios to run, comma-separated (baseline is always run first;
+    /// baseline-ka before the first keep-alive scenario, `<name>-ka`)
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,live,live-off,plain,syn-drop,seamless,master-worker"
+        default_value = "baseline,live,live-off,plain,syn-drop,seamless,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,bare-ka,master-worker-ka"
     )]
     scenarios: Vec<String>,
     /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
@@ -114,6 +131,8 @@ struct Load {
     buckets: Vec<u64>,
     /// Failed requests per 100 ms bucket.
     fail_buckets: Vec<u64>,
+    /// Keep-alive clients: TCP connections opened.
+    connections: u64,
 }
 
 impl Load {
@@ -128,6 +147,7 @@ impl Load {
         self.timeout += o.timeout;
         self.non_2xx += o.non_2xx;
         self.other += o.other;
+        self.connections += o.connections;
         for (k, v) in o.statuses {
             *self.statuses.entry(k).or_default() += v;
         }
@@ -141,12 +161,17 @@ impl Load {
     }
 }
 
+/// One closed-loop client: a new connection per request
+/// (`Connection: close`), or with `keepalive` one HTTP/1.1 keep-alive
+/// connection, opened again only after the server said `Connection: close`
+/// or after a failure (no retry: the failed request counts).
 fn client(
     addr: SocketAddr,
     t0: Instant,
     stop: &AtomicBool,
     timeout: Duration,
     nbuckets: usize,
+    keepalive: bool,
 ) -> Load {
     let mut l = Load {
         buckets: vec![0; nbuckets],
@@ -155,9 +180,14 @@ fn client(
         ..Load::default()
     };
     let mut buf = Vec::with_capacity(1024);
+    let mut conn = harness::KeepAlive::default();
     while !stop.load(Ordering::Relaxed) {
         let start = Instant::now();
-        let r = harness::get(&addr, HOST, timeout, &mut buf);
+        let r = if keepalive {
+            harness::get_keepalive(&mut conn, &addr, HOST, timeout, &mut buf)
+        } else {
+            harness::get(&addr, HOST, timeout, &mut buf)
+        };
         let end = Instant::now();
         let bucket = (end.saturating_duration_since(t0).as_millis() as u64 / BUCKET_MS) as usize;
         match r {
@@ -189,6 +219,7 @@ fn client(
             }
         }
     }
+    l.connections = conn.opened;
     l
 }
 
@@ -198,13 +229,280 @@ enum Target {
     Supervisor(Proc),
     /// `haproxy -W`: SIGUSR2 to the master.
     MasterWorker(Proc),
+    /// HAProxy alone, reloaded by the bench's minimal loop.
+    Bare(Bare),
 }
 
-impl Target {
-    fn proc(&mut self) -> &mut Proc {
-        match self {
-            Target::Supervisor(p) | Target::MasterWorker(p) => p,
+/// The pid of the last process that sent the bench SIGUSR1 (see [`Bare`]).
+static SIGUSR1_FROM: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_sigusr1(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler;
+    // an atomic store is async-signal-safe.
+    let pid = unsafe { (*info).si_pid() };
+    SIGUSR1_FROM.store(pid, Ordering::SeqCst);
+}
+
+/// Records who sends the bench SIGUSR1 (instead of dying of it). Call
+/// before any thread exists.
+fn catch_sigusr1() -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let act = SigAction::new(
+        SigHandler::SigAction(on_sigusr1),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores into an atomic.
+    unsafe { sigaction(Signal::SIGUSR1, &act) }
+        .map(|_| ())
+        .map_err(|e| format!("sigaction(SIGUSR1): {e}"))
+}
+
+/// The `bare` peer row: HAProxy on the baseline's rendered config, started
+/// and reloaded by the bench itself with nothing around it — what a shell
+/// loop `haproxy -D -p pidfile -f cfg -x <admin socket> -sf $(cat pidfile)`
+/// does. A reload is `haproxy -f cfg -x <admin socket> -sf <serving pid>
+/// <bench pid>`: the bench's own pid is there so that HAProxy tells it,
+/// with the SIGUSR1 it sends the old process, that it is up (listeners
+/// taken, old process told to finish): the moment `haproxy -D` returns and
+/// the pidfile names the new process. That is the only wait: no render, no
+/// check, no polling for listeners. Reloads are serialized as the
+/// supervisor's are (a trigger during one makes one follow-up); a reload
+/// that overlapped the previous start would find no process to take the
+/// sockets from (`-x` fails and the new process exits).
+struct Bare {
+    bin: PathBuf,
+    cfg: PathBuf,
+    socket: PathBuf,
+    /// HAProxy's stderr, all processes (stdout, the access log: /dev/null).
+    log: PathBuf,
+    /// The serving process (the last one that came up).
+    serving: i32,
+    /// Per reload: spawn → up, ms.
+    took_ms: Vec<f64>,
+    /// When each reload's process came up.
+    up_at: Vec<SystemTime>,
+    /// Processes started by a reload.
+    reloads: usize,
+    /// Processes that exited with a failure status before coming up (a
+    /// failed start).
+    failed: usize,
+    spawn_errors: usize,
+    reaper: BareReaper,
+}
+
+/// Reaps the bare loop's processes on a thread of its own (a shell loop's
+/// daemonized HAProxy is reaped by init, not by the loop): reaping a
+/// process costs the kernel some work (its /proc entries are invalidated),
+/// which must not hold the loop's cadence. The thread's CPU is reported with
+/// the loop's.
+struct BareReaper {
+    tx: Option<std::sync::mpsc::Sender<std::process::Child>>,
+    /// Pids of the processes not reaped yet.
+    live: Arc<std::sync::Mutex<Vec<i32>>>,
+    /// The reaper thread's CPU time so far, ns.
+    cpu_ns: Arc<std::sync::atomic::AtomicU64>,
+    /// Processes that exited with a failure status.
+    failed: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl BareReaper {
+    fn start() -> BareReaper {
+        use std::sync::atomic::{AtomicU64, AtomicUsize};
+        let (tx, rx) = std::sync::mpsc::channel::<std::process::Child>();
+        let live = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cpu_ns = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, c, f, s) = (
+            Arc::clone(&live),
+            Arc::clone(&cpu_ns),
+            Arc::clone(&failed),
+            Arc::clone(&stop),
+        );
+        let thread = thread::Builder::new()
+            .name("bare-reaper".into())
+            .spawn(move || {
+                let mut children: Vec<std::process::Child> = Vec::new();
+                loop {
+                    children.extend(rx.try_iter());
+                    children.retain_mut(|ch| match ch.try_wait() {
+                        Ok(Some(status)) => {
+                            if !status.success() {
+                                f.fetch_add(1, Ordering::SeqCst);
+                            }
+                            false
+                        }
+                        Ok(None) => true,
+                        Err(_) => false,
+                    });
+                    *l.lock().unwrap_or_else(|e| e.into_inner()) =
+                        children.iter().map(|ch| ch.id() as i32).collect();
+                    c.store((thread_cpu_s() * 1e9) as u64, Ordering::SeqCst);
+                    if s.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    thread::sleep(Duration::from_millis(10));
+                }
+                for ch in &mut children {
+                    let _ = ch.kill();
+                    let _ = ch.wait();
+                }
+            })
+            .ok();
+        BareReaper {
+            tx: Some(tx),
+            live,
+            cpu_ns,
+            failed,
+            stop,
+            thread,
         }
+    }
+
+    /// Hands a process over (its pid is live from now on).
+    fn adopt(&self, child: std::process::Child) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id() as i32);
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(child);
+        }
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn cpu_s(&self) -> f64 {
+        self.cpu_ns.load(Ordering::SeqCst) as f64 / 1e9
+    }
+
+    /// Stops reaping; processes still alive are killed.
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for BareReaper {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl Bare {
+    /// Starts the first process (no `-x`, no `-sf`) and waits until it
+    /// serves.
+    fn start(bin: &Path, dir: &Path, addr: &SocketAddr) -> Result<Bare, String> {
+        let mut b = Bare {
+            bin: bin.to_path_buf(),
+            cfg: dir.join("haproxy.cfg"),
+            socket: dir.join("admin.sock"),
+            log: dir.join("haproxy.log"),
+            serving: 0,
+            took_ms: Vec::new(),
+            up_at: Vec::new(),
+            reloads: 0,
+            failed: 0,
+            spawn_errors: 0,
+            reaper: BareReaper::start(),
+        };
+        std::fs::write(&b.log, b"").map_err(|e| e.to_string())?;
+        let first = b.spawn(false)?;
+        b.serving = first.id() as i32;
+        b.reaper.adopt(first);
+        if !harness::wait_status(addr, HOST, 200, Duration::from_secs(15)) {
+            return Err(format!(
+                "bare: {HOST} does not answer 200; haproxy said:\n{}",
+                harness::tail(&std::fs::read_to_string(&b.log).unwrap_or_default(), 3000)
+            ));
+        }
+        Ok(b)
+    }
+
+    fn spawn(&self, reload: bool) -> Result<std::process::Child, String> {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("-f").arg(&self.cfg);
+        if reload {
+            cmd.arg("-x")
+                .arg(&self.socket)
+                .arg("-sf")
+                .arg(self.serving.to_string())
+                .arg(std::process::id().to_string());
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        harness::die_with_parent(&mut cmd);
+        cmd.spawn().map_err(|e| format!("spawn haproxy: {e}"))
+    }
+
+    /// One reload: spawn, then wait until the new process says it is up
+    /// (or exits, or 10 s pass).
+    fn reload(&mut self) {
+        SIGUSR1_FROM.store(0, Ordering::SeqCst);
+        let start = Instant::now();
+        let mut c = match self.spawn(true) {
+            Ok(c) => c,
+            Err(_) => {
+                self.spawn_errors += 1;
+                return;
+            }
+        };
+        self.reloads += 1;
+        let pid = c.id() as i32;
+        loop {
+            if SIGUSR1_FROM.load(Ordering::SeqCst) == pid {
+                self.serving = pid;
+                self.took_ms.push(start.elapsed().as_secs_f64() * 1e3);
+                self.up_at.push(SystemTime::now());
+                break;
+            }
+            if let Ok(Some(status)) = c.try_wait() {
+                if !status.success() {
+                    self.failed += 1;
+                }
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.reaper.adopt(c);
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        self.reaper.pids()
+    }
+
+    /// Soft-stops every process (SIGUSR1), waits up to `grace`, then kills.
+    /// Returns the failed starts (exited with a failure status).
+    fn stop(&mut self, grace: Duration) -> usize {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGUSR1);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.pids().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.reaper.finish();
+        self.failed + self.reaper.failed.load(Ordering::SeqCst)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -285,6 +583,38 @@ enum Action<'a> {
     Signal(i32, Signal),
     /// The next server-only change, written atomically to the catalog file.
     Catalog(&'a Path, &'a mut Changes),
+    /// The bare loop's reload.
+    Bare(&'a mut Bare),
+}
+
+/// CPU used during a measured window (see [`harness::CpuSnapshot`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    /// Seconds between the two snapshots.
+    window_s: f64,
+    /// The root's own CPU seconds: the supervisor's, or the master's (for
+    /// `haproxy -W`); none for the bare loop (the root is the bench).
+    root_own_s: Option<f64>,
+    /// CPU seconds of every process below the root (HAProxy processes,
+    /// `haproxy -c`, iptables): exited ones whole, through the root's
+    /// reaped-children times.
+    below_s: f64,
+    /// The machine's busy CPU seconds (all CPUs) in the window.
+    machine_busy_s: Option<f64>,
+    /// The bare loop's own CPU seconds (the bench thread that spawns the
+    /// processes and waits for them): its counterpart of the supervisor's.
+    loop_own_s: Option<f64>,
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// What a measured window gave.
@@ -298,22 +628,50 @@ struct Driven {
     wall0: SystemTime,
     /// The HAProxy processes under the sampled pid.
     sampled: Option<Sampled>,
+    cpu: Option<CpuUse>,
 }
 
-/// Runs `clients` for `duration`; every `--reload-every-ms` takes `action`
-/// (from this thread). When `sample` is set, samples the HAProxy processes
-/// under that pid every [`SAMPLE_EVERY`] meanwhile.
+/// The CPU snapshot of a scenario's process tree: under `root`, or the
+/// bare loop's processes (the root is then the bench, which reaps them).
+fn cpu_snapshot(action: &Action, root: Option<i32>) -> Option<harness::CpuSnapshot> {
+    match action {
+        Action::Bare(b) => Some(harness::CpuSnapshot::take(
+            std::process::id() as i32,
+            Some(&b.pids()),
+        )),
+        _ => root.map(|pid| harness::CpuSnapshot::take(pid, None)),
+    }
+}
+
+/// The bare loop's own CPU seconds so far: this thread's (it runs the
+/// loop) and its reaper thread's.
+fn loop_cpu_s(action: &Action) -> Option<f64> {
+    match action {
+        Action::Bare(b) => Some(thread_cpu_s() + b.reaper.cpu_s()),
+        _ => None,
+    }
+}
+
+/// Runs `clients` for `duration` (keep-alive clients with `keepalive`);
+/// every `--reload-every-ms` takes `action` (from this thread). When
+/// `sample` is set, samples the HAProxy processes under that pid every
+/// [`SAMPLE_EVERY`] meanwhile, and measures the CPU used under it (for the
+/// bare loop: by its processes) in the window.
 fn drive(
     args: &Args,
     addr: SocketAddr,
     duration: Duration,
     mut action: Action,
     sample: Option<i32>,
+    keepalive: bool,
 ) -> Result<Driven, String> {
     let nbuckets = (duration.as_millis() as u64).div_ceil(BUCKET_MS) as usize;
     let stop = Arc::new(AtomicBool::new(false));
     let timeout = Duration::from_millis(args.timeout_ms);
     let sampler = sample.map(|pid| HaproxySampler::start(pid, SAMPLE_EVERY));
+    let cpu0 = cpu_snapshot(&action, sample);
+    let machine0 = harness::machine_cpu();
+    let loop0 = loop_cpu_s(&action);
     let wall0 = SystemTime::now();
     let t0 = Instant::now();
     let threads: Vec<_> = (0..args.clients)
@@ -322,7 +680,7 @@ fn drive(
             thread::Builder::new()
                 .name(format!("client-{i}"))
                 .stack_size(256 * 1024)
-                .spawn(move || client(addr, t0, &stop, timeout, nbuckets))
+                .spawn(move || client(addr, t0, &stop, timeout, nbuckets, keepalive))
                 .expect("spawn client thread")
         })
         .collect();
@@ -355,9 +713,15 @@ fn drive(
                     }
                     kinds.push(kind);
                 }
+                Action::Bare(b) => b.reload(),
             }
             sent.push(t0.elapsed().as_secs_f64());
-            k += 1;
+            // An action that outlasted its period (the bare loop's reload
+            // waits for the new process): triggers that fell due meanwhile
+            // make one follow-up, at once, as SIGHUPs to the supervisor
+            // during a reload do.
+            let due = (t0.elapsed().as_nanos() / every.as_nanos()) as u32;
+            k = (k + 1).max(due);
         }
     }
     let end = t0 + duration;
@@ -365,7 +729,23 @@ fn drive(
     if end > now {
         thread::sleep(end - now);
     }
+    let cpu1 = cpu_snapshot(&action, sample);
+    let machine1 = harness::machine_cpu();
+    let loop1 = loop_cpu_s(&action);
     stop.store(true, Ordering::SeqCst);
+    let cpu = match (cpu0, cpu1) {
+        (Some(a), Some(b)) => Some(CpuUse {
+            window_s: match (a.at, b.at) {
+                (Some(x), Some(y)) => (y - x).as_secs_f64(),
+                _ => duration.as_secs_f64(),
+            },
+            root_own_s: (!matches!(action, Action::Bare(_))).then(|| a.root_until(&b)),
+            below_s: a.below_until(&b),
+            machine_busy_s: machine0.zip(machine1).map(|(x, y)| y.0 - x.0),
+            loop_own_s: loop0.zip(loop1).map(|(a, b)| b - a),
+        }),
+        _ => None,
+    };
     let sampled = sampler.map(HaproxySampler::finish);
     let mut load = Load {
         buckets: vec![0; nbuckets],
@@ -385,6 +765,7 @@ fn drive(
         kinds,
         wall0,
         sampled,
+        cpu,
     })
 }
 
@@ -427,6 +808,17 @@ struct Outcome {
     /// Distinct pids of "haproxy reload done" lines in the window (for
     /// master-worker: "Loading success." lines after the first).
     started_logged: usize,
+    /// Keep-alive clients (a `-ka` scenario): ratios are to `baseline-ka`.
+    keepalive: bool,
+    /// CPU used in the window by the supervisor (or master) and by the
+    /// HAProxy processes.
+    cpu: Option<CpuUse>,
+    /// Whether the root of [`Outcome::cpu`] is HAProxy's master (its own
+    /// CPU is HAProxy's) rather than the supervisor.
+    root_is_haproxy: bool,
+    /// The bare loop: `spawn` errors and `[ALERT]` lines HAProxy wrote.
+    spawn_errors: usize,
+    alerts: usize,
 }
 
 impl Outcome {
@@ -524,16 +916,21 @@ impl Bench {
         Ok(p)
     }
 
-    fn start_master_worker(&self) -> Result<Proc, String> {
-        let dir = self.work.join("master-worker");
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    /// The baseline's rendered config (what the supervisor runs).
+    fn baseline_config(&self) -> Result<String, String> {
         let base = self.work.join("baseline/etc/haproxy.cfg");
-        let text = std::fs::read_to_string(&base).map_err(|e| {
+        std::fs::read_to_string(&base).map_err(|e| {
             format!(
                 "read the baseline's rendered config {}: {e}",
                 base.display()
             )
-        })?;
+        })
+    }
+
+    fn start_master_worker(&self, name: &str) -> Result<Proc, String> {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let text = self.baseline_config()?;
         let cfg = master_worker_config(&text, &dir.join("admin.sock"));
         let cfg_path = dir.join("haproxy.cfg");
         std::fs::write(&cfg_path, cfg).map_err(|e| e.to_string())?;
@@ -548,16 +945,41 @@ impl Bench {
         Ok(p)
     }
 
+    /// The bare loop's first process, on the baseline's rendered config
+    /// with an admin socket of its own (maxconn and everything else as
+    /// rendered).
+    fn start_bare(&self, name: &str) -> Result<Bare, String> {
+        let dir = self.work.join(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let text = self.baseline_config()?;
+        std::fs::write(
+            dir.join("haproxy.cfg"),
+            with_admin_socket(&text, &dir.join("admin.sock"), None),
+        )
+        .map_err(|e| e.to_string())?;
+        Bare::start(&self.haproxy_bin, &dir, &self.addr)
+    }
+
     fn run(&self, name: &str) -> Result<Outcome, String> {
         let catalog_file = self.work.join(name).join("catalog.json");
-        let (mut target, what) = match name {
+        let (kind, keepalive) = split_ka(name);
+        let clients = if keepalive {
+            "keep-alive clients"
+        } else {
+            "new connection per request"
+        };
+        let (mut target, what) = match kind {
             "baseline" => (
                 Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
-                "supervisor, no reloads".to_string(),
+                format!("supervisor, no reloads; {clients}"),
             ),
             "plain" | "syn-drop" | "seamless" => (
-                Target::Supervisor(self.start_supervisor(name, name, &catalog_file, true)?),
-                format!("supervisor, HAPROXY_RELOAD_STRATEGY={name}, SIGHUP"),
+                Target::Supervisor(self.start_supervisor(name, kind, &catalog_file, true)?),
+                format!("supervisor, HAPROXY_RELOAD_STRATEGY={kind}, SIGHUP; {clients}"),
+            ),
+            "bare" => (
+                Target::Bare(self.start_bare(name)?),
+                format!("haproxy alone, the bench's loop: haproxy -f cfg -x <admin socket> -sf <pids>; {clients}"),
             ),
             "live" => (
                 Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
@@ -574,13 +996,17 @@ impl Bench {
                     .to_string(),
             ),
             "master-worker" => (
-                Target::MasterWorker(self.start_master_worker()?),
-                "haproxy -W alone, SIGUSR2 to the master".to_string(),
+                Target::MasterWorker(self.start_master_worker(name)?),
+                format!("haproxy -W alone, SIGUSR2 to the master; {clients}"),
             ),
             other => return Err(format!("unknown scenario {other:?}")),
         };
-        let changes_scenario = matches!(name, "live" | "live-off");
-        let pid = target.proc().pid();
+        let changes_scenario = matches!(kind, "live" | "live-off");
+        let pid = match &target {
+            Target::Supervisor(p) | Target::MasterWorker(p) => p.pid(),
+            // The bare loop's processes are the bench's children.
+            Target::Bare(_) => std::process::id() as i32,
+        };
         if self.args.warmup_ms > 0 {
             drive(
                 &self.args,
@@ -588,20 +1014,32 @@ impl Bench {
                 Duration::from_millis(self.args.warmup_ms),
                 Action::Nothing,
                 None,
+                keepalive,
             )?;
         }
         let duration = Duration::from_secs_f64(self.args.duration_secs);
         let mut changes = Changes::new(self.backends);
-        let action = match (&target, name) {
+        let action = match (&mut target, kind) {
             (_, "baseline") => Action::Nothing,
             (_, "live" | "live-off") => Action::Catalog(&catalog_file, &mut changes),
             (Target::Supervisor(_), _) => Action::Signal(pid, Signal::SIGHUP),
             (Target::MasterWorker(_), _) => Action::Signal(pid, Signal::SIGUSR2),
+            (Target::Bare(b), _) => Action::Bare(b),
         };
-        let driven = drive(&self.args, self.addr, duration, action, Some(pid))?;
+        let driven = drive(
+            &self.args,
+            self.addr,
+            duration,
+            action,
+            Some(pid),
+            keepalive,
+        )?;
         // Let the last reload or change finish and log.
         thread::sleep(Duration::from_millis(500));
-        let log = target.proc().log_text();
+        let log = match &target {
+            Target::Supervisor(p) | Target::MasterWorker(p) => p.log_text(),
+            Target::Bare(b) => b.log_text(),
+        };
         let sent = driven.sent;
         let mut out = Outcome {
             name: name.to_string(),
@@ -624,6 +1062,11 @@ impl Bench {
             live_failed: 0,
             sampled: driven.sampled,
             started_logged: 0,
+            keepalive,
+            cpu: driven.cpu,
+            root_is_haproxy: matches!(target, Target::MasterWorker(_)),
+            spawn_errors: 0,
+            alerts: 0,
         };
         for k in &driven.kinds {
             *out.change_kinds.entry(k.to_string()).or_default() += 1;
@@ -674,9 +1117,9 @@ impl Bench {
                 }
                 out.started_logged = pids.len();
                 out.failed_reloads += log.matches("invalid config; keeping").count();
-                if name == "live" {
+                if kind == "live" {
                     out.marks_are = "live change applied";
-                } else if name == "live-off" {
+                } else if kind == "live-off" {
                     out.marks_are = "catalog reload done";
                 }
                 p.stop(Duration::from_secs(15));
@@ -690,6 +1133,21 @@ impl Bench {
                 out.marks_are = "SIGUSR2 sent";
                 p.stop(Duration::from_secs(15));
             }
+            Target::Bare(b) => {
+                out.started_logged = b.reloads;
+                out.reloads_done = b.took_ms.len();
+                out.took_ms = b.took_ms.clone();
+                out.spawn_errors = b.spawn_errors;
+                out.alerts = log.matches("[ALERT]").count();
+                let start = harness::epoch_secs(driven.wall0);
+                out.reload_marks = b
+                    .up_at
+                    .iter()
+                    .map(|t| harness::epoch_secs(*t) - start)
+                    .collect();
+                out.marks_are = "new process up";
+                out.failed_reloads = b.stop(Duration::from_secs(15));
+            }
         }
         self.wait_port_free();
         Ok(out)
@@ -699,6 +1157,13 @@ impl Bench {
 /// The baseline's rendered config for `haproxy -W`: global maxconn 5000
 /// (fits the open-files limit) and its own admin socket.
 fn master_worker_config(text: &str, socket: &Path) -> String {
+    with_admin_socket(text, socket, Some(5000))
+}
+
+/// `text` with the global `stats socket` moved to `socket` (its options
+/// kept: `expose-fd listeners`), and the global maxconn replaced when
+/// `maxconn` is given.
+fn with_admin_socket(text: &str, socket: &Path, maxconn: Option<u32>) -> String {
     let mut out = String::new();
     let mut in_global = false;
     for line in text.lines() {
@@ -707,8 +1172,8 @@ fn master_worker_config(text: &str, socket: &Path) -> String {
         {
             in_global = t.starts_with("global");
         }
-        if in_global && t.starts_with("maxconn ") {
-            out.push_str("    maxconn 5000\n");
+        if let (true, true, Some(m)) = (in_global, t.starts_with("maxconn "), maxconn) {
+            out.push_str(&format!("    maxconn {m}\n"));
         } else if in_global && t.starts_with("stats socket ") {
             let rest: Vec<&str> = t.split_whitespace().skip(3).collect();
             out.push_str(&format!(
@@ -724,6 +1189,25 @@ fn master_worker_config(text: &str, socket: &Path) -> String {
     out
 }
 
+/// A scenario's kind and whether its clients keep connections alive
+/// (`<kind>-ka`).
+fn split_ka(name: &str) -> (&str, bool) {
+    match name.strip_suffix("-ka") {
+        Some(k) => (k, true),
+        None => (name, false),
+    }
+}
+
+/// The baseline a row's ratios are to: `baseline-ka` for keep-alive rows.
+fn baseline_of<'a>(outs: &'a [Outcome], o: &Outcome) -> Option<&'a Outcome> {
+    let want = if o.keepalive {
+        "baseline-ka"
+    } else {
+        "baseline"
+    };
+    outs.iter().find(|b| b.name == want)
+}
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
@@ -732,16 +1216,95 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+impl Outcome {
+    fn ok_in_window(&self) -> u64 {
+        self.load.buckets.iter().sum()
+    }
+    /// The supervisor's own CPU seconds in the window (for the bare row:
+    /// its loop's).
+    fn supervisor_cpu_s(&self) -> Option<f64> {
+        let c = self.cpu?;
+        if self.root_is_haproxy {
+            None
+        } else {
+            c.root_own_s.or(c.loop_own_s)
+        }
+    }
+    /// CPU seconds of the HAProxy processes in the window (with `haproxy
+    /// -c` and iptables under the supervisor; with the master under
+    /// `haproxy -W`).
+    fn haproxy_cpu_s(&self) -> Option<f64> {
+        let c = self.cpu?;
+        Some(
+            c.below_s
+                + if self.root_is_haproxy {
+                    c.root_own_s.unwrap_or(0.0)
+                } else {
+                    0.0
+                },
+        )
+    }
+    /// Whether this row reloads by starting HAProxy processes (not a
+    /// baseline, not `live`).
+    fn reloads(&self) -> bool {
+        !self.name.starts_with("baseline") && self.reloads_done > 0
+    }
+}
+
+/// CPU per reload of one row against its baseline: what the supervisor
+/// used beyond its idle rate, and what HAProxy used beyond serving the
+/// row's requests at the baseline's CPU per request; seconds per reload.
+#[derive(Debug, Clone, Copy)]
+struct PerReload {
+    supervisor_s: Option<f64>,
+    haproxy_s: f64,
+}
+
+impl PerReload {
+    fn total(self) -> f64 {
+        self.haproxy_s + self.supervisor_s.unwrap_or(0.0)
+    }
+}
+
+fn per_reload(o: &Outcome, base: Option<&Outcome>) -> Option<PerReload> {
+    if !o.reloads() {
+        return None;
+    }
+    let b = base?;
+    let n = o.reloads_done as f64;
+    let (bc, c) = (b.cpu?, o.cpu?);
+    let base_hap_per_req = b.haproxy_cpu_s()? / (b.ok_in_window().max(1) as f64);
+    let haproxy_s = (o.haproxy_cpu_s()? - base_hap_per_req * o.ok_in_window() as f64) / n;
+    let supervisor_s = match (o.supervisor_cpu_s(), b.supervisor_cpu_s(), c.loop_own_s) {
+        // The bare loop does nothing between reloads.
+        (Some(s), _, Some(_)) => Some(s / n),
+        (Some(s), Some(bs), None) => Some((s - bs / bc.window_s.max(1e-9) * c.window_s) / n),
+        _ => None,
+    };
+    Some(PerReload {
+        supervisor_s,
+        haproxy_s,
+    })
+}
+
+fn opt_fmt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "–".into())
+}
+
 fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
-    let base = outs.iter().find(|o| o.name == "baseline");
-    let (brps, bp50, bp99) = base
-        .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99)))
-        .unwrap_or((0.0, 0.0, 0.0));
+    let base_figs = |o: &Outcome| {
+        baseline_of(outs, o)
+            .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99)))
+            .unwrap_or((0.0, 0.0, 0.0))
+    };
     let mut s = String::new();
     s.push_str(&format!(
-        "{} clients, a new TCP connection per request, {} s per scenario, a reload (`live`, \
-         `live-off`: a server-only catalog change) every {} ms; request timeout {} ms; HAProxy \
-         processes sampled under the supervisor (master) every {} ms; {}; {}; run {}.\n\n",
+        "{} clients, each opening a new TCP connection per request (`Connection: close`), or in \
+         the `-ka` rows keeping one HTTP/1.1 keep-alive connection (a new one only after \
+         `Connection: close` or a failure; no retry), {} s per scenario, a reload (`live`, \
+         `live-off`: a server-only catalog change) every {} ms; request timeout {} ms; ratios \
+         are to `baseline` (`-ka` rows: to `baseline-ka`); HAProxy processes sampled under the \
+         supervisor (master) every {} ms; {}; {}; run {}.\n\n",
         args.clients,
         args.duration_secs,
         args.reload_every_ms,
@@ -751,12 +1314,13 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         meta["haproxy"].as_str().unwrap_or(""),
         meta["date"].as_str().unwrap_or(""),
     ));
-    s.push_str("| scenario | reloads done (sent) | changes written | live changes applied | HAProxy processes started (sampled / logged) | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
+    s.push_str("| scenario | reloads done (sent) | changes written | live changes applied | HAProxy processes started (sampled / logged) | connections opened | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
     s.push_str(
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for o in outs {
-        let reloads = if o.name == "baseline" || o.changes {
+        let (brps, bp50, bp99) = base_figs(o);
+        let reloads = if o.name.starts_with("baseline") || o.changes {
             o.reloads_done.to_string()
         } else {
             format!("{} ({})", o.reloads_done, o.reloads_sent)
@@ -773,13 +1337,19 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
                 .unwrap_or_else(|| "–".into()),
             o.started_logged
         );
+        let connections = if o.keepalive {
+            o.load.connections.to_string()
+        } else {
+            "1 per request".to_string()
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} | {:.2} | {:.2} |\n",
             o.name,
             reloads,
             written,
             live,
             started,
+            connections,
             o.load.ok,
             o.load.failed(),
             o.load.refused,
@@ -817,6 +1387,12 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         }
         if o.failed_reloads > 0 {
             notes.push(format!("{} failed reloads", o.failed_reloads));
+        }
+        if o.spawn_errors > 0 {
+            notes.push(format!("{} haproxy spawn errors", o.spawn_errors));
+        }
+        if o.alerts > 0 {
+            notes.push(format!("{} [ALERT] lines from haproxy", o.alerts));
         }
         if o.changes {
             notes.push(format!(
@@ -863,9 +1439,13 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             s.push_str(&format!("- {}: {}\n", o.name, notes.join("; ")));
         }
     }
+
+    s.push_str(&cpu_markdown(outs));
+
     s.push_str("\nGoals (figures, not assertions):\n\n");
     let find = |n: &str| outs.iter().find(|o| o.name == n);
     if let Some(o) = find("live") {
+        let (brps, _, bp99) = base_figs(o);
         let r = ratio(o.rps(), brps);
         let p = ratio(o.lat_ms(0.99), bp99);
         let started = o.started_sampled().unwrap_or(usize::MAX);
@@ -886,6 +1466,7 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         ));
     }
     if let Some(o) = find("live-off") {
+        let (brps, _, bp99) = base_figs(o);
         s.push_str(&format!(
             "- live-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
             o.load.failed(),
@@ -897,6 +1478,7 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
         ));
     }
     if let Some(o) = find("seamless") {
+        let (brps, _, bp99) = base_figs(o);
         let r = ratio(o.rps(), brps);
         let p = ratio(o.lat_ms(0.99), bp99);
         s.push_str(&format!(
@@ -918,6 +1500,128 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             met(o.load.failed() == 0)
         ));
     }
+    for (seamless, bare) in [("seamless", "bare"), ("seamless-ka", "bare-ka")] {
+        if let (Some(o), Some(b)) = (find(seamless), find(bare)) {
+            let pts = points_behind(outs, o, b);
+            s.push_str(&format!(
+                "- {seamless} within 3 points of {bare} (issue 15) → {pts:.1} points behind ({})\n",
+                met(pts <= 3.0)
+            ));
+        }
+    }
+    for name in ["plain-ka", "syn-drop-ka", "seamless-ka"] {
+        if let Some(o) = find(name) {
+            s.push_str(&format!(
+                "- {name}: 0 failed for keep-alive clients (issue 9) → {} failed over {} reloads, {} connections opened ({})\n",
+                o.load.failed(),
+                o.reloads_done,
+                o.load.connections,
+                met(o.load.failed() == 0 && o.reloads_done > 0)
+            ));
+        }
+    }
+    if let Some(o) = find("master-worker-ka") {
+        s.push_str(&format!(
+            "- master-worker-ka (peer, the same rendered config): {} failed over {} reloads, {} connections opened\n",
+            o.load.failed(),
+            o.reloads_done,
+            o.load.connections
+        ));
+    }
+    s
+}
+
+/// Throughput points (× its baseline, ×100) `o` is behind `peer`.
+fn points_behind(outs: &[Outcome], o: &Outcome, peer: &Outcome) -> f64 {
+    let r = |x: &Outcome| {
+        ratio(
+            x.rps(),
+            baseline_of(outs, x).map(Outcome::rps).unwrap_or(0.0),
+        )
+    };
+    (r(peer) - r(o)) * 100.0
+}
+
+/// The CPU table and the supervisor's overhead against the bare loop.
+fn cpu_markdown(outs: &[Outcome]) -> String {
+    let mut s = String::new();
+    if outs.iter().all(|o| o.cpu.is_none()) {
+        return s;
+    }
+    s.push_str(
+        "\nCPU in the measured window, from /proc: the supervisor's own (`utime+stime` of its \
+         process, every thread), and the HAProxy processes' (every process below the supervisor \
+         — HAProxy generations, `haproxy -c`, iptables — or below the master, the master \
+         included, or the bare loop's processes): those alive at the end as they stand, minus \
+         what those alive at the start had used before it, plus those that exited in between, \
+         whole (the parent's `cutime+cstime`: the kernel adds a child's CPU there when it is \
+         reaped). The bare row's \"supervisor\" is its loop: the CPU time of the bench thread \
+         that spawns the processes and waits for them (`CLOCK_THREAD_CPUTIME_ID`). Per reload: \
+         HAProxy's beyond serving the row's requests at its baseline's CPU per request, the \
+         supervisor's beyond its idle rate in the baseline.\n\n",
+    );
+    s.push_str(&format!("| scenario | reloads done | machine busy, CPUs of {} | supervisor (bare: its loop) CPU s | HAProxy CPU s | HAProxy µs per ok request | supervisor (loop) ms per reload | HAProxy ms per reload beyond serving | total ms per reload |\n", thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for o in outs {
+        let Some(c) = o.cpu else { continue };
+        let pr = per_reload(o, baseline_of(outs, o));
+        let total = pr.map(PerReload::total);
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            o.name,
+            o.reloads_done,
+            opt_fmt(c.machine_busy_s, |b| format!(
+                "{:.2}",
+                b / c.window_s.max(1e-9)
+            )),
+            opt_fmt(o.supervisor_cpu_s(), |v| format!("{v:.2}")),
+            opt_fmt(o.haproxy_cpu_s(), |v| format!("{v:.2}")),
+            opt_fmt(o.haproxy_cpu_s(), |v| format!(
+                "{:.0}",
+                v * 1e6 / o.ok_in_window().max(1) as f64
+            )),
+            opt_fmt(pr.and_then(|p| p.supervisor_s), |v| format!(
+                "{:.1}",
+                v * 1e3
+            )),
+            opt_fmt(pr.map(|p| p.haproxy_s), |v| format!("{:.1}", v * 1e3)),
+            opt_fmt(total, |v| format!("{:.1}", v * 1e3)),
+        ));
+    }
+    let find = |n: &str| outs.iter().find(|o| o.name == n);
+    for (seamless, bare) in [("seamless", "bare"), ("seamless-ka", "bare-ka")] {
+        let (Some(o), Some(b)) = (find(seamless), find(bare)) else {
+            continue;
+        };
+        let (po, pb) = (
+            per_reload(o, baseline_of(outs, o)),
+            per_reload(b, baseline_of(outs, b)),
+        );
+        let ms = |v: Option<f64>| opt_fmt(v, |x| format!("{:.1} ms", x * 1e3));
+        s.push_str(&format!(
+            "\nThe supervisor's overhead, `{seamless}` against `{bare}` (the same rendered config, \
+             the same rate, this run): {:.1} points of throughput (× baseline {:.2} against {:.2}); \
+             CPU per reload: the supervisor's own {} against the bare loop's {}, HAProxy's beyond \
+             serving {} against {} (difference {}), in all {} against {} (difference {}).\n",
+            points_behind(outs, o, b),
+            ratio(
+                o.rps(),
+                baseline_of(outs, o).map(Outcome::rps).unwrap_or(0.0)
+            ),
+            ratio(
+                b.rps(),
+                baseline_of(outs, b).map(Outcome::rps).unwrap_or(0.0)
+            ),
+            ms(po.and_then(|p| p.supervisor_s)),
+            ms(pb.and_then(|p| p.supervisor_s)),
+            ms(po.map(|p| p.haproxy_s)),
+            ms(pb.map(|p| p.haproxy_s)),
+            ms(po.zip(pb).map(|(x, y)| x.haproxy_s - y.haproxy_s)),
+            ms(po.map(PerReload::total)),
+            ms(pb.map(PerReload::total)),
+            ms(po.zip(pb).map(|(x, y)| x.total() - y.total())),
+        ));
+    }
     s
 }
 
@@ -930,16 +1634,33 @@ fn met(b: bool) -> &'static str {
 }
 
 fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json::Value {
-    let base = outs.iter().find(|o| o.name == "baseline");
-    let (brps, bp50, bp99, bp999) = base
-        .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99), b.lat_ms(0.999)))
-        .unwrap_or((0.0, 0.0, 0.0, 0.0));
     let scenarios: Vec<_> = outs
         .iter()
         .map(|o| {
+            let base = baseline_of(outs, o);
+            let (brps, bp50, bp99, bp999) = base
+                .map(|b| (b.rps(), b.lat_ms(0.5), b.lat_ms(0.99), b.lat_ms(0.999)))
+                .unwrap_or((0.0, 0.0, 0.0, 0.0));
+            let pr = per_reload(o, base);
             json!({
                 "name": o.name,
                 "what": o.what,
+                "keepalive": o.keepalive,
+                "baseline": base.map(|b| b.name.clone()),
+                "connections_opened": o.keepalive.then_some(o.load.connections),
+                "cpu": o.cpu.map(|c| json!({
+                    "window_s": c.window_s,
+                    "machine_busy_s": c.machine_busy_s,
+                    "supervisor_s": o.supervisor_cpu_s(),
+                    "supervisor_is_bare_loop_thread": c.loop_own_s.is_some(),
+                    "haproxy_s": o.haproxy_cpu_s(),
+                    "haproxy_us_per_ok_request": o.haproxy_cpu_s()
+                        .map(|v| v * 1e6 / o.ok_in_window().max(1) as f64),
+                    "per_reload_supervisor_beyond_idle_s": pr.and_then(|p| p.supervisor_s),
+                    "per_reload_haproxy_beyond_serving_s": pr.map(|p| p.haproxy_s),
+                })),
+                "bare_spawn_errors": o.spawn_errors,
+                "haproxy_alert_lines": o.alerts,
                 "reloads_sent": o.reloads_sent,
                 "reloads_done": o.reloads_done,
                 "failed_reloads": o.failed_reloads,
@@ -996,6 +1717,26 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
             })
         })
         .collect();
+    let find = |n: &str| outs.iter().find(|o| o.name == n);
+    let overhead: Vec<_> = [("seamless", "bare"), ("seamless-ka", "bare-ka")]
+        .into_iter()
+        .filter_map(|(a, b)| {
+            let (o, p) = (find(a)?, find(b)?);
+            let (po, pb) = (
+                per_reload(o, baseline_of(outs, o)),
+                per_reload(p, baseline_of(outs, p)),
+            );
+            Some(json!({
+                "row": a,
+                "peer": b,
+                "throughput_points_behind": points_behind(outs, o, p),
+                "per_reload_supervisor_s": po.and_then(|x| x.supervisor_s),
+                "per_reload_haproxy_beyond_serving_s": po.map(|x| x.haproxy_s),
+                "peer_per_reload_loop_s": pb.and_then(|x| x.supervisor_s),
+                "peer_per_reload_haproxy_beyond_serving_s": pb.map(|x| x.haproxy_s),
+            }))
+        })
+        .collect();
     json!({
         "bench": "reload-bench",
         "meta": meta,
@@ -1006,11 +1747,13 @@ fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) -> serde_json
             "catalog_change_cycle": CHANGE_KINDS,
             "timeout_ms": args.timeout_ms,
             "warmup_ms": args.warmup_ms,
-            "connection": "new TCP connection per request (Connection: close), closed-loop",
+            "connection": "new TCP connection per request (Connection: close), closed-loop; -ka rows: one HTTP/1.1 keep-alive connection per client, a new one only after Connection: close or a failure, no retry",
+            "cpu": "from /proc/<pid>/stat: the supervisor's (master's) utime+stime; below it: Δ cutime+cstime + Σ live processes' utime+stime+cutime+cstime at the end − the same at the start; per reload: HAProxy beyond the row's ok requests × its baseline's HAProxy CPU per ok request, supervisor beyond its baseline's rate",
             "latency": "from before connect() to the end of the response, successful requests only",
             "throughput": "successful requests completed within the window / window",
         },
         "scenarios": scenarios,
+        "overhead_vs_bare": overhead,
     })
 }
 
@@ -1045,7 +1788,10 @@ fn series(o: &Outcome) -> Vec<(f64, f64)> {
 /// the baseline in grey for reference.
 fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
     use plotters::prelude::*;
-    let panels: Vec<&Outcome> = outs.iter().filter(|o| o.name != "baseline").collect();
+    let panels: Vec<&Outcome> = outs
+        .iter()
+        .filter(|o| !o.name.starts_with("baseline"))
+        .collect();
     let top_h = 420u32;
     let panel_h = 220u32;
     let height = top_h + panel_h * panels.len() as u32;
@@ -1062,12 +1808,11 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
         let i = outs.iter().position(|x| x.name == o.name).unwrap_or(0);
         COLORS[i % COLORS.len()]
     };
-    let base = outs.iter().find(|o| o.name == "baseline");
     {
         let mut chart = ChartBuilder::on(&top)
             .caption(
                 format!(
-                    "Successful requests/s per {BUCKET_MS} ms bucket ({} clients, new connection per request, a reload (live rows: a catalog change) every {} ms)",
+                    "Successful requests/s per {BUCKET_MS} ms bucket ({} clients, new connection per request; -ka: keep-alive; a reload (live rows: a catalog change) every {} ms)",
                     args.clients, args.reload_every_ms
                 ),
                 ("sans-serif", 18),
@@ -1117,15 +1862,20 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
                 o.changes_written(),
                 o.live_applied,
                 o.reloads_done,
-                if o.name == "live" && o.reloads_done > 0 {
+                if split_ka(&o.name).0 == "live" && o.reloads_done > 0 {
                     format!("{}; black: reload done", o.marks_are)
                 } else {
                     o.marks_are.to_string()
                 }
             )
         } else {
+            let conns = if o.keepalive {
+                format!(", {} connections opened", o.load.connections)
+            } else {
+                String::new()
+            };
             format!(
-                "{}: {} failed, {} reloads{started} (vertical lines: {})",
+                "{}: {} failed, {} reloads{started}{conns} (vertical lines: {})",
                 o.name,
                 o.load.failed(),
                 o.reloads_done,
@@ -1145,7 +1895,7 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| e.to_string())?;
-        let (marks, reloads_apart): (&[f64], &[f64]) = if o.name == "live" {
+        let (marks, reloads_apart): (&[f64], &[f64]) = if split_ka(&o.name).0 == "live" {
             (&o.live_marks, &o.reload_marks)
         } else {
             (&o.reload_marks, &[])
@@ -1166,7 +1916,7 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
                     .map(|t| PathElement::new(vec![(*t, 0.0), (*t, ymax)], BLACK.mix(0.6))),
             )
             .map_err(|e| e.to_string())?;
-        if let Some(b) = base {
+        if let Some(b) = baseline_of(outs, o) {
             chart
                 .draw_series(LineSeries::new(series(b), RGBColor(0xaa, 0xaa, 0xaa)))
                 .map_err(|e| e.to_string())?;
@@ -1181,6 +1931,10 @@ fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
 
 fn main() {
     let mut args = Args::parse();
+    if let Err(e) = catch_sigusr1() {
+        eprintln!("reload-bench: {e}");
+        std::process::exit(2);
+    }
     if let Err(e) = harness::enter_netns() {
         eprintln!("reload-bench: {e}");
         std::process::exit(2);
@@ -1199,8 +1953,29 @@ fn real_main(args: &mut Args) -> Result<(), String> {
     if harness::which("iptables").is_none() {
         return Err("iptables is not installed (needed by syn-drop)".into());
     }
-    args.scenarios.retain(|s| s != "baseline");
+    args.scenarios
+        .retain(|s| s != "baseline" && s != "baseline-ka");
     args.scenarios.insert(0, "baseline".into());
+    // Keep-alive rows are compared with a keep-alive baseline, run just
+    // before the first of them.
+    if let Some(i) = args.scenarios.iter().position(|s| split_ka(s).1) {
+        args.scenarios.insert(i, "baseline-ka".into());
+    }
+    for s in &args.scenarios {
+        if !matches!(
+            split_ka(s).0,
+            "baseline"
+                | "live"
+                | "live-off"
+                | "plain"
+                | "syn-drop"
+                | "seamless"
+                | "bare"
+                | "master-worker"
+        ) {
+            return Err(format!("unknown scenario {s:?}"));
+        }
+    }
 
     let work = std::env::temp_dir().join(format!("reload-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -1227,7 +2002,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
             "reload-bench: {name}: {} clients for {} s{}",
             args.clients,
             args.duration_secs,
-            match name.as_str() {
+            match split_ka(name).0 {
                 "baseline" => String::new(),
                 "live" | "live-off" => format!(
                     ", a server-only catalog change every {} ms",
@@ -1238,7 +2013,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         );
         let o = bench.run(name)?;
         eprintln!(
-            "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent, {} changes written, {} applied live, HAProxy processes started: {} sampled, {} logged",
+            "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent, {} changes written, {} applied live, HAProxy processes started: {} sampled, {} logged{}{}",
             o.load.ok,
             o.load.failed(),
             o.rps(),
@@ -1250,7 +2025,20 @@ fn real_main(args: &mut Args) -> Result<(), String> {
             o.started_sampled()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "–".into()),
-            o.started_logged
+            o.started_logged,
+            if o.keepalive {
+                format!(", {} connections opened", o.load.connections)
+            } else {
+                String::new()
+            },
+            match o.cpu {
+                Some(_) => format!(
+                    ", CPU s: supervisor {}, haproxy {}",
+                    opt_fmt(o.supervisor_cpu_s(), |v| format!("{v:.2}")),
+                    opt_fmt(o.haproxy_cpu_s(), |v| format!("{v:.2}"))
+                ),
+                None => String::new(),
+            },
         );
         outs.push(o);
         thread::sleep(Duration::from_millis(args.settle_ms));
