@@ -256,6 +256,11 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
     let page = get_auth(stats, "/", Some(RIGHT)).expect("stats page");
     assert_eq!(page.0, 200);
     assert!(page.1.contains("Statistics Report"), "{}", page.1);
+    // HAProxy's Prometheus exporter takes the same credentials.
+    assert_eq!(get_auth(stats, "/metrics", None).map(|r| r.0), Ok(401));
+    let m = get_auth(stats, "/metrics", Some(RIGHT)).expect("metrics");
+    assert_eq!(m.0, 200);
+    assert!(m.1.contains("haproxy_frontend_http_requests_total"));
     // The container health check needs no credentials.
     assert_eq!(
         get_auth(stats, "/_haproxy_health_check", None).map(|r| r.0),
