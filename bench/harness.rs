@@ -881,6 +881,14 @@ pub fn children(pid: i32) -> Vec<i32> {
 }
 
 /// Every descendant of `pid` (children, their children, ...).
+///
+/// Not for repeated sampling of processes that will exit: reading a
+/// process's `/proc/<pid>/task/*/children` every 20 ms made reaping it cost
+/// 25–95 ms of kernel CPU in `wait4` (`release_task` →
+/// `proc_invalidate_siblings_dcache` → `d_walk`) instead of ~0.2 ms,
+/// measured on the supervisor's reaper under reload-bench — CPU charged to
+/// whoever reaps, taken from the load. The samplers read direct children
+/// only ([`children`]), which is every process they need.
 pub fn descendants(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     let mut todo = vec![pid];
@@ -933,9 +941,10 @@ impl Sampled {
     }
 }
 
-/// Samples the HAProxy processes (comm `haproxy`) under a parent every
-/// `every` on a thread of its own; a process whose arguments hold `-c` is a
-/// config check, counted apart. A process that lives shorter than `every`
+/// Samples the HAProxy processes (comm `haproxy`) that are children of a
+/// parent every `every` on a thread of its own (direct children only: see
+/// [`descendants`]); a process whose arguments hold `-c` is a config check,
+/// counted apart. A process that lives shorter than `every`
 /// can be missed: serving processes live until the next reload at least.
 pub struct HaproxySampler {
     stop: Arc<AtomicBool>,
@@ -986,7 +995,7 @@ impl Drop for HaproxySampler {
 /// (true) or a check (false), so each pid's cmdline is read once.
 fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) {
     out.samples += 1;
-    for pid in descendants(parent) {
+    for pid in children(parent) {
         let serving = match kinds.get(&pid) {
             Some(k) => *k,
             None => {
@@ -1054,8 +1063,7 @@ pub fn proc_cpu(pid: i32) -> Option<ProcCpu> {
 }
 
 /// A snapshot for the CPU a process tree uses in a window: the root's own
-/// and reaped-children times, and own + reaped times of each live process
-/// below it. The CPU the tree below the root used between two snapshots is
+/// and reaped-children times, and own + reaped times of each live child. The CPU the tree below the root used between two snapshots is
 /// `Δ root.reaped + Σ live(after) − Σ live(before)`: a process that exits in
 /// the window arrives, whole, in its parent's reaped times, and what the
 /// ones alive at the start had used before it is taken off. Exact up to
@@ -1068,16 +1076,18 @@ pub struct CpuSnapshot {
 }
 
 impl CpuSnapshot {
-    /// The snapshot of `root` and `below` (every descendant of `root` when
-    /// `None`). Taken again when the root reaped a child meanwhile, so a
-    /// process is never counted both live and reaped.
+    /// The snapshot of `root` and `below` (the children of `root` when
+    /// `None`: a child's own children arrive in its reaped times; see
+    /// [`descendants`] for why not deeper). Taken again when the root reaped
+    /// a child meanwhile, so a process is never counted both live and
+    /// reaped.
     pub fn take(root: i32, below: Option<&[i32]>) -> CpuSnapshot {
         let mut snap = CpuSnapshot::default();
         for _ in 0..5 {
             let before = proc_cpu(root).unwrap_or_default();
             let pids = match below {
                 Some(p) => p.to_vec(),
-                None => descendants(root),
+                None => children(root),
             };
             let live: BTreeMap<i32, ProcCpu> = pids
                 .into_iter()

@@ -1550,9 +1550,9 @@ fn cpu_markdown(outs: &[Outcome]) -> String {
     }
     s.push_str(
         "\nCPU in the measured window, from /proc: the supervisor's own (`utime+stime` of its \
-         process, every thread), and the HAProxy processes' (every process below the supervisor \
-         — HAProxy generations, `haproxy -c`, iptables — or below the master, the master \
-         included, or the bare loop's processes): those alive at the end as they stand, minus \
+         process, every thread), and the HAProxy processes' (every child of the supervisor — \
+         HAProxy generations, `haproxy -c`, iptables — or of the master, the master included, \
+         or the bare loop's processes): those alive at the end as they stand, minus \
          what those alive at the start had used before it, plus those that exited in between, \
          whole (the parent's `cutime+cstime`: the kernel adds a child's CPU there when it is \
          reaped). The bare row's \"supervisor\" is its loop: the CPU time of the bench thread \
