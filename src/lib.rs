@@ -41,5 +41,6 @@ pub mod process;
 pub mod render;
 pub mod runtime;
 pub mod settings;
+pub mod signals;
 pub mod status;
 pub mod supervisor;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
@@ -27,6 +26,7 @@ use crate::process::{self, Exit, Reaper};
 use crate::render::{self, Rendered, Renderer};
 use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
 use crate::settings::{ReloadStrategy, Settings, SourceSettings};
+use crate::signals;
 use crate::status::{self, LeftOut, Snapshot, Status};
 
 /// Where an HAProxy generation is in its life.
@@ -257,9 +257,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let setup =
         |what: &str, e: &dyn std::fmt::Display| SupervisorError::Setup(format!("{what}: {e}"));
     // PID 1 gets no default signal actions: install every handler first.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| setup("SIGTERM handler", &e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| setup("SIGINT handler", &e))?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(|e| setup("SIGHUP handler", &e))?;
+    let mut sigs = signals::listen().map_err(|e| setup("signal handlers", &e))?;
     if let Err(e) = process::become_subreaper() {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
@@ -465,10 +463,22 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             }
         };
         tokio::select! {
-            _ = sigterm.recv() => return Ok(sup.stop("SIGTERM", &mut sigterm, &mut sigint, &mut exits_rx).await),
-            _ = sigint.recv() => return Ok(sup.stop("SIGINT", &mut sigterm, &mut sigint, &mut exits_rx).await),
-            _ = sighup.recv() => {
-                tracing::info!("SIGHUP: checking and reloading");
+            Some(sig) = sigs.recv() => match signals::action(sig) {
+                signals::Action::Stop { graceful } => {
+                    return Ok(sup.stop(sig.as_str(), graceful, &mut sigs, &mut exits_rx).await)
+                }
+                signals::Action::Forward => match sup.serving() {
+                    Some(g) => {
+                        tracing::info!(signal = sig.as_str(), pid = g.pid.as_raw(), "forwarding the signal to the serving haproxy");
+                        let _ = kill(g.pid, sig);
+                    }
+                    None => tracing::info!(signal = sig.as_str(), "no haproxy serves; signal ignored"),
+                },
+                signals::Action::Ignore => {
+                    tracing::info!(signal = sig.as_str(), "signal ignored");
+                }
+                signals::Action::Reload => {
+                tracing::info!(signal = sig.as_str(), "SIGHUP: checking and reloading");
                 pending = None;
                 structural = false;
                 // SIGHUP re-reads what the supervisor reads: the template
@@ -488,7 +498,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     }
                 }
                 sup.reload(Trigger::Sighup).await;
-            }
+                }
+            },
             ok = catalog_changed => {
                 if !ok {
                     tracing::error!("discovery stopped; keeping the running config");
@@ -1552,15 +1563,16 @@ impl Supervisor {
     }
 
     /// Graceful stop: soft-stop every generation (SIGUSR1), wait up to the
-    /// stop timeout, then force. A second SIGTERM/SIGINT forces at once.
+    /// stop timeout, then force. A second stop signal forces at once, and so
+    /// does a stop that is not `graceful` (SIGQUIT).
     async fn stop(
         &mut self,
         why: &str,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
+        graceful: bool,
+        sigs: &mut mpsc::UnboundedReceiver<Signal>,
         exits_rx: &mut mpsc::UnboundedReceiver<(u64, Pid, Exit)>,
     ) -> i32 {
-        tracing::info!(signal = why, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
+        tracing::info!(signal = why, graceful, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
         let serving = self.serving().map(|g| g.id);
         for g in &self.gens {
             let _ = kill(g.pid, Signal::SIGUSR1);
@@ -1570,6 +1582,11 @@ impl Supervisor {
         let mut serving_exit: Option<Exit> = None;
         let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
         let mut forced = false;
+        if !graceful {
+            tracing::warn!(signal = why, "stopping now");
+            forced = true;
+            self.force();
+        }
         while !self.gens.is_empty() {
             tokio::select! {
                 _ = sleep_until(deadline), if !forced => {
@@ -1577,8 +1594,10 @@ impl Supervisor {
                     forced = true;
                     self.force();
                 }
-                _ = sigterm.recv() => { tracing::warn!("second signal; stopping now"); forced = true; self.force(); }
-                _ = sigint.recv() => { tracing::warn!("second signal; stopping now"); forced = true; self.force(); }
+                Some(sig) = sigs.recv() => match signals::action(sig) {
+                    signals::Action::Stop { .. } => { tracing::warn!(signal = sig.as_str(), "second signal; stopping now"); forced = true; self.force(); }
+                    _ => tracing::info!(signal = sig.as_str(), "stopping; signal ignored"),
+                },
                 _ = tokio::time::sleep(Duration::from_secs(2)), if forced => {
                     for g in &self.gens { let _ = kill(g.pid, Signal::SIGKILL); }
                 }

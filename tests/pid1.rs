@@ -265,3 +265,66 @@ fn pid1_restarts_a_killed_haproxy() {
     let status = terminate(&mut sup);
     assert_eq!(status.code(), Some(0), "exit {status}; log:\n{}", sup.log());
 }
+
+/// The signal table (SPEC §11), as PID 1: SIGUSR2 reloads like SIGHUP;
+/// SIGTTOU and SIGTTIN go to the serving HAProxy (which pauses and resumes
+/// its listeners); signals without a row are logged and change nothing;
+/// SIGQUIT stops at once.
+#[test]
+fn pid1_signal_table() {
+    netns::enter();
+    let a = Backend::start("web-1");
+    let files = Files::new();
+    write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
+    let env = env("seamless");
+    let mut sup = start_pid1(&files, &[], &env);
+
+    sup.signal(Signal::SIGUSR2).expect("SIGUSR2");
+    wait_done(&sup, 2, T);
+    wait_serving(WWW, T);
+    let pids = haproxies_under(sup.pid());
+
+    for s in [
+        Signal::SIGWINCH,
+        Signal::SIGALRM,
+        Signal::SIGPWR,
+        Signal::SIGTSTP,
+    ] {
+        sup.signal(s).expect("send");
+    }
+    wait_until(T, "four signals ignored", || {
+        events_with(&sup, "signal ignored").len() >= 4
+    });
+    assert!(sup.is_running());
+    assert_eq!(done_count(&sup), 2);
+    assert!(matches!(get(WWW), Ok((200, _))));
+
+    sup.signal(Signal::SIGTTOU).expect("SIGTTOU");
+    wait_until(T, "haproxy paused", || {
+        sup.log().contains("Paused frontend app_http_in")
+    });
+    sup.signal(Signal::SIGTTIN).expect("SIGTTIN");
+    wait_until(T, "haproxy resumed", || {
+        sup.log().contains("Resumed frontend app_http_in")
+    });
+    assert_eq!(
+        events_with(&sup, "forwarding the signal to the serving haproxy").len(),
+        2
+    );
+    wait_serving(WWW, T);
+
+    // SIGQUIT: no soft stop, no waiting for the stop timeout.
+    let t0 = std::time::Instant::now();
+    sup.signal(Signal::SIGQUIT).expect("SIGQUIT");
+    let st = sup
+        .wait_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("did not stop within 5 s of SIGQUIT"));
+    eprintln!("SIGQUIT: exited {st:?} in {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(4));
+    for p in pids {
+        assert!(
+            proc_stat(p).is_none_or(|s| s.state == 'Z'),
+            "haproxy {p} left"
+        );
+    }
+}
