@@ -455,18 +455,56 @@ pub fn ports_listening(pid: Pid, ports: &BTreeSet<u16>) -> BTreeSet<u16> {
     held
 }
 
+/// Whether `pid`'s descriptors can be read here. Not when HAProxy serves
+/// as another user and we lack CAP_SYS_PTRACE (root in a container with
+/// Docker's default capabilities).
+fn fds_readable(pid: Pid) -> bool {
+    !matches!(
+        std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
+    )
+}
+
+/// The pid of the HAProxy answering on `admin_socket` (`show info`).
+async fn admin_pid(admin_socket: &Path) -> Option<i32> {
+    let api = crate::runtime::RuntimeApi::new(admin_socket, Duration::from_millis(500));
+    let info = api.command("show info").await.ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid: "))
+        .and_then(|p| p.trim().parse().ok())
+}
+
 /// Waits until `pid` listens on every port of `ports`, or it exits, or
-/// `timeout` passes.
+/// `timeout` passes. When its descriptors cannot be read (it serves as
+/// another user and we may not look), it is ready once every port has a
+/// listener and `pid` itself answers on `admin_socket`: HAProxy binds every
+/// listener, its admin socket included, before it serves.
 pub async fn wait_listening(
     pid: Pid,
     ports: &BTreeSet<u16>,
+    admin_socket: Option<&Path>,
     exited: &mut oneshot::Receiver<Exit>,
     timeout: Duration,
 ) -> Result<(), HaproxyError> {
     let start = Instant::now();
     loop {
-        if ports_listening(pid, ports) == *ports {
-            return Ok(());
+        if fds_readable(pid) {
+            if ports_listening(pid, ports) == *ports {
+                return Ok(());
+            }
+        } else {
+            let bound: BTreeSet<u16> = listening_inodes(ports)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            let answers = match admin_socket {
+                Some(sock) => admin_pid(sock).await == Some(pid.as_raw()),
+                // No way to ask: give it the time a start takes.
+                None => start.elapsed() > Duration::from_millis(500),
+            };
+            if bound == *ports && answers {
+                return Ok(());
+            }
         }
         if let Ok(exit) = exited.try_recv() {
             return Err(HaproxyError::DiedAtStart {

@@ -223,6 +223,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(path)
 }
 
+/// Replaces `path` with `bytes` (temporary file and rename, no fsync): for
+/// files that need to be whole but need not survive a power loss (the pid
+/// file, the server state). Each fsync costs tens of milliseconds on a busy
+/// disk, and a reload would wait on them.
+pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+    }
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()

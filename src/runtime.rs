@@ -329,11 +329,18 @@ impl RuntimeApi {
             return Err(refused(&cmd, "not sent: the address is not an IP address"));
         }
         let answer = self.command(&cmd).await?;
+        // 2.6 says what changed and what did not; 3.0 only what changed,
+        // or "nothing changed".
         expect(&cmd, &answer, |a| {
-            (a.starts_with("IP changed from ") || a.starts_with("no need to change the addr"))
+            let v26 = (a.starts_with("IP changed from ")
+                || a.starts_with("no need to change the addr"))
                 && (a.contains(", port changed from ")
                     || a.contains(", no need to change the port"))
-                && a.ends_with(" by 'stats socket command'")
+                && a.ends_with(" by 'stats socket command'");
+            let v30 = a == "nothing changed"
+                || ((a.starts_with("IP changed from ") || a.starts_with("port changed from "))
+                    && a.ends_with(" by 'stats socket command'"));
+            v26 || v30
         })
     }
 

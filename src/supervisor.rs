@@ -659,9 +659,11 @@ impl Supervisor {
 
     fn write_pids(&self) {
         let text: String = self.gens.iter().map(|g| format!("{}\n", g.pid)).collect();
-        if let Err(e) =
-            render::write_atomic(&self.settings.run_dir.join("haproxy.pids"), text.as_bytes())
-        {
+        let path = self.settings.run_dir.join("haproxy.pids");
+        if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
+            return; // as at spawn: nothing to write at "reload done"
+        }
+        if let Err(e) = render::write_replace(&path, text.as_bytes()) {
             tracing::warn!(error = %e, "cannot write the pid file");
         }
     }
@@ -1427,7 +1429,7 @@ impl Supervisor {
             }
             None => "1\n".to_string(),
         };
-        if let Err(e) = render::write_atomic(&path, content.as_bytes()) {
+        if let Err(e) = render::write_replace(&path, content.as_bytes()) {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the server state");
         }
     }
@@ -1456,7 +1458,15 @@ impl Supervisor {
         // Recorded before it serves: if we are killed during this reload,
         // the next run must find (and finish) this process too.
         self.write_pids();
-        let r = haproxy::wait_listening(pid, ports, &mut exited, Duration::from_secs(10)).await;
+        let admin = self.settings.admin_socket();
+        let r = haproxy::wait_listening(
+            pid,
+            ports,
+            Some(&admin),
+            &mut exited,
+            Duration::from_secs(10),
+        )
+        .await;
         // From here on the exit goes to the main loop.
         let tx = self.exits_tx.clone();
         match r {

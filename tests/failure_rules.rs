@@ -287,6 +287,8 @@ fn sighup_rereads_the_template_and_the_catalog_file() {
     assert!(read(&files.config()).starts_with("# marker-1\n"));
 
     let before = read(&files.config());
+    // The generation before the SIGHUP finishes draining first.
+    wait_until(T, "one haproxy", || haproxies_under(sup.pid()).len() == 1);
     let pids = haproxies_under(sup.pid());
     std::fs::write(&template, "{% if %}broken").unwrap();
     sup.signal(Signal::SIGHUP).unwrap();
