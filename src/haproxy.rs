@@ -459,10 +459,17 @@ pub fn ports_listening(pid: Pid, ports: &BTreeSet<u16>) -> BTreeSet<u16> {
 /// as another user and we lack CAP_SYS_PTRACE (root in a container with
 /// Docker's default capabilities).
 fn fds_readable(pid: Pid) -> bool {
-    !matches!(
-        std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw())),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
-    )
+    // Listing the directory may be allowed where reading the links is not.
+    match std::fs::read_dir(format!("/proc/{}/fd", pid.as_raw())) {
+        Err(e) => e.kind() != std::io::ErrorKind::PermissionDenied,
+        Ok(mut fds) => match fds.next() {
+            Some(Ok(fd)) => !matches!(
+                std::fs::read_link(fd.path()),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied
+            ),
+            _ => true,
+        },
+    }
 }
 
 /// The pid of the HAProxy answering on `admin_socket` (`show info`).

@@ -581,7 +581,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     if let Err(HaproxyError::DiedAtStart { output, .. }) = sup.start_generation(Trigger::Restart).await {
                         // A service HAProxy refuses: render without it.
                         let text = sup.running_text.clone().unwrap_or_default();
-                        if sup.renderer.is_some() && sup.exclude_blamed(&output, &text) {
+                        if sup.renderer.is_some() && sup.exclude_blamed(&output, &text, false) {
                             sup.reload(Trigger::Retry).await;
                         }
                     }
@@ -865,7 +865,7 @@ impl Supervisor {
     /// Leaves out the services HAProxy's `message` blames in `config` (a
     /// frontend or backend it names or points at); true when it found any
     /// not left out yet.
-    fn exclude_blamed(&mut self, message: &str, config: &str) -> bool {
+    fn exclude_blamed(&mut self, message: &str, config: &str, sole_change: bool) -> bool {
         let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
             return false;
         };
@@ -890,8 +890,12 @@ impl Supervisor {
                 })
             })
             .collect();
-        if culprits.is_empty() && changed.len() == 1 {
-            // The one change since what serves broke it.
+        if culprits.is_empty()
+            && changed.len() == 1
+            && sole_change
+            && !self.good_fingerprints.is_empty()
+        {
+            // haproxy -c refused the one change since what serves.
             culprits = changed.clone();
         }
         if culprits.is_empty() && !changed.is_empty() {
@@ -1007,7 +1011,7 @@ impl Supervisor {
                 }
                 Ok(Some(text)) => text,
                 Err(PrepareError::Invalid { message, config }) => {
-                    if self.exclude_blamed(&message, &config) {
+                    if self.exclude_blamed(&message, &config, true) {
                         continue;
                     }
                     return; // waits for a change or SIGHUP
@@ -1035,7 +1039,7 @@ impl Supervisor {
                         HaproxyError::DiedAtStart { output, .. } => output.clone(),
                         other => other.to_string(),
                     };
-                    if self.renderer.is_some() && self.exclude_blamed(&output, &text) {
+                    if self.renderer.is_some() && self.exclude_blamed(&output, &text, false) {
                         continue;
                     }
                     if self.serving().is_some() {

@@ -661,6 +661,22 @@ fn check_variant(v: &Variant) {
         "{tag} before Consul exists: container running, health check on :4444 answers {:?}",
         text(&early.stdout)
     );
+    // The image's HEALTHCHECK asks the supervisor's /readyz: not ready yet.
+    let readyz = |c: &Container| {
+        text(
+            &c.exec(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:4445/readyz",
+            ])
+            .stdout,
+        )
+    };
+    assert_eq!(readyz(&c), "503", "/readyz before Consul exists");
 
     // --- Consul and backends inside the container ---------------------------
     copy_in(&c, &consul, "/usr/local/bin/consul");
@@ -723,6 +739,7 @@ fn check_variant(v: &Variant) {
         "no 200 for Host {WWW_HOST} within 60s of registration; last answer {:?}",
         c.get(WWW_HOST)
     );
+    assert_eq!(readyz(&c), "200", "/readyz once serving");
     let secs = |d: Duration| d.as_secs_f64();
     println!(
         "{tag} start-up: first routed request {:.2}s after container start (Consul started \
