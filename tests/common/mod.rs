@@ -1090,6 +1090,17 @@ pub struct Load {
 impl Load {
     /// Starts the clients against `addr` (`"127.0.0.1:8080"`).
     pub fn start(addr: &str, host: &str, clients: usize) -> Load {
+        Load::spawn(addr, host, clients, "load", load_client)
+    }
+
+    /// `clients` threads named `<name>-<i>`, each running `client`.
+    fn spawn(
+        addr: &str,
+        host: &str,
+        clients: usize,
+        name: &str,
+        client: fn(&str, &str, &AtomicBool) -> LoadReport,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let threads = (0..clients)
@@ -1098,8 +1109,8 @@ impl Load {
                 let addr = addr.to_string();
                 let host = host.to_string();
                 thread::Builder::new()
-                    .name(format!("load-{i}"))
-                    .spawn(move || load_client(&addr, &host, &stop))
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || client(&addr, &host, &stop))
                     .expect("spawn load client")
             })
             .collect();
@@ -1134,24 +1145,13 @@ pub struct KeepAliveLoad(Load);
 
 impl KeepAliveLoad {
     pub fn start(addr: &str, host: &str, clients: usize) -> KeepAliveLoad {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let threads = (0..clients)
-            .map(|i| {
-                let stop = Arc::clone(&stop);
-                let addr = addr.to_string();
-                let host = host.to_string();
-                thread::Builder::new()
-                    .name(format!("keepalive-{i}"))
-                    .spawn(move || keepalive_client(&addr, &host, &stop))
-                    .expect("spawn load client")
-            })
-            .collect();
-        KeepAliveLoad(Load {
-            stop,
-            threads,
-            started,
-        })
+        KeepAliveLoad(Load::spawn(
+            addr,
+            host,
+            clients,
+            "keepalive",
+            keepalive_client,
+        ))
     }
 
     /// Stops the clients and returns the combined counts.
@@ -1181,36 +1181,13 @@ fn keepalive_client(addr: &str, host: &str, stop: &AtomicBool) -> LoadReport {
                 .map_err(|e| HttpError::from_io(&e, "send request"))?;
             read_response_full(s, deadline)
         })();
-        let error = match result {
-            Ok((status, body, closes)) => {
-                if closes {
-                    conn = None;
-                }
-                if (200..300).contains(&status) {
-                    let text = std::str::from_utf8(&body).unwrap_or("<binary>").trim_end();
-                    *r.bodies.entry(text.to_string()).or_default() += 1;
-                    r.ok += 1;
-                    continue;
-                }
-                r.non_2xx += 1;
-                *r.statuses.entry(status).or_default() += 1;
-                format!("HTTP {status}")
-            }
-            Err(e) => {
-                conn = None;
-                match e {
-                    HttpError::Refused(_) => r.refused += 1,
-                    HttpError::Reset(_) => r.reset += 1,
-                    HttpError::Timeout(_) => r.timeout += 1,
-                    HttpError::Other(_) => r.other += 1,
-                }
-                e.to_string()
-            }
-        };
-        if r.errors.len() < MAX_ERRORS {
-            r.errors.push(error);
+        // A new connection after `Connection: close` or a failure.
+        if !matches!(result, Ok((_, _, false))) {
+            conn = None;
         }
-        thread::sleep(Duration::from_millis(5));
+        if !r.tally(result.map(|(status, body, _)| (status, body))) {
+            thread::sleep(Duration::from_millis(5));
+        }
     }
     r
 }
@@ -1220,39 +1197,49 @@ fn load_client(addr: &str, host: &str, stop: &AtomicBool) -> LoadReport {
     let timeout = Duration::from_secs(2);
     while !stop.load(Ordering::Relaxed) {
         let result = http_request_bytes(addr, "GET", host, "/", None, timeout);
+        if !r.tally(result) {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+    r
+}
+
+impl LoadReport {
+    /// Counts one request's outcome; false when it failed (its error kept
+    /// among the first few).
+    fn tally(&mut self, result: Result<(u16, Vec<u8>), HttpError>) -> bool {
         let error = match result {
             Ok((status, body)) if (200..300).contains(&status) => {
                 let text = std::str::from_utf8(&body).unwrap_or("<binary>").trim_end();
-                match r.bodies.get_mut(text) {
+                match self.bodies.get_mut(text) {
                     Some(n) => *n += 1,
                     None => {
-                        r.bodies.insert(text.to_string(), 1);
+                        self.bodies.insert(text.to_string(), 1);
                     }
                 }
-                r.ok += 1;
-                continue;
+                self.ok += 1;
+                return true;
             }
             Ok((status, _)) => {
-                r.non_2xx += 1;
-                *r.statuses.entry(status).or_default() += 1;
+                self.non_2xx += 1;
+                *self.statuses.entry(status).or_default() += 1;
                 format!("HTTP {status}")
             }
             Err(e) => {
                 match e {
-                    HttpError::Refused(_) => r.refused += 1,
-                    HttpError::Reset(_) => r.reset += 1,
-                    HttpError::Timeout(_) => r.timeout += 1,
-                    HttpError::Other(_) => r.other += 1,
+                    HttpError::Refused(_) => self.refused += 1,
+                    HttpError::Reset(_) => self.reset += 1,
+                    HttpError::Timeout(_) => self.timeout += 1,
+                    HttpError::Other(_) => self.other += 1,
                 }
                 e.to_string()
             }
         };
-        if r.errors.len() < MAX_ERRORS {
-            r.errors.push(error);
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(error);
         }
-        thread::sleep(Duration::from_millis(5));
+        false
     }
-    r
 }
 
 // ---------------------------------------------------------------------------
