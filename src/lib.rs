@@ -28,8 +28,13 @@
 //! - [`process`]: the one reaper of child processes.
 //! - [`runtime`]: an async client for HAProxy's runtime API (the admin
 //!   socket): dynamic servers, weights, states, atomic map replacement.
+//! - [`live`]: what the serving HAProxy runs, as a value, and the pure diff
+//!   of a new render into live operations or a reload (SPEC §10).
+//! - [`signals`]: the signal table (signal-hook).
+//! - [`status`]: `/metrics`, `/healthz`, `/readyz`, `/status` (SPEC §14).
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
-//! - [`supervisor`]: PID-1 duties, the reload loop and graceful stop.
+//! - [`supervisor`]: PID-1 duties, the reload loop (live changes, reloads,
+//!   the failure rules of SPEC §11) and graceful stop.
 
 pub mod cli;
 pub mod discovery;
