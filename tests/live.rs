@@ -381,3 +381,82 @@ fn static_backends_reload_to_add_servers() {
     assert_eq!(done_count(&sup), 2, "reloads (the log is printed below)");
     assert_eq!(count(&sup, "live change applied"), 1);
 }
+
+/// Server state survives a reload: a server HAProxy found down stays down
+/// in the new process from its first instant (the state file written from
+/// the serving one), instead of taking traffic until its first check.
+#[test]
+fn a_server_found_down_stays_down_across_a_structural_reload() {
+    netns::enter();
+    let a = Backend::start("web-1");
+    let files = Files::new();
+    // www-2 points at a port nothing listens on: its health check fails.
+    let dead = TcpListenerPort::free();
+    let catalog = |extra: bool| {
+        let mut services = vec![json!({"name": "www", "instances": [
+            {"id": "www-1", "address": "127.0.0.1", "port": a.port(), "tags": ["HAPROXY.ENABLE=true"]},
+            {"id": "www-2", "address": "127.0.0.1", "port": dead, "tags": ["HAPROXY.ENABLE=true"]},
+        ]})];
+        if extra {
+            services.push(json!({"name": "api", "instances": [
+                {"id": "api-1", "address": "127.0.0.1", "port": a.port(), "tags": ["HAPROXY.ENABLE=true"]}]}));
+        }
+        services
+    };
+    write_catalog(&files.catalog(), &catalog(false));
+    let mut env = env("seamless");
+    env.push(("LOCAL_SYSLOG", "127.0.0.1:5514".into()));
+    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
+    wait_done(&sup, 1, T);
+    wait_serving(WWW, T);
+    let sock = files.run_dir().join("admin.sock");
+    // HAProxy's own check finds www-2 down (first check within `inter`).
+    wait_until(Duration::from_secs(20), "www-2 found down", || {
+        op_state(&sock, "www", "www-2") == Some(0)
+    });
+    write_catalog(&files.catalog(), &catalog(true));
+    wait_done(&sup, 2, T);
+    // The new process knew it from the start.
+    assert_eq!(
+        op_state(&sock, "www", "www-2"),
+        Some(0),
+        "www-2 in the new process"
+    );
+    let failed = (0..100)
+        .filter(|_| !matches!(get(WWW), Ok((200, _))))
+        .count();
+    assert_eq!(failed, 0, "requests sent to the server found down");
+}
+
+/// A free TCP port on loopback (bound, then released).
+struct TcpListenerPort;
+
+impl TcpListenerPort {
+    fn free() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }
+}
+
+/// A server's operational state (`srv_op_state`: 0 down, 2 up) from `show
+/// servers state`.
+fn op_state(sock: &Path, backend: &str, server: &str) -> Option<u32> {
+    let out = Command::new(require("socat"))
+        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("show servers state {backend}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 8 && f[3] == server).then(|| f[5].parse().ok())?
+    })
+}
