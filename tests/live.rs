@@ -59,10 +59,9 @@ fn spawn(consul: &Consul, extra: &[(&'static str, &str)]) -> Supervisor {
     )
 }
 
-/// `show servers state <backend>` through the admin socket (socat, not our
-/// client): server name → (admin state, user weight).
-fn servers_state(sup: &Supervisor, backend: &str) -> BTreeMap<String, (u32, u32)> {
-    let sock = sup.dir().join("run/admin.sock");
+/// One command line on HAProxy's admin socket through socat (not our
+/// client); its answer.
+fn admin(sock: &Path, line: &str) -> String {
     let out = Command::new(require("socat"))
         .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
         .stdin(std::process::Stdio::piped())
@@ -73,11 +72,17 @@ fn servers_state(sup: &Supervisor, backend: &str) -> BTreeMap<String, (u32, u32)
             c.stdin
                 .take()
                 .unwrap()
-                .write_all(format!("show servers state {backend}\n").as_bytes())?;
+                .write_all(format!("{line}\n").as_bytes())?;
             c.wait_with_output()
         })
         .expect("socat to the admin socket");
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `show servers state <backend>`: server name → (admin state, user weight).
+fn servers_state(sup: &Supervisor, backend: &str) -> BTreeMap<String, (u32, u32)> {
+    let sock = sup.dir().join("run/admin.sock");
+    admin(&sock, &format!("show servers state {backend}"))
         .lines()
         .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 8)
         .map(|l| {
@@ -320,28 +325,14 @@ fn a_refused_live_operation_falls_back_to_a_reload() {
     wait_done(&sup, 1, Duration::from_secs(20));
     wait_serving(WWW, T);
     let sock = sup.dir().join("run/admin.sock");
-    let st = Command::new(require("socat"))
-        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(
-                format!(
-                    "add server www/web-2 127.0.0.1:{}; set server www/web-2 state ready\n",
-                    b.port()
-                )
-                .as_bytes(),
-            )?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&st.stdout).contains("New server registered"),
-        "{}",
-        String::from_utf8_lossy(&st.stdout)
+    let answer = admin(
+        &sock,
+        &format!(
+            "add server www/web-2 127.0.0.1:{}; set server www/web-2 state ready",
+            b.port()
+        ),
     );
+    assert!(answer.contains("New server registered"), "{answer}");
     consul.register(&instance("web-2", b.port(), 1, &TAGS));
     wait_done(&sup, 2, T);
     assert_eq!(count(&sup, "live change failed; reloading instead"), 1);
@@ -441,22 +432,10 @@ impl TcpListenerPort {
 /// A server's operational state (`srv_op_state`: 0 down, 2 up) from `show
 /// servers state`.
 fn op_state(sock: &Path, backend: &str, server: &str) -> Option<u32> {
-    let out = Command::new(require("socat"))
-        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("show servers state {backend}\n").as_bytes())?;
-            c.wait_with_output()
+    admin(sock, &format!("show servers state {backend}"))
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 8 && f[3] == server).then(|| f[5].parse().ok())?
         })
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 8 && f[3] == server).then(|| f[5].parse().ok())?
-    })
 }
