@@ -1,25 +1,42 @@
 //! The one-shot subcommands `render` and `check` (SPEC §8), consul-template's
 //! `-dry -once` and a config check.
 
-use crate::events::Event;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::discovery;
+use crate::events::Event;
 use crate::haproxy;
 use crate::model::{Catalog, Context, Desired};
 use crate::render::{self, Rendered, Renderer};
 use crate::settings::{Settings, SourceSettings};
 
+/// Why `render` or `check` produced no config.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    CatalogFile(#[from] discovery::file::FileError),
+    #[error("no answer from consul at {url} within {waited:?}")]
+    NoConsulAnswer { url: String, waited: Duration },
+    #[error("--no-render: nothing to render")]
+    NothingToRender,
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+    #[error("cannot write the candidate config: {0}")]
+    Stage(#[source] std::io::Error),
+    #[error(transparent)]
+    Check(#[from] haproxy::HaproxyError),
+}
+
 /// How long the one-shot commands wait for Consul's first answer.
 const FIRST_ANSWER: Duration = Duration::from_secs(15);
 
 /// Reads the catalog once from the configured source.
-pub async fn load_catalog(settings: &Settings) -> Result<Catalog, String> {
+pub async fn load_catalog(settings: &Settings) -> Result<Catalog, CliError> {
     match &settings.source {
-        SourceSettings::File(p) => discovery::file::load(p).map_err(|e| e.to_string()),
+        SourceSettings::File(p) => Ok(discovery::file::load(p)?),
         SourceSettings::Consul { url, token, cacert } => {
             let mut cfg = discovery::consul::ConsulConfig::new(url.clone());
             cfg.token = token.clone();
@@ -30,30 +47,28 @@ pub async fn load_catalog(settings: &Settings) -> Result<Catalog, String> {
             task.abort();
             match got {
                 Ok(Ok(c)) => Ok(c.as_deref().cloned().unwrap_or_default()),
-                _ => Err(format!(
-                    "no answer from consul at {url} within {FIRST_ANSWER:?}"
-                )),
+                _ => Err(CliError::NoConsulAnswer {
+                    url: url.clone(),
+                    waited: FIRST_ANSWER,
+                }),
             }
         }
-        SourceSettings::External => Err("--no-render: nothing to render".into()),
+        SourceSettings::External => Err(CliError::NothingToRender),
     }
 }
 
-async fn render_once(settings: &Settings) -> Result<Rendered, String> {
+async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
     let catalog = load_catalog(settings).await?;
     let renderer = Renderer::new(
         settings.template.as_deref(),
         &settings.config_file,
         &settings.admin_socket(),
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let (desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
     for w in &warnings {
         tracing::warn!(event = %Event::Warning, "{w}");
     }
-    renderer
-        .render(&desired, &settings.vars)
-        .map_err(|e| e.to_string())
+    Ok(renderer.render(&desired, &settings.vars)?)
 }
 
 /// `render`: prints the config to stdout; the maps it names are written
@@ -98,9 +113,9 @@ pub async fn check(settings: &Settings) -> i32 {
     s.config_file = cfg.clone();
     let result = async {
         let r = render_once(&s).await?;
-        let staged = render::stage(&cfg, &r).map_err(|e| e.to_string())?;
+        let staged = render::stage(&cfg, &r).map_err(CliError::Stage)?;
         let checked =
-            haproxy::check_sync(&s.haproxy_bin, &staged.candidate).map_err(|e| e.to_string());
+            haproxy::check_sync(&s.haproxy_bin, &staged.candidate).map_err(CliError::from);
         staged.abort();
         checked
     }

@@ -2,7 +2,6 @@
 //! listens, and the pieces of the reload strategies (SPEC §6), including the
 //! iptables SYN-drop guard.
 
-use crate::events::Event;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,6 +10,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use crate::events::Event;
 use crate::process::{Exit, Reaper};
 
 /// The comment that marks our iptables rules.

@@ -50,3 +50,4 @@ pub mod settings;
 pub mod signals;
 pub mod status;
 pub mod supervisor;
+pub mod syntax;

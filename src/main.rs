@@ -1,10 +1,10 @@
 //! The `haproxy-supervisor` binary: argument parsing and one call into the
 //! library.
 
-use haproxy_supervisor::events::Event;
 use std::process::ExitCode;
 
 use clap::Parser;
+use haproxy_supervisor::events::Event;
 use haproxy_supervisor::settings::{Cli, Command, LogFormat, Settings};
 use haproxy_supervisor::{cli, supervisor};
 

@@ -15,6 +15,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::settings::HaproxyVars;
+pub use crate::syntax::{
+    hostname, is_path, is_server_name, is_service_name, is_syslog_address, MAX_NAME,
+};
 
 /// A snapshot of discovered services, keyed by service name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,81 +200,9 @@ const BALANCES: &[&str] = &[
     "random",
     "uri",
 ];
-const MAX_NAME: usize = 128;
-const MAX_PATH: usize = 256;
-
 /// True when an instance's or service's tags expose it.
 pub fn enabled(tags: &[String]) -> bool {
     tags.iter().any(|t| t == "HAPROXY.ENABLE=true")
-}
-
-/// A service or backend name HAProxy and map files can carry verbatim.
-pub fn is_service_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_NAME
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
-}
-
-/// An instance ID usable as an HAProxy server name.
-pub fn is_server_name(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_NAME
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
-}
-
-/// A DNS host name (RFC 1123 labels), lowercased; `None` if it is not one.
-pub fn hostname(s: &str) -> Option<String> {
-    if s.is_empty() || s.len() > 253 {
-        return None;
-    }
-    let s = s.strip_suffix('.').unwrap_or(s);
-    for label in s.split('.') {
-        let b = label.as_bytes();
-        if b.is_empty()
-            || b.len() > 63
-            || b[0] == b'-'
-            || b[b.len() - 1] == b'-'
-            || !b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        {
-            return None;
-        }
-    }
-    Some(s.to_ascii_lowercase())
-}
-
-/// A URL path prefix safe for the config and map files: starts with `/`, no
-/// whitespace, quotes, `#`, backslash or control characters.
-pub fn is_path(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_PATH
-        && b[0] == b'/'
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"/._~%!$&*+,;=:@-".contains(c))
-}
-
-/// `host[:port]`, `ip:port`, `[ipv6]:port` or an absolute unix socket path.
-pub fn is_syslog_address(s: &str) -> bool {
-    if let Some(p) = s.strip_prefix('/') {
-        return !p.is_empty() && is_path(s);
-    }
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
-        _ => (s, None),
-    };
-    if let Some(p) = port {
-        if !matches!(p.parse::<u32>(), Ok(1..=65535)) {
-            return false;
-        }
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() || hostname(host).is_some()
 }
 
 /// Renders `address:port` for a server line, or `None` if the address is not

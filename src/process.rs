@@ -14,12 +14,12 @@
 //!   crate). While such a command runs, the reaper holds off (a read/write
 //!   lock); exited children simply wait as zombies for a few milliseconds.
 
-use crate::events::Event;
 use std::collections::HashMap;
 use std::io;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::events::Event;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::sync::{oneshot, Notify};

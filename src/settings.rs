@@ -382,7 +382,7 @@ impl Settings {
             None => None,
             Some(d) if d.is_empty() => None,
             Some(d) => Some(
-                crate::model::hostname(d)
+                crate::syntax::hostname(d)
                     .ok_or_else(|| err("HAPROXY_DOM", "dom", d, "not a DNS domain name"))?,
             ),
         };
@@ -390,7 +390,7 @@ impl Settings {
             None => "stdout format raw".to_string(),
             Some(s) if s.is_empty() => "stdout format raw".to_string(),
             Some(s) => {
-                if !crate::model::is_syslog_address(s) {
+                if !crate::syntax::is_syslog_address(s) {
                     return Err(err(
                         "LOCAL_SYSLOG",
                         "local-syslog",

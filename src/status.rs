@@ -6,13 +6,13 @@
 //! and publishes a [`Snapshot`] of the rest after every step of its loop.
 //! The server only reads.
 
-use crate::events::Event;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::events::Event;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
@@ -400,11 +400,19 @@ impl Status {
     }
 }
 
+/// The status server's port cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("HAPROXY_STATUS_PORT: cannot listen on {addr} for the status server: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
 /// Binds the status server's port: an error names it.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        format!("HAPROXY_STATUS_PORT: cannot listen on {addr} for the status server: {e}")
-    })
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| BindError { addr, source })
 }
 
 /// Serves `/metrics`, `/healthz`, `/readyz` and `/status` until the process ends.

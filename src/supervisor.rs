@@ -8,7 +8,6 @@
 //! that loop, so they are serialized by construction, and signals that
 //! arrive during one merge into a single follow-up.
 
-use crate::events::Event;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::sleep_until;
 
 use crate::discovery::{self, CatalogRx};
+use crate::events::Event;
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
 use crate::live::{self, Layout, Op, Plan, Running};
 use crate::model::{Catalog, Context, Desired};
@@ -78,8 +78,28 @@ impl Trigger {
 enum PrepareError {
     /// `haproxy -c` refused the candidate (logged, counted); `config` is its text.
     Invalid { message: String, config: String },
-    /// Reading, writing or rendering failed: may heal, retried with backoff.
-    Transient(String),
+    /// Reading or writing a file failed: may heal, retried with backoff.
+    Transient(FileStep),
+}
+
+/// A file step of a reload that failed (a full disk, a read-only mount):
+/// it may heal, so the reload is retried.
+#[derive(Debug, thiserror::Error)]
+enum FileStep {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the candidate config: {0}")]
+    Stage(#[source] std::io::Error),
+    #[error("cannot put the new config in place: {0}")]
+    Commit(#[source] std::io::Error),
 }
 
 /// A service left out because HAProxy refused it (SPEC §11).
@@ -93,10 +113,32 @@ struct Excluded {
     next_for: Duration,
 }
 
+/// Why the supervisor could not start (exit code 1); each names the
+/// setting or resource at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    #[error("{0}")]
-    Setup(String),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    StatusPort(#[from] status::BindError),
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("iptables: {0}")]
+    Iptables(#[source] std::io::Error),
+    #[error("HAPROXY_RELOAD_STRATEGY=syn-drop needs iptables and the NET_ADMIN capability: {0}")]
+    SynDropUnavailable(#[source] HaproxyError),
+    #[error("template: {0}")]
+    Template(#[from] render::RenderError),
+    #[error("consul: {0}")]
+    Consul(#[from] discovery::consul::ConsulError),
+    #[error("running {bin} -v: {source}")]
+    HaproxyVersion {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Counters, logged with each reload.
@@ -268,10 +310,14 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
-    let setup =
-        |what: &str, e: &dyn std::fmt::Display| SupervisorError::Setup(format!("{what}: {e}"));
+    let create_dir = |path: &std::path::Path| {
+        std::fs::create_dir_all(path).map_err(|source| SupervisorError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     // PID 1 gets no default signal actions: install every handler first.
-    let mut sigs = signals::listen().map_err(|e| setup("signal handlers", &e))?;
+    let mut sigs = signals::listen().map_err(SupervisorError::Signals)?;
     if let Err(e) = process::become_subreaper() {
         tracing::warn!(event = %Event::Degraded, error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
@@ -281,18 +327,15 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         [0, 0, 0, 0],
         settings.status_port,
     )))
-    .await
-    .map_err(SupervisorError::Setup)?;
+    .await?;
     tokio::spawn(status::serve(listener, status.clone()));
     let reaper = Reaper::new();
     tokio::spawn(reaper.clone().run());
 
-    std::fs::create_dir_all(&settings.run_dir)
-        .map_err(|e| setup(&format!("creating {}", settings.run_dir.display()), &e))?;
+    create_dir(&settings.run_dir)?;
     if let Some(dir) = settings.config_file.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| setup(&format!("creating {}", dir.display()), &e))?;
+            create_dir(dir)?;
         }
     }
 
@@ -300,7 +343,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let ipt = reaper
         .hold_off(haproxy::iptables_usable)
         .await
-        .map_err(|e| setup("iptables", &e))?;
+        .map_err(SupervisorError::Iptables)?;
     let syn_drop_available = match (ipt, settings.reload_strategy) {
         (Ok(()), _) => {
             match reaper.hold_off(haproxy::remove_stale_rules).await {
@@ -317,11 +360,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             }
             true
         }
-        (Err(e), ReloadStrategy::SynDrop) => {
-            return Err(SupervisorError::Setup(format!(
-                "HAPROXY_RELOAD_STRATEGY=syn-drop needs iptables and the NET_ADMIN capability: {e}"
-            )))
-        }
+        (Err(e), ReloadStrategy::SynDrop) => return Err(SupervisorError::SynDropUnavailable(e)),
         (Err(e), ReloadStrategy::Seamless) => {
             tracing::warn!(event = %Event::Degraded, error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
             false
@@ -337,8 +376,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 settings.template.as_deref(),
                 &settings.config_file,
                 &settings.admin_socket(),
-            )
-            .map_err(|e| setup("template", &e))?;
+            )?;
             let (tx, rx) = watch::channel(None::<Arc<Catalog>>);
             match source.clone() {
                 SourceSettings::File(path) => {
@@ -350,7 +388,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     cfg.token = token;
                     cfg.cacert = cacert;
                     // Fail now on a bad CA file rather than in the task.
-                    discovery::consul::Client::new(&cfg).map_err(|e| setup("consul", &e))?;
+                    discovery::consul::Client::new(&cfg)?;
                     tokio::spawn(async move {
                         if let Err(e) = discovery::consul::watch(cfg, tx).await {
                             tracing::error!(event = %Event::DiscoveryStopped, error = %e, "consul watcher stopped");
@@ -372,11 +410,11 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         .await
     {
         Ok(out) => live::Caps::from_version(&String::from_utf8_lossy(&out.stdout)),
-        Err(e) => {
-            return Err(setup(
-                &format!("running {} -v", settings.haproxy_bin.display()),
-                &e,
-            ))
+        Err(source) => {
+            return Err(SupervisorError::HaproxyVersion {
+                bin: settings.haproxy_bin.clone(),
+                source,
+            })
         }
     };
     let runtime = RuntimeApi::new(settings.admin_socket(), Duration::from_secs(2));
@@ -794,8 +832,11 @@ impl Supervisor {
         if self.renderer.is_none() {
             // External watcher mode: check its file, then copy it to ours.
             let src = self.settings.config_file.clone();
-            let text = std::fs::read_to_string(&src).map_err(|e| {
-                PrepareError::Transient(format!("cannot read {}: {e}", src.display()))
+            let text = std::fs::read_to_string(&src).map_err(|source| {
+                PrepareError::Transient(FileStep::Read {
+                    path: src.clone(),
+                    source,
+                })
             })?;
             if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
                 self.status.check_failed();
@@ -806,11 +847,11 @@ impl Supervisor {
                     config: text,
                 });
             }
-            render::write_atomic(&self.running_file, text.as_bytes()).map_err(|e| {
-                PrepareError::Transient(format!(
-                    "cannot write {}: {e}",
-                    self.running_file.display()
-                ))
+            render::write_atomic(&self.running_file, text.as_bytes()).map_err(|source| {
+                PrepareError::Transient(FileStep::Write {
+                    path: self.running_file.clone(),
+                    source,
+                })
             })?;
             self.prepared_rendered = Some(Rendered {
                 config: text.clone(),
@@ -860,9 +901,8 @@ impl Supervisor {
             // In place but not checked by this run (a previous run wrote it).
             return Ok(Some(rendered.config));
         }
-        let staged = render::stage(&self.running_file, &rendered).map_err(|e| {
-            PrepareError::Transient(format!("cannot write the candidate config: {e}"))
-        })?;
+        let staged = render::stage(&self.running_file, &rendered)
+            .map_err(|e| PrepareError::Transient(FileStep::Stage(e)))?;
         if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
             self.status.check_failed();
             self.counters.failed_reloads += 1;
@@ -873,9 +913,9 @@ impl Supervisor {
                 config: rendered.config,
             });
         }
-        staged.commit(&rendered).map_err(|e| {
-            PrepareError::Transient(format!("cannot put the new config in place: {e}"))
-        })?;
+        staged
+            .commit(&rendered)
+            .map_err(|e| PrepareError::Transient(FileStep::Commit(e)))?;
         tracing::info!(event = %Event::ConfigWritten, services = desired.services.len(), file = %self.running_file.display(), "config written");
         Ok(Some(rendered.config))
     }
@@ -1036,7 +1076,7 @@ impl Supervisor {
                 }
                 Err(PrepareError::Transient(what)) => {
                     self.counters.failed_reloads += 1;
-                    self.retry_later(what);
+                    self.retry_later(what.to_string());
                     return;
                 }
             };

@@ -31,7 +31,6 @@
 //! rather than 403: a catalog without even the `consul` service itself is
 //! reported as most likely that.
 
-use crate::events::Event;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -42,6 +41,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use super::{publish, Backoff, CatalogTx};
+use crate::events::Event;
 use crate::model::{enabled, is_service_name, Catalog, CatalogService, Instance};
 
 /// How long a blocking query waits on Consul's side.

@@ -2,11 +2,11 @@
 //! [`crate::model::CatalogFile`], re-read when its content changes. For
 //! running without Consul, and for tests and benchmarks that do not need it.
 
-use crate::events::Event;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{publish, CatalogTx};
+use crate::events::Event;
 use crate::model::Catalog;
 
 #[derive(Debug, thiserror::Error)]
