@@ -43,6 +43,7 @@ pub mod events;
 pub mod haproxy;
 pub mod live;
 pub mod model;
+pub mod policy;
 pub mod process;
 pub mod render;
 pub mod runtime;

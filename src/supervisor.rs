@@ -23,55 +23,16 @@ use crate::events::Event;
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
 use crate::live::{self, Layout, Op, Plan, Running};
 use crate::model::{Catalog, Context, Desired};
+use crate::policy::{
+    self, AfterStructural, Due, Ended, Exclusion, Generations, Pending, Retries, Stop, StopStep,
+    Trigger, Waits,
+};
 use crate::process::{self, Exit, Reaper};
 use crate::render::{self, Rendered, Renderer};
 use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
 use crate::settings::{ReloadStrategy, Settings, SourceSettings};
 use crate::signals;
 use crate::status::{self, LeftOut, Snapshot, Status};
-
-/// Where an HAProxy generation is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenState {
-    /// Started, not yet listening on every port.
-    Starting,
-    /// The current generation.
-    Serving,
-    /// Told to finish (`-sf` or SIGUSR1); exits when its connections end.
-    Draining,
-}
-
-#[derive(Debug)]
-struct Generation {
-    id: u64,
-    pid: Pid,
-    state: GenState,
-    started: Instant,
-}
-
-/// What made a reload happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
-    Start,
-    Catalog,
-    Sighup,
-    Restart,
-    /// A reload retried after a transient failure.
-    Retry,
-}
-
-impl Trigger {
-    /// The `trigger` field of reload events.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Catalog => "catalog",
-            Trigger::Sighup => "sighup",
-            Trigger::Restart => "restart",
-            Trigger::Retry => "retry",
-        }
-    }
-}
 
 /// Why `prepare` produced no config.
 #[derive(Debug)]
@@ -100,17 +61,6 @@ enum FileStep {
     Stage(#[source] std::io::Error),
     #[error("cannot put the new config in place: {0}")]
     Commit(#[source] std::io::Error),
-}
-
-/// A service left out because HAProxy refused it (SPEC §11).
-#[derive(Debug, Clone)]
-struct Excluded {
-    /// Its catalog entry when it was left out: changed, it is tried again.
-    fingerprint: u64,
-    /// Tried again after this, too (a port may have been freed).
-    until: Instant,
-    /// How long the next exclusion lasts.
-    next_for: Duration,
 }
 
 /// Why the supervisor could not start (exit code 1); each names the
@@ -171,8 +121,7 @@ struct Supervisor {
     reaper: Reaper,
     renderer: Option<Renderer>,
     catalog: Option<CatalogRx>,
-    gens: Vec<Generation>,
-    next_gen: u64,
+    gens: Generations,
     exits_tx: mpsc::UnboundedSender<(u64, Pid, Exit)>,
     /// The config file HAProxy runs from (only ever holds a checked config).
     running_file: PathBuf,
@@ -182,7 +131,7 @@ struct Supervisor {
     warned: BTreeSet<String>,
     syn_drop_available: bool,
     counters: Counters,
-    restart_backoff: discovery::Backoff,
+    restart_backoff: policy::Backoff,
     /// Pids of HAProxy processes left by an earlier run of ours (adopted).
     adopted: Vec<Pid>,
     /// The global maxconn last lowered to fit the servers' descriptors.
@@ -216,12 +165,11 @@ struct Supervisor {
     /// What `prepare` last rendered, until a start adopts it.
     prepared_rendered: Option<Rendered>,
     /// Services HAProxy refused, left out of renders.
-    excluded: BTreeMap<String, Excluded>,
+    excluded: BTreeMap<String, Exclusion>,
     /// A reload to retry after a transient failure, with its backoff, and
     /// what failed first (logged once per episode).
     retry_at: Option<tokio::time::Instant>,
-    retry_backoff: discovery::Backoff,
-    failing: Option<String>,
+    retries: Retries,
     /// Excluded services whose time is up: included in the next render.
     retry_excluded: Vec<String>,
     status: Arc<Status>,
@@ -427,15 +375,14 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         reaper,
         renderer,
         catalog,
-        gens: Vec::new(),
-        next_gen: 1,
+        gens: Generations::new(),
         exits_tx,
         running_file,
         running_text: None,
         warned: BTreeSet::new(),
         syn_drop_available,
         counters: Counters::default(),
-        restart_backoff: discovery::Backoff::new(Duration::from_secs(10)),
+        restart_backoff: policy::Backoff::new(Duration::from_secs(10)),
         fd_fit: None,
         running_layout: None,
         prepared_layout: None,
@@ -452,8 +399,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         prepared_rendered: None,
         excluded: BTreeMap::new(),
         retry_at: None,
-        retry_backoff: discovery::Backoff::new(Duration::from_secs(30)),
-        failing: None,
+        retries: Retries::new(Duration::from_secs(30)),
         retry_excluded: Vec::new(),
         status,
         good_fingerprints: BTreeMap::new(),
@@ -471,11 +417,14 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     if sup.catalog.is_none() {
         sup.reload(Trigger::Start).await;
     }
-    // Catalog changes wait for quiescence: `first` bounds the wait by max.
-    // A change that can go live waits `live_wait`; a structural one the
-    // reload wait (`structural` once a live try found it so).
-    let mut pending: Option<(Instant, Instant)> = None;
-    let mut structural = false;
+    // Catalog changes wait for quiescence (policy::Pending): a change that
+    // can go live waits `live_wait`; a structural one the reload wait.
+    let mut pending: Option<Pending> = None;
+    let waits = Waits {
+        live: sup.settings.live_wait,
+        reload_min: sup.settings.reload_wait_min,
+        reload_max: sup.settings.reload_wait_max,
+    };
     let mut restart_at: Option<tokio::time::Instant> = None;
     let far = || tokio::time::Instant::now() + Duration::from_secs(86400);
 
@@ -489,16 +438,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             restart_at = Some(tokio::time::Instant::now() + delay);
         }
         let deadline = match pending {
-            Some((first, last)) => {
-                let wait = if structural || !sup.live_possible() {
-                    sup.settings.reload_wait_min
-                } else {
-                    sup.settings.live_wait
-                };
-                tokio::time::Instant::from_std(
-                    (last + wait).min(first + sup.settings.reload_wait_max),
-                )
-            }
+            Some(p) => tokio::time::Instant::from_std(p.deadline(sup.live_possible(), &waits)),
             None => far(),
         };
         let cleanup_parked = sup.live.as_ref().is_some_and(|l| !l.parked.is_empty());
@@ -536,7 +476,6 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 signals::Action::Reload => {
                 tracing::info!(event = %Event::ReloadRequested, signal = sig.as_str(), "SIGHUP: checking and reloading");
                 pending = None;
-                structural = false;
                 // SIGHUP re-reads what the supervisor reads: the template
                 // (a broken one changes nothing) and the catalog file.
                 if !sup.reread_template() {
@@ -567,33 +506,24 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     // The first catalog: start without waiting.
                     sup.reload(Trigger::Start).await;
                 } else {
-                    pending = Some((pending.map_or(now, |p| p.0), now));
+                    pending = Some(Pending::changed(pending, now));
                 }
             }
             _ = sleep_until(deadline), if pending.is_some() => {
-                let (first, last) = pending.expect("pending");
-                if !structural && sup.live_possible() {
-                    match sup.try_live().await {
-                        LiveOutcome::Applied => pending = None,
-                        LiveOutcome::Failed => {
-                            pending = None;
-                            sup.reload(Trigger::Catalog).await;
-                        }
+                let p = pending.take().expect("pending");
+                match p.due(sup.live_possible()) {
+                    Due::TryLive => match sup.try_live().await {
+                        LiveOutcome::Applied => {}
+                        LiveOutcome::Failed => sup.reload(Trigger::Catalog).await,
                         LiveOutcome::Structural(why) => {
                             tracing::info!(event = %Event::StructuralChange, reason = %why, "structural change: reloading after the reload wait");
-                            let at = (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max);
-                            if Instant::now() >= at {
-                                pending = None;
-                                sup.reload(Trigger::Catalog).await;
-                            } else {
-                                structural = true;
+                            match p.structural(Instant::now(), &waits) {
+                                AfterStructural::ReloadNow => sup.reload(Trigger::Catalog).await,
+                                AfterStructural::Wait(p) => pending = Some(p),
                             }
                         }
-                    }
-                } else {
-                    pending = None;
-                    structural = false;
-                    sup.reload(Trigger::Catalog).await;
+                    },
+                    Due::Reload => sup.reload(Trigger::Catalog).await,
                 }
             }
             _ = sleep_until(sync_at), if sup.unsynced.is_some() && !sup.sync_in_flight => {
@@ -613,13 +543,12 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 let ended: Vec<String> = sup.excluded.iter().filter(|(_, x)| x.until <= now).map(|(n, _)| n.clone()).collect();
                 for n in &ended {
                     if let Some(x) = sup.excluded.get_mut(n) {
-                        x.until = now + x.next_for;
+                        x.tried_again(now);
                     }
                 }
                 tracing::info!(event = %Event::ServiceRetried, services = ?ended, "trying services left out again");
                 sup.retry_excluded = ended;
-                pending = Some((pending.map_or(now, |p| p.0), now));
-                structural = true;
+                pending = Some(Pending::changed_structural(pending, now));
             }
             _ = tokio::time::sleep(Duration::from_secs(2)), if cleanup_parked => {
                 sup.delete_parked().await;
@@ -709,12 +638,17 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
 }
 
 impl Supervisor {
-    fn serving(&self) -> Option<&Generation> {
-        self.gens.iter().find(|g| g.state == GenState::Serving)
+    fn serving(&self) -> Option<&policy::Generation> {
+        self.gens.serving()
     }
 
     fn write_pids(&self) {
-        let text: String = self.gens.iter().map(|g| format!("{}\n", g.pid)).collect();
+        let text: String = self
+            .gens
+            .all()
+            .iter()
+            .map(|g| format!("{}\n", g.pid))
+            .collect();
         let path = self.settings.run_dir.join("haproxy.pids");
         if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
             return; // as at spawn: nothing to write at "reload done"
@@ -928,40 +862,24 @@ impl Supervisor {
             return false;
         };
         let blamed = haproxy::blamed_proxies(message, config);
-        // Only a service that changed since the config that serves can have
-        // broken it: a template may well write one service's line into
-        // another's section, and the one HAProxy points at is innocent.
-        let changed: BTreeSet<&String> = catalog
+        let changed: BTreeSet<String> = catalog
             .services
             .iter()
             .filter(|(n, c)| self.good_fingerprints.get(*n) != Some(&fingerprint(c)))
-            .map(|(n, _)| n)
+            .map(|(n, _)| n.clone())
             .collect();
-        let mut culprits: BTreeSet<&String> = changed
-            .iter()
-            .copied()
-            .filter(|name| {
-                blamed.iter().any(|p| {
-                    p == *name
-                        || p.strip_prefix(name.as_str())
-                            .is_some_and(|rest| rest.starts_with("_port_"))
-                })
-            })
-            .collect();
-        if culprits.is_empty()
-            && changed.len() == 1
-            && sole_change
-            && !self.good_fingerprints.is_empty()
-        {
-            // haproxy -c refused the one change since what serves.
-            culprits = changed.clone();
-        }
+        let culprits = policy::culprits(
+            &blamed,
+            &changed,
+            sole_change,
+            !self.good_fingerprints.is_empty(),
+        );
         if culprits.is_empty() && !changed.is_empty() {
             tracing::error!(event = %Event::ChangeRefused, changed = ?changed, "haproxy refused the change and names none of the services that changed; keeping the running haproxy");
         }
         let mut any = false;
         for name in culprits {
-            if self.excluded.contains_key(name) {
+            if self.excluded.contains_key(&name) {
                 continue;
             }
             let first = message
@@ -974,14 +892,9 @@ impl Supervisor {
                 .unwrap_or(message)
                 .trim();
             tracing::warn!(event = %Event::ServiceLeftOut, service = %name, haproxy = %first, "service left out: haproxy refused it; the others still apply");
-            let next_for = Duration::from_secs(60);
             self.excluded.insert(
                 name.clone(),
-                Excluded {
-                    fingerprint: fingerprint(&catalog.services[name]),
-                    until: Instant::now() + next_for,
-                    next_for: (next_for * 2).min(Duration::from_secs(600)),
-                },
+                Exclusion::new(fingerprint(&catalog.services[&name]), Instant::now()),
             );
             any = true;
         }
@@ -991,21 +904,19 @@ impl Supervisor {
     /// A failure that may heal: the reload is retried with backoff, and
     /// logged once per episode.
     fn retry_later(&mut self, what: String) {
-        let delay = self.retry_backoff.next_delay();
-        if self.failing.is_none() {
-            tracing::error!(event = %Event::ReloadRetry, error = %what, retry_in = ?delay, "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)");
-            self.failing = Some(what);
+        let r = self.retries.failed(&what);
+        if r.first {
+            tracing::error!(event = %Event::ReloadRetry, error = %what, retry_in = ?r.delay, first = true, "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)");
         } else {
-            tracing::debug!(event = %Event::ReloadRetry, error = %what, retry_in = ?delay, "reload failed again");
+            tracing::debug!(event = %Event::ReloadRetry, error = %what, retry_in = ?r.delay, first = false, "reload failed again");
         }
-        self.retry_at = Some(tokio::time::Instant::now() + delay);
+        self.retry_at = Some(tokio::time::Instant::now() + r.delay);
     }
 
     /// A reload went through: the failure episode, if any, ends.
     fn healed(&mut self) {
-        self.retry_backoff.reset();
         self.retry_at = None;
-        if let Some(what) = self.failing.take() {
+        if let Some(what) = self.retries.healed() {
             tracing::info!(event = %Event::ReloadsHealed, after = %what, "reloads work again");
         }
     }
@@ -1129,11 +1040,7 @@ impl Supervisor {
             not_ready,
             serving_generation: serving.map(|g| g.id),
             serving_pid: serving.map(|g| g.pid.as_raw()),
-            draining: self
-                .gens
-                .iter()
-                .filter(|g| g.state == GenState::Draining)
-                .count(),
+            draining: self.gens.draining(),
             strategy: self.settings.reload_strategy.as_str().to_string(),
             live_changes: self.settings.live_changes,
             services_rendered: self.rendered_counts.0,
@@ -1377,27 +1284,21 @@ impl Supervisor {
             });
         };
         let ports = haproxy::bind_ports(&text);
-        let mut old: Vec<Pid> = self
-            .gens
-            .iter()
-            .filter(|g| g.state != GenState::Draining)
-            .map(|g| g.pid)
-            .collect();
+        let mut old: Vec<Pid> = self.gens.to_hand_over();
         old.extend(self.adopted.iter().copied());
         let socket = self.settings.admin_socket();
         let can_transfer = !old.is_empty()
             && text.contains("expose-fd listeners")
             && std::os::unix::net::UnixStream::connect(&socket).is_ok();
 
-        let mut strategy = self.settings.reload_strategy;
-        if old.is_empty() {
-            strategy = ReloadStrategy::Plain; // nothing to hand over from
-        } else if strategy == ReloadStrategy::Seamless && !can_transfer {
-            strategy = if self.syn_drop_available {
-                ReloadStrategy::SynDrop
-            } else {
-                ReloadStrategy::Plain
-            };
+        let choice = policy::choose_strategy(
+            self.settings.reload_strategy,
+            !old.is_empty(),
+            can_transfer,
+            self.syn_drop_available,
+        );
+        let strategy = choice.strategy;
+        if choice.fell_back {
             tracing::warn!(event = %Event::StrategyFallback, socket = %socket.display(), fallback = strategy.as_str(), "socket transfer impossible; falling back");
         }
         let started = Instant::now();
@@ -1409,18 +1310,13 @@ impl Supervisor {
         };
         match result {
             Ok(id) => {
-                for g in &mut self.gens {
-                    if g.id != id && g.state != GenState::Draining {
-                        g.state = GenState::Draining;
-                    }
-                }
                 self.adopted.clear();
                 self.live = self
                     .running_layout
                     .clone()
                     .filter(|_| self.settings.live_changes)
                     .map(Running::started);
-                if trigger != Trigger::Start && trigger != Trigger::Restart {
+                if trigger.counts_as_reload() {
                     self.counters.reloads += 1;
                 }
                 let pid = self.serving().map(|g| g.pid.as_raw()).unwrap_or(0);
@@ -1433,11 +1329,7 @@ impl Supervisor {
                     reloads = self.counters.reloads,
                     failed_reloads = self.counters.failed_reloads,
                     restarts = self.counters.restarts,
-                    draining = self
-                        .gens
-                        .iter()
-                        .filter(|g| g.state == GenState::Draining)
-                        .count(),
+                    draining = self.gens.draining(),
                     "haproxy reload done"
                 );
                 self.write_pids();
@@ -1506,14 +1398,7 @@ impl Supervisor {
             take_sockets_from: socket,
         };
         let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
-        let id = self.next_gen;
-        self.next_gen += 1;
-        self.gens.push(Generation {
-            id,
-            pid,
-            state: GenState::Starting,
-            started: Instant::now(),
-        });
+        let id = self.gens.spawned(pid, Instant::now());
         // Recorded before it serves: if we are killed during this reload,
         // the next run must find (and finish) this process too.
         self.write_pids();
@@ -1535,9 +1420,7 @@ impl Supervisor {
                         let _ = tx.send((id, pid, exit));
                     }
                 });
-                if let Some(g) = self.gens.iter_mut().find(|g| g.id == id) {
-                    g.state = GenState::Serving;
-                }
+                self.gens.listening(id);
                 // It serves: the old ones finish (what `-sf` would do, but
                 // only now, so they were never paused).
                 for p in old {
@@ -1547,7 +1430,7 @@ impl Supervisor {
             }
             Err(HaproxyError::DiedAtStart { pid: p, exit, .. }) => {
                 // Already reaped: the old generations keep serving.
-                self.gens.retain(|g| g.id != id);
+                self.gens.died_at_start(id);
                 // Let the stderr reader take the last lines.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 Err(HaproxyError::DiedAtStart {
@@ -1564,9 +1447,7 @@ impl Supervisor {
                     }
                 });
                 let _ = kill(pid, Signal::SIGKILL);
-                if let Some(g) = self.gens.iter_mut().find(|g| g.id == id) {
-                    g.state = GenState::Draining;
-                }
+                self.gens.abandoned(id);
                 Err(e)
             }
         }
@@ -1617,17 +1498,16 @@ impl Supervisor {
 
     /// Handles a generation's exit.
     fn on_exit(&mut self, id: u64, pid: Pid, exit: Exit) {
-        let Some(pos) = self.gens.iter().position(|g| g.id == id) else {
+        let Some((_, ended)) = self.gens.exited(id, Instant::now()) else {
             return;
         };
-        let g = self.gens.remove(pos);
         self.write_pids();
-        match g.state {
-            GenState::Draining => {
+        match ended {
+            Ended::Drained => {
                 tracing::info!(event = %Event::GenerationDrained, pid = pid.as_raw(), %exit, "old haproxy finished draining");
             }
-            GenState::Starting | GenState::Serving => {
-                if g.started.elapsed() > Duration::from_secs(30) {
+            Ended::Died { reset_backoff } => {
+                if reset_backoff {
                     self.restart_backoff.reset();
                 }
                 tracing::error!(event = %Event::GenerationDied, pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
@@ -1645,47 +1525,39 @@ impl Supervisor {
         sigs: &mut mpsc::UnboundedReceiver<Signal>,
         exits_rx: &mut mpsc::UnboundedReceiver<(u64, Pid, Exit)>,
     ) -> i32 {
-        tracing::info!(event = %Event::Stopping, signal = why, graceful, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
+        tracing::info!(event = %Event::Stopping, signal = why, graceful, timeout = ?self.settings.stop_timeout, live = self.gens.all().len(), "stopping: soft-stopping haproxy");
         let serving = self.serving().map(|g| g.id);
-        for g in &self.gens {
+        for g in self.gens.all() {
             let _ = kill(g.pid, Signal::SIGUSR1);
         }
         // What ran, applied live, is what the next start reproduces.
         self.flush().await;
         let mut serving_exit: Option<Exit> = None;
-        let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
-        let mut forced = false;
-        if !graceful {
-            tracing::warn!(event = %Event::StopForced, signal = why, reason = "sigquit", "stopping now");
-            forced = true;
-            self.force();
-        }
+        let (mut stop, step) = Stop::begin(graceful, Instant::now(), self.settings.stop_timeout);
+        self.stop_step(step, why);
+        let deadline = tokio::time::Instant::from_std(stop.deadline);
         while !self.gens.is_empty() {
             tokio::select! {
-                _ = sleep_until(deadline), if !forced => {
-                    tracing::warn!(event = %Event::StopForced, reason = "timeout", "stop timeout passed; terminating haproxy");
-                    forced = true;
-                    self.force();
+                _ = sleep_until(deadline), if stop.forced.is_none() => {
+                    let step = stop.on_deadline();
+                    self.stop_step(step, why);
                 }
-                Some(sig) = sigs.recv() => match signals::action(sig) {
-                    signals::Action::Stop { .. } => { tracing::warn!(event = %Event::StopForced, signal = sig.as_str(), reason = "second_signal", "second signal; stopping now"); forced = true; self.force(); }
-                    _ => tracing::info!(event = %Event::SignalIgnored, signal = sig.as_str(), "stopping; signal ignored"),
+                Some(sig) = sigs.recv() => match stop.on_signal(signals::action(sig)) {
+                    StopStep::Nothing => tracing::info!(event = %Event::SignalIgnored, signal = sig.as_str(), "stopping; signal ignored"),
+                    step => self.stop_step(step, sig.as_str()),
                 },
-                _ = tokio::time::sleep(Duration::from_secs(2)), if forced => {
-                    for g in &self.gens { let _ = kill(g.pid, Signal::SIGKILL); }
+                _ = tokio::time::sleep(policy::KILL_AFTER), if stop.forced.is_some() => {
+                    for g in self.gens.all() { let _ = kill(g.pid, Signal::SIGKILL); }
                 }
                 Some((id, _pid, exit)) = exits_rx.recv() => {
                     if Some(id) == serving { serving_exit = Some(exit); }
-                    self.gens.retain(|g| g.id != id);
+                    self.gens.remove(id);
                 }
             }
         }
         let _ = std::fs::remove_file(self.settings.run_dir.join("haproxy.pids"));
         self.reaper.drain();
-        let code = match serving_exit {
-            None | Some(Exit::Code(0)) => 0,
-            Some(e) => e.code(),
-        };
+        let code = policy::exit_code(serving_exit);
         tracing::info!(event = %Event::Stopped,
             exit_code = code,
             reloads = self.counters.reloads,
@@ -1696,8 +1568,16 @@ impl Supervisor {
         code
     }
 
+    /// Performs what the stop policy decided.
+    fn stop_step(&self, step: StopStep, signal: &str) {
+        if let StopStep::Force(reason) = step {
+            tracing::warn!(event = %Event::StopForced, signal, reason = reason.as_str(), "stopping now: terminating haproxy");
+            self.force();
+        }
+    }
+
     fn force(&self) {
-        for g in &self.gens {
+        for g in self.gens.all() {
             let _ = kill(g.pid, Signal::SIGTERM);
         }
     }

@@ -8,9 +8,7 @@ pub mod consul;
 pub mod file;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 
 use crate::model::Catalog;
@@ -82,46 +80,4 @@ impl Health {
     }
 }
 
-/// Jittered exponential backoff: 100 ms doubling to `max`, each delay drawn
-/// from [d/2, d] so many supervisors do not retry in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: Duration::from_millis(100),
-            max,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = Duration::from_millis(100);
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = d / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_capped() {
-        let mut b = Backoff::new(Duration::from_secs(2));
-        let d: Vec<_> = (0..8).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d.iter().all(|x| *x <= Duration::from_secs(2)));
-        assert!(d[7] >= Duration::from_secs(1));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
-    }
-}
+pub use crate::policy::Backoff;
