@@ -69,6 +69,8 @@ struct TemplateContext<'a> {
     services: &'a [Service],
     /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend.
     tcp_frontends: Vec<&'a Service>,
+    /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
+    tls: Option<&'a crate::tls::TlsFrontend>,
 }
 
 /// Renders configs for one config path.
@@ -92,7 +94,9 @@ pub fn maps_dir(config_path: &Path) -> PathBuf {
         .join("maps")
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// `p` made absolute against the working directory (HAProxy and its
+/// runtime API know files by the path the config names).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -201,6 +205,7 @@ impl Renderer {
                 .iter()
                 .filter(|s| s.frontend_port.is_some())
                 .collect(),
+            tls: desired.tls.as_ref(),
         };
         let context = tera::Context::from_serialize(&ctx)
             .map_err(|e| RenderError::Render { detail: chain(&e) })?;
