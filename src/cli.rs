@@ -46,7 +46,11 @@ async fn render_once(settings: &Settings) -> Result<Rendered, String> {
         &settings.admin_socket(),
     )
     .map_err(|e| e.to_string())?;
-    let (desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
+    let (mut desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
+    if let Some(dir) = &settings.certs_dir {
+        desired.tls = crate::tls::prepare_once(dir, &settings.config_file)
+            .map_err(|e| format!("cannot write the certificate store: {e}"))?;
+    }
     for w in &warnings {
         tracing::warn!("{w}");
     }
