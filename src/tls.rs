@@ -246,6 +246,10 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A bundle larger than this is refused unread (a chain of a few
+/// certificates and a key is a few KB).
+const MAX_BUNDLE_BYTES: u64 = 1 << 20;
+
 /// Reads and validates one bundle file (following symlinks; only regular
 /// files are read).
 pub fn load_bundle(path: &Path) -> Result<Bundle, BundleError> {
@@ -256,6 +260,12 @@ pub fn load_bundle(path: &Path) -> Result<Bundle, BundleError> {
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     if !meta.is_file() {
         return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > MAX_BUNDLE_BYTES {
+        return Err(fail(format!(
+            "{} bytes: larger than a bundle can be ({MAX_BUNDLE_BYTES})",
+            meta.len()
+        )));
     }
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
     let name = path
@@ -348,11 +358,15 @@ impl Scanner {
         self.files.retain(|n, _| seen.contains_key(n));
         for (name, st) in seen {
             let path = self.dir.join(&name);
+            let fresh = !self.files.contains_key(&name);
             let f = self.files.entry(name).or_insert(FileState {
                 stamp: st.clone(),
                 judged: false,
                 good: None,
             });
+            if fresh && settle {
+                continue; // judged at the next poll if it did not change
+            }
             if f.stamp != st {
                 f.stamp = st;
                 f.judged = false;
@@ -737,6 +751,13 @@ mod tests {
         let mut s = Scanner::new(dir.path().to_path_buf());
         let set = s.poll(false).unwrap();
         assert_eq!(set.keys().collect::<Vec<_>>(), vec!["a.pem"]);
+        // A new file is judged once it was seen unchanged.
+        let (c2, k2) = pair("c.test");
+        std::fs::write(dir.path().join("c.pem"), format!("{c2}{k2}")).unwrap();
+        assert_eq!(s.poll(true), None);
+        assert_eq!(s.poll(true).unwrap().len(), 2);
+        std::fs::remove_file(dir.path().join("c.pem")).unwrap();
+        assert_eq!(s.poll(true).unwrap().len(), 1);
         std::fs::write(dir.path().join("a.pem"), "broken").unwrap();
         std::fs::write(dir.path().join("b.pem"), "broken").unwrap();
         // Judged once settled; the old a.pem stays, b.pem is not served.
