@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything the demo, the tests and the benchmarks need on a fresh
 # Debian 12 machine: haproxy, iptables, consul (from Debian 11, see below),
-# curl, socat, wrk, iproute2, util-linux, prometheus (and promtool). Idempotent;
+# curl, socat, wrk, openssl, iproute2, util-linux, prometheus (and promtool). Idempotent;
 # run as root.
 set -euo pipefail
 
 need_apt=()
-for pair in haproxy:haproxy iptables:iptables curl:curl socat:socat wrk:wrk ip:iproute2 unshare:util-linux nsenter:util-linux ps:procps prometheus:prometheus promtool:prometheus; do
+for pair in haproxy:haproxy iptables:iptables curl:curl socat:socat wrk:wrk openssl:openssl ip:iproute2 unshare:util-linux nsenter:util-linux ps:procps prometheus:prometheus promtool:prometheus; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -28,6 +28,8 @@ pub enum CliError {
     Stage(#[source] std::io::Error),
     #[error(transparent)]
     Check(#[from] haproxy::HaproxyError),
+    #[error("cannot write the certificate store: {0}")]
+    CertStore(#[source] std::io::Error),
 }
 
 /// How long the one-shot commands wait for Consul's first answer.
@@ -64,7 +66,11 @@ async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
         &settings.config_file,
         &settings.admin_socket(),
     )?;
-    let (desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
+    let (mut desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
+    if let Some(dir) = &settings.certs_dir {
+        desired.tls =
+            crate::tls::prepare_once(dir, &settings.config_file).map_err(CliError::CertStore)?;
+    }
     for w in &warnings {
         tracing::warn!(event = %Event::Warning, "{w}");
     }

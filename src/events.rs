@@ -119,6 +119,32 @@ pub enum Event {
     /// refused too many; nothing changed. Field: `changed`.
     ChangeRefused,
 
+    // --- TLS (SPEC §15) ----------------------------------------------------
+    /// A certificate is served (at start). Fields: `file`, `subject`, `serial`, `names`.
+    CertLoaded,
+    /// `HAPROXY_CERTS_DIR` holds no usable bundle: no HTTPS bind until one is added.
+    CertNone,
+    /// A bundle added to the directory is served. Fields: `file`, `subject`, `serial`, `live` (through the runtime API, no process started).
+    CertAdded,
+    /// A bundle replaced in the directory is served. Fields: `file`, `subject`, `serial`, `live`.
+    CertUpdated,
+    /// A bundle removed from the directory is no longer served. Fields: `file`, `live`.
+    CertRemoved,
+    /// A certificate change that needs a checked reload. Field: `reason`.
+    CertReload,
+    /// A certificate change failed through the runtime API; a reload follows. Field: `error`.
+    CertLiveFailed,
+    /// A bundle is refused (not PEM, unreadable, key and certificate do not match); the certificate served for it, if any, stays. Fields: `file`, `error`, `keeps_previous`.
+    CertRejected,
+    /// An expired certificate, served anyway. Fields: `file`, `not_after`, `subject`.
+    CertExpired,
+    /// `HAPROXY_CERTS_DIR` cannot be read; the certificates served stay. Fields: `dir`, `error`, `serving`.
+    CertDirError,
+    /// `HAPROXY_CERTS_DIR` is readable again. Field: `dir`.
+    CertDirOk,
+    /// The copies HAProxy loads cannot be written; the certificates served stay. Fields: `store`, `error`.
+    CertStoreError,
+
     // --- Consul -------------------------------------------------------------
     /// Consul does not answer; the last good catalog stays. Field: `error`.
     ConsulUnavailable,
@@ -181,6 +207,18 @@ impl Event {
         Event::ServiceLeftOut,
         Event::ServiceRetried,
         Event::ChangeRefused,
+        Event::CertLoaded,
+        Event::CertNone,
+        Event::CertAdded,
+        Event::CertUpdated,
+        Event::CertRemoved,
+        Event::CertReload,
+        Event::CertLiveFailed,
+        Event::CertRejected,
+        Event::CertExpired,
+        Event::CertDirError,
+        Event::CertDirOk,
+        Event::CertStoreError,
         Event::ConsulUnavailable,
         Event::ConsulDenied,
         Event::ConsulRecovered,
@@ -230,6 +268,18 @@ impl Event {
             Event::ServiceLeftOut => "service_left_out",
             Event::ServiceRetried => "service_retried",
             Event::ChangeRefused => "change_refused",
+            Event::CertLoaded => "cert_loaded",
+            Event::CertNone => "cert_none",
+            Event::CertAdded => "cert_added",
+            Event::CertUpdated => "cert_updated",
+            Event::CertRemoved => "cert_removed",
+            Event::CertReload => "cert_reload",
+            Event::CertLiveFailed => "cert_live_failed",
+            Event::CertRejected => "cert_rejected",
+            Event::CertExpired => "cert_expired",
+            Event::CertDirError => "cert_dir_error",
+            Event::CertDirOk => "cert_dir_ok",
+            Event::CertStoreError => "cert_store_error",
             Event::ConsulUnavailable => "consul_unavailable",
             Event::ConsulDenied => "consul_denied",
             Event::ConsulRecovered => "consul_recovered",

@@ -30,6 +30,8 @@
 //!   socket): dynamic servers, weights, states, atomic map replacement.
 //! - [`live`]: what the serving HAProxy runs, as a value, and the pure diff
 //!   of a new render into live operations or a reload (SPEC §10).
+//! - [`tls`]: the certificate bundles of `HAPROXY_CERTS_DIR`: validation,
+//!   the store and crt-list the HTTPS bind loads, live updates (SPEC §15).
 //! - [`signals`]: the signal table (signal-hook).
 //! - [`status`]: `/metrics`, `/healthz`, `/readyz`, `/status` (SPEC §14).
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
@@ -52,3 +54,4 @@ pub mod signals;
 pub mod status;
 pub mod supervisor;
 pub mod syntax;
+pub mod tls;

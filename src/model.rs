@@ -137,6 +137,9 @@ pub struct Service {
     pub path: Option<String>,
     pub healthcheck: Option<String>,
     pub sticky: bool,
+    /// `HAPROXY.HTTPS_REDIRECT=true`: plain HTTP answers a permanent
+    /// redirect to HTTPS (when TLS is on).
+    pub https_redirect: bool,
     pub servers: Vec<Server>,
 }
 
@@ -177,6 +180,9 @@ impl fmt::Display for Warning {
 pub struct Desired {
     /// Sorted by name.
     pub services: Vec<Service>,
+    /// The HTTPS bind, when certificates are served (filled by the
+    /// supervisor from [`crate::tls`], not from the catalog).
+    pub tls: Option<crate::tls::TlsFrontend>,
 }
 
 pub const TAG_PREFIX: &str = "HAPROXY.";
@@ -190,6 +196,7 @@ const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.PATH",
     "HAPROXY.BACKEND.HEALTHCHECK",
     "HAPROXY.BACKEND.STICKY",
+    "HAPROXY.HTTPS_REDIRECT",
 ];
 const BALANCES: &[&str] = &[
     "roundrobin",
@@ -237,7 +244,10 @@ impl From<&HaproxyVars> for Context {
     fn from(v: &HaproxyVars) -> Context {
         Context {
             dom: v.dom.clone(),
-            reserved_ports: vec![v.http_port, v.stats_port],
+            reserved_ports: [v.http_port, v.stats_port]
+                .into_iter()
+                .chain(v.https_port)
+                .collect(),
         }
     }
 }
@@ -363,7 +373,13 @@ impl Desired {
         services.sort_by(|a, b| a.name.cmp(&b.name));
         warnings.sort();
         warnings.dedup();
-        (Desired { services }, warnings)
+        (
+            Desired {
+                services,
+                tls: None,
+            },
+            warnings,
+        )
     }
 }
 
@@ -502,6 +518,17 @@ fn build_service(
         }
     };
 
+    let https_redirect = match tags.values.get("HAPROXY.HTTPS_REDIRECT") {
+        None | Some(&"false") => false,
+        Some(&"true") => true,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.HTTPS_REDIRECT",
+                format!("{v:?} is not true or false"),
+            ))
+        }
+    };
+
     let mut instances: Vec<&Instance> = cs
         .instances
         .iter()
@@ -559,6 +586,7 @@ fn build_service(
         path,
         healthcheck,
         sticky,
+        https_redirect,
         servers,
     })
 }

@@ -67,6 +67,8 @@ pub enum Trigger {
     Restart,
     /// A reload retried after a transient failure.
     Retry,
+    /// Certificates changed in a way the runtime API cannot apply.
+    Certs,
 }
 
 impl Trigger {
@@ -78,6 +80,7 @@ impl Trigger {
             Trigger::Sighup => "sighup",
             Trigger::Restart => "restart",
             Trigger::Retry => "retry",
+            Trigger::Certs => "certs",
         }
     }
 

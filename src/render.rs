@@ -69,6 +69,8 @@ struct TemplateContext<'a> {
     services: &'a [Service],
     /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend.
     tcp_frontends: Vec<&'a Service>,
+    /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
+    tls: Option<&'a crate::tls::TlsFrontend>,
 }
 
 /// Renders configs for one config path.
@@ -92,7 +94,9 @@ pub fn maps_dir(config_path: &Path) -> PathBuf {
         .join("maps")
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// `p` made absolute against the working directory (HAProxy and its
+/// runtime API know files by the path the config names).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -201,6 +205,7 @@ impl Renderer {
                 .iter()
                 .filter(|s| s.frontend_port.is_some())
                 .collect(),
+            tls: desired.tls.as_ref(),
         };
         let context = tera::Context::from_serialize(&ctx)
             .map_err(|e| RenderError::Render { detail: chain(&e) })?;
@@ -392,6 +397,62 @@ mod tests {
         assert!(r
             .config
             .contains(&format!("/etc/haproxy/maps/{}", hosts[0].0)));
+    }
+
+    #[test]
+    fn tls_adds_the_https_bind_redirect_hsts_and_forwarded_proto() {
+        let c = Catalog::parse_file(
+            r#"{"services":[
+            {"name":"www","instances":[{"id":"www-1","address":"10.0.0.1","port":80,"tags":["HAPROXY.ENABLE=true","HAPROXY.HTTPS_REDIRECT=true"]}]},
+            {"name":"api","instances":[{"id":"api-1","address":"10.0.0.2","port":80,"tags":["HAPROXY.ENABLE=true"]}]}
+        ]}"#,
+        )
+        .unwrap();
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            https_port: Some(443),
+            hsts_max_age: Some(0),
+            ..HaproxyVars::default()
+        };
+        let (mut d, warnings) = Desired::build(&c, &Context::from(&vars));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let r = Renderer::new(
+            None,
+            Path::new("/etc/haproxy/haproxy.cfg"),
+            Path::new("/run/hs/admin.sock"),
+        )
+        .unwrap();
+        // No certificate served: nothing of TLS, the tag has no effect.
+        let plain = r.render(&d, &vars).unwrap().config;
+        assert!(!plain.contains("crt-list") && !plain.contains("redirect"));
+        assert!(!plain.contains("Strict-Transport-Security"));
+        assert_eq!(
+            plain
+                .matches("add-header X-Forwarded-Proto https if { ssl_fc }")
+                .count(),
+            2
+        );
+        d.tls = Some(crate::tls::TlsFrontend {
+            crt_list: "/etc/haproxy/certs/crt-list".into(),
+        });
+        let tls = r.render(&d, &vars).unwrap().config;
+        assert!(
+            tls.contains("bind *:443 ssl crt-list /etc/haproxy/certs/crt-list alpn h2,http/1.1")
+        );
+        // Port 443: no port in the Location; only the tagged service.
+        assert_eq!(
+            tls.matches(
+                "http-request redirect location https://%[var(txn.host)]%[pathq] code 301 unless { ssl_fc }"
+            )
+            .count(),
+            1
+        );
+        assert!(tls.contains(r#"Strict-Transport-Security "max-age=0" if { ssl_fc }"#));
+        assert_eq!(
+            tls.matches("set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]")
+                .count(),
+            2
+        );
     }
 
     #[test]

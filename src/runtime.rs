@@ -504,6 +504,66 @@ impl RuntimeApi {
         parse_show_map(&answer).ok_or_else(|| refused(&cmd, answer.trim()))
     }
 
+    /// Replaces the certificate HAProxy knows as `path` (its name in the
+    /// crt-list) with `pem` (chain and key, no blank line): `set ssl cert
+    /// <path> <<` then `commit ssl cert <path>`; a failed commit is aborted
+    /// so no transaction is left open.
+    pub async fn replace_ssl_cert(&self, path: &str, pem: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("set ssl cert {path}");
+        check_tokens(&cmd, &[path])?;
+        if pem.lines().any(|l| l.trim().is_empty()) {
+            return Err(refused(&cmd, "not sent: the payload has a blank line"));
+        }
+        let answer = self
+            .exchange(&cmd, format!("{cmd} <<\n{pem}\n").as_bytes())
+            .await?;
+        if !answer.contains("Transaction created") && !answer.contains("Transaction updated") {
+            let _ = self.command(&format!("abort ssl cert {path}")).await;
+            return Err(refused(&cmd, answer.trim()));
+        }
+        let cmd = format!("commit ssl cert {path}");
+        let answer = self.command(&cmd).await?;
+        if !answer.contains("Success!") {
+            let _ = self.command(&format!("abort ssl cert {path}")).await;
+            return Err(refused(&cmd, answer.trim()));
+        }
+        Ok(())
+    }
+
+    /// Adds a certificate: `new ssl cert <path>`, [`Self::replace_ssl_cert`],
+    /// then `add ssl crt-list <list> <path>` (SNI finds it by its names).
+    pub async fn add_ssl_cert(
+        &self,
+        list: &str,
+        path: &str,
+        pem: &str,
+    ) -> Result<(), RuntimeError> {
+        let cmd = format!("new ssl cert {path}");
+        check_tokens(&cmd, &[list, path])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |a| {
+            a.starts_with("New empty certificate store")
+        })?;
+        self.replace_ssl_cert(path, pem).await?;
+        let cmd = format!("add ssl crt-list {list} {path}");
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |a| a.ends_with("Success!"))
+    }
+
+    /// Removes a certificate: `del ssl crt-list <list> <path>`, then `del
+    /// ssl cert <path>`. 2.6 refuses the default certificate of a bind.
+    pub async fn del_ssl_cert(&self, list: &str, path: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("del ssl crt-list {list} {path}");
+        check_tokens(&cmd, &[list, path])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |a| {
+            a.starts_with("Entry") && a.contains("deleted")
+        })?;
+        let cmd = format!("del ssl cert {path}");
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |a| a.ends_with("deleted!"))
+    }
+
     /// Sends one `add map @N <map> <<` request: `chunk` is the command line
     /// and `count` payload lines; the empty line that ends the payload is
     /// added here. Success is an empty answer line; no answer at all means

@@ -184,6 +184,15 @@ pub struct Options {
     /// Never apply changes live through the runtime API: every change reloads
     #[arg(long, env = "HAPROXY_NO_LIVE", global = true)]
     pub no_live: bool,
+    /// Directory of PEM bundles (chain and key) served over HTTPS; unset: no TLS
+    #[arg(long, env = "HAPROXY_CERTS_DIR", global = true)]
+    pub certs_dir: Option<PathBuf>,
+    /// Port of the HTTPS bind of app_http_in, with HAPROXY_CERTS_DIR [default: 8443]
+    #[arg(long, env = "HAPROXY_HTTPS_PORT", global = true)]
+    pub https_port: Option<String>,
+    /// Strict-Transport-Security max-age (seconds) on HTTPS answers [default: none]
+    #[arg(long, env = "HAPROXY_HSTS_MAX_AGE", global = true)]
+    pub hsts_max_age: Option<String>,
     /// How long an old HAProxy may drain after a reload [default: 60s]
     #[arg(long, env = "HAPROXY_HARD_STOP_AFTER", global = true)]
     pub hard_stop_after: Option<String>,
@@ -224,6 +233,10 @@ pub struct HaproxyVars {
     pub log_target: String,
     pub http_port: u16,
     pub stats_port: u16,
+    /// The HTTPS port: set only with `HAPROXY_CERTS_DIR`.
+    pub https_port: Option<u16>,
+    /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
+    pub hsts_max_age: Option<u32>,
     /// Address part of the stats listener's `bind`: `*`, an IPv4 address
     /// or a bracketed IPv6 address.
     pub stats_bind: String,
@@ -321,6 +334,8 @@ pub struct Settings {
     /// `HAPROXY_USER` as given; [`Settings::resolve_user`] turns it into
     /// `vars.user` / `vars.group`.
     pub haproxy_user: HaproxyUser,
+    /// `HAPROXY_CERTS_DIR`: TLS termination is on when set.
+    pub certs_dir: Option<PathBuf>,
 }
 
 fn err(
@@ -407,6 +422,7 @@ impl Settings {
             "hard-stop-after",
             "60s",
         )?;
+        let certs_dir = o.certs_dir.clone().filter(|p| !p.as_os_str().is_empty());
         let vars = HaproxyVars {
             dom,
             maxconn_global: int(
@@ -498,9 +514,39 @@ impl Settings {
             stats_port: port(&o.stats_port, "HAPROXY_STATS_PORT", "stats-port", 4444)?,
             stats_bind: stats_bind(o.stats_bind.as_deref())?,
             stats_auth: stats_auth(o.stats_auth.as_deref())?,
+            https_port: match &certs_dir {
+                Some(_) => Some(port(
+                    &o.https_port,
+                    "HAPROXY_HTTPS_PORT",
+                    "https-port",
+                    8443,
+                )?),
+                None => None,
+            },
+            hsts_max_age: match o.hsts_max_age.as_deref() {
+                None | Some("") => None,
+                v => Some(int(
+                    &v.map(str::to_string),
+                    "HAPROXY_HSTS_MAX_AGE",
+                    "hsts-max-age",
+                    0,
+                    0,
+                    i32::MAX as u32,
+                )?),
+            },
             user: None,
             group: None,
         };
+        if let Some(p) = vars.https_port {
+            if p == vars.http_port || p == vars.stats_port {
+                return Err(err(
+                    "HAPROXY_HTTPS_PORT",
+                    "https-port",
+                    &p.to_string(),
+                    "must differ from HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT",
+                ));
+            }
+        }
         if vars.http_port == vars.stats_port {
             return Err(err(
                 "HAPROXY_STATS_PORT",
@@ -586,6 +632,7 @@ impl Settings {
             hard_stop_after,
             stop_timeout,
             haproxy_user: haproxy_user(o.haproxy_user.as_deref())?,
+            certs_dir,
         })
     }
 
@@ -828,6 +875,24 @@ mod tests {
         assert_eq!(e.var, "HAPROXY_STATS_PORT");
         let e = with(|o| o.consul = Some("ftp://x".into())).unwrap_err();
         assert_eq!(e.var, "CONSUL_HTTP_ADDR");
+    }
+
+    #[test]
+    fn tls_settings() {
+        let s = with(|_| {}).unwrap();
+        assert_eq!((s.certs_dir, s.vars.https_port), (None, None));
+        let s = with(|o| o.certs_dir = Some("/certs".into())).unwrap();
+        assert_eq!(s.vars.https_port, Some(8443));
+        let e = with(|o| {
+            o.certs_dir = Some("/certs".into());
+            o.https_port = Some("8080".into());
+        })
+        .unwrap_err();
+        assert_eq!(e.var, "HAPROXY_HTTPS_PORT");
+        let e = with(|o| o.hsts_max_age = Some("a year".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_HSTS_MAX_AGE");
+        let s = with(|o| o.hsts_max_age = Some("31536000".into())).unwrap();
+        assert_eq!(s.vars.hsts_max_age, Some(31536000));
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
 use crate::settings::{ReloadStrategy, Settings, SourceSettings};
 use crate::signals;
 use crate::status::{self, LeftOut, Snapshot, Status};
+use crate::tls::{Tls, TlsOutcome};
 
 /// Why `prepare` produced no config.
 #[derive(Debug)]
@@ -180,6 +181,8 @@ struct Supervisor {
     /// Services and servers of the last render, and the services it left out.
     rendered_counts: (usize, usize),
     left_out: Vec<LeftOut>,
+    /// `HAPROXY_CERTS_DIR`: the certificates served (SPEC §15).
+    tls: Option<Tls>,
 }
 
 /// Identifies a service's catalog entry (an excluded service changed when
@@ -349,6 +352,23 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         }
     };
 
+    let tls = match (&settings.certs_dir, &renderer) {
+        (Some(dir), Some(_)) => Some(Tls::start(
+            dir.clone(),
+            &settings.config_file,
+            Duration::from_millis(100),
+        )),
+        (Some(_), None) => {
+            tracing::warn!(
+                event = %Event::Degraded,
+                what = "HAPROXY_CERTS_DIR",
+                "HAPROXY_CERTS_DIR is ignored with --no-render: the external config decides"
+            );
+            None
+        }
+        (None, _) => None,
+    };
+
     let caps = match reaper
         .run_output({
             let mut c = std::process::Command::new(&settings.haproxy_bin);
@@ -406,6 +426,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         prepared_fingerprints: None,
         rendered_counts: (0, 0),
         left_out: Vec::new(),
+        tls,
     };
     tracing::info!(event = %Event::Started,
         strategy = sup.settings.reload_strategy.as_str(),
@@ -455,6 +476,12 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         let catalog_changed = async {
             match &mut sup.catalog {
                 Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let certs_changed = async {
+            match &mut sup.tls {
+                Some(t) => t.changed().await,
                 None => std::future::pending().await,
             }
         };
@@ -526,6 +553,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     Due::Reload => sup.reload(Trigger::Catalog).await,
                 }
             }
+            () = certs_changed => sup.certs_changed().await,
             _ = sleep_until(sync_at), if sup.unsynced.is_some() && !sup.sync_in_flight => {
                 sup.sync_in_background();
             }
@@ -715,6 +743,7 @@ impl Supervisor {
     /// is up).
     fn desired(&mut self, catalog: &Catalog) -> (Desired, Vec<crate::model::Warning>) {
         let (mut desired, warnings) = Desired::build(catalog, &Context::from(&self.settings.vars));
+        desired.tls = self.tls.as_ref().and_then(Tls::frontend);
         let retry = std::mem::take(&mut self.retry_excluded);
         self.excluded.retain(|name, x| {
             let same = catalog
@@ -822,7 +851,7 @@ impl Supervisor {
             tracing::debug!(event = %Event::ConsulChanged, "catalog changed but the config did not; no reload");
             return Ok(None);
         }
-        if unchanged && running {
+        if unchanged && running && trigger != Trigger::Certs {
             // The very text we checked and put in place ourselves (a SIGHUP
             // with nothing new): checking it again would only cost CPU.
             return Ok(Some(rendered.config));
@@ -1168,6 +1197,22 @@ impl Supervisor {
             self.delete_parked().await;
         }
         LiveOutcome::Applied
+    }
+
+    /// The certificate directory changed: applied live when the serving
+    /// HAProxy loads our crt-list, else (or when that fails) by a reload.
+    async fn certs_changed(&mut self) {
+        let live = self.live_possible()
+            && self.tls.as_ref().is_some_and(|t| {
+                let list = t.crt_list().display().to_string();
+                self.running_text
+                    .as_deref()
+                    .is_some_and(|c| c.contains(&list))
+            });
+        let Some(tls) = &mut self.tls else { return };
+        if let TlsOutcome::Reload(_) = tls.apply(&self.runtime, live).await {
+            self.reload(Trigger::Certs).await;
+        }
     }
 
     /// One live operation.
