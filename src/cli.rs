@@ -19,18 +19,22 @@ const FIRST_ANSWER: Duration = Duration::from_secs(15);
 pub async fn load_catalog(settings: &Settings) -> Result<Catalog, String> {
     match &settings.source {
         SourceSettings::File(p) => discovery::file::load(p).map_err(|e| e.to_string()),
-        SourceSettings::Consul { url, token, cacert } => {
-            let mut cfg = discovery::consul::ConsulConfig::new(url.clone());
-            cfg.token = token.clone();
-            cfg.cacert = cacert.clone();
+        SourceSettings::Consul(cfg) => {
+            // A bad CA, certificate, key or token file: said now, by name.
+            discovery::consul::Client::new(cfg).map_err(|e| e.to_string())?;
             let (tx, mut rx) = watch::channel(None::<Arc<Catalog>>);
-            let task = tokio::spawn(discovery::consul::watch(cfg, tx));
+            let task = tokio::spawn(discovery::consul::watch(cfg.clone(), tx));
             let got = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|c| c.is_some())).await;
             task.abort();
             match got {
                 Ok(Ok(c)) => Ok(c.as_deref().cloned().unwrap_or_default()),
                 _ => Err(format!(
-                    "no answer from consul at {url} within {FIRST_ANSWER:?}"
+                    "no answer from consul at {} within {FIRST_ANSWER:?}{}",
+                    cfg.urls.join(", "),
+                    discovery::HEALTH
+                        .last_error()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
                 )),
             }
         }
