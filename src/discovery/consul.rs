@@ -52,8 +52,9 @@ pub const WAIT: Duration = Duration::from_secs(55);
 pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
 /// How often a watcher that has moved off its first address, or whose
 /// agent is away, asks the first address whether it answers again
-/// (jittered in [d/2, d]). A probe is one `/v1/status/leader`.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// (jittered in [d/2, d]). A probe is one `/v1/status/leader`; against an
+/// agent that is down it is a refused connection, which costs nothing.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// Concurrent per-service fetches.
 const FETCH_CONCURRENCY: usize = 32;
 
@@ -106,6 +107,20 @@ impl ConsulError {
             | ConsulError::Decode { .. } => true,
             ConsulError::Status { status, .. } => *status >= 500 || *status == 429,
             ConsulError::Denied { .. } | ConsulError::File { .. } | ConsulError::Client(_) => false,
+        }
+    }
+}
+
+impl ConsulError {
+    /// How much an error says about what is wrong, to report the most
+    /// telling one when every address failed: a refused connection says
+    /// less than a rejected certificate.
+    fn rank(&self) -> u8 {
+        match self {
+            ConsulError::Http { .. } => 0,
+            ConsulError::Status { .. } | ConsulError::NoLeader { .. } => 1,
+            ConsulError::Decode { .. } => 2,
+            _ => 3,
         }
     }
 }
@@ -473,6 +488,7 @@ impl Client {
     ) -> Result<Answer<T>, ConsulError> {
         let n = self.ep.urls.len();
         let mut tried = 0;
+        let mut worst: Option<ConsulError> = None;
         loop {
             let i = self.ep.current.load(Ordering::SeqCst) % n;
             let stale = matches!(self.consistency, Consistency::Stale { .. });
@@ -497,7 +513,10 @@ impl Client {
                     tried += 1;
                     if tried >= n {
                         self.ep.failing.store(true, Ordering::SeqCst);
-                        return Err(e);
+                        return Err(match worst {
+                            Some(w) if w.rank() > e.rank() => w,
+                            _ => e,
+                        });
                     }
                     let next = (i + 1) % n;
                     if self
@@ -506,15 +525,21 @@ impl Client {
                         .compare_exchange(i, next, Ordering::SeqCst, Ordering::SeqCst)
                         .is_ok()
                     {
-                        tracing::warn!(
-                            event = "consul_failover",
-                            from = %self.ep.urls[i],
-                            to = %self.ep.urls[next],
-                            setting = self.ep.urls_from,
-                            error = %e,
-                            "consul address not answering; moving to the next one"
-                        );
-                        self.ep.bump();
+                        // Said once per outage: while every address fails
+                        // each retry walks the list again.
+                        if !self.ep.failing.load(Ordering::SeqCst) {
+                            tracing::warn!(
+                                event = "consul_failover",
+                                from = %self.ep.urls[i],
+                                to = %self.ep.urls[next],
+                                setting = self.ep.urls_from,
+                                error = %e,
+                                "consul address not answering; moving to the next one"
+                            );
+                        }
+                    }
+                    if worst.as_ref().is_none_or(|w| e.rank() > w.rank()) {
+                        worst = Some(e);
                     }
                 }
                 Err(e) => return Err(e),
@@ -647,9 +672,9 @@ impl Client {
         Ok(instances_of(a.body))
     }
 
-    /// Whether the first address answers with a known leader.
-    async fn first_answers(&self) -> bool {
-        let mut url = format!("{}/v1/status/leader", self.ep.urls[0]);
+    /// Whether address `i` answers with a known leader.
+    async fn answers(&self, i: usize) -> bool {
+        let mut url = format!("{}/v1/status/leader", self.ep.urls[i]);
         if let Some(dc) = &self.datacenter {
             url.push_str(&format!("?dc={}", encode(dc)));
         }
@@ -671,39 +696,69 @@ impl Client {
     }
 }
 
-/// While the watcher is off its first address, or every address fails,
-/// asks the first one every `interval` (jittered) whether it answers with
-/// a leader; when it does, moves back to it and wakes the watcher, which
-/// asks again at once instead of waiting out its backoff.
+/// While the watcher is off its first address, asks the first one every
+/// `interval` (jittered) whether it answers with a leader, and moves back
+/// to it when it does. While every address fails, asks each in order and
+/// takes the first that answers. Either way it then wakes the watcher,
+/// which asks again at once instead of waiting out its backoff. Probes
+/// that answer while the watcher's reads still fail (an agent that knows
+/// its leader but cannot serve) slow the probe down after the third,
+/// doubling to 30 s: the agent is not hammered on the watcher's behalf.
 async fn probe(client: Client, interval: Duration) {
+    let mut wasted = 0u32;
     loop {
-        let half = interval / 2;
-        let d = half + rand::thread_rng().gen_range(Duration::ZERO..=half);
-        tokio::time::sleep(d).await;
+        let slow = 1u32 << wasted.saturating_sub(2).min(7);
+        let d = interval.saturating_mul(slow).min(Duration::from_secs(30));
+        let half = d / 2;
+        let jittered = half + rand::thread_rng().gen_range(Duration::ZERO..=half);
+        tokio::time::sleep(jittered).await;
         let ep = &client.ep;
         let cur = ep.current.load(Ordering::SeqCst);
-        if cur == 0 && !ep.failing.load(Ordering::SeqCst) {
+        let failing = ep.failing.load(Ordering::SeqCst);
+        let targets: Vec<usize> = if failing {
+            (0..ep.urls.len()).collect()
+        } else if cur != 0 {
+            wasted = 0;
+            vec![0]
+        } else {
+            wasted = 0;
             continue;
+        };
+        for i in targets {
+            if !client.answers(i).await {
+                continue;
+            }
+            if i != cur
+                && ep
+                    .current
+                    .compare_exchange(cur, i, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                if i == 0 {
+                    tracing::info!(
+                        event = "consul_failback",
+                        from = %ep.urls[cur],
+                        to = %ep.urls[0],
+                        "the first consul address answers again; moving back to it"
+                    );
+                } else {
+                    tracing::warn!(
+                        event = "consul_failover",
+                        from = %ep.urls[cur],
+                        to = %ep.urls[i],
+                        setting = ep.urls_from,
+                        "consul address not answering; moving to one that does"
+                    );
+                }
+            }
+            if failing {
+                wasted = wasted.saturating_add(1);
+            }
+            // The re-asked reads set it again if they fail.
+            ep.failing.store(false, Ordering::SeqCst);
+            ep.bump();
+            break;
         }
-        if !client.first_answers().await {
-            continue;
-        }
-        if cur != 0
-            && ep
-                .current
-                .compare_exchange(cur, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            tracing::info!(
-                event = "consul_failback",
-                from = %ep.urls[cur],
-                to = %ep.urls[0],
-                "the first consul address answers again; moving back to it"
-            );
-        }
-        // The re-asked queries set it again if they fail.
-        ep.failing.store(false, Ordering::SeqCst);
-        ep.bump();
     }
 }
 
