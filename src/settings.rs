@@ -310,6 +310,8 @@ impl Default for HaproxyVars {
 }
 
 /// Where services come from.
+// Built once at start-up: the size of the Consul variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSettings {
     Consul(ConsulConfig),

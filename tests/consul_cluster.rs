@@ -795,6 +795,8 @@ fn agent_log(dir: &Path) -> PathBuf {
     dir.join("tls.log")
 }
 
+type Envs<'a> = &'a [(&'a str, &'a str)];
+
 /// Settings that cannot work are refused before anything starts, naming
 /// the variable: exit code 2 for a malformed value, a named error for a
 /// file that cannot be read.
@@ -806,7 +808,7 @@ fn bad_consul_settings_are_named_before_anything_starts() {
     let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let not_pem = not_pem.display().to_string();
-    let cases: [(&[(&str, &str)], &str, Option<i32>); 8] = [
+    let cases: [(Envs, &str, Option<i32>); 8] = [
         (
             &[("CONSUL_HTTP_ADDR", "127.0.0.1:8500,,127.0.0.2:8500")],
             "CONSUL_HTTP_ADDR",

@@ -25,6 +25,15 @@
 //! [`EMPTY_GRACE`]: an agent that restarts answers "nothing" before it has
 //! synced.
 //!
+//! Agents (issue 14): a list of addresses, the first preferred. A read
+//! that an agent does not answer moves on to the next address at once
+//! ([`Client`]); a probe asks the first address again every
+//! [`PROBE_INTERVAL`] while it is not in use, and every address while all
+//! fail, and wakes the watcher when one answers, so a returning agent is
+//! read within the probe interval instead of after the backoff. Reads may
+//! be `?stale` with a maximum staleness ([`Consistency`]). TLS and token
+//! failures name the setting that fixes them.
+//!
 //! An ACL denial (HTTP 403) is reported as an authorization error naming
 //! where the token came from, not as an outage. Consul 1.8 answers a
 //! token without read rights (the anonymous one included) with empty lists
@@ -274,8 +283,8 @@ struct Endpoints {
     current: AtomicUsize,
     /// Every address failed on the last request: the agents are away.
     failing: AtomicBool,
-    /// Bumped when the watcher should ask again at once: the address in use
-    /// changed, or the agent answers again after an outage.
+    /// Bumped by the probe when the watcher should ask again at once: the
+    /// first address answers again, or an agent answers after an outage.
     again: tokio::sync::watch::Sender<u64>,
 }
 
