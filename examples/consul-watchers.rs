@@ -48,7 +48,10 @@ fn main() -> ExitCode {
         eprintln!("unshare(CLONE_NEWNET): {e} (run as root)");
         return ExitCode::FAILURE;
     }
-    match Command::new("ip").args(["link", "set", "lo", "up"]).status() {
+    match Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+    {
         Ok(s) if s.success() => {}
         other => {
             eprintln!("ip link set lo up: {other:?}");
@@ -88,7 +91,14 @@ fn start_cluster() -> Result<Cluster, String> {
         std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
         let mut cmd = Command::new("consul");
         cmd.args(["agent", "-server", "-bootstrap-expect", "3"])
-            .args(["-node", &format!("server-{}", i + 1), "-bind", ip, "-client", ip])
+            .args([
+                "-node",
+                &format!("server-{}", i + 1),
+                "-bind",
+                ip,
+                "-client",
+                ip,
+            ])
             .arg("-data-dir")
             .arg(&data)
             .args(["-log-level", "error", "-retry-interval", "200ms"])
