@@ -18,8 +18,14 @@ use crate::settings::{Settings, SourceSettings};
 pub enum CliError {
     #[error(transparent)]
     CatalogFile(#[from] discovery::file::FileError),
-    #[error("no answer from consul at {url} within {waited:?}")]
-    NoConsulAnswer { url: String, waited: Duration },
+    #[error("no answer from consul at {urls} within {waited:?}{last_error}")]
+    NoConsulAnswer {
+        urls: String,
+        waited: Duration,
+        last_error: String,
+    },
+    #[error("consul: {0}")]
+    Consul(#[from] discovery::consul::ConsulError),
     #[error("--no-render: nothing to render")]
     NothingToRender,
     #[error(transparent)]
@@ -39,19 +45,22 @@ const FIRST_ANSWER: Duration = Duration::from_secs(15);
 pub async fn load_catalog(settings: &Settings) -> Result<Catalog, CliError> {
     match &settings.source {
         SourceSettings::File(p) => Ok(discovery::file::load(p)?),
-        SourceSettings::Consul { url, token, cacert } => {
-            let mut cfg = discovery::consul::ConsulConfig::new(url.clone());
-            cfg.token = token.clone();
-            cfg.cacert = cacert.clone();
+        SourceSettings::Consul(cfg) => {
+            // A bad CA, certificate, key or token file: said now, by name.
+            discovery::consul::Client::new(cfg)?;
             let (tx, mut rx) = watch::channel(None::<Arc<Catalog>>);
-            let task = tokio::spawn(discovery::consul::watch(cfg, tx));
+            let task = tokio::spawn(discovery::consul::watch(cfg.clone(), tx));
             let got = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|c| c.is_some())).await;
             task.abort();
             match got {
                 Ok(Ok(c)) => Ok(c.as_deref().cloned().unwrap_or_default()),
                 _ => Err(CliError::NoConsulAnswer {
-                    url: url.clone(),
+                    urls: cfg.urls.join(", "),
                     waited: FIRST_ANSWER,
+                    last_error: discovery::HEALTH
+                        .last_error()
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default(),
                 }),
             }
         }

@@ -146,8 +146,19 @@ pub enum Event {
     CertStoreError,
 
     // --- Consul -------------------------------------------------------------
-    /// Consul does not answer; the last good catalog stays. Field: `error`.
-    ConsulUnavailable,
+    /// Consul cannot be read: no agent answers (`away`), or one refuses the
+    /// TLS setup or token; the last good catalog stays. Fields: `error`,
+    /// `away`.
+    ConsulError,
+    /// The watcher moved to the next agent of `CONSUL_HTTP_ADDR`. Fields:
+    /// `from`, `to`, `error`.
+    ConsulFailover,
+    /// The first agent answers again; the watcher is back on it. Fields:
+    /// `from`, `to`.
+    ConsulFailback,
+    /// A stale read was older than the maximum staleness and is asked of the
+    /// leader. Fields: `last_contact_ms`, `max_stale_ms`.
+    ConsulStaleRetry,
     /// Consul refuses the token, or its ACLs hide the catalog. Field: `error`.
     ConsulDenied,
     /// Consul answers again after an outage.
@@ -219,7 +230,10 @@ impl Event {
         Event::CertDirError,
         Event::CertDirOk,
         Event::CertStoreError,
-        Event::ConsulUnavailable,
+        Event::ConsulError,
+        Event::ConsulFailover,
+        Event::ConsulFailback,
+        Event::ConsulStaleRetry,
         Event::ConsulDenied,
         Event::ConsulRecovered,
         Event::ConsulEmptyAfterOutage,
@@ -280,7 +294,10 @@ impl Event {
             Event::CertDirError => "cert_dir_error",
             Event::CertDirOk => "cert_dir_ok",
             Event::CertStoreError => "cert_store_error",
-            Event::ConsulUnavailable => "consul_unavailable",
+            Event::ConsulError => "consul_error",
+            Event::ConsulFailover => "consul_failover",
+            Event::ConsulFailback => "consul_failback",
+            Event::ConsulStaleRetry => "consul_stale_retry",
             Event::ConsulDenied => "consul_denied",
             Event::ConsulRecovered => "consul_recovered",
             Event::ConsulEmptyAfterOutage => "consul_empty_after_outage",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::discovery::consul::{Consistency, ConsulConfig, TlsConfig, Token};
 use crate::duration;
 
 /// Command line of `haproxy-supervisor`.
@@ -67,7 +68,7 @@ impl ReloadStrategy {
 /// [`Settings::from_options`].
 #[derive(Debug, Clone, Default, Args)]
 pub struct Options {
-    /// Consul HTTP API address [default: CONSUL_SERVER, else http://127.0.0.1:8500]
+    /// Consul HTTP API address; several, comma separated, are tried in order (the first preferred) [default: CONSUL_SERVER, else http://127.0.0.1:8500]
     #[arg(long, env = "CONSUL_HTTP_ADDR", global = true)]
     pub consul: Option<String>,
     /// Consul address as host:port (the seed image's variable); used when --consul is unset
@@ -76,9 +77,33 @@ pub struct Options {
     /// ACL token sent to Consul as X-Consul-Token
     #[arg(long, env = "CONSUL_HTTP_TOKEN", global = true, hide_env_values = true)]
     pub consul_token: Option<String>,
-    /// CA certificate (PEM) to verify an https Consul address
+    /// File holding the ACL token (read for every request; wins over --consul-token, as in Consul)
+    #[arg(long, env = "CONSUL_HTTP_TOKEN_FILE", global = true)]
+    pub consul_token_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that verify an https Consul address; replaces the built-in roots
     #[arg(long, env = "CONSUL_CACERT", global = true)]
     pub consul_cacert: Option<PathBuf>,
+    /// true: Consul addresses given as host:port use https [default: false]
+    #[arg(long, env = "CONSUL_HTTP_SSL", global = true)]
+    pub consul_ssl: Option<String>,
+    /// false: accept any certificate from Consul (testing only) [default: true]
+    #[arg(long, env = "CONSUL_HTTP_SSL_VERIFY", global = true)]
+    pub consul_ssl_verify: Option<String>,
+    /// Client certificate (PEM) for agents that verify clients (verify_incoming)
+    #[arg(long, env = "CONSUL_CLIENT_CERT", global = true)]
+    pub consul_client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --consul-client-cert
+    #[arg(long, env = "CONSUL_CLIENT_KEY", global = true)]
+    pub consul_client_key: Option<PathBuf>,
+    /// Consul datacenter to read [default: the agent's own]
+    #[arg(long, env = "CONSUL_DATACENTER", global = true)]
+    pub consul_datacenter: Option<String>,
+    /// Consul Enterprise namespace: not supported (an error when set)
+    #[arg(long, env = "CONSUL_NAMESPACE", global = true, hide = true)]
+    pub consul_namespace: Option<String>,
+    /// Read with ?stale from any Consul server, asking the leader again when an answer is older than this [default: off, every read goes to the leader]
+    #[arg(long, env = "HAPROXY_CONSUL_MAX_STALE", global = true)]
+    pub consul_max_stale: Option<String>,
     /// Read services from this JSON catalog file instead of Consul (re-read on change)
     #[arg(long, env = "HAPROXY_CATALOG_FILE", global = true)]
     pub catalog_file: Option<PathBuf>,
@@ -298,13 +323,11 @@ impl Default for HaproxyVars {
 }
 
 /// Where services come from.
+// Built once at start-up: the size of the Consul variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSettings {
-    Consul {
-        url: String,
-        token: Option<String>,
-        cacert: Option<PathBuf>,
-    },
+    Consul(ConsulConfig),
     File(PathBuf),
     /// `--no-render`: an external watcher writes the config.
     External,
@@ -594,16 +617,7 @@ impl Settings {
         } else if let Some(f) = &o.catalog_file {
             SourceSettings::File(f.clone())
         } else {
-            let url = match (&o.consul, &o.consul_server) {
-                (Some(u), _) if !u.is_empty() => consul_url(u, "CONSUL_HTTP_ADDR", "consul")?,
-                (_, Some(s)) if !s.is_empty() => consul_url(s, "CONSUL_SERVER", "consul-server")?,
-                _ => "http://127.0.0.1:8500".to_string(),
-            };
-            SourceSettings::Consul {
-                url,
-                token: o.consul_token.clone().filter(|t| !t.is_empty()),
-                cacert: o.consul_cacert.clone(),
-            }
+            SourceSettings::Consul(consul_config(o)?)
         };
 
         Ok(Settings {
@@ -780,10 +794,183 @@ fn stats_auth(v: Option<&str>) -> Result<Option<Secret>, SettingsError> {
     }
 }
 
-/// Accepts `http(s)://host:port[/]` or a bare `host:port`.
-fn consul_url(s: &str, var: &'static str, flag: &'static str) -> Result<String, SettingsError> {
+/// A boolean as Consul's variables take it (Go's `strconv.ParseBool`).
+fn consul_bool(
+    v: &Option<String>,
+    var: &'static str,
+    flag: &'static str,
+    default: bool,
+) -> Result<bool, SettingsError> {
+    match v.as_deref() {
+        None | Some("") => Ok(default),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
+        Some(s) => Err(err(var, flag, s, "expected true or false")),
+    }
+}
+
+fn nonempty_path(p: &Option<PathBuf>) -> Option<PathBuf> {
+    p.clone().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The Consul source's settings: addresses, token, TLS, datacenter and
+/// consistency, each checked here and named when wrong.
+fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
+    let https = consul_bool(&o.consul_ssl, "CONSUL_HTTP_SSL", "consul-ssl", false)?;
+    let (urls, urls_from) = match (&o.consul, &o.consul_server) {
+        (Some(u), _) if !u.trim().is_empty() => (
+            consul_urls(u, "CONSUL_HTTP_ADDR", "consul", https)?,
+            "CONSUL_HTTP_ADDR / --consul",
+        ),
+        (_, Some(s)) if !s.trim().is_empty() => (
+            consul_urls(s, "CONSUL_SERVER", "consul-server", https)?,
+            "CONSUL_SERVER / --consul-server",
+        ),
+        _ => (
+            vec![if https {
+                "https://127.0.0.1:8500"
+            } else {
+                "http://127.0.0.1:8500"
+            }
+            .to_string()],
+            "the default address",
+        ),
+    };
+    let mut cfg = ConsulConfig::new(String::new());
+    cfg.urls = urls;
+    cfg.urls_from = urls_from;
+    cfg.token = match (nonempty_path(&o.consul_token_file), &o.consul_token) {
+        (Some(f), _) => Token::File(f),
+        (None, Some(t)) if !t.is_empty() => Token::Value(t.clone()),
+        _ => Token::None,
+    };
+    if let Token::Value(t) = &cfg.token {
+        if !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(err(
+                "CONSUL_HTTP_TOKEN",
+                "consul-token",
+                "<hidden>",
+                "expected one line of printable ASCII",
+            ));
+        }
+    }
+    cfg.tls = TlsConfig {
+        cacert: nonempty_path(&o.consul_cacert),
+        client_cert: nonempty_path(&o.consul_client_cert),
+        client_key: nonempty_path(&o.consul_client_key),
+        skip_verify: !consul_bool(
+            &o.consul_ssl_verify,
+            "CONSUL_HTTP_SSL_VERIFY",
+            "consul-ssl-verify",
+            true,
+        )?,
+    };
+    match (&cfg.tls.client_cert, &cfg.tls.client_key) {
+        (Some(c), None) => {
+            return Err(err(
+                "CONSUL_CLIENT_KEY",
+                "consul-client-key",
+                "",
+                format!(
+                    "CONSUL_CLIENT_CERT ({}) is set: its private key is needed too",
+                    c.display()
+                ),
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(err(
+                "CONSUL_CLIENT_CERT",
+                "consul-client-cert",
+                "",
+                format!(
+                    "CONSUL_CLIENT_KEY ({}) is set: the certificate is needed too",
+                    k.display()
+                ),
+            ))
+        }
+        _ => {}
+    }
+    cfg.datacenter = match o.consul_datacenter.as_deref() {
+        None | Some("") => None,
+        Some(dc)
+            if dc.len() <= 64
+                && dc
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
+        {
+            Some(dc.to_string())
+        }
+        Some(dc) => {
+            return Err(err(
+                "CONSUL_DATACENTER",
+                "consul-datacenter",
+                dc,
+                "expected a datacenter name (letters, digits, '_', '-', '.')",
+            ))
+        }
+    };
+    if let Some(ns) = o.consul_namespace.as_deref().filter(|n| !n.is_empty()) {
+        return Err(err(
+            "CONSUL_NAMESPACE",
+            "consul-namespace",
+            ns,
+            "namespaces are a Consul Enterprise feature this supervisor does not support; unset it to read the default namespace",
+        ));
+    }
+    cfg.consistency = match o.consul_max_stale.as_deref() {
+        None | Some("") => Consistency::Default,
+        Some(s) => {
+            let d = duration::parse(s).map_err(|e| {
+                err(
+                    "HAPROXY_CONSUL_MAX_STALE",
+                    "consul-max-stale",
+                    s,
+                    e.to_string(),
+                )
+            })?;
+            if d.is_zero() {
+                Consistency::Default
+            } else {
+                Consistency::Stale { max_stale: d }
+            }
+        }
+    };
+    Ok(cfg)
+}
+
+/// A comma-separated list of Consul addresses, each as [`consul_url`].
+fn consul_urls(
+    s: &str,
+    var: &'static str,
+    flag: &'static str,
+    https: bool,
+) -> Result<Vec<String>, SettingsError> {
+    let mut urls = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(err(var, flag, s, "an empty address in the list"));
+        }
+        let u = consul_url(part, var, flag, https)?;
+        if urls.contains(&u) {
+            return Err(err(var, flag, s, format!("{u} is listed twice")));
+        }
+        urls.push(u);
+    }
+    Ok(urls)
+}
+
+/// Accepts `http(s)://host:port[/]` or a bare `host:port` (https when
+/// `CONSUL_HTTP_SSL` is true).
+fn consul_url(
+    s: &str,
+    var: &'static str,
+    flag: &'static str,
+    https: bool,
+) -> Result<String, SettingsError> {
     let with_scheme = if s.contains("://") {
         s.to_string()
+    } else if https {
+        format!("https://{s}")
     } else {
         format!("http://{s}")
     };
@@ -828,28 +1015,95 @@ mod tests {
         assert_eq!(s.stop_timeout, Duration::from_secs(8));
         assert_eq!(
             s.source,
-            SourceSettings::Consul {
-                url: "http://127.0.0.1:8500".into(),
-                token: None,
-                cacert: None
-            }
+            SourceSettings::Consul(ConsulConfig {
+                urls_from: "the default address",
+                ..ConsulConfig::new("http://127.0.0.1:8500")
+            })
         );
     }
 
     #[test]
     fn consul_server_is_the_fallback() {
         let s = with(|o| o.consul_server = Some("consul:8500".into())).unwrap();
-        assert!(
-            matches!(s.source, SourceSettings::Consul { ref url, .. } if url == "http://consul:8500")
-        );
+        assert_eq!(consul(&s).urls, ["http://consul:8500"]);
         let s = with(|o| {
             o.consul_server = Some("consul:8500".into());
             o.consul = Some("https://c.example:8501".into());
         })
         .unwrap();
-        assert!(
-            matches!(s.source, SourceSettings::Consul { ref url, .. } if url == "https://c.example:8501")
+        assert_eq!(consul(&s).urls, ["https://c.example:8501"]);
+    }
+
+    fn consul(s: &Settings) -> &ConsulConfig {
+        match &s.source {
+            SourceSettings::Consul(c) => c,
+            other => panic!("not consul: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn consul_addresses_tls_token_and_consistency() {
+        let s = with(|o| {
+            o.consul = Some("127.0.0.5:8501, https://10.0.0.2:8501/,http://10.0.0.3:8500".into());
+            o.consul_ssl = Some("true".into());
+        })
+        .unwrap();
+        assert_eq!(
+            consul(&s).urls,
+            [
+                "https://127.0.0.5:8501",
+                "https://10.0.0.2:8501",
+                "http://10.0.0.3:8500"
+            ]
         );
+        for bad in ["a:1,,b:2", "a:1,a:1", "a:1,ftp://b"] {
+            let e = with(|o| o.consul = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "CONSUL_HTTP_ADDR", "{bad}");
+        }
+        let e = with(|o| o.consul_ssl = Some("yes".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_HTTP_SSL");
+        let e = with(|o| o.consul_ssl_verify = Some("no".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_HTTP_SSL_VERIFY");
+        let s = with(|o| o.consul_ssl_verify = Some("false".into())).unwrap();
+        assert!(consul(&s).tls.skip_verify);
+        let e = with(|o| o.consul_client_cert = Some("c.pem".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_CLIENT_KEY");
+        let e = with(|o| o.consul_client_key = Some("k.pem".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_CLIENT_CERT");
+
+        // The token file wins over the token, as in Consul's clients.
+        let s = with(|o| {
+            o.consul_token = Some("s3cret".into());
+            o.consul_token_file = Some("/run/token".into());
+        })
+        .unwrap();
+        assert_eq!(consul(&s).token, Token::File("/run/token".into()));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let s = with(|o| o.consul_token = Some("s3cret".into())).unwrap();
+        assert!(!format!("{s:?}").contains("s3cret"), "{s:?}");
+
+        let s = with(|o| o.consul_datacenter = Some("eu-west_1".into())).unwrap();
+        assert_eq!(consul(&s).datacenter.as_deref(), Some("eu-west_1"));
+        let e = with(|o| o.consul_datacenter = Some("dc1&stale".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_DATACENTER");
+        let e = with(|o| o.consul_namespace = Some("team-a".into())).unwrap_err();
+        assert_eq!(e.var, "CONSUL_NAMESPACE");
+
+        assert_eq!(
+            with(|_| {}).unwrap().source,
+            with(|o| o.consul_max_stale = Some("0s".into()))
+                .unwrap()
+                .source
+        );
+        let s = with(|o| o.consul_max_stale = Some("2s".into())).unwrap();
+        assert_eq!(
+            consul(&s).consistency,
+            Consistency::Stale {
+                max_stale: Duration::from_secs(2)
+            }
+        );
+        let e = with(|o| o.consul_max_stale = Some("2 s".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_CONSUL_MAX_STALE");
     }
 
     #[test]

@@ -334,10 +334,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     catalog_file = Some((path.clone(), tx.clone()));
                     tokio::spawn(discovery::file::watch(path, Duration::from_millis(20), tx));
                 }
-                SourceSettings::Consul { url, token, cacert } => {
-                    let mut cfg = discovery::consul::ConsulConfig::new(url);
-                    cfg.token = token;
-                    cfg.cacert = cacert;
+                SourceSettings::Consul(cfg) => {
                     // Fail now on a bad CA file rather than in the task.
                     discovery::consul::Client::new(&cfg)?;
                     tokio::spawn(async move {

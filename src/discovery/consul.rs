@@ -25,6 +25,15 @@
 //! [`EMPTY_GRACE`]: an agent that restarts answers "nothing" before it has
 //! synced.
 //!
+//! Agents (issue 14): a list of addresses, the first preferred. A read
+//! that an agent does not answer moves on to the next address at once
+//! ([`Client`]); a probe asks the first address again every
+//! [`PROBE_INTERVAL`] while it is not in use, and every address while all
+//! fail, and wakes the watcher when one answers, so a returning agent is
+//! read within the probe interval instead of after the backoff. Reads may
+//! be `?stale` with a maximum staleness ([`Consistency`]). TLS and token
+//! failures name the setting that fixes them.
+//!
 //! An ACL denial (HTTP 403) is reported as an authorization error naming
 //! where the token came from, not as an outage. Consul 1.8 answers a
 //! token without read rights (the anonymous one included) with empty lists
@@ -34,9 +43,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
@@ -49,13 +60,20 @@ pub const WAIT: Duration = Duration::from_secs(55);
 /// How long an empty catalog must persist after an error before it replaces
 /// a non-empty one.
 pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
+/// How often a watcher that has moved off its first address, or whose
+/// agent is away, asks the first address whether it answers again
+/// (jittered in [d/2, d]). A probe is one `/v1/status/leader`; against an
+/// agent that is down it is a refused connection, which costs nothing.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(300);
 /// Concurrent per-service fetches.
 const FETCH_CONCURRENCY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsulError {
-    #[error("consul request {url} failed: {source}")]
+    #[error("consul request {url} failed: {}", chain(.source))]
     Http { url: String, source: reqwest::Error },
+    #[error("consul TLS with {url} failed: {problem}")]
+    Tls { url: String, problem: String },
     #[error(
         "consul authorization error: {url} answered 403 ({body}) to a request made with {token_source}; the token needs service:read and node:read"
     )]
@@ -77,43 +95,203 @@ pub enum ConsulError {
     },
     #[error("consul at {url} has no known leader")]
     NoLeader { url: String },
-    #[error("cannot read CA file {path}: {source}")]
-    CaFile {
+    #[error("{var}: cannot use {}: {reason}", .path.display())]
+    File {
+        var: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        reason: String,
     },
-    #[error("cannot build the HTTP client: {0}")]
+    #[error("cannot build the HTTP client: {}", chain(.0))]
     Client(reqwest::Error),
 }
 
-/// Where the token sent to Consul came from, for authorization errors.
-fn token_source(token: &Option<String>) -> &'static str {
-    match token {
-        Some(_) => "the token from CONSUL_HTTP_TOKEN / --consul-token",
-        None => "no token (CONSUL_HTTP_TOKEN / --consul-token unset: Consul's anonymous token)",
+impl ConsulError {
+    /// Whether the error is about the agent that answered (or did not):
+    /// another address may do better, and the agent may come back. An ACL
+    /// denial or an unreadable local file is the same everywhere.
+    pub fn agent_away(&self) -> bool {
+        match self {
+            ConsulError::Http { .. }
+            | ConsulError::Tls { .. }
+            | ConsulError::NoLeader { .. }
+            | ConsulError::Decode { .. } => true,
+            ConsulError::Status { status, .. } => *status >= 500 || *status == 429,
+            ConsulError::Denied { .. } | ConsulError::File { .. } | ConsulError::Client(_) => false,
+        }
     }
 }
 
-/// Connection settings.
-#[derive(Debug, Clone)]
-pub struct ConsulConfig {
-    pub url: String,
-    pub token: Option<String>,
+impl ConsulError {
+    /// How much an error says about what is wrong, to report the most
+    /// telling one when every address failed: a refused connection says
+    /// less than a rejected certificate.
+    fn rank(&self) -> u8 {
+        match self {
+            ConsulError::Http { .. } => 0,
+            ConsulError::Status { .. } | ConsulError::NoLeader { .. } => 1,
+            ConsulError::Decode { .. } => 2,
+            _ => 3,
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c` (reqwest's own text leaves out
+/// whether the connection was refused or the certificate rejected).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// The ACL token sent as `X-Consul-Token`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Token {
+    /// None: Consul's anonymous token.
+    #[default]
+    None,
+    /// `CONSUL_HTTP_TOKEN` / `--consul-token`.
+    Value(String),
+    /// `CONSUL_HTTP_TOKEN_FILE` / `--consul-token-file`: read for every
+    /// request, so a rotated token is picked up and a vanished file is an
+    /// error naming the setting (the last good catalog is kept).
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Token::None => f.write_str("None"),
+            Token::Value(_) => f.write_str("Value(<hidden>)"),
+            Token::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl Token {
+    /// Where the token came from, for authorization errors.
+    fn source(&self) -> &'static str {
+        match self {
+            Token::Value(_) => "the token from CONSUL_HTTP_TOKEN / --consul-token",
+            Token::File(_) => "the token from CONSUL_HTTP_TOKEN_FILE / --consul-token-file",
+            Token::None => {
+                "no token (CONSUL_HTTP_TOKEN and CONSUL_HTTP_TOKEN_FILE unset: Consul's anonymous token)"
+            }
+        }
+    }
+
+    /// The token's value now.
+    pub fn read(&self) -> Result<Option<String>, ConsulError> {
+        match self {
+            Token::None => Ok(None),
+            Token::Value(v) => Ok(Some(v.clone())),
+            Token::File(path) => {
+                let bad = |reason: String| ConsulError::File {
+                    var: "CONSUL_HTTP_TOKEN_FILE",
+                    path: path.clone(),
+                    reason,
+                };
+                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                let t = text.trim();
+                if t.is_empty() {
+                    // Half-written during a rotation, or emptied: never fall
+                    // back to the anonymous token (it sees an empty catalog).
+                    return Err(bad("the file is empty".into()));
+                }
+                if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(bad("the token is not one line of printable ASCII".into()));
+                }
+                Ok(Some(t.to_string()))
+            }
+        }
+    }
+}
+
+/// How reads are served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Consul's default: every read is answered by the leader.
+    #[default]
+    Default,
+    /// `?stale`: any server answers from its own copy, so a fleet's
+    /// blocking queries spread over all servers. An answer whose
+    /// `X-Consul-LastContact` exceeds `max_stale` is asked again in default
+    /// mode, as consul-template's `max_stale` does.
+    Stale { max_stale: Duration },
+}
+
+/// TLS towards the agents (Consul's own variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `CONSUL_CACERT`: replaces the built-in roots.
     pub cacert: Option<PathBuf>,
+    /// `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`, for agents with
+    /// `verify_incoming`.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `CONSUL_HTTP_SSL_VERIFY=false`: accept any certificate.
+    pub skip_verify: bool,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulConfig {
+    /// Agent addresses, the preferred first (`CONSUL_HTTP_ADDR`, comma
+    /// separated). The watcher moves to the next one when one stops
+    /// answering and back to the first when it answers again.
+    pub urls: Vec<String>,
+    /// The setting the addresses came from, for messages.
+    pub urls_from: &'static str,
+    pub token: Token,
+    pub tls: TlsConfig,
+    /// `CONSUL_DATACENTER`: sent as `dc=` with every read.
+    pub datacenter: Option<String>,
+    pub consistency: Consistency,
     /// Blocking-query wait (shortened in tests).
     pub wait: Duration,
     pub empty_grace: Duration,
+    pub probe_interval: Duration,
 }
 
 impl ConsulConfig {
     pub fn new(url: impl Into<String>) -> ConsulConfig {
         ConsulConfig {
-            url: url.into(),
-            token: None,
-            cacert: None,
+            urls: vec![url.into()],
+            urls_from: "CONSUL_HTTP_ADDR / --consul",
+            token: Token::None,
+            tls: TlsConfig::default(),
+            datacenter: None,
+            consistency: Consistency::Default,
             wait: WAIT,
             empty_grace: EMPTY_GRACE,
+            probe_interval: PROBE_INTERVAL,
         }
+    }
+}
+
+/// The agent addresses and which one is in use, shared by every request
+/// of one watcher and its probe.
+struct Endpoints {
+    urls: Vec<String>,
+    urls_from: &'static str,
+    current: AtomicUsize,
+    /// Every address failed on the last request: the agents are away.
+    failing: AtomicBool,
+    /// Bumped by the probe when the watcher should ask again at once: the
+    /// first address answers again, or an agent answers after an outage.
+    again: tokio::sync::watch::Sender<u64>,
+}
+
+impl Endpoints {
+    fn bump(&self) {
+        self.again.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 
@@ -121,8 +299,11 @@ impl ConsulConfig {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
-    token: Option<String>,
+    ep: Arc<Endpoints>,
+    token: Token,
+    tls: TlsConfig,
+    datacenter: Option<String>,
+    consistency: Consistency,
     wait: Duration,
 }
 
@@ -130,6 +311,39 @@ pub struct Client {
 struct Answer<T> {
     index: u64,
     body: T,
+    /// The request moved to another address before it was answered.
+    failed_over: bool,
+}
+
+/// Whether an answer served with `?stale` is older than allowed:
+/// `X-Consul-LastContact` (ms since the answering server last heard from
+/// the leader) above `max_stale`.
+pub fn too_stale(last_contact_ms: Option<u64>, max_stale: Duration) -> bool {
+    last_contact_ms.is_some_and(|ms| Duration::from_millis(ms) > max_stale)
+}
+
+/// The query string of a read: datacenter, consistency, blocking index.
+fn query_string(dc: Option<&str>, stale: bool, index: Option<u64>, wait: Duration) -> String {
+    let mut q = Vec::new();
+    if let Some(dc) = dc {
+        q.push(format!("dc={}", encode(dc)));
+    }
+    if stale {
+        q.push("stale".to_string());
+    }
+    if let Some(i) = index.filter(|i| *i > 0) {
+        q.push(format!("index={i}"));
+        q.push(format!("wait={}ms", wait.as_millis()));
+    }
+    q.join("&")
+}
+
+fn read_file(var: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConsulError> {
+    std::fs::read(path).map_err(|e| ConsulError::File {
+        var,
+        path: path.clone(),
+        reason: e.to_string(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,54 +415,179 @@ fn one() -> i64 {
 }
 
 impl Client {
+    /// Builds the client; fails on an unreadable CA, client certificate,
+    /// key or token file, naming its variable.
     pub fn new(cfg: &ConsulConfig) -> Result<Client, ConsulError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(path) = &cfg.cacert {
-            let pem = std::fs::read(path).map_err(|source| ConsulError::CaFile {
+        let tls = &cfg.tls;
+        if let Some(path) = &tls.cacert {
+            let pem = read_file("CONSUL_CACERT", path)?;
+            let bad = |reason: String| ConsulError::File {
+                var: "CONSUL_CACERT",
                 path: path.clone(),
-                source,
-            })?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(ConsulError::Client)?;
-            b = b.add_root_certificate(cert);
+                reason,
+            };
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("not a PEM certificate bundle: {}", chain(&e))))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in the file".into()));
+            }
+            // As Consul's own clients do: the CA file replaces the roots.
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
         }
+        if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+            let mut pem = read_file("CONSUL_CLIENT_CERT", cert)?;
+            pem.push(b'\n');
+            pem.extend(read_file("CONSUL_CLIENT_KEY", key)?);
+            let id = reqwest::Identity::from_pem(&pem).map_err(|e| ConsulError::File {
+                var: "CONSUL_CLIENT_CERT",
+                path: cert.clone(),
+                reason: format!(
+                    "with the key in CONSUL_CLIENT_KEY ({}) it is not a PEM certificate and private key: {}",
+                    key.display(),
+                    chain(&e)
+                ),
+            })?;
+            b = b.identity(id);
+        }
+        if tls.skip_verify {
+            b = b.danger_accept_invalid_certs(true);
+        }
+        // Fail now on a token file that is not there.
+        cfg.token.read()?;
+        let (again, _) = tokio::sync::watch::channel(0);
         Ok(Client {
             http: b.build().map_err(ConsulError::Client)?,
-            base: cfg.url.trim_end_matches('/').to_string(),
+            ep: Arc::new(Endpoints {
+                urls: cfg
+                    .urls
+                    .iter()
+                    .map(|u| u.trim_end_matches('/').to_string())
+                    .collect(),
+                urls_from: cfg.urls_from,
+                current: AtomicUsize::new(0),
+                failing: AtomicBool::new(false),
+                again,
+            }),
             token: cfg.token.clone(),
+            tls: cfg.tls.clone(),
+            datacenter: cfg.datacenter.clone(),
+            consistency: cfg.consistency,
             wait: cfg.wait,
         })
     }
 
+    /// The address requests go to now.
+    pub fn current_url(&self) -> &str {
+        &self.ep.urls[self.ep.current.load(Ordering::SeqCst) % self.ep.urls.len()]
+    }
+
+    /// Reads `path` from the address in use; when that agent does not
+    /// answer, moves on to the next address at once (no backoff while an
+    /// address is left to try). An error means every address failed, or an
+    /// error no other agent would change (a denial).
     async fn get<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         index: Option<u64>,
     ) -> Result<Answer<T>, ConsulError> {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let url = match index {
-            Some(i) if i > 0 => format!(
-                "{}{path}{sep}index={i}&wait={}ms",
-                self.base,
-                self.wait.as_millis()
-            ),
-            _ => format!("{}{path}", self.base),
+        let n = self.ep.urls.len();
+        let mut tried = 0;
+        let mut worst: Option<ConsulError> = None;
+        loop {
+            let i = self.ep.current.load(Ordering::SeqCst) % n;
+            let stale = matches!(self.consistency, Consistency::Stale { .. });
+            let mut r = self.get_at(i, path, index, stale).await;
+            if let (Ok((_, Some(ms))), Consistency::Stale { max_stale }) = (&r, self.consistency) {
+                if too_stale(Some(*ms), max_stale) {
+                    tracing::debug!(
+                        event = %Event::ConsulStaleRetry,
+                        last_contact_ms = ms,
+                        "stale answer older than the maximum staleness; asking the leader"
+                    );
+                    r = self.get_at(i, path, index, false).await;
+                }
+            }
+            match r {
+                Ok((mut a, _)) => {
+                    self.ep.failing.store(false, Ordering::SeqCst);
+                    a.failed_over = tried > 0;
+                    return Ok(a);
+                }
+                Err(e) if e.agent_away() => {
+                    tried += 1;
+                    if tried >= n {
+                        self.ep.failing.store(true, Ordering::SeqCst);
+                        return Err(match worst {
+                            Some(w) if w.rank() > e.rank() => w,
+                            _ => e,
+                        });
+                    }
+                    let next = (i + 1) % n;
+                    if self
+                        .ep
+                        .current
+                        .compare_exchange(i, next, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok()
+                    {
+                        // Said once per outage: while every address fails
+                        // each retry walks the list again.
+                        if !self.ep.failing.load(Ordering::SeqCst) {
+                            tracing::warn!(
+                                event = %Event::ConsulFailover,
+                                from = %self.ep.urls[i],
+                                to = %self.ep.urls[next],
+                                setting = self.ep.urls_from,
+                                error = %e,
+                                "consul address not answering; moving to the next one"
+                            );
+                        }
+                    }
+                    if worst.as_ref().is_none_or(|w| e.rank() > w.rank()) {
+                        worst = Some(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One read from address `i`, with the answer's `X-Consul-LastContact`.
+    async fn get_at<T: serde::de::DeserializeOwned>(
+        &self,
+        i: usize,
+        path: &str,
+        index: Option<u64>,
+        stale: bool,
+    ) -> Result<(Answer<T>, Option<u64>), ConsulError> {
+        let base = &self.ep.urls[i];
+        let q = query_string(self.datacenter.as_deref(), stale, index, self.wait);
+        let url = if q.is_empty() {
+            format!("{base}{path}")
+        } else {
+            format!("{base}{path}?{q}")
         };
         // Consul adds up to wait/16 of jitter to a blocking query.
         let timeout = self.wait + self.wait / 16 + Duration::from_secs(5);
         let mut req = self.http.get(&url).timeout(timeout);
-        if let Some(t) = &self.token {
+        if let Some(t) = self.token.read()? {
             req = req.header("X-Consul-Token", t);
         }
-        let http_err = |source| ConsulError::Http {
-            url: url.clone(),
-            source,
-        };
-        let resp = req.send().await.map_err(http_err)?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(http_err)?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
         if status == reqwest::StatusCode::FORBIDDEN {
             return Err(ConsulError::Denied {
                 url,
@@ -256,7 +595,7 @@ impl Client {
                     .trim()
                     .escape_debug()
                     .to_string(),
-                token_source: token_source(&self.token),
+                token_source: self.token.source(),
             });
         }
         if !status.is_success() {
@@ -272,16 +611,66 @@ impl Client {
         {
             return Err(ConsulError::NoLeader { url });
         }
-        let index = headers
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let last_contact = header("X-Consul-LastContact");
+        let index = header("X-Consul-Index")
             .unwrap_or(0)
             // Consul's advice: never block on index 0.
             .max(1);
         let body =
             serde_json::from_slice(&bytes).map_err(|source| ConsulError::Decode { url, source })?;
-        Ok(Answer { index, body })
+        Ok((
+            Answer {
+                index,
+                body,
+                failed_over: false,
+            },
+            last_contact,
+        ))
+    }
+
+    /// A failed exchange, with a TLS failure told apart and pinned on the
+    /// setting that can fix it.
+    fn transport_error(&self, url: &str, e: reqwest::Error) -> ConsulError {
+        let text = chain(&e);
+        let problem = if text.contains("invalid peer certificate") {
+            Some(match &self.tls.cacert {
+                Some(p) => format!(
+                    "the agent's certificate is not accepted with the CA in CONSUL_CACERT ({}): {text}",
+                    p.display()
+                ),
+                None => format!(
+                    "the agent's certificate is not signed by a built-in root; set CONSUL_CACERT to the CA that signed it: {text}"
+                ),
+            })
+        } else if text.contains("received fatal alert") {
+            Some(match &self.tls.client_cert {
+                Some(p) => format!(
+                    "the agent rejected the client certificate in CONSUL_CLIENT_CERT ({}): expired, not yet valid or not signed by a CA the agent trusts: {text}",
+                    p.display()
+                ),
+                None => format!(
+                    "the agent refused the TLS handshake; if it verifies clients (verify_incoming), set CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY: {text}"
+                ),
+            })
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => ConsulError::Tls {
+                url: url.to_string(),
+                problem,
+            },
+            None => ConsulError::Http {
+                url: url.to_string(),
+                source: e,
+            },
+        }
     }
 
     /// Every instance of one service (passing when all its checks pass,
@@ -291,6 +680,95 @@ impl Client {
         let path = format!("/v1/health/service/{}", encode(name));
         let a: Answer<Vec<ServiceEntry>> = self.get(&path, None).await?;
         Ok(instances_of(a.body))
+    }
+
+    /// Whether address `i` answers with a known leader.
+    async fn answers(&self, i: usize) -> bool {
+        let mut url = format!("{}/v1/status/leader", self.ep.urls[i]);
+        if let Some(dc) = &self.datacenter {
+            url.push_str(&format!("?dc={}", encode(dc)));
+        }
+        let Ok(resp) = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        if !resp.status().is_success() {
+            return false;
+        }
+        resp.text()
+            .await
+            .is_ok_and(|t| !t.trim().trim_matches('"').is_empty())
+    }
+}
+
+/// While the watcher is off its first address, asks the first one every
+/// `interval` (jittered) whether it answers with a leader, and moves back
+/// to it when it does. While every address fails, asks each in order and
+/// takes the first that answers. Either way it then wakes the watcher,
+/// which asks again at once instead of waiting out its backoff. Probes
+/// that answer while the watcher's reads still fail (an agent that knows
+/// its leader but cannot serve) slow the probe down after the third,
+/// doubling to 30 s: the agent is not hammered on the watcher's behalf.
+async fn probe(client: Client, interval: Duration) {
+    let mut wasted = 0u32;
+    loop {
+        let slow = 1u32 << wasted.saturating_sub(2).min(7);
+        let d = interval.saturating_mul(slow).min(Duration::from_secs(30));
+        let half = d / 2;
+        let jittered = half + rand::thread_rng().gen_range(Duration::ZERO..=half);
+        tokio::time::sleep(jittered).await;
+        let ep = &client.ep;
+        let cur = ep.current.load(Ordering::SeqCst);
+        let failing = ep.failing.load(Ordering::SeqCst);
+        let targets: Vec<usize> = if failing {
+            (0..ep.urls.len()).collect()
+        } else if cur != 0 {
+            wasted = 0;
+            vec![0]
+        } else {
+            wasted = 0;
+            continue;
+        };
+        for i in targets {
+            if !client.answers(i).await {
+                continue;
+            }
+            if i != cur
+                && ep
+                    .current
+                    .compare_exchange(cur, i, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                if i == 0 {
+                    tracing::info!(
+                        event = %Event::ConsulFailback,
+                        from = %ep.urls[cur],
+                        to = %ep.urls[0],
+                        "the first consul address answers again; moving back to it"
+                    );
+                } else {
+                    tracing::warn!(
+                        event = %Event::ConsulFailover,
+                        from = %ep.urls[cur],
+                        to = %ep.urls[i],
+                        setting = ep.urls_from,
+                        "consul address not answering; moving to one that does"
+                    );
+                }
+            }
+            if failing {
+                wasted = wasted.saturating_add(1);
+            }
+            // The re-asked reads set it again if they fail.
+            ep.failing.store(false, Ordering::SeqCst);
+            ep.bump();
+            break;
+        }
     }
 }
 
@@ -484,7 +962,7 @@ impl State {
                     first_err.get_or_insert(e);
                 }
                 Err(e) => {
-                    tracing::error!(event = %Event::ConsulUnavailable, error = %e, "consul fetch task failed")
+                    tracing::error!(event = %Event::ConsulError, error = %e, "consul fetch task failed")
                 }
             }
         }
@@ -530,6 +1008,10 @@ fn query<T: serde::de::DeserializeOwned + Send + 'static>(
 /// Watches Consul and publishes catalogs until `tx` is closed.
 pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> {
     let client = Client::new(&cfg)?;
+    let mut again = client.ep.again.subscribe();
+    let prober = tokio::spawn(probe(client.clone(), cfg.probe_interval));
+    // The probe ends with the watcher, however it ends.
+    let _prober = AbortOnDrop(prober);
     let mut st = State {
         client: client.clone(),
         cfg,
@@ -568,8 +1050,10 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             if last_error.as_ref() != Some(&text) {
                 if matches!(e, ConsulError::Denied { .. }) {
                     tracing::error!(event = %Event::ConsulDenied, error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
+                } else if e.agent_away() {
+                    tracing::warn!(event = %Event::ConsulError, error = %text, away = true, "consul unavailable; keeping the last good catalog and retrying");
                 } else {
-                    tracing::warn!(event = %Event::ConsulUnavailable, error = %text, "consul unavailable; keeping the last good catalog and retrying");
+                    tracing::error!(event = %Event::ConsulError, error = %text, away = false, "consul cannot be read; keeping the last good catalog and retrying");
                 }
                 last_error = Some(text);
             }
@@ -577,11 +1061,19 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         };
         let changed = tokio::select! {
             _ = tx.closed() => return Ok(()),
+            // The address changed, or the agent answers again: ask now
+            // rather than after the backoff or the blocking wait.
+            Ok(()) = again.changed() => {
+                cat_q = query(&client, "/v1/catalog/services", cat_index, Duration::ZERO);
+                health_q = query(&client, "/v1/health/state/any", health_index, Duration::ZERO);
+                false
+            }
             r = &mut cat_q => match r {
                 Ok(a) => {
                     super::HEALTH.ok();
                     cat_backoff.reset();
                     cat_ok = true;
+                    st.recovering |= a.failed_over;
                     let (idx, changed) = next_index(cat_index, a.index);
                     let reset = idx == 0;
                     cat_index = if reset { 0 } else { idx };
@@ -590,7 +1082,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                         if warned_empty {
                             tracing::warn!(event = %Event::ConsulDenied,
                                 "consul authorization: the catalog lists no service, not even consul's own; ACLs most likely hide them from {}, which needs service:read and node:read",
-                                token_source(&st.cfg.token)
+                                st.cfg.token.source()
                             );
                         }
                     }
@@ -619,6 +1111,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     super::HEALTH.ok();
                     health_backoff.reset();
                     health_ok = true;
+                    st.recovering |= a.failed_over;
                     let (idx, changed) = next_index(health_index, a.index);
                     let reset = idx == 0;
                     health_index = if reset { 0 } else { idx };
@@ -647,7 +1140,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             Ok(Some(catalog)) => {
                 fetch_backoff.reset();
                 if last_error.take().is_some() {
-                    tracing::info!(event = %Event::ConsulRecovered, "consul reachable again");
+                    tracing::info!(event = %Event::ConsulRecovered, url = %client.current_url(), "consul reachable again");
                 }
                 let was_empty = tx.borrow().as_ref().is_none_or(|c| c.services.is_empty());
                 if catalog.services.is_empty() && !was_empty && st.recovering {
@@ -686,6 +1179,15 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 cat_index = 0;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -745,7 +1247,7 @@ mod tests {
         let e = ConsulError::Denied {
             url: "http://c/v1/catalog/services".into(),
             body: "ACL not found".into(),
-            token_source: token_source(&Some("s3cret".into())),
+            token_source: Token::Value("s3cret".into()).source(),
         };
         let t = e.to_string();
         assert!(
@@ -753,7 +1255,101 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("s3cret") && !t.contains("unavailable"), "{t}");
-        assert!(token_source(&None).starts_with("no token"));
+        assert!(Token::None.source().starts_with("no token"));
+        assert!(Token::File("/t".into())
+            .source()
+            .contains("CONSUL_HTTP_TOKEN_FILE"));
+        assert!(!format!("{:?}", Token::Value("s3cret".into())).contains("s3cret"));
+    }
+
+    #[test]
+    fn staleness_is_last_contact_above_the_maximum() {
+        let max = Duration::from_secs(2);
+        assert!(!too_stale(None, max));
+        assert!(!too_stale(Some(0), max));
+        assert!(!too_stale(Some(2000), max));
+        assert!(too_stale(Some(2001), max));
+    }
+
+    #[test]
+    fn query_strings_carry_datacenter_consistency_and_index() {
+        let w = Duration::from_secs(5);
+        assert_eq!(query_string(None, false, None, w), "");
+        assert_eq!(query_string(None, false, Some(0), w), "");
+        assert_eq!(
+            query_string(Some("eu west"), true, Some(7), w),
+            "dc=eu%20west&stale&index=7&wait=5000ms"
+        );
+        assert_eq!(query_string(None, true, None, w), "stale");
+    }
+
+    #[test]
+    fn a_token_file_is_read_each_time_and_never_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let t = Token::File(path.clone());
+        let e = t.read().unwrap_err().to_string();
+        assert!(e.starts_with("CONSUL_HTTP_TOKEN_FILE: "), "{e}");
+        std::fs::write(&path, "abc-123\n").unwrap();
+        assert_eq!(t.read().unwrap().as_deref(), Some("abc-123"));
+        std::fs::write(&path, "rotated").unwrap();
+        assert_eq!(t.read().unwrap().as_deref(), Some("rotated"));
+        std::fs::write(&path, " \n").unwrap();
+        assert!(t.read().unwrap_err().to_string().contains("empty"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(t.read().is_err());
+    }
+
+    /// An agent stand-in that answers every request with `{}` and index 5.
+    async fn fake_agent() -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let r = "HTTP/1.1 200 OK\r\nX-Consul-Index: 5\r\nX-Consul-KnownLeader: true\r\nContent-Length: 2\r\n\r\n{}";
+                        if c.write_all(r.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_address_that_does_not_answer_is_skipped_at_once() {
+        // A port nobody listens on.
+        let dead = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let live = fake_agent().await;
+        let mut cfg = ConsulConfig::new(dead.clone());
+        cfg.urls.push(live.clone());
+        let c = Client::new(&cfg).unwrap();
+        let t0 = Instant::now();
+        let a: Answer<serde_json::Value> = c.get("/v1/catalog/services", None).await.unwrap();
+        assert!(a.failed_over);
+        assert_eq!(a.index, 5);
+        assert_eq!(c.current_url(), live);
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // Staying there: the next request goes straight to it.
+        let a: Answer<serde_json::Value> = c.get("/v1/catalog/services", None).await.unwrap();
+        assert!(!a.failed_over);
+        // Every address down: an error, and the probe is asked to watch.
+        let only_dead = Client::new(&ConsulConfig::new(dead)).unwrap();
+        let r: Result<Answer<serde_json::Value>, _> =
+            only_dead.get("/v1/catalog/services", None).await;
+        assert!(r.err().is_some_and(|e| e.agent_away()));
+        assert!(only_dead.ep.failing.load(Ordering::SeqCst));
     }
 
     #[test]
