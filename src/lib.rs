@@ -15,6 +15,8 @@
 //!     → supervisor (PID 1: signals, reaping, lifecycle)
 //! ```
 //!
+//! - [`syntax`]: the syntax of values written verbatim into the config
+//!   (names, host names, paths), shared by settings and model.
 //! - [`settings`]: every `HAPROXY_*` variable and CLI flag, parsed and
 //!   validated once at start-up (a bad value is exit code 2).
 //! - [`duration`]: HAProxy-style durations (`100ms`, `3s`, `1m`).
@@ -32,11 +34,17 @@
 //!   of a new render into live operations or a reload (SPEC §10).
 //! - [`tls`]: the certificate bundles of `HAPROXY_CERTS_DIR`: validation,
 //!   the store and crt-list the HTTPS bind loads, live updates (SPEC §15).
+//! - [`policy`]: the supervisor's decisions as pure functions over values
+//!   (generations, strategy fallback, quiescence, retries, failure rules,
+//!   stop escalation); unit-tested without root.
+//! - [`events`]: the event contract: the stable `event` field of every log
+//!   line.
 //! - [`signals`]: the signal table (signal-hook).
 //! - [`status`]: `/metrics`, `/healthz`, `/readyz`, `/status` (SPEC §14).
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
-//! - [`supervisor`]: PID-1 duties, the reload loop (live changes, reloads,
-//!   the failure rules of SPEC §11) and graceful stop.
+//! - [`supervisor`]: PID-1 duties and the loop that performs what
+//!   [`policy`], [`live`] and [`signals`] decide: live changes, reloads,
+//!   the failure rules of SPEC §11, graceful stop.
 
 pub mod cli;
 pub mod discovery;
