@@ -3,14 +3,12 @@
 //! Every test runs in its own network namespace.
 //! Run as root: `cargo test --test consul_discovery`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 /// Deadline for conditions that need a reload or a Consul round trip.
 const T: Duration = Duration::from_secs(15);

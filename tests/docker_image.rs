@@ -490,7 +490,7 @@ fn consul_binary() -> PathBuf {
 }
 
 fn demo_backend() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_demo-backend"));
+    let p = testkit::backend_bin().to_path_buf();
     assert!(p.is_file(), "{} is missing", p.display());
     p
 }

@@ -6,19 +6,15 @@
 //! every test in its own network namespace.
 //! Run as root: `cargo test --release --test failure_rules`.
 
-mod common;
-mod reload_support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
 use serde_json::json;
+use testkit::*;
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
@@ -159,7 +155,7 @@ fn a_failed_write_heals_by_itself() {
         "--propagation".into(),
         "private".into(),
         "--".into(),
-        SUPERVISOR_BIN.into(),
+        s(testkit::supervisor_bin()),
     ];
     args.extend(files.render_args());
     let sup = Supervisor::spawn_program(require("unshare"), &strs(&args), &env_refs(&env));

@@ -7,13 +7,11 @@
 //! Consul 1.8 accepts through its agent API is registered there and served
 //! by `run`. Run as root: `cargo test --test hostile`.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const T: Duration = Duration::from_secs(15);
 

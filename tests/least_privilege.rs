@@ -12,13 +12,11 @@
 //! test in its own network namespace. Run as root:
 //! `cargo test --release --test least_privilege`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
+use testkit::*;
 
 const FRONT: &str = "127.0.0.1:8080";
 const T: Duration = Duration::from_secs(15);

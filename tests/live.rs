@@ -3,18 +3,14 @@
 //! Every test runs in its own network namespace.
 //! Run as root: `cargo test --release --test live`.
 
-mod common;
-mod reload_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use reload_support::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const TAGS: [&str; 3] = [
     "HAPROXY.ENABLE=true",

@@ -5,9 +5,6 @@
 //! Each test runs in its own network namespace, under
 //! `unshare --pid --fork --mount-proc`. Run as root: `cargo test --test pid1`.
 
-mod common;
-mod reload_support;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -16,10 +13,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reload_support::*;
+use testkit::*;
 
 /// Starts the supervisor as PID 1 on `services` and waits until `www`
 /// answers.

@@ -5,15 +5,11 @@
 //! Every test runs in its own network namespace (`netns::enter`), with real
 //! HAProxy, iptables, Consul and signals. Run as root: `cargo test --test reload`.
 
-mod common;
-mod reload_support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
+use testkit::*;
 
 /// Clients of every load: each opens a new connection per request.
 const CLIENTS: usize = 20;
@@ -707,7 +703,7 @@ fn syn_drop_without_net_admin_fails_at_start_up() {
         "--inh-caps=-net_admin".to_string(),
         "--bounding-set=-net_admin".to_string(),
         "--".to_string(),
-        SUPERVISOR_BIN.to_string(),
+        s(testkit::supervisor_bin()),
     ];
     args.extend(files.render_args());
 

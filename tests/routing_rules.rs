@@ -12,14 +12,12 @@
 //! Real haproxy, consul and demo backends; every test in its own network
 //! namespace. Run as root: `cargo test --release --test routing_rules`.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use testkit::*;
 
 const FRONT: &str = "127.0.0.1:8080";
 const T: Duration = Duration::from_secs(15);

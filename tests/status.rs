@@ -3,16 +3,12 @@
 //! Prometheus exporter on the stats port. Each test in its own network
 //! namespace. Run as root: `cargo test --release --test status`.
 
-mod common;
-mod reload_support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const STATUS: &str = "127.0.0.1:4445";
 const STATS: &str = "127.0.0.1:4444";

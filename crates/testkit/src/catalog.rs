@@ -1,21 +1,17 @@
-//! Helpers shared by `tests/reload.rs` and `tests/pid1.rs` (issue #3):
-//! a catalog with a `www` service on two demo backends, the supervisor's JSON
-//! log, our iptables rules, and the HAProxy processes of a test's network
-//! namespace.
-#![allow(dead_code)]
+//! Catalog files (`--catalog-file`), written atomically, and the usual
+//! setup of a test on one: a `www` service on demo backends behind the
+//! frontend on 127.0.0.1:8080, with JSON logs.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
-use crate::common::*;
+use crate::backend::Backend;
+use crate::http::{http_get, HttpError};
+use crate::poll_until;
+use crate::supervisor::{events_with, Supervisor};
 
-/// The comment that marks the supervisor's SYN-drop rules.
-pub const RULE_COMMENT: &str = "haproxy-supervisor-syn-drop";
 /// The shared HTTP frontend.
 pub const FRONT: &str = "127.0.0.1:8080";
 /// Host of the `www` service (HAPROXY_DOM=example.com).
@@ -48,10 +44,21 @@ pub fn write_catalog(path: &Path, services: &[Value]) {
     write_atomic(path, &text);
 }
 
+/// [`try_write_atomic`], panicking on failure.
 pub fn write_atomic(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("rename to {}: {e}", path.display()));
+    if let Err(e) = try_write_atomic(path, bytes) {
+        panic!("{e}");
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, then a
+/// rename, so a reader polling the file never sees half of it.
+pub fn try_write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(|e| format!("write {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("rename to {}: {e}", path.display()))
 }
 
 /// Files of one supervisor run, kept outside the handle's own directory so
@@ -117,25 +124,6 @@ pub fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a s
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// The supervisor's JSON log events (HAProxy's own lines, which share the
-/// output, are skipped).
-pub fn events(sup: &Supervisor) -> Vec<Value> {
-    sup.log()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("fields").is_some())
-        .collect()
-}
-
-/// Events whose message is `msg`.
-pub fn events_with(sup: &Supervisor, msg: &str) -> Vec<Value> {
-    events(sup)
-        .into_iter()
-        .filter(|e| e["fields"]["message"] == msg)
-        .collect()
-}
-
 /// How many "haproxy reload done" lines (generations started, any trigger).
 pub fn done_count(sup: &Supervisor) -> usize {
     events_with(sup, "haproxy reload done").len()
@@ -183,103 +171,5 @@ pub fn wait_serving(host: &str, timeout: Duration) {
         ok
     }) {
         panic!("{host} not served with 200 within {timeout:?}; last answer {last:?}");
-    }
-}
-
-/// Lines of `iptables -S INPUT` (this thread's network namespace) that are
-/// rules of ours.
-pub fn our_rules() -> Vec<String> {
-    let out = Command::new(require("iptables"))
-        .args(["-w", "-S", "INPUT"])
-        .output()
-        .expect("run iptables -S INPUT");
-    assert!(
-        out.status.success(),
-        "iptables -S INPUT failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(RULE_COMMENT))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Inserts a rule of ours by hand, as a killed run would leave it.
-pub fn insert_stale_rule(port: u16) {
-    let port = port.to_string();
-    let st = Command::new(require("iptables"))
-        .args([
-            "-w",
-            "-I",
-            "INPUT",
-            "1",
-            "-p",
-            "tcp",
-            "-m",
-            "tcp",
-            "--dport",
-            &port,
-            "--syn",
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "DROP",
-        ])
-        .status()
-        .expect("run iptables -I");
-    assert!(st.success(), "iptables -I failed");
-}
-
-/// HAProxy processes (comm `haproxy`) among the descendants of `pid`.
-pub fn haproxies_under(pid: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = descendants_of(pid)
-        .into_iter()
-        .filter(|p| p.comm == "haproxy" && p.state != 'Z')
-        .map(|p| p.pid)
-        .collect();
-    v.sort_unstable();
-    v
-}
-
-fn netns_of(pid: &str) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
-}
-
-/// Processes named `name` that live in this thread's network namespace
-/// (whoever their parent is: orphans of a killed supervisor included).
-pub fn in_my_netns(name: &str) -> Vec<i32> {
-    let mine = netns_of("thread-self").expect("read /proc/thread-self/ns/net");
-    pids_of(name)
-        .into_iter()
-        .filter(|p| proc_stat(*p).is_some_and(|s| s.state != 'Z'))
-        .filter(|p| netns_of(&p.to_string()).as_ref() == Some(&mine))
-        .collect()
-}
-
-/// SIGKILLs every HAProxy of this network namespace and waits until they
-/// are gone (end-of-test cleanup of orphans).
-pub fn kill_haproxies_in_my_netns() {
-    for p in in_my_netns("haproxy") {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
-    wait_until(
-        Duration::from_secs(5),
-        "orphaned haproxy processes gone",
-        || in_my_netns("haproxy").is_empty(),
-    );
-}
-
-/// Kills the HAProxy processes of this namespace when dropped, so a failing
-/// test does not leave orphans behind.
-pub struct OrphanGuard;
-
-impl Drop for OrphanGuard {
-    fn drop(&mut self) {
-        for p in in_my_netns("haproxy") {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
     }
 }
