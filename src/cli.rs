@@ -1,6 +1,7 @@
 //! The one-shot subcommands `render` and `check` (SPEC §8), consul-template's
 //! `-dry -once` and a config check.
 
+use crate::events::Event;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ async fn render_once(settings: &Settings) -> Result<Rendered, String> {
     .map_err(|e| e.to_string())?;
     let (desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
     for w in &warnings {
-        tracing::warn!("{w}");
+        tracing::warn!(event = %Event::Warning, "{w}");
     }
     renderer
         .render(&desired, &settings.vars)
@@ -71,13 +72,13 @@ pub async fn render(settings: &Settings) -> i32 {
                 Ok(())
             });
             if let Err(e) = write {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot write the map files");
+                tracing::warn!(event = %Event::WriteFailed, dir = %dir.display(), error = %e, "cannot write the map files");
             }
             print!("{}", r.config);
             0
         }
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!(event = %Event::Fatal, "{e}");
             1
         }
     }
@@ -88,7 +89,7 @@ pub async fn check(settings: &Settings) -> i32 {
     let dir = match tempdir() {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!("cannot create a temporary directory: {e}");
+            tracing::error!(event = %Event::Fatal, "cannot create a temporary directory: {e}");
             return 1;
         }
     };

@@ -2,6 +2,7 @@
 //! listens, and the pieces of the reload strategies (SPEC §6), including the
 //! iptables SYN-drop guard.
 
+use crate::events::Event;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -632,7 +633,7 @@ impl SynDropGuard {
 impl Drop for SynDropGuard {
     fn drop(&mut self) {
         if let Err(e) = self.remove_all() {
-            tracing::error!(error = %e, "could not remove SYN-drop rules");
+            tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "could not remove SYN-drop rules");
         }
     }
 }

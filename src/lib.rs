@@ -39,6 +39,7 @@
 pub mod cli;
 pub mod discovery;
 pub mod duration;
+pub mod events;
 pub mod haproxy;
 pub mod live;
 pub mod model;

@@ -1,6 +1,7 @@
 //! The `haproxy-supervisor` binary: argument parsing and one call into the
 //! library.
 
+use haproxy_supervisor::events::Event;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -25,7 +26,7 @@ fn main() -> ExitCode {
     }
     match settings.resolve_user() {
         Ok(None) => {}
-        Ok(Some(note)) => tracing::warn!("{note}"),
+        Ok(Some(note)) => tracing::warn!(event = %Event::Degraded, "{note}"),
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
             return ExitCode::from(2);
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     }
     if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
         if let Some(w) = settings.fit_fd_limit(limit) {
-            tracing::warn!("{w}");
+            tracing::warn!(event = %Event::Warning, "{w}");
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +53,7 @@ fn main() -> ExitCode {
             Command::Run => match supervisor::run(settings).await {
                 Ok(code) => code,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!(event = %Event::Fatal, "{e}");
                     1
                 }
             },

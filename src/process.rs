@@ -14,6 +14,7 @@
 //!   crate). While such a command runs, the reaper holds off (a read/write
 //!   lock); exited children simply wait as zombies for a few milliseconds.
 
+use crate::events::Event;
 use std::collections::HashMap;
 use std::io;
 use std::process::{Command, Output};
@@ -169,7 +170,7 @@ impl Reaper {
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    tracing::error!(error = %e, "waitpid failed");
+                    tracing::error!(event = %Event::ReapFailed, error = %e, "waitpid failed");
                     break;
                 }
             }
@@ -188,7 +189,9 @@ impl Reaper {
             Some(tx) => {
                 let _ = tx.send(exit);
             }
-            None => tracing::debug!(pid = pid.as_raw(), %exit, "reaped an orphan"),
+            None => {
+                tracing::debug!(event = %Event::OrphanReaped, pid = pid.as_raw(), %exit, "reaped an orphan")
+            }
         }
     }
 

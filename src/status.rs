@@ -6,6 +6,7 @@
 //! and publishes a [`Snapshot`] of the rest after every step of its loop.
 //! The server only reads.
 
+use crate::events::Event;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -412,7 +413,7 @@ pub async fn serve(listener: tokio::net::TcpListener, status: Arc<Status>) {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "status server: accept failed");
+                tracing::warn!(event = %Event::StatusAcceptFailed, error = %e, "status server: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -440,7 +441,7 @@ mod tests {
     #[test]
     fn metrics_are_prefixed_and_counters_end_in_total() {
         let s = Status::new();
-        s.reload("Sighup", "seamless", Duration::from_millis(80), None);
+        s.reload("sighup", "seamless", Duration::from_millis(80), None);
         s.live_op("add_server", true);
         let text = s.metrics_text();
         assert!(text

@@ -8,6 +8,7 @@
 //! that loop, so they are serialized by construction, and signals that
 //! arrive during one merge into a single follow-up.
 
+use crate::events::Event;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,19 @@ enum Trigger {
     Restart,
     /// A reload retried after a transient failure.
     Retry,
+}
+
+impl Trigger {
+    /// The `trigger` field of reload events.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Catalog => "catalog",
+            Trigger::Sighup => "sighup",
+            Trigger::Restart => "restart",
+            Trigger::Retry => "retry",
+        }
+    }
 }
 
 /// Why `prepare` produced no config.
@@ -224,7 +238,7 @@ async fn sync_job(
         let staged = match render::stage(&file, &rendered) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "cannot write the config applied live");
+                tracing::error!(event = %Event::WriteFailed, error = %e, "cannot write the config applied live");
                 return done(None);
             }
         };
@@ -232,12 +246,12 @@ async fn sync_job(
             // Cannot happen with validated server lines; if it does, the
             // file keeps the last checked config and the next change (or
             // SIGHUP) tries again.
-            tracing::error!(error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
+            tracing::error!(event = %Event::ConfigInvalid, error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
             staged.abort();
             return done(None);
         }
         if let Err(e) = staged.commit(&rendered) {
-            tracing::error!(error = %e, "cannot put the config applied live in place");
+            tracing::error!(event = %Event::WriteFailed, error = %e, "cannot put the config applied live in place");
             return done(None);
         }
     }
@@ -259,7 +273,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     // PID 1 gets no default signal actions: install every handler first.
     let mut sigs = signals::listen().map_err(|e| setup("signal handlers", &e))?;
     if let Err(e) = process::become_subreaper() {
-        tracing::warn!(error = %e, "cannot become a child subreaper; orphans may not be reaped here");
+        tracing::warn!(event = %Event::Degraded, error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
     // The status server: its port taken is a start-up error naming it.
     let status = Status::new();
@@ -292,10 +306,14 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             match reaper.hold_off(haproxy::remove_stale_rules).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
-                    tracing::warn!(rules = n, "removed SYN-drop rules left by an earlier run")
+                    tracing::warn!(event = %Event::StaleRulesRemoved, rules = n, "removed SYN-drop rules left by an earlier run")
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot remove stale SYN-drop rules"),
-                Err(e) => tracing::error!(error = %e, "cannot remove stale SYN-drop rules"),
+                Ok(Err(e)) => {
+                    tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
+                }
+                Err(e) => {
+                    tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
+                }
             }
             true
         }
@@ -305,7 +323,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             )))
         }
         (Err(e), ReloadStrategy::Seamless) => {
-            tracing::warn!(error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
+            tracing::warn!(event = %Event::Degraded, error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
             false
         }
         (Err(_), ReloadStrategy::Plain) => false,
@@ -335,7 +353,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     discovery::consul::Client::new(&cfg).map_err(|e| setup("consul", &e))?;
                     tokio::spawn(async move {
                         if let Err(e) = discovery::consul::watch(cfg, tx).await {
-                            tracing::error!(error = %e, "consul watcher stopped");
+                            tracing::error!(event = %Event::DiscoveryStopped, error = %e, "consul watcher stopped");
                         }
                     });
                 }
@@ -405,7 +423,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         rendered_counts: (0, 0),
         left_out: Vec::new(),
     };
-    tracing::info!(
+    tracing::info!(event = %Event::Started,
         strategy = sup.settings.reload_strategy.as_str(),
         config = %sup.settings.config_file.display(),
         pid = std::process::id(),
@@ -429,7 +447,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         // because a port was taken): retry with backoff until it serves.
         if restart_at.is_none() && sup.running_text.is_some() && sup.serving().is_none() {
             let delay = sup.restart_backoff.next_delay();
-            tracing::warn!(?delay, "no haproxy is serving; starting one after backoff");
+            tracing::warn!(event = %Event::RestartScheduled, ?delay, "no haproxy is serving; starting one after backoff");
             restart_at = Some(tokio::time::Instant::now() + delay);
         }
         let deadline = match pending {
@@ -469,16 +487,16 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 }
                 signals::Action::Forward => match sup.serving() {
                     Some(g) => {
-                        tracing::info!(signal = sig.as_str(), pid = g.pid.as_raw(), "forwarding the signal to the serving haproxy");
+                        tracing::info!(event = %Event::SignalForwarded, signal = sig.as_str(), pid = g.pid.as_raw(), "forwarding the signal to the serving haproxy");
                         let _ = kill(g.pid, sig);
                     }
-                    None => tracing::info!(signal = sig.as_str(), "no haproxy serves; signal ignored"),
+                    None => tracing::info!(event = %Event::SignalIgnored, signal = sig.as_str(), "no haproxy serves; signal ignored"),
                 },
                 signals::Action::Ignore => {
-                    tracing::info!(signal = sig.as_str(), "signal ignored");
+                    tracing::info!(event = %Event::SignalIgnored, signal = sig.as_str(), "signal ignored");
                 }
                 signals::Action::Reload => {
-                tracing::info!(signal = sig.as_str(), "SIGHUP: checking and reloading");
+                tracing::info!(event = %Event::ReloadRequested, signal = sig.as_str(), "SIGHUP: checking and reloading");
                 pending = None;
                 structural = false;
                 // SIGHUP re-reads what the supervisor reads: the template
@@ -491,7 +509,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                         Ok(c) => {
                             discovery::publish(tx, c);
                         }
-                        Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: cannot read the catalog file; keeping the last good catalog"),
+                        Err(e) => tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "SIGHUP: cannot read the catalog file; keeping the last good catalog"),
                     }
                     if let Some(rx) = &mut sup.catalog {
                         rx.borrow_and_update();
@@ -502,7 +520,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             },
             ok = catalog_changed => {
                 if !ok {
-                    tracing::error!("discovery stopped; keeping the running config");
+                    tracing::error!(event = %Event::DiscoveryStopped, "discovery stopped; keeping the running config");
                     sup.catalog = None;
                     continue;
                 }
@@ -524,7 +542,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                             sup.reload(Trigger::Catalog).await;
                         }
                         LiveOutcome::Structural(why) => {
-                            tracing::info!(reason = %why, "structural change: reloading after the reload wait");
+                            tracing::info!(event = %Event::StructuralChange, reason = %why, "structural change: reloading after the reload wait");
                             let at = (last + sup.settings.reload_wait_min).min(first + sup.settings.reload_wait_max);
                             if Instant::now() >= at {
                                 pending = None;
@@ -560,7 +578,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                         x.until = now + x.next_for;
                     }
                 }
-                tracing::info!(services = ?ended, "trying services left out again");
+                tracing::info!(event = %Event::ServiceRetried, services = ?ended, "trying services left out again");
                 sup.retry_excluded = ended;
                 pending = Some((pending.map_or(now, |p| p.0), now));
                 structural = true;
@@ -644,7 +662,7 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
         .map(Pid::from_raw)
         .collect();
     if !pids.is_empty() {
-        tracing::warn!(
+        tracing::warn!(event = %Event::LeftoversAdopted,
             ?pids,
             "found haproxy processes of an earlier run; the new one will take over from them"
         );
@@ -664,7 +682,7 @@ impl Supervisor {
             return; // as at spawn: nothing to write at "reload done"
         }
         if let Err(e) = render::write_replace(&path, text.as_bytes()) {
-            tracing::warn!(error = %e, "cannot write the pid file");
+            tracing::warn!(event = %Event::WriteFailed, error = %e, "cannot write the pid file");
         }
     }
 
@@ -672,7 +690,7 @@ impl Supervisor {
     fn log_warnings(&mut self, warnings: &[crate::model::Warning]) {
         let now: BTreeSet<String> = warnings.iter().map(|w| w.to_string()).collect();
         for w in now.difference(&self.warned) {
-            tracing::warn!("{w}");
+            tracing::warn!(event = %Event::Warning, "{w}");
         }
         self.warned = now;
     }
@@ -703,7 +721,7 @@ impl Supervisor {
         let fitted = (vars.maxconn_global > fit).then_some(fit);
         if fitted != self.fd_fit {
             if let Some(fit) = fitted {
-                tracing::warn!(
+                tracing::warn!(event = %Event::Warning,
                     servers,
                     open_files_limit = limit,
                     maxconn = fit,
@@ -732,7 +750,7 @@ impl Supervisor {
                 .get(name)
                 .is_some_and(|c| fingerprint(c) == x.fingerprint);
             if !same {
-                tracing::info!(service = %name, "a service left out changed; trying it again");
+                tracing::info!(event = %Event::ServiceRetried, service = %name, "a service left out changed; trying it again");
             }
             same
         });
@@ -782,7 +800,7 @@ impl Supervisor {
             if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
                 self.status.check_failed();
                 self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
+                tracing::error!(event = %Event::ConfigInvalid, error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
                 return Err(PrepareError::Invalid {
                     message: e.to_string(),
                     config: text,
@@ -814,7 +832,7 @@ impl Supervisor {
             Err(e) => {
                 // The template is the user's: a render error is theirs to fix.
                 self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, "render failed; keeping the running haproxy");
+                tracing::error!(event = %Event::RenderFailed, error = %e, "render failed; keeping the running haproxy");
                 return Ok(None);
             }
         };
@@ -826,7 +844,7 @@ impl Supervisor {
         let unchanged = on_disk.as_deref() == Some(rendered.config.as_str());
         let running = self.running_text.as_deref() == Some(rendered.config.as_str());
         if unchanged && running && matches!(trigger, Trigger::Catalog) {
-            tracing::debug!("catalog changed but the config did not; no reload");
+            tracing::debug!(event = %Event::ConsulChanged, "catalog changed but the config did not; no reload");
             return Ok(None);
         }
         if unchanged && running {
@@ -848,7 +866,7 @@ impl Supervisor {
         if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
             self.status.check_failed();
             self.counters.failed_reloads += 1;
-            tracing::error!(error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
+            tracing::error!(event = %Event::ConfigInvalid, error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
             staged.abort();
             return Err(PrepareError::Invalid {
                 message: e.to_string(),
@@ -858,7 +876,7 @@ impl Supervisor {
         staged.commit(&rendered).map_err(|e| {
             PrepareError::Transient(format!("cannot put the new config in place: {e}"))
         })?;
-        tracing::info!(services = desired.services.len(), file = %self.running_file.display(), "config written");
+        tracing::info!(event = %Event::ConfigWritten, services = desired.services.len(), file = %self.running_file.display(), "config written");
         Ok(Some(rendered.config))
     }
 
@@ -899,7 +917,7 @@ impl Supervisor {
             culprits = changed.clone();
         }
         if culprits.is_empty() && !changed.is_empty() {
-            tracing::error!(changed = ?changed, "haproxy refused the change and names none of the services that changed; keeping the running haproxy");
+            tracing::error!(event = %Event::ChangeRefused, changed = ?changed, "haproxy refused the change and names none of the services that changed; keeping the running haproxy");
         }
         let mut any = false;
         for name in culprits {
@@ -915,7 +933,7 @@ impl Supervisor {
                 })
                 .unwrap_or(message)
                 .trim();
-            tracing::warn!(service = %name, haproxy = %first, "service left out: haproxy refused it; the others still apply");
+            tracing::warn!(event = %Event::ServiceLeftOut, service = %name, haproxy = %first, "service left out: haproxy refused it; the others still apply");
             let next_for = Duration::from_secs(60);
             self.excluded.insert(
                 name.clone(),
@@ -935,10 +953,10 @@ impl Supervisor {
     fn retry_later(&mut self, what: String) {
         let delay = self.retry_backoff.next_delay();
         if self.failing.is_none() {
-            tracing::error!(error = %what, retry_in = ?delay, "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)");
+            tracing::error!(event = %Event::ReloadRetry, error = %what, retry_in = ?delay, "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)");
             self.failing = Some(what);
         } else {
-            tracing::debug!(error = %what, retry_in = ?delay, "reload failed again");
+            tracing::debug!(event = %Event::ReloadRetry, error = %what, retry_in = ?delay, "reload failed again");
         }
         self.retry_at = Some(tokio::time::Instant::now() + delay);
     }
@@ -948,7 +966,7 @@ impl Supervisor {
         self.retry_backoff.reset();
         self.retry_at = None;
         if let Some(what) = self.failing.take() {
-            tracing::info!(after = %what, "reloads work again");
+            tracing::info!(event = %Event::ReloadsHealed, after = %what, "reloads work again");
         }
     }
 
@@ -969,7 +987,7 @@ impl Supervisor {
         };
         match written {
             Ok(()) => {
-                tracing::warn!(file = %self.running_file.display(), "rolled back to the config that serves");
+                tracing::warn!(event = %Event::RolledBack, file = %self.running_file.display(), "rolled back to the config that serves");
                 self.running_text = Some(cfg.config.clone());
                 self.running_layout = self
                     .renderer
@@ -977,7 +995,7 @@ impl Supervisor {
                     .map(|r| Layout::new(&cfg, &r.maps_dir_str()));
             }
             Err(e) => {
-                tracing::error!(file = %self.running_file.display(), error = %e, "cannot roll back to the config that serves");
+                tracing::error!(event = %Event::RolledBack, file = %self.running_file.display(), error = %e, "cannot roll back to the config that serves");
             }
         }
     }
@@ -1050,7 +1068,7 @@ impl Supervisor {
                 }
             }
         }
-        tracing::error!("too many services refused in one reload; keeping the running haproxy");
+        tracing::error!(event = %Event::ChangeRefused, "too many services refused in one reload; keeping the running haproxy");
     }
 
     /// Publishes what the status server shows (after every loop step).
@@ -1110,7 +1128,7 @@ impl Supervisor {
             }
             Err(e) => {
                 self.counters.failed_reloads += 1;
-                tracing::error!(template = %path.display(), error = %e, "SIGHUP: the template does not load; nothing changes");
+                tracing::error!(event = %Event::RenderFailed, template = %path.display(), error = %e, "SIGHUP: the template does not load; nothing changes");
                 false
             }
         }
@@ -1138,7 +1156,7 @@ impl Supervisor {
             Ok(r) => Some(r),
             Err(e) => {
                 self.counters.failed_reloads += 1;
-                tracing::error!(error = %e, "render failed; keeping the running haproxy");
+                tracing::error!(event = %Event::RenderFailed, error = %e, "render failed; keeping the running haproxy");
                 None
             }
         }
@@ -1169,7 +1187,7 @@ impl Supervisor {
             if let Err(e) = applied {
                 self.live = None;
                 self.counters.live_failures += 1;
-                tracing::error!(
+                tracing::error!(event = %Event::LiveFailed,
                     error = %e,
                     op = op.kind(),
                     applied = i,
@@ -1189,7 +1207,7 @@ impl Supervisor {
             self.counters.live_ops += ops.len() as u64;
             let mut kinds: Vec<&str> = ops.iter().map(Op::kind).collect();
             kinds.dedup();
-            tracing::info!(
+            tracing::info!(event = %Event::LiveApplied,
                 ops = ops.len(),
                 kinds = kinds.join(","),
                 took_ms = started.elapsed().as_millis() as u64,
@@ -1243,14 +1261,14 @@ impl Supervisor {
         for (backend, server) in running.parked() {
             match self.runtime.del_server(&backend, &server).await {
                 Ok(()) => {
-                    tracing::debug!(backend, server, "parked server deleted");
+                    tracing::debug!(event = %Event::ParkedDeleted, backend, server, "parked server deleted");
                     if let Some(l) = &mut self.live {
                         l.deleted(&backend, &server);
                     }
                 }
                 Err(RuntimeError::Busy { .. }) => {}
                 Err(e) => {
-                    tracing::debug!(backend, server, error = %e, "cannot delete a parked server yet")
+                    tracing::debug!(event = %Event::ParkedDeleted, backend, server, error = %e, "cannot delete a parked server yet")
                 }
             }
         }
@@ -1340,7 +1358,7 @@ impl Supervisor {
             } else {
                 ReloadStrategy::Plain
             };
-            tracing::warn!(socket = %socket.display(), fallback = strategy.as_str(), "socket transfer impossible; falling back");
+            tracing::warn!(event = %Event::StrategyFallback, socket = %socket.display(), fallback = strategy.as_str(), "socket transfer impossible; falling back");
         }
         let started = Instant::now();
         self.write_server_state(&text).await;
@@ -1366,8 +1384,9 @@ impl Supervisor {
                     self.counters.reloads += 1;
                 }
                 let pid = self.serving().map(|g| g.pid.as_raw()).unwrap_or(0);
-                tracing::info!(
-                    ?trigger,
+                tracing::info!(event = %Event::ReloadDone,
+                    generation = id,
+                    trigger = trigger.as_str(),
                     strategy = strategy.as_str(),
                     pid,
                     took_ms = started.elapsed().as_millis() as u64,
@@ -1382,26 +1401,22 @@ impl Supervisor {
                     "haproxy reload done"
                 );
                 self.write_pids();
-                self.status.reload(
-                    &format!("{trigger:?}"),
-                    strategy.as_str(),
-                    started.elapsed(),
-                    None,
-                );
+                self.status
+                    .reload(trigger.as_str(), strategy.as_str(), started.elapsed(), None);
                 Ok(())
             }
             Err(e) => {
                 self.status.reload(
-                    &format!("{trigger:?}"),
+                    trigger.as_str(),
                     strategy.as_str(),
                     started.elapsed(),
                     Some(e.to_string()),
                 );
                 self.counters.failed_reloads += 1;
                 if self.serving().is_some() {
-                    tracing::error!(error = %e, ?trigger, "haproxy reload failed; the previous generation keeps serving");
+                    tracing::error!(event = %Event::ReloadFailed, error = %e, trigger = trigger.as_str(), "haproxy reload failed; the previous generation keeps serving");
                 } else {
-                    tracing::error!(error = %e, ?trigger, "haproxy failed to start");
+                    tracing::error!(event = %Event::ReloadFailed, error = %e, trigger = trigger.as_str(), "haproxy failed to start");
                 }
                 Err(e)
             }
@@ -1417,7 +1432,7 @@ impl Supervisor {
             Some(_) => match self.runtime.command("show servers state").await {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the server state; the new haproxy starts without it");
+                    tracing::warn!(event = %Event::WriteFailed, error = %e, "cannot read the server state; the new haproxy starts without it");
                     None
                 }
             },
@@ -1434,7 +1449,7 @@ impl Supervisor {
             None => "1\n".to_string(),
         };
         if let Err(e) = render::write_replace(&path, content.as_bytes()) {
-            tracing::warn!(file = %path.display(), error = %e, "cannot write the server state");
+            tracing::warn!(event = %Event::WriteFailed, file = %path.display(), error = %e, "cannot write the server state");
         }
     }
 
@@ -1550,8 +1565,12 @@ impl Supervisor {
         self.status.syn_drop_rules(0);
         match removed {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not remove SYN-drop rules"),
-            Err(e) => tracing::error!(error = %e, "could not remove SYN-drop rules"),
+            Ok(Err(e)) => {
+                tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "could not remove SYN-drop rules")
+            }
+            Err(e) => {
+                tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "could not remove SYN-drop rules")
+            }
         }
         result
     }
@@ -1565,13 +1584,13 @@ impl Supervisor {
         self.write_pids();
         match g.state {
             GenState::Draining => {
-                tracing::info!(pid = pid.as_raw(), %exit, "old haproxy finished draining");
+                tracing::info!(event = %Event::GenerationDrained, pid = pid.as_raw(), %exit, "old haproxy finished draining");
             }
             GenState::Starting | GenState::Serving => {
                 if g.started.elapsed() > Duration::from_secs(30) {
                     self.restart_backoff.reset();
                 }
-                tracing::error!(pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
+                tracing::error!(event = %Event::GenerationDied, pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
             }
         }
     }
@@ -1586,7 +1605,7 @@ impl Supervisor {
         sigs: &mut mpsc::UnboundedReceiver<Signal>,
         exits_rx: &mut mpsc::UnboundedReceiver<(u64, Pid, Exit)>,
     ) -> i32 {
-        tracing::info!(signal = why, graceful, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
+        tracing::info!(event = %Event::Stopping, signal = why, graceful, timeout = ?self.settings.stop_timeout, live = self.gens.len(), "stopping: soft-stopping haproxy");
         let serving = self.serving().map(|g| g.id);
         for g in &self.gens {
             let _ = kill(g.pid, Signal::SIGUSR1);
@@ -1597,20 +1616,20 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + self.settings.stop_timeout;
         let mut forced = false;
         if !graceful {
-            tracing::warn!(signal = why, "stopping now");
+            tracing::warn!(event = %Event::StopForced, signal = why, reason = "sigquit", "stopping now");
             forced = true;
             self.force();
         }
         while !self.gens.is_empty() {
             tokio::select! {
                 _ = sleep_until(deadline), if !forced => {
-                    tracing::warn!("stop timeout passed; terminating haproxy");
+                    tracing::warn!(event = %Event::StopForced, reason = "timeout", "stop timeout passed; terminating haproxy");
                     forced = true;
                     self.force();
                 }
                 Some(sig) = sigs.recv() => match signals::action(sig) {
-                    signals::Action::Stop { .. } => { tracing::warn!(signal = sig.as_str(), "second signal; stopping now"); forced = true; self.force(); }
-                    _ => tracing::info!(signal = sig.as_str(), "stopping; signal ignored"),
+                    signals::Action::Stop { .. } => { tracing::warn!(event = %Event::StopForced, signal = sig.as_str(), reason = "second_signal", "second signal; stopping now"); forced = true; self.force(); }
+                    _ => tracing::info!(event = %Event::SignalIgnored, signal = sig.as_str(), "stopping; signal ignored"),
                 },
                 _ = tokio::time::sleep(Duration::from_secs(2)), if forced => {
                     for g in &self.gens { let _ = kill(g.pid, Signal::SIGKILL); }
@@ -1627,7 +1646,7 @@ impl Supervisor {
             None | Some(Exit::Code(0)) => 0,
             Some(e) => e.code(),
         };
-        tracing::info!(
+        tracing::info!(event = %Event::Stopped,
             exit_code = code,
             reloads = self.counters.reloads,
             failed_reloads = self.counters.failed_reloads,

@@ -240,7 +240,7 @@ fn pid1_restarts_a_killed_haproxy() {
     wait_done(&sup, 2, T);
     let restarted = events_with(&sup, "haproxy reload done");
     let last = &restarted[restarted.len() - 1]["fields"];
-    assert_eq!(last["trigger"], "Restart", "{last}");
+    assert_eq!(last["trigger"], "restart", "{last}");
     wait_serving(WWW, T);
     for _ in 0..10 {
         assert!(matches!(get(WWW), Ok((200, _))), "{:?}", get(WWW));

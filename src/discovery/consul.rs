@@ -31,6 +31,7 @@
 //! rather than 403: a catalog without even the `consul` service itself is
 //! reported as most likely that.
 
+use crate::events::Event;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -482,7 +483,9 @@ impl State {
                 Ok((_, Err(e))) => {
                     first_err.get_or_insert(e);
                 }
-                Err(e) => tracing::error!(error = %e, "consul fetch task failed"),
+                Err(e) => {
+                    tracing::error!(event = %Event::ConsulUnavailable, error = %e, "consul fetch task failed")
+                }
             }
         }
         if let Some(e) = first_err {
@@ -564,9 +567,9 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             let text = e.to_string();
             if last_error.as_ref() != Some(&text) {
                 if matches!(e, ConsulError::Denied { .. }) {
-                    tracing::error!(error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
+                    tracing::error!(event = %Event::ConsulDenied, error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
                 } else {
-                    tracing::warn!(error = %text, "consul unavailable; keeping the last good catalog and retrying");
+                    tracing::warn!(event = %Event::ConsulUnavailable, error = %text, "consul unavailable; keeping the last good catalog and retrying");
                 }
                 last_error = Some(text);
             }
@@ -585,7 +588,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     if a.body.is_empty() != warned_empty {
                         warned_empty = a.body.is_empty();
                         if warned_empty {
-                            tracing::warn!(
+                            tracing::warn!(event = %Event::ConsulDenied,
                                 "consul authorization: the catalog lists no service, not even consul's own; ACLs most likely hide them from {}, which needs service:read and node:read",
                                 token_source(&st.cfg.token)
                             );
@@ -644,7 +647,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             Ok(Some(catalog)) => {
                 fetch_backoff.reset();
                 if last_error.take().is_some() {
-                    tracing::info!("consul reachable again");
+                    tracing::info!(event = %Event::ConsulRecovered, "consul reachable again");
                 }
                 let was_empty = tx.borrow().as_ref().is_none_or(|c| c.services.is_empty());
                 if catalog.services.is_empty() && !was_empty && st.recovering {
@@ -652,7 +655,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     let since = *st.empty_since.get_or_insert_with(Instant::now);
                     if since.elapsed() < st.cfg.empty_grace {
                         if first {
-                            tracing::warn!(
+                            tracing::warn!(event = %Event::ConsulEmptyAfterOutage,
                                 grace = ?st.cfg.empty_grace,
                                 "consul answers with no services after an outage; keeping the last good catalog for now"
                             );
@@ -668,7 +671,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 st.recovering = false;
                 let n = catalog.services.len();
                 if publish(&tx, catalog) {
-                    tracing::debug!(services = n, "consul catalog changed");
+                    tracing::debug!(event = %Event::ConsulChanged, services = n, "consul catalog changed");
                 }
             }
             Err(e) => {

@@ -2,6 +2,7 @@
 //! [`crate::model::CatalogFile`], re-read when its content changes. For
 //! running without Consul, and for tests and benchmarks that do not need it.
 
+use crate::events::Event;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,14 +74,14 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                 {
                     Ok(c) => {
                         super::HEALTH.ok();
-                        tracing::info!(path = %path.display(), services = c.services.len(), "catalog file read");
+                        tracing::info!(event = %Event::CatalogFileRead, path = %path.display(), services = c.services.len(), "catalog file read");
                         publish(&tx, c);
                         last_error = None;
                     }
                     Err(e) => {
                         super::HEALTH.error(&e);
                         if last_error.as_ref() != Some(&e) {
-                            tracing::error!(path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
+                            tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
                             last_error = Some(e);
                         }
                     }
@@ -92,7 +93,7 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                 super::HEALTH.error(&e);
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
-                    tracing::error!(path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");
+                    tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");
                     last_error = Some(e);
                 }
                 last_bytes = None;

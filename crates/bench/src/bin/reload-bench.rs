@@ -667,7 +667,7 @@ struct Outcome {
     /// When the reload signals were sent (or the catalog changes written),
     /// seconds since the load started.
     sent_at: Vec<f64>,
-    /// Reloads done in the window: trigger `Sighup` for the signalled
+    /// Reloads done in the window: trigger `sighup` for the signalled
     /// scenarios, `Catalog` for the change scenarios.
     reloads_done: usize,
     failed_reloads: usize,
@@ -960,9 +960,9 @@ impl Bench {
             Target::Supervisor(p) => {
                 let start = measure::epoch_secs(driven.wall0);
                 let counted = if changes_scenario {
-                    "Catalog"
+                    "catalog"
                 } else {
-                    "Sighup"
+                    "sighup"
                 };
                 let mut pids = std::collections::BTreeSet::new();
                 for l in testkit::json_lines(&log) {

@@ -520,7 +520,7 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
     };
     let catalog_reload = |l: &testkit::LogLine| {
         l.message == "haproxy reload done"
-            && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("Catalog")
+            && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("catalog")
     };
     let phases_json: Vec<_> = phases
         .iter()

@@ -1,0 +1,342 @@
+//! The event contract: every log line the product writes carries a stable
+//! `event` field naming what happened, one of [`Event`]. Log collectors,
+//! tests and benchmarks match on that field (and on the documented fields
+//! beside it), never on the message text, which is for people and may be
+//! reworded.
+//!
+//! With `--log-format json` a line looks like
+//! `{"timestamp":…,"level":"INFO","fields":{"event":"reload_done","message":"haproxy reload done","generation":3,"strategy":"seamless","trigger":"sighup","took_ms":41,…},"target":…}`.
+//!
+//! The names are part of the interface: a renamed event is a breaking
+//! change. `tests` in this module check every log call in `src/` names one.
+
+/// What happened. [`Event::as_str`] is the value of the `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    // --- lifecycle -------------------------------------------------------
+    /// The supervisor runs. Fields: `strategy`, `config`, `pid`.
+    Started,
+    /// A stop signal: every generation is soft-stopped. Fields: `signal`,
+    /// `graceful`, `timeout`, `live` (generations).
+    Stopping,
+    /// The stop no longer waits: `reason` is `sigquit`, `second_signal` or
+    /// `timeout`.
+    StopForced,
+    /// The supervisor exits. Fields: `exit_code`, `reloads`,
+    /// `failed_reloads`, `restarts`.
+    Stopped,
+    /// A start-up step failed; the supervisor exits (code 1 or 2).
+    /// Field: `error`.
+    Fatal,
+    /// A signal passed on to the serving HAProxy. Fields: `signal`, `pid`.
+    SignalForwarded,
+    /// A signal with no action here. Fields: `signal`, `reason`.
+    SignalIgnored,
+    /// SIGHUP/SIGUSR2: check and reload now. Field: `signal`.
+    ReloadRequested,
+    /// HAProxy processes of an earlier run found; the first generation
+    /// takes over from them. Field: `pids`.
+    LeftoversAdopted,
+    /// An environment fact that limits the supervisor (no subreaper, no
+    /// iptables, the user to run HAProxy as). Fields: `what`, `error`.
+    Degraded,
+    /// SYN-drop rules of an earlier run removed. Field: `rules`.
+    StaleRulesRemoved,
+
+    // --- configs ----------------------------------------------------------
+    /// A checked config was put in place. Fields: `services`, `file`.
+    ConfigWritten,
+    /// `haproxy -c` refused a candidate; nothing changed. Fields: `error`,
+    /// `failed_reloads`.
+    ConfigInvalid,
+    /// The template failed to render or load; nothing changed. Field: `error`.
+    RenderFailed,
+    /// A catalog entry or setting the model refuses or adjusts (a tag
+    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`.
+    Warning,
+    /// The catalog file was read. Fields: `path`, `services`.
+    CatalogFileRead,
+    /// The catalog file cannot be read or parsed; the last good catalog
+    /// stays. Fields: `path`, `error`.
+    CatalogFileRejected,
+    /// The discovery task ended; the running config stays.
+    DiscoveryStopped,
+
+    // --- reloads ----------------------------------------------------------
+    /// A new generation serves. Fields: `generation`, `pid`, `trigger`
+    /// (`start`, `catalog`, `sighup`, `restart`, `retry`), `strategy`,
+    /// `took_ms`, `reloads`, `failed_reloads`, `restarts`, `draining`.
+    ReloadDone,
+    /// A new generation did not come up; the previous one (if any) keeps
+    /// serving. Fields: `trigger`, `error`, `serving` (whether one does).
+    ReloadFailed,
+    /// The configured strategy cannot be used for this reload. Fields:
+    /// `fallback`, `socket`.
+    StrategyFallback,
+    /// A reload failed in a way that may heal; it is retried. Fields:
+    /// `error`, `retry_in`, `first` (the first of an episode).
+    ReloadRetry,
+    /// Reloads work again after an episode of failures. Field: `after`.
+    ReloadsHealed,
+    /// The config that serves was put back on disk after a failed start.
+    /// Fields: `file`, `error` (when that failed too).
+    RolledBack,
+    /// Nothing serves; a start is scheduled. Field: `delay`.
+    RestartScheduled,
+    /// An old generation exited after draining. Fields: `pid`, `exit`.
+    GenerationDrained,
+    /// The serving generation exited. Fields: `pid`, `exit`, `restarts`.
+    GenerationDied,
+    /// A file the supervisor keeps beside HAProxy (pid file, server state,
+    /// the config applied live) could not be written. Fields: `file`,
+    /// `error`.
+    WriteFailed,
+    /// Removing SYN-drop rules failed. Field: `error`.
+    SynDropCleanupFailed,
+
+    // --- live changes (SPEC §10) -------------------------------------------
+    /// A catalog change applied through the runtime API. Fields: `ops`,
+    /// `kinds`, `took_ms`, `live_changes`, `pid`.
+    LiveApplied,
+    /// A live operation failed; a full reload follows. Fields: `error`,
+    /// `op`, `applied`, `of`, `live_failures`.
+    LiveFailed,
+    /// The change cannot go live; a reload follows the reload wait.
+    /// Field: `reason`.
+    StructuralChange,
+    /// A server taken out live was deleted. Fields: `backend`, `server`,
+    /// `error` (when it cannot be yet).
+    ParkedDeleted,
+
+    // --- failure rules (SPEC §11) -----------------------------------------
+    /// A service HAProxy refused is left out; the others apply. Fields:
+    /// `service`, `haproxy` (its first alert line).
+    ServiceLeftOut,
+    /// Services left out are tried again (changed, or their time is up).
+    /// Field: `services`.
+    ServiceRetried,
+    /// HAProxy refused a change that names none of the changed services, or
+    /// refused too many; nothing changed. Field: `changed`.
+    ChangeRefused,
+
+    // --- Consul -------------------------------------------------------------
+    /// Consul does not answer; the last good catalog stays. Field: `error`.
+    ConsulUnavailable,
+    /// Consul refuses the token, or its ACLs hide the catalog. Field: `error`.
+    ConsulDenied,
+    /// Consul answers again after an outage.
+    ConsulRecovered,
+    /// Consul answers with no services right after an outage; the last good
+    /// catalog is kept for the grace period. Field: `grace`.
+    ConsulEmptyAfterOutage,
+    /// A new catalog from Consul. Field: `services`.
+    ConsulChanged,
+
+    // --- processes and status ---------------------------------------------
+    /// A child that was not a generation was reaped (PID 1 duty). Fields:
+    /// `pid`, `exit`.
+    OrphanReaped,
+    /// `waitpid` failed. Field: `error`.
+    ReapFailed,
+    /// The status server could not accept a connection. Field: `error`.
+    StatusAcceptFailed,
+}
+
+impl Event {
+    /// Every event, for documentation and the contract's tests.
+    pub const ALL: &'static [Event] = &[
+        Event::Started,
+        Event::Stopping,
+        Event::StopForced,
+        Event::Stopped,
+        Event::Fatal,
+        Event::SignalForwarded,
+        Event::SignalIgnored,
+        Event::ReloadRequested,
+        Event::LeftoversAdopted,
+        Event::Degraded,
+        Event::StaleRulesRemoved,
+        Event::ConfigWritten,
+        Event::ConfigInvalid,
+        Event::RenderFailed,
+        Event::Warning,
+        Event::CatalogFileRead,
+        Event::CatalogFileRejected,
+        Event::DiscoveryStopped,
+        Event::ReloadDone,
+        Event::ReloadFailed,
+        Event::StrategyFallback,
+        Event::ReloadRetry,
+        Event::ReloadsHealed,
+        Event::RolledBack,
+        Event::RestartScheduled,
+        Event::GenerationDrained,
+        Event::GenerationDied,
+        Event::WriteFailed,
+        Event::SynDropCleanupFailed,
+        Event::LiveApplied,
+        Event::LiveFailed,
+        Event::StructuralChange,
+        Event::ParkedDeleted,
+        Event::ServiceLeftOut,
+        Event::ServiceRetried,
+        Event::ChangeRefused,
+        Event::ConsulUnavailable,
+        Event::ConsulDenied,
+        Event::ConsulRecovered,
+        Event::ConsulEmptyAfterOutage,
+        Event::ConsulChanged,
+        Event::OrphanReaped,
+        Event::ReapFailed,
+        Event::StatusAcceptFailed,
+    ];
+
+    /// The `event` field's value: stable, snake_case.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Event::Started => "started",
+            Event::Stopping => "stopping",
+            Event::StopForced => "stop_forced",
+            Event::Stopped => "stopped",
+            Event::Fatal => "fatal",
+            Event::SignalForwarded => "signal_forwarded",
+            Event::SignalIgnored => "signal_ignored",
+            Event::ReloadRequested => "reload_requested",
+            Event::LeftoversAdopted => "leftovers_adopted",
+            Event::Degraded => "degraded",
+            Event::StaleRulesRemoved => "stale_rules_removed",
+            Event::ConfigWritten => "config_written",
+            Event::ConfigInvalid => "config_invalid",
+            Event::RenderFailed => "render_failed",
+            Event::Warning => "warning",
+            Event::CatalogFileRead => "catalog_file_read",
+            Event::CatalogFileRejected => "catalog_file_rejected",
+            Event::DiscoveryStopped => "discovery_stopped",
+            Event::ReloadDone => "reload_done",
+            Event::ReloadFailed => "reload_failed",
+            Event::StrategyFallback => "strategy_fallback",
+            Event::ReloadRetry => "reload_retry",
+            Event::ReloadsHealed => "reloads_healed",
+            Event::RolledBack => "rolled_back",
+            Event::RestartScheduled => "restart_scheduled",
+            Event::GenerationDrained => "generation_drained",
+            Event::GenerationDied => "generation_died",
+            Event::WriteFailed => "write_failed",
+            Event::SynDropCleanupFailed => "syn_drop_cleanup_failed",
+            Event::LiveApplied => "live_applied",
+            Event::LiveFailed => "live_failed",
+            Event::StructuralChange => "structural_change",
+            Event::ParkedDeleted => "parked_deleted",
+            Event::ServiceLeftOut => "service_left_out",
+            Event::ServiceRetried => "service_retried",
+            Event::ChangeRefused => "change_refused",
+            Event::ConsulUnavailable => "consul_unavailable",
+            Event::ConsulDenied => "consul_denied",
+            Event::ConsulRecovered => "consul_recovered",
+            Event::ConsulEmptyAfterOutage => "consul_empty_after_outage",
+            Event::ConsulChanged => "consul_changed",
+            Event::OrphanReaped => "orphan_reaped",
+            Event::ReapFailed => "reap_failed",
+            Event::StatusAcceptFailed => "status_accept_failed",
+        }
+    }
+
+    /// The event named `s`, if any.
+    pub fn parse(s: &str) -> Option<Event> {
+        Event::ALL.iter().copied().find(|e| e.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn names_are_unique_snake_case_and_parse_back() {
+        let mut seen = BTreeSet::new();
+        for e in Event::ALL {
+            let s = e.as_str();
+            assert!(s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{s}");
+            assert!(seen.insert(s), "{s} twice");
+            assert_eq!(Event::parse(s), Some(*e));
+        }
+    }
+
+    /// Every `tracing::…!` call in the product names its event, and every
+    /// event is emitted somewhere: the contract is what the code does.
+    #[test]
+    fn every_log_call_in_src_names_an_event() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+        let mut files = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from(dir)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut used = BTreeSet::new();
+        let mut missing = Vec::new();
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for (at, _) in text.match_indices("tracing::") {
+                let rest = &text[at + "tracing::".len()..];
+                let Some(level) = ["error!(", "warn!(", "info!(", "debug!("]
+                    .iter()
+                    .find(|l| rest.starts_with(**l))
+                else {
+                    continue;
+                };
+                let call = &rest[level.len()..];
+                // The call's text up to its closing parenthesis.
+                let mut depth = 1;
+                let end = call
+                    .char_indices()
+                    .find(|(_, c)| {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            _ => {}
+                        }
+                        depth == 0
+                    })
+                    .map_or(call.len(), |(i, _)| i);
+                let call = &call[..end];
+                match call
+                    .split("Event::")
+                    .nth(1)
+                    .and_then(|s| s.split(|c: char| !c.is_alphanumeric()).next())
+                {
+                    Some(name) if call.trim_start().starts_with("event =") => {
+                        used.insert(name.to_string());
+                    }
+                    _ => {
+                        let line = text[..at].lines().count() + 1;
+                        missing.push(format!("{}:{line}", f.display()));
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "log calls without `event = Event::…` first: {missing:?}"
+        );
+        let unused: Vec<String> = Event::ALL
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .filter(|n| !used.contains(n))
+            .collect();
+        assert!(unused.is_empty(), "events never emitted: {unused:?}");
+    }
+}
