@@ -113,8 +113,8 @@ fn server_lines(config: &str, backend: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn count(sup: &Supervisor, msg: &str) -> usize {
-    events_with(sup, msg).len()
+fn count(sup: &Supervisor, event: Event) -> usize {
+    sup.events(event).len()
 }
 
 /// Bodies seen in `n` requests to `host` (the demo backends answer their name).
@@ -191,7 +191,7 @@ fn server_changes_under_load_start_no_haproxy() {
     thread::sleep(Duration::from_millis(800));
     let report = load.stop();
     eprintln!("100 changes in {changes_took:?}; load: {report}");
-    let live = count(&sup, "live change applied");
+    let live = count(&sup, Event::LiveApplied);
     eprintln!(
         "live changes applied: {live}; reloads done: {}",
         done_count(&sup)
@@ -207,7 +207,7 @@ fn server_changes_under_load_start_no_haproxy() {
         1,
         "server-only changes reloaded (the log is printed below)"
     );
-    assert_eq!(count(&sup, "live change failed; reloading instead"), 0);
+    assert_eq!(count(&sup, Event::LiveFailed), 0);
     assert!(
         live >= 50,
         "only {live} live changes for 100 Consul changes"
@@ -297,7 +297,7 @@ fn structural_changes_reload_and_live_changes_resume() {
         bodies("api2.example.com", 10) == BTreeSet::from(["api-1".into(), "api-2".into()])
     });
     assert_eq!(done_count(&sup), 2, "reloads (the log is printed below)");
-    assert!(count(&sup, "live change applied") >= 2);
+    assert!(count(&sup, Event::LiveApplied) >= 2);
     // The file on disk follows once `haproxy -c` has passed (after the live change).
     let cfg = sup.dir().join("etc/haproxy.cfg");
     wait_until(T, "the hosts map on disk has api2.example.com", || {
@@ -331,7 +331,7 @@ fn a_refused_live_operation_falls_back_to_a_reload() {
     assert!(answer.contains("New server registered"), "{answer}");
     consul.register(&instance("web-2", b.port(), 1, &TAGS));
     wait_done(&sup, 2, T);
-    assert_eq!(count(&sup, "live change failed; reloading instead"), 1);
+    assert_eq!(count(&sup, Event::LiveFailed), 1);
     wait_until(T, "both serve", || {
         bodies(WWW, 10) == BTreeSet::from(["web-1".into(), "web-2".into()])
     });
@@ -366,7 +366,7 @@ fn static_backends_reload_to_add_servers() {
         bodies(WWW, 10) == BTreeSet::from(["web-1".into()])
     });
     assert_eq!(done_count(&sup), 2, "reloads (the log is printed below)");
-    assert_eq!(count(&sup, "live change applied"), 1);
+    assert_eq!(count(&sup, Event::LiveApplied), 1);
 }
 
 /// Server state survives a reload: a server HAProxy found down stays down

@@ -201,7 +201,7 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
     assert_eq!(report.other, 0, "{report}");
     assert!(report.ok > 0, "{report}");
     assert!(
-        !events_with(&sup, "stopped").is_empty(),
+        !sup.events(Event::Stopped).is_empty(),
         "log:\n{}",
         sup.log()
     );
@@ -235,10 +235,10 @@ fn pid1_restarts_a_killed_haproxy() {
 
     kill(Pid::from_raw(old), Signal::SIGKILL).expect("kill haproxy");
     wait_until(T, "the death to be logged", || {
-        !events_with(&sup, "serving haproxy died unexpectedly").is_empty()
+        !sup.events(Event::GenerationDied).is_empty()
     });
     wait_done(&sup, 2, T);
-    let restarted = events_with(&sup, "haproxy reload done");
+    let restarted = sup.events(Event::ReloadDone);
     let last = &restarted[restarted.len() - 1]["fields"];
     assert_eq!(last["trigger"], "restart", "{last}");
     wait_serving(WWW, T);
@@ -289,7 +289,7 @@ fn pid1_signal_table() {
         sup.signal(s).expect("send");
     }
     wait_until(T, "four signals ignored", || {
-        events_with(&sup, "signal ignored").len() >= 4
+        sup.events(Event::SignalIgnored).len() >= 4
     });
     assert!(sup.is_running());
     assert_eq!(done_count(&sup), 2);
@@ -303,10 +303,7 @@ fn pid1_signal_table() {
     wait_until(T, "haproxy resumed", || {
         sup.log().contains("Resumed frontend app_http_in")
     });
-    assert_eq!(
-        events_with(&sup, "forwarding the signal to the serving haproxy").len(),
-        2
-    );
+    assert_eq!(sup.events(Event::SignalForwarded).len(), 2);
     wait_serving(WWW, T);
 
     // SIGQUIT: no soft stop, no waiting for the stop timeout.

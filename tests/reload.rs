@@ -109,9 +109,10 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     thread::sleep(Duration::from_millis(300));
     let report = stop_load();
     let reloads = reloads(&sup);
-    let failed = events_with(&sup, "haproxy reload failed").len();
+    let failed = sup.events(Event::ReloadFailed).len();
     assert_eq!(failed, 0, "failed reloads; log:\n{}", sup.log());
-    let strategies: Vec<String> = events_with(&sup, "haproxy reload done")
+    let strategies: Vec<String> = sup
+        .events(Event::ReloadDone)
         .iter()
         .skip(1)
         .map(|e| e["fields"]["strategy"].as_str().unwrap_or("?").to_string())
@@ -121,7 +122,8 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
         "reloads did not all use {strategy}: {strategies:?}"
     );
     assert!(our_rules().is_empty(), "{:?}", our_rules());
-    let mut took_ms: Vec<u64> = events_with(&sup, "haproxy reload done")
+    let mut took_ms: Vec<u64> = sup
+        .events(Event::ReloadDone)
         .iter()
         .skip(1)
         .filter_map(|e| e["fields"]["took_ms"].as_u64())
@@ -296,7 +298,7 @@ fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
     drop(first);
 
     let second = Supervisor::spawn(&strs(&args), &env_refs(&env));
-    second.wait_for_log("haproxy-supervisor started", T);
+    second.wait_for_event(Event::Started, T);
     let left = our_rules();
     assert!(
         left.is_empty(),
@@ -304,7 +306,7 @@ fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
         second.log()
     );
     assert!(
-        !events_with(&second, "removed SYN-drop rules left by an earlier run").is_empty(),
+        !second.events(Event::StaleRulesRemoved).is_empty(),
         "no warning about the stale rules; log:\n{}",
         second.log()
     );
@@ -473,11 +475,7 @@ fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
     write_atomic(&watched, b"this is not\nan haproxy {config}\n");
     sup.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_until(T, "the invalid config to be reported", || {
-        !events_with(
-            &sup,
-            "invalid config; keeping the running haproxy and the last good file",
-        )
-        .is_empty()
+        !sup.events(Event::ConfigInvalid).is_empty()
     });
     assert_eq!(
         done_count(&sup),
@@ -557,16 +555,9 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
         ],
     );
     wait_until(T, "the invalid rendered config to be reported", || {
-        !events_with(
-            &sup,
-            "invalid config; keeping the running haproxy and the last good file",
-        )
-        .is_empty()
+        !sup.events(Event::ConfigInvalid).is_empty()
     });
-    let err = events_with(
-        &sup,
-        "invalid config; keeping the running haproxy and the last good file",
-    );
+    let err = sup.events(Event::ConfigInvalid);
     let msg = err[0]["fields"]["error"].as_str().unwrap_or_default();
     assert!(
         msg.contains("this-is-not-an-haproxy-keyword"),
@@ -600,10 +591,7 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
     }
     // Issue #9: the service whose lines HAProxy refused (the one that
     // changed) is left out with a warning, the rest applies.
-    let left_out = events_with(
-        &sup,
-        "service left out: haproxy refused it; the others still apply",
-    );
+    let left_out = sup.events(Event::ServiceLeftOut);
     assert_eq!(left_out.len(), 1, "{left_out:?}");
     assert_eq!(left_out[0]["fields"]["service"], "garbage");
     // SIGHUP re-renders the same catalog: the refused service stays out,
@@ -729,16 +717,7 @@ fn syn_drop_without_net_admin_fails_at_start_up() {
     let sup = Supervisor::spawn_program(&setpriv, &strs(&args), &env_refs(&env_sl));
     wait_done(&sup, 1, T);
     wait_serving(WWW, T);
-    assert_eq!(
-        events_with(
-            &sup,
-            "iptables unavailable: seamless reloads cannot fall back to syn-drop"
-        )
-        .len(),
-        1,
-        "log:\n{}",
-        sup.log()
-    );
+    assert_eq!(sup.events(Event::Degraded).len(), 1, "log:\n{}", sup.log());
 }
 
 /// A value that does not parse exits 2, naming the variable and the value,

@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 
 use crate::backend::Backend;
 use crate::http::{http_get, HttpError};
-use crate::poll_until;
-use crate::supervisor::{events_with, Supervisor};
+use crate::supervisor::Supervisor;
+use crate::{poll_until, Event};
 
 /// The shared HTTP frontend.
 pub const FRONT: &str = "127.0.0.1:8080";
@@ -124,14 +124,14 @@ pub fn env_refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a s
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// How many "haproxy reload done" lines (generations started, any trigger).
+/// How many `reload_done` events (generations started, any trigger).
 pub fn done_count(sup: &Supervisor) -> usize {
-    events_with(sup, "haproxy reload done").len()
+    sup.events(Event::ReloadDone).len()
 }
 
 /// The supervisor's own reload counter, as last logged.
 pub fn reloads(sup: &Supervisor) -> u64 {
-    events_with(sup, "haproxy reload done")
+    sup.events(Event::ReloadDone)
         .last()
         .and_then(|e| e["fields"]["reloads"].as_u64())
         .unwrap_or(0)
@@ -139,7 +139,7 @@ pub fn reloads(sup: &Supervisor) -> u64 {
 
 /// Pid of the serving HAProxy as last logged.
 pub fn logged_serving_pid(sup: &Supervisor) -> Option<i32> {
-    events_with(sup, "haproxy reload done")
+    sup.events(Event::ReloadDone)
         .last()
         .and_then(|e| e["fields"]["pid"].as_i64())
         .map(|p| p as i32)
@@ -149,7 +149,7 @@ pub fn logged_serving_pid(sup: &Supervisor) -> Option<i32> {
 pub fn wait_done(sup: &Supervisor, n: usize, timeout: Duration) {
     if !poll_until(timeout, || done_count(sup) >= n) {
         panic!(
-            "timed out after {timeout:?} waiting for {n} \"haproxy reload done\" (have {}); log:\n{}",
+            "timed out after {timeout:?} waiting for {n} reload_done events (have {}); log:\n{}",
             done_count(sup),
             sup.log()
         );

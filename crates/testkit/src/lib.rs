@@ -80,7 +80,7 @@ pub use backend::Backend;
 pub use catalog::*;
 pub use consul::Consul;
 pub use haproxy::*;
-// EVENTS pub use haproxy_supervisor::events::Event;
+pub use haproxy_supervisor::events::Event;
 pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response};
 pub use iptables::*;
 pub use load::{KeepAliveLoad, Load, LoadOptions, LoadReport};

@@ -14,7 +14,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::process::{child_wait_timeout, children_of, descendants_of, die_with_parent, file_tail};
-use crate::{poll_until, require};
+use crate::{poll_until, require, Event};
 
 /// A running `haproxy-supervisor` (or another program, see
 /// [`Supervisor::spawn_program`]). stdout and stderr are appended to
@@ -144,10 +144,39 @@ impl Supervisor {
     }
 
     /// Waits until the log contains `needle`; panics with the log on timeout.
+    /// For output that is not one of the supervisor's events (another
+    /// program's, HAProxy's, a message the user must read): the supervisor's
+    /// own lines are waited for by event, [`Supervisor::wait_for_event`].
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        if !poll_until(timeout, || self.log().contains(needle)) {
+        self.wait_for(&format!("{needle:?}"), timeout, |log| log.contains(needle));
+    }
+
+    /// The lines of event `event` so far, parsed (JSON logs:
+    /// `HAPROXY_LOG_FORMAT=json`); the event's fields are under `"fields"`.
+    pub fn events(&self, event: Event) -> Vec<Value> {
+        json_log(&self.log())
+            .into_iter()
+            .filter(|v| v["fields"]["event"] == event.as_str())
+            .collect()
+    }
+
+    /// Whether the log has a line of event `event` (in either log format).
+    pub fn has_event(&self, event: Event) -> bool {
+        log_has_event(&self.log(), event)
+    }
+
+    /// Waits until the log has a line of event `event` (in either log
+    /// format); panics with the log on timeout.
+    pub fn wait_for_event(&self, event: Event, timeout: Duration) {
+        self.wait_for(&format!("event {event}"), timeout, |log| {
+            log_has_event(log, event)
+        });
+    }
+
+    fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&str) -> bool) {
+        if !poll_until(timeout, || f(&self.log())) {
             panic!(
-                "timed out after {timeout:?} waiting for {needle:?} in the log of {}:\n{}",
+                "timed out after {timeout:?} waiting for {what} in the log of {}:\n{}",
                 self.program.display(),
                 self.log()
             );
@@ -329,17 +358,21 @@ pub fn json_log(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The supervisor's JSON log events so far (see [`json_log`]).
-pub fn events(sup: &Supervisor) -> Vec<Value> {
-    json_log(&sup.log())
+/// Whether `line` is a log line of event `event`: its `event` field, in
+/// the JSON format (`"event":"reload_done"`) or the text one
+/// (`event=reload_done`).
+pub fn is_event(line: &str, event: Event) -> bool {
+    if line.starts_with('{') {
+        return serde_json::from_str::<Value>(line)
+            .is_ok_and(|v| v["fields"]["event"] == event.as_str());
+    }
+    line.split_whitespace()
+        .any(|w| w.strip_prefix("event=") == Some(event.as_str()))
 }
 
-/// Events whose message is `msg`.
-pub fn events_with(sup: &Supervisor, msg: &str) -> Vec<Value> {
-    events(sup)
-        .into_iter()
-        .filter(|e| e["fields"]["message"] == msg)
-        .collect()
+/// Whether a log `text` has a line of event `event` (see [`is_event`]).
+pub fn log_has_event(text: &str, event: Event) -> bool {
+    text.lines().any(|l| is_event(l, event))
 }
 
 /// One JSON log line of the supervisor, timed, for a bench that counts
@@ -348,7 +381,9 @@ pub fn events_with(sup: &Supervisor, msg: &str) -> Vec<Value> {
 pub struct LogLine {
     /// Seconds since the Unix epoch (UTC, microsecond precision).
     pub at: f64,
-    pub message: String,
+    /// Its event; None for a name this version of the product does not
+    /// know.
+    pub event: Option<Event>,
     pub fields: Value,
 }
 
@@ -359,12 +394,8 @@ pub fn json_lines(text: &str) -> Vec<LogLine> {
         .filter_map(|v| {
             let at = parse_rfc3339(v.get("timestamp")?.as_str()?)?;
             let fields = v.get("fields")?.clone();
-            let message = fields.get("message")?.as_str()?.to_string();
-            Some(LogLine {
-                at,
-                message,
-                fields,
-            })
+            let event = fields["event"].as_str().and_then(Event::parse);
+            Some(LogLine { at, event, fields })
         })
         .collect()
 }

@@ -61,7 +61,7 @@ use nix::sys::signal::Signal;
 use serde_json::json;
 use testkit::load::{Load as LoadRun, LoadOptions};
 use testkit::measure::{self, CpuSnapshot};
-use testkit::{http, Backend, HaproxySampler, Proc, Sampled};
+use testkit::{http, Backend, Event, HaproxySampler, Proc, Sampled};
 
 const BUCKET_MS: u64 = 100;
 const HOST: &str = "www.example.com";
@@ -671,7 +671,7 @@ struct Outcome {
     /// scenarios, `Catalog` for the change scenarios.
     reloads_done: usize,
     failed_reloads: usize,
-    /// When reloads completed (supervisor: "haproxy reload done" lines) or
+    /// When reloads completed (supervisor: `reload_done` events) or
     /// were signalled (master-worker), seconds since the load started.
     reload_marks: Vec<f64>,
     marks_are: &'static str,
@@ -681,7 +681,7 @@ struct Outcome {
     took_ms: Vec<f64>,
     /// Change scenarios: catalog changes written, by kind.
     change_kinds: BTreeMap<String, usize>,
-    /// "live change applied" events in the window, and when.
+    /// `live_applied` events in the window, and when.
     live_applied: usize,
     live_marks: Vec<f64>,
     live_took_ms: Vec<f64>,
@@ -690,7 +690,7 @@ struct Outcome {
     /// HAProxy processes that appeared during the window, sampled from
     /// /proc (serving processes; `haproxy -c` apart).
     sampled: Option<Sampled>,
-    /// Distinct pids of "haproxy reload done" lines in the window (for
+    /// Distinct pids of `reload_done` events in the window (for
     /// master-worker: "Loading success." lines after the first).
     started_logged: usize,
     /// Keep-alive clients (a `-ka` scenario): ratios are to `baseline-ka`.
@@ -792,7 +792,7 @@ impl Bench {
         // HAProxy's access log goes to the supervisor's stdout: /dev/null.
         let mut p = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
         p.wait_log(Duration::from_secs(30), |t| {
-            t.contains("\"message\":\"haproxy reload done\"")
+            testkit::log_has_event(t, Event::ReloadDone)
         })
         .map_err(|e| format!("{name}: supervisor did not start haproxy: {e}"))?;
         if !http::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
@@ -971,37 +971,40 @@ impl Bench {
                     }
                     let trigger = l.fields.get("trigger").and_then(|v| v.as_str());
                     let took = l.fields.get("took_ms").and_then(|v| v.as_f64());
-                    if l.message == "haproxy reload done" {
+                    if l.event == Some(Event::ReloadDone) {
                         if let Some(pid) = l.fields.get("pid").and_then(|v| v.as_i64()) {
                             pids.insert(pid);
                         }
                     }
-                    if l.message == "live change applied" {
+                    if l.event == Some(Event::LiveApplied) {
                         out.live_applied += 1;
                         out.live_marks.push(l.at - start);
                         out.live_took_ms.extend(took);
                         continue;
                     }
-                    if l.message.starts_with("live change failed") {
+                    if l.event == Some(Event::LiveFailed) {
                         out.live_failed += 1;
                         continue;
                     }
                     if trigger != Some(counted) {
                         continue;
                     }
-                    if l.message == "haproxy reload done" {
+                    if l.event == Some(Event::ReloadDone) {
                         out.reloads_done += 1;
                         out.reload_marks.push(l.at - start);
                         if let Some(s) = l.fields.get("strategy").and_then(|v| v.as_str()) {
                             *out.strategies.entry(s.to_string()).or_default() += 1;
                         }
                         out.took_ms.extend(took);
-                    } else if l.message.starts_with("haproxy reload failed") {
+                    } else if l.event == Some(Event::ReloadFailed) {
                         out.failed_reloads += 1;
                     }
                 }
                 out.started_logged = pids.len();
-                out.failed_reloads += log.matches("invalid config; keeping").count();
+                out.failed_reloads += testkit::json_lines(&log)
+                    .iter()
+                    .filter(|l| l.event == Some(Event::ConfigInvalid))
+                    .count();
                 if kind == "live" {
                     out.marks_are = "live change applied";
                 } else if kind == "live-off" {

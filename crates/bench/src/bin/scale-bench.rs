@@ -43,7 +43,7 @@ use serde_json::json;
 use testkit::http;
 use testkit::load::{Load, LoadOptions};
 use testkit::measure;
-use testkit::{Backend, Consul, HaproxySampler, Proc};
+use testkit::{Backend, Consul, Event, HaproxySampler, Proc};
 
 const DOM: &str = "example.com";
 
@@ -400,7 +400,7 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         .current_dir(&dir);
     let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
     sup.wait_log(Duration::from_secs(30), |t| {
-        t.contains("\"message\":\"haproxy reload done\"")
+        testkit::log_has_event(t, Event::ReloadDone)
     })?;
     for svc in ["www", "inst", "crit", "ttl-svc"] {
         if !http::wait_status(
@@ -519,7 +519,7 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             .count()
     };
     let catalog_reload = |l: &testkit::LogLine| {
-        l.message == "haproxy reload done"
+        l.event == Some(Event::ReloadDone)
             && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("catalog")
     };
     let phases_json: Vec<_> = phases
@@ -528,8 +528,8 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             json!({
                 "phase": ph.name,
                 "changes": ph.changes,
-                "live_changes_applied": count(ph, &|l| l.message == "live change applied"),
-                "live_changes_failed": count(ph, &|l| l.message.starts_with("live change failed")),
+                "live_changes_applied": count(ph, &|l| l.event == Some(Event::LiveApplied)),
+                "live_changes_failed": count(ph, &|l| l.event == Some(Event::LiveFailed)),
                 "catalog_reloads": count(ph, &catalog_reload),
                 "haproxy_started_sampled": ph.started_sampled,
                 "haproxy_checks_sampled": ph.checks_sampled,
@@ -784,20 +784,20 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
         let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
         let wall0 = measure::epoch_secs(sup.started_wall);
         let started = sup.wait_log(Duration::from_secs(600), |t| {
-            t.contains("\"message\":\"haproxy reload done\"")
-                || t.contains("\"message\":\"haproxy failed to start\"")
-                || t.contains("\"message\":\"haproxy reload failed")
+            [Event::ReloadDone, Event::ReloadFailed]
+                .iter()
+                .any(|e| testkit::log_has_event(t, *e))
         });
         let log = sup.log_text();
-        if started.is_err() || !log.contains("\"message\":\"haproxy reload done\"") {
+        if started.is_err() || !testkit::log_has_event(&log, Event::ReloadDone) {
             let lines = testkit::json_lines(&log);
-            let at = |msg: &str| {
+            let at = |event: Event| {
                 lines
                     .iter()
-                    .find(|l| l.message == msg)
+                    .find(|l| l.event == Some(event))
                     .map(|l| (l.at - wall0) * 1000.0)
             };
-            let (read, written) = (at("catalog file read"), at("config written"));
+            let (read, written) = (at(Event::CatalogFileRead), at(Event::ConfigWritten));
             let alert = log
                 .lines()
                 .find(|l| l.contains("[ALERT]"))
@@ -825,15 +825,15 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
         }
         let hwm_at_start = testkit::proc_status_kb(sup.pid(), "VmHWM");
         let lines = testkit::json_lines(&sup.log_text());
-        let at = |msg: &str| {
+        let at = |event: Event| {
             lines
                 .iter()
-                .find(|l| l.message == msg)
+                .find(|l| l.event == Some(event))
                 .map(|l| (l.at - wall0) * 1000.0)
         };
-        let read_ms = at("catalog file read");
-        let written_ms = at("config written");
-        let serving_ms = at("haproxy reload done");
+        let read_ms = at(Event::CatalogFileRead);
+        let written_ms = at(Event::ConfigWritten);
+        let serving_ms = at(Event::ReloadDone);
         // HAProxy's own check of the same file, alone.
         let t = Instant::now();
         let check = Command::new(&env.haproxy_bin)
