@@ -33,20 +33,7 @@ impl Consul {
     /// Starts the agent and waits (up to 30 s) until it has elected itself
     /// leader and answers `/v1/agent/self`. Panics with the log on failure.
     pub fn start() -> Consul {
-        require("consul");
-        let dir = tempfile::Builder::new()
-            .prefix("consul-test-")
-            .tempdir()
-            .expect("create consul tempdir");
-        let log = dir.path().join("consul.log");
-        let mut consul = Consul {
-            child: None,
-            dir: Some(dir),
-            log,
-            extra_args: Vec::new(),
-        };
-        consul.spawn();
-        consul
+        Consul::start_with_args(&[])
     }
 
     /// Like [`Consul::start`] with more agent arguments, e.g.

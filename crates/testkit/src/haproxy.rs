@@ -13,7 +13,9 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::process::{child_pids, cmdline, comm, descendants_of, pids_of, proc_stat};
+use crate::process::{
+    child_pids, cmdline, comm, descendants_of, first_line_of, pids_of, proc_stat,
+};
 use crate::{require, wait_until};
 
 /// Runs `haproxy -c -f cfg_path` and returns (valid?, HAProxy's combined
@@ -33,17 +35,7 @@ pub fn haproxy_check(cfg_path: impl AsRef<Path>) -> (bool, String) {
 
 /// `haproxy -v`'s first line.
 pub fn haproxy_version(bin: &Path) -> String {
-    Command::new(bin)
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
+    first_line_of(Command::new(bin).arg("-v"))
 }
 
 /// HAProxy processes (comm `haproxy`) among the descendants of `pid`.

@@ -81,15 +81,26 @@ pub fn http_get(
 /// headers). Returns the status and the body.
 pub fn http_raw(addr: &str, request: &[u8], timeout: Duration) -> Result<(u16, String), HttpError> {
     let deadline = Instant::now() + timeout;
-    let sa = resolve(addr)?;
-    let mut stream = TcpStream::connect_timeout(&sa, timeout)
-        .map_err(|e| HttpError::from_io(&e, &format!("connect {sa}")))?;
+    let mut stream = connect(&resolve(addr)?, timeout)?;
+    send(&mut stream, request, deadline)?;
+    let (status, body) = read_response(&mut stream, deadline)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A new connection to `addr` (`TCP_NODELAY`).
+fn connect(addr: &SocketAddr, timeout: Duration) -> Result<TcpStream, HttpError> {
+    let s = TcpStream::connect_timeout(addr, timeout)
+        .map_err(|e| HttpError::from_io(&e, &format!("connect {addr}")))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Writes the whole request, by `deadline`.
+fn send(stream: &mut TcpStream, request: &[u8], deadline: Instant) -> Result<(), HttpError> {
     let _ = stream.set_write_timeout(Some(remaining(deadline)?));
     stream
         .write_all(request)
-        .map_err(|e| HttpError::from_io(&e, "send request"))?;
-    let (status, body) = read_response(&mut stream, deadline)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        .map_err(|e| HttpError::from_io(&e, "send request"))
 }
 
 /// One HTTP/1.1 request on a new connection with `Connection: close`.
@@ -103,8 +114,8 @@ pub fn http_request(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
-    let (status, body) = http_request_bytes(addr, method, host, path, body, timeout)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let r = request_at(&resolve(addr)?, method, host, path, body, timeout)?;
+    Ok((r.status, String::from_utf8_lossy(&r.body).into_owned()))
 }
 
 /// A complete response.
@@ -141,18 +152,6 @@ fn resolve(addr: &str) -> Result<SocketAddr, HttpError> {
         .ok_or_else(|| HttpError::Other(format!("address {addr:?} resolves to nothing")))
 }
 
-fn http_request_bytes(
-    addr: &str,
-    method: &str,
-    host: &str,
-    path: &str,
-    body: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<(u16, Vec<u8>), HttpError> {
-    let r = request_at(&resolve(addr)?, method, host, path, body, timeout)?;
-    Ok((r.status, r.body))
-}
-
 /// `GET /` with `Host: host` on a new connection to `addr`, with
 /// `Connection: close` (see [`request_at`]).
 pub fn get_at(addr: &SocketAddr, host: &str, timeout: Duration) -> Result<Response, HttpError> {
@@ -176,9 +175,7 @@ pub fn request_at(
     timeout: Duration,
 ) -> Result<Response, HttpError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = TcpStream::connect_timeout(addr, timeout)
-        .map_err(|e| HttpError::from_io(&e, &format!("connect {addr}")))?;
-    let _ = stream.set_nodelay(true);
+    let mut stream = connect(addr, timeout)?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some(b) = body {
         req.push_str(&format!(
@@ -191,11 +188,7 @@ pub fn request_at(
     if let Some(b) = body {
         req.extend_from_slice(b);
     }
-    let remaining = remaining(deadline)?;
-    let _ = stream.set_write_timeout(Some(remaining));
-    stream
-        .write_all(&req)
-        .map_err(|e| HttpError::from_io(&e, "send request"))?;
+    send(&mut stream, &req, deadline)?;
     let response = read_response_full(&mut stream, deadline)?;
     let mut rest = Vec::new();
     while matches!(read_more(&mut stream, &mut rest, deadline), Ok(n) if n > 0) {
@@ -260,17 +253,13 @@ impl KeepAlive {
         let stream = match &mut self.stream {
             Some(s) => s,
             None => {
-                let s = TcpStream::connect_timeout(addr, timeout)
-                    .map_err(|e| HttpError::from_io(&e, &format!("connect {addr}")))?;
-                let _ = s.set_nodelay(true);
+                let s = connect(addr, timeout)?;
                 self.opened += 1;
                 self.stream.insert(s)
             }
         };
-        let _ = stream.set_write_timeout(Some(remaining(deadline)?));
-        stream
-            .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
-            .map_err(|e| HttpError::from_io(&e, "send request"))?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        send(stream, request.as_bytes(), deadline)?;
         read_response_full(stream, deadline)
     }
 }

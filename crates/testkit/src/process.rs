@@ -75,6 +75,20 @@ pub fn tail(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
+/// The first line `cmd` writes to stdout (a version, say); empty when it
+/// cannot run.
+pub fn first_line_of(cmd: &mut Command) -> String {
+    cmd.output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
 /// Parsed fields of `/proc/<pid>/stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcStat {
@@ -255,6 +269,14 @@ pub fn port_listening(port: u16) -> bool {
         }
     }
     false
+}
+
+/// Waits up to 15 s until nothing listens on TCP `port` (a stopped
+/// HAProxy's listeners gone); warns if something still does.
+pub fn wait_port_free(port: u16) {
+    if !crate::poll_until(Duration::from_secs(15), || !port_listening(port)) {
+        eprintln!("warning: port {port} still listening after 15 s");
+    }
 }
 
 /// Removes the supervisor's and Consul's variables inherited from the

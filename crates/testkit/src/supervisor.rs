@@ -13,7 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::process::{child_wait_timeout, children_of, descendants_of, die_with_parent, file_tail};
+use crate::process::{
+    child_wait_timeout, children_of, clear_env, descendants_of, die_with_parent, file_tail,
+};
 use crate::{poll_until, require, Event};
 
 /// A running `haproxy-supervisor` (or another program, see
@@ -277,6 +279,27 @@ impl Drop for Supervisor {
             );
         }
     }
+}
+
+/// `haproxy-supervisor run` as a bench starts it, in `dir` (its working
+/// directory; the config is `dir/etc/haproxy.cfg`, the run directory
+/// `dir/run`): JSON logs, host names under `dom`, HAProxy's HTTP frontend on
+/// `http_port`, HAProxy `haproxy_bin`, and none of the caller's `HAPROXY_*`
+/// and `CONSUL_*` variables ([`clear_env`]). Add the source of the catalog.
+pub fn bench_command(dir: &Path, dom: &str, http_port: u16, haproxy_bin: &Path) -> Command {
+    let mut cmd = Command::new(crate::supervisor_bin());
+    clear_env(&mut cmd);
+    cmd.arg("run")
+        .arg("--config-file")
+        .arg(dir.join("etc/haproxy.cfg"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .env("HAPROXY_DOM", dom)
+        .env("HAPROXY_LOG_FORMAT", "json")
+        .env("HAPROXY_HTTP_PORT", http_port.to_string())
+        .env("HAPROXY_BIN", haproxy_bin)
+        .current_dir(dir);
+    cmd
 }
 
 /// What a one-shot run of the binary under test (`render`, `check`) left.

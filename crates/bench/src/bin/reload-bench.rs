@@ -98,15 +98,8 @@ struct Args {
         default_value = "baseline,live,live-off,plain,syn-drop,seamless,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,bare-ka,master-worker-ka"
     )]
     scenarios: Vec<String>,
-    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
-    #[arg(long, default_value_t = 8080)]
-    http_port: u16,
-    /// Output directory
-    #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
-    /// Keep the scratch directory (configs, logs) instead of removing it
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    common: bench::Common,
     /// A template for the supervisor (HAPROXY_TEMPLATE) instead of the
     /// built-in one, for experiments; the master-worker row uses what it
     /// renders too
@@ -732,7 +725,6 @@ impl Outcome {
 
 struct Bench {
     args: Args,
-    supervisor_bin: PathBuf,
     haproxy_bin: PathBuf,
     work: PathBuf,
     /// Three demo backends; every supervisor scenario starts on the same
@@ -742,19 +734,6 @@ struct Bench {
 }
 
 impl Bench {
-    fn wait_port_free(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while testkit::port_listening(self.args.http_port) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        if testkit::port_listening(self.args.http_port) {
-            eprintln!(
-                "warning: port {} still listening after the scenario ended",
-                self.args.http_port
-            );
-        }
-    }
-
     /// Starts the supervisor on `catalog_file` (written here with the
     /// initial catalog); `live: false` sets `HAPROXY_NO_LIVE=true`.
     fn start_supervisor(
@@ -768,27 +747,21 @@ impl Bench {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let catalog = Changes::new(self.backends).catalog();
         testkit::try_write_atomic(catalog_file, catalog.to_string().as_bytes())?;
-        let mut cmd = Command::new(&self.supervisor_bin);
-        testkit::clear_env(&mut cmd);
+        let mut cmd = testkit::bench_command(
+            &dir,
+            "example.com",
+            self.args.common.http_port,
+            &self.haproxy_bin,
+        );
         if let Some(t) = &self.args.template {
             cmd.env("HAPROXY_TEMPLATE", t);
         }
         if !live {
             cmd.env("HAPROXY_NO_LIVE", "true");
         }
-        cmd.arg("run")
-            .arg("--catalog-file")
+        cmd.arg("--catalog-file")
             .arg(catalog_file)
-            .arg("--config-file")
-            .arg(dir.join("etc/haproxy.cfg"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .env("HAPROXY_DOM", "example.com")
-            .env("HAPROXY_RELOAD_STRATEGY", strategy)
-            .env("HAPROXY_LOG_FORMAT", "json")
-            .env("HAPROXY_HTTP_PORT", self.args.http_port.to_string())
-            .env("HAPROXY_BIN", &self.haproxy_bin)
-            .current_dir(&dir);
+            .env("HAPROXY_RELOAD_STRATEGY", strategy);
         // HAProxy's access log goes to the supervisor's stdout: /dev/null.
         let mut p = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
         p.wait_log(Duration::from_secs(30), |t| {
@@ -1037,7 +1010,7 @@ impl Bench {
                 out.failed_reloads = b.stop(Duration::from_secs(15));
             }
         }
-        self.wait_port_free();
+        testkit::wait_port_free(self.args.common.http_port);
         Ok(out)
     }
 }
@@ -1823,20 +1796,10 @@ fn main() {
         eprintln!("reload-bench: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = testkit::netns::try_enter() {
-        eprintln!("reload-bench: {e}");
-        std::process::exit(2);
-    }
-    testkit::netns::tune_for_load();
-    testkit::raise_nofile();
-    if let Err(e) = real_main(&mut args) {
-        eprintln!("reload-bench: {e}");
-        std::process::exit(1);
-    }
+    bench::main("reload-bench", || real_main(&mut args));
 }
 
 fn real_main(args: &mut Args) -> Result<(), String> {
-    let supervisor_bin = testkit::supervisor_bin().to_path_buf();
     let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
     if testkit::which("iptables").is_none() {
         return Err("iptables is not installed (needed by syn-drop)".into());
@@ -1871,11 +1834,10 @@ fn real_main(args: &mut Args) -> Result<(), String> {
     let [b1, b2, b3] = [&web[0], &web[1], &web[2]].map(Backend::socket_addr);
     let bench = Bench {
         args: args.clone(),
-        supervisor_bin,
         haproxy_bin: haproxy_bin.clone(),
         work: work.clone(),
         backends: [b1, b2, b3],
-        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], args.common.http_port)),
     };
     let meta = json!({
         "machine": measure::machine(),
@@ -1931,25 +1893,25 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(args.settle_ms));
     }
 
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
+    std::fs::create_dir_all(&args.common.out)
+        .map_err(|e| format!("create {}: {e}", args.common.out.display()))?;
     let md = markdown(args, &outs, &meta);
     let title = "# reload-bench results\n\n";
-    std::fs::write(args.out.join("results.md"), format!("{title}{md}"))
+    std::fs::write(args.common.out.join("results.md"), format!("{title}{md}"))
         .map_err(|e| e.to_string())?;
     let j = to_json(args, &outs, meta);
     std::fs::write(
-        args.out.join("results.json"),
+        args.common.out.join("results.json"),
         serde_json::to_string_pretty(&j).unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
-    plot(&args.out.join("reload-throughput.svg"), args, &outs)?;
+    plot(&args.common.out.join("reload-throughput.svg"), args, &outs)?;
     println!("{md}");
     println!(
         "written: {0}/results.md, {0}/results.json, {0}/reload-throughput.svg",
-        args.out.display()
+        args.common.out.display()
     );
-    if args.keep {
+    if args.common.keep {
         eprintln!("scratch directory kept: {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);

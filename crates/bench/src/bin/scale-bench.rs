@@ -83,20 +83,12 @@ struct Args {
     /// Skip the scale part
     #[arg(long)]
     skip_scale: bool,
-    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
-    #[arg(long, default_value_t = 8080)]
-    http_port: u16,
-    /// Output directory
-    #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
-    /// Keep the scratch directory (configs, logs)
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    common: bench::Common,
 }
 
 struct Env {
     args: Args,
-    supervisor_bin: PathBuf,
     haproxy_bin: PathBuf,
     work: PathBuf,
     backend: SocketAddr,
@@ -108,29 +100,18 @@ struct Env {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = testkit::netns::try_enter() {
-        eprintln!("scale-bench: {e}");
-        std::process::exit(2);
-    }
-    testkit::netns::tune_for_load();
-    testkit::raise_nofile();
-    if let Err(e) = real_main(args) {
-        eprintln!("scale-bench: {e}");
-        std::process::exit(1);
-    }
+    bench::main("scale-bench", || real_main(args));
 }
 
 fn real_main(args: Args) -> Result<(), String> {
-    let supervisor_bin = testkit::supervisor_bin().to_path_buf();
     let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
     let work = std::env::temp_dir().join(format!("scale-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let web = [Backend::start("web-1"), Backend::start("web-2")];
     let [backend, backend2] = [&web[0], &web[1]].map(Backend::socket_addr);
     let env = Env {
-        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], args.common.http_port)),
         args: args.clone(),
-        supervisor_bin,
         haproxy_bin: haproxy_bin.clone(),
         work: work.clone(),
         backend,
@@ -152,11 +133,11 @@ fn real_main(args: Args) -> Result<(), String> {
     } else {
         Some(scale(&env)?)
     };
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
+    std::fs::create_dir_all(&args.common.out)
+        .map_err(|e| format!("create {}: {e}", args.common.out.display()))?;
     let md = markdown(&args, &meta, propagation.as_ref(), scale.as_ref());
     std::fs::write(
-        args.out.join("scale.md"),
+        args.common.out.join("scale.md"),
         format!("# scale-bench results\n\n{md}"),
     )
     .map_err(|e| e.to_string())?;
@@ -178,13 +159,16 @@ fn real_main(args: Args) -> Result<(), String> {
         "scale": scale,
     });
     std::fs::write(
-        args.out.join("scale.json"),
+        args.common.out.join("scale.json"),
         serde_json::to_string_pretty(&j).unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
     println!("{md}");
-    println!("written: {0}/scale.md, {0}/scale.json", args.out.display());
-    if args.keep {
+    println!(
+        "written: {0}/scale.md, {0}/scale.json",
+        args.common.out.display()
+    );
+    if args.common.keep {
         eprintln!("scratch directory kept: {}", work.display());
     } else {
         let _ = std::fs::remove_dir_all(&work);
@@ -193,17 +177,9 @@ fn real_main(args: Args) -> Result<(), String> {
 }
 
 fn consul_version() -> String {
-    Command::new(testkit::which("consul").unwrap_or_else(|| "consul".into()))
-        .arg("version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
+    testkit::first_line_of(
+        Command::new(testkit::which("consul").unwrap_or_else(|| "consul".into())).arg("version"),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -268,6 +244,14 @@ struct Series {
 }
 
 impl Series {
+    /// One change's time to `Some(elapsed)`, or a timeout.
+    fn record(&mut self, took: Option<Duration>) {
+        match took {
+            Some(d) => self.ms.push(d.as_secs_f64() * 1000.0),
+            None => self.timeouts += 1,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         let mut v = summary(&self.ms, self.timeouts);
         v["failed_polls"] = json!(self.failed_polls);
@@ -385,19 +369,8 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
                     "Tags": ["HAPROXY.ENABLE=true"],
                     "Check": {"CheckID": ttl_check, "TTL": "1h", "Status": "passing"}}),
     );
-    let mut cmd = Command::new(&env.supervisor_bin);
-    testkit::clear_env(&mut cmd);
-    cmd.arg("run")
-        .arg("--config-file")
-        .arg(dir.join("etc/haproxy.cfg"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .env("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
-        .env("HAPROXY_DOM", DOM)
-        .env("HAPROXY_LOG_FORMAT", "json")
-        .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
-        .env("HAPROXY_BIN", &env.haproxy_bin)
-        .current_dir(&dir);
+    let mut cmd = testkit::bench_command(&dir, DOM, env.args.common.http_port, &env.haproxy_bin);
+    cmd.env("CONSUL_HTTP_ADDR", consul.addr());
     let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
     sup.wait_log(Duration::from_secs(30), |t| {
         testkit::log_has_event(t, Event::ReloadDone)
@@ -471,17 +444,11 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             for _ in 0..n {
                 let t0 = Instant::now();
                 consul.ttl_fail(ttl_check);
-                match until_status(env, &host, 503, t0, timeout) {
-                    Some(d) => crit.ms.push(d.as_secs_f64() * 1000.0),
-                    None => crit.timeouts += 1,
-                }
+                crit.record(until_status(env, &host, 503, t0, timeout));
                 thread::sleep(gap);
                 let t0 = Instant::now();
                 consul.ttl_pass(ttl_check);
-                match until_status(env, &host, 200, t0, timeout) {
-                    Some(d) => pass.ms.push(d.as_secs_f64() * 1000.0),
-                    None => pass.timeouts += 1,
-                }
+                pass.record(until_status(env, &host, 200, t0, timeout));
                 thread::sleep(gap);
             }
             Ok(((crit, pass), 2 * n))
@@ -499,10 +466,7 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
                 &json!({"ID": format!("{name}-1"), "Name": name, "Address": "127.0.0.1",
                             "Port": port, "Tags": ["HAPROXY.ENABLE=true"]}),
             );
-            match until_status(env, &host, 200, t0, timeout) {
-                Some(d) => reg.ms.push(d.as_secs_f64() * 1000.0),
-                None => reg.timeouts += 1,
-            }
+            reg.record(until_status(env, &host, 200, t0, timeout));
             thread::sleep(gap);
         }
         Ok((reg, n))
@@ -540,7 +504,7 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
     let reloads = lines.iter().filter(|l| catalog_reload(l)).count();
     sup.stop(Duration::from_secs(15));
     consul.stop();
-    wait_port_free(env.args.http_port);
+    testkit::wait_port_free(env.args.common.http_port);
     Ok(json!({
         "settings": "defaults (HAPROXY_RELOAD_WAIT 100ms:1s, HAPROXY_LIVE_WAIT 10ms, live changes on)",
         "catalog_reloads": reloads,
@@ -553,13 +517,6 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         "passing_to_200": only_pass.json(),
         "register_to_200": reg.json(),
     }))
-}
-
-fn wait_port_free(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while testkit::port_listening(port) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -764,20 +721,9 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
         write_catalog(&catalog, n, instances, env.backend)?;
         let catalog_bytes = std::fs::metadata(&catalog).map(|m| m.len()).unwrap_or(0);
         let cfg = dir.join("etc/haproxy.cfg");
-        let mut cmd = Command::new(&env.supervisor_bin);
-        testkit::clear_env(&mut cmd);
-        cmd.arg("run")
-            .arg("--catalog-file")
-            .arg(&catalog)
-            .arg("--config-file")
-            .arg(&cfg)
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .env("HAPROXY_DOM", DOM)
-            .env("HAPROXY_LOG_FORMAT", "json")
-            .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
-            .env("HAPROXY_BIN", &env.haproxy_bin)
-            .current_dir(&dir);
+        let mut cmd =
+            testkit::bench_command(&dir, DOM, env.args.common.http_port, &env.haproxy_bin);
+        cmd.arg("--catalog-file").arg(&catalog);
         if nocheck {
             cmd.env("HAPROXY_TEMPLATE", nocheck_template(&dir)?);
         }
@@ -789,42 +735,7 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
                 .any(|e| testkit::log_has_event(t, *e))
         });
         let log = sup.log_text();
-        if started.is_err() || !testkit::log_has_event(&log, Event::ReloadDone) {
-            let lines = testkit::json_lines(&log);
-            let at = |event: Event| {
-                lines
-                    .iter()
-                    .find(|l| l.event == Some(event))
-                    .map(|l| (l.at - wall0) * 1000.0)
-            };
-            let (read, written) = (at(Event::CatalogFileRead), at(Event::ConfigWritten));
-            let alert = log
-                .lines()
-                .find(|l| l.contains("[ALERT]"))
-                .map(str::to_string)
-                .or_else(|| started.err())
-                .unwrap_or_default();
-            let hwm = testkit::proc_status_kb(sup.pid(), "VmHWM");
-            eprintln!("scale-bench: scale: {label}: haproxy did not start: {alert}");
-            sup.stop(Duration::from_secs(20));
-            wait_port_free(env.args.http_port);
-            rows.push(json!({
-                "services": n,
-                "instances_per_service": instances,
-                "health_checks": !nocheck,
-                "start_to_catalog_read_ms": read,
-                "start_to_config_written_ms": written,
-                "catalog_read_to_config_written_ms": match (read, written) {
-                    (Some(a), Some(b)) => Some(b - a),
-                    _ => None,
-                },
-                "supervisor_vmhwm_kb": hwm,
-                "error": format!("haproxy did not start: {alert}"),
-            }));
-            continue;
-        }
-        let hwm_at_start = testkit::proc_status_kb(sup.pid(), "VmHWM");
-        let lines = testkit::json_lines(&sup.log_text());
+        let lines = testkit::json_lines(&log);
         let at = |event: Event| {
             lines
                 .iter()
@@ -834,6 +745,33 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
         let read_ms = at(Event::CatalogFileRead);
         let written_ms = at(Event::ConfigWritten);
         let serving_ms = at(Event::ReloadDone);
+        let mut row = json!({
+            "services": n,
+            "instances_per_service": instances,
+            "health_checks": !nocheck,
+            "start_to_catalog_read_ms": read_ms,
+            "start_to_config_written_ms": written_ms,
+            "catalog_read_to_config_written_ms": match (read_ms, written_ms) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+        });
+        if started.is_err() || serving_ms.is_none() {
+            let alert = log
+                .lines()
+                .find(|l| l.contains("[ALERT]"))
+                .map(str::to_string)
+                .or_else(|| started.err())
+                .unwrap_or_default();
+            row["supervisor_vmhwm_kb"] = json!(testkit::proc_status_kb(sup.pid(), "VmHWM"));
+            row["error"] = json!(format!("haproxy did not start: {alert}"));
+            eprintln!("scale-bench: scale: {label}: haproxy did not start: {alert}");
+            sup.stop(Duration::from_secs(20));
+            testkit::wait_port_free(env.args.common.http_port);
+            rows.push(row);
+            continue;
+        }
+        let hwm_at_start = testkit::proc_status_kb(sup.pid(), "VmHWM");
         // HAProxy's own check of the same file, alone.
         let t = Instant::now();
         let check = Command::new(&env.haproxy_bin)
@@ -867,31 +805,25 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
             .filter_map(|p| testkit::proc_status_kb(p.pid, "VmHWM"))
             .max();
         sup.stop(Duration::from_secs(20));
-        wait_port_free(env.args.http_port);
-        rows.push(json!({
-            "services": n,
-            "instances_per_service": instances,
-            "health_checks": !nocheck,
-            "catalog_file_bytes": catalog_bytes,
-            "config_bytes": cfg_bytes,
-            "start_to_catalog_read_ms": read_ms,
-            "start_to_config_written_ms": written_ms,
-            "catalog_read_to_config_written_ms": match (read_ms, written_ms) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            },
-            "start_to_serving_ms": serving_ms,
-            "haproxy_check_alone_ms": check_ms,
-            "haproxy_check_ok": check,
-            "supervisor_vmhwm_kb": hwm,
-            "supervisor_vmhwm_kb_at_first_reload": hwm_at_start,
-            "supervisor_vmrss_kb": rss,
-            "haproxy_vmhwm_kb": hap_hwm,
-            "hosts_answering_200": ok,
-            "hosts_failing": failed,
-            "first_failures": errs,
-            "sweep_s": sweep_s,
-        }));
+        testkit::wait_port_free(env.args.common.http_port);
+        for (k, v) in [
+            ("catalog_file_bytes", json!(catalog_bytes)),
+            ("config_bytes", json!(cfg_bytes)),
+            ("start_to_serving_ms", json!(serving_ms)),
+            ("haproxy_check_alone_ms", json!(check_ms)),
+            ("haproxy_check_ok", json!(check)),
+            ("supervisor_vmhwm_kb", json!(hwm)),
+            ("supervisor_vmhwm_kb_at_first_reload", json!(hwm_at_start)),
+            ("supervisor_vmrss_kb", json!(rss)),
+            ("haproxy_vmhwm_kb", json!(hap_hwm)),
+            ("hosts_answering_200", json!(ok)),
+            ("hosts_failing", json!(failed)),
+            ("first_failures", json!(errs)),
+            ("sweep_s", json!(sweep_s)),
+        ] {
+            row[k] = v;
+        }
+        rows.push(row);
     }
     Ok(json!({ "rows": rows, "first_vs_last": fvl }))
 }
