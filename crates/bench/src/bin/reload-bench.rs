@@ -1828,8 +1828,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         }
     }
 
-    let work = std::env::temp_dir().join(format!("reload-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let work = args.common.scratch_dir("reload-bench")?;
     let web = ["web-1", "web-2", "web-3"].map(Backend::start);
     let [b1, b2, b3] = [&web[0], &web[1], &web[2]].map(Backend::socket_addr);
     let bench = Bench {
@@ -1893,29 +1892,17 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(args.settle_ms));
     }
 
-    std::fs::create_dir_all(&args.common.out)
-        .map_err(|e| format!("create {}: {e}", args.common.out.display()))?;
     let md = markdown(args, &outs, &meta);
-    let title = "# reload-bench results\n\n";
-    std::fs::write(args.common.out.join("results.md"), format!("{title}{md}"))
-        .map_err(|e| e.to_string())?;
     let j = to_json(args, &outs, meta);
-    std::fs::write(
-        args.common.out.join("results.json"),
-        serde_json::to_string_pretty(&j).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    args.common
+        .write_report("results", "reload-bench results", &md, &j)?;
     plot(&args.common.out.join("reload-throughput.svg"), args, &outs)?;
     println!("{md}");
     println!(
         "written: {0}/results.md, {0}/results.json, {0}/reload-throughput.svg",
         args.common.out.display()
     );
-    if args.common.keep {
-        eprintln!("scratch directory kept: {}", work.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
-    }
+    args.common.finish(&work);
     Ok(())
 }
 

@@ -105,8 +105,7 @@ fn main() {
 
 fn real_main(args: Args) -> Result<(), String> {
     let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
-    let work = std::env::temp_dir().join(format!("scale-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let work = args.common.scratch_dir("scale-bench")?;
     let web = [Backend::start("web-1"), Backend::start("web-2")];
     let [backend, backend2] = [&web[0], &web[1]].map(Backend::socket_addr);
     let env = Env {
@@ -133,14 +132,7 @@ fn real_main(args: Args) -> Result<(), String> {
     } else {
         Some(scale(&env)?)
     };
-    std::fs::create_dir_all(&args.common.out)
-        .map_err(|e| format!("create {}: {e}", args.common.out.display()))?;
     let md = markdown(&args, &meta, propagation.as_ref(), scale.as_ref());
-    std::fs::write(
-        args.common.out.join("scale.md"),
-        format!("# scale-bench results\n\n{md}"),
-    )
-    .map_err(|e| e.to_string())?;
     let j = json!({
         "bench": "scale-bench",
         "meta": meta,
@@ -158,21 +150,14 @@ fn real_main(args: Args) -> Result<(), String> {
         "propagation": propagation,
         "scale": scale,
     });
-    std::fs::write(
-        args.common.out.join("scale.json"),
-        serde_json::to_string_pretty(&j).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    args.common
+        .write_report("scale", "scale-bench results", &md, &j)?;
     println!("{md}");
     println!(
         "written: {0}/scale.md, {0}/scale.json",
         args.common.out.display()
     );
-    if args.common.keep {
-        eprintln!("scratch directory kept: {}", work.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
-    }
+    args.common.finish(&work);
     Ok(())
 }
 
