@@ -43,12 +43,7 @@ fn terminate(sup: &mut Supervisor) -> std::process::ExitStatus {
 /// zombie.
 #[test]
 fn pid1_reaps_orphaned_grandchildren() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let wrapper = files.path("haproxy-wrapper");
     std::fs::write(
         &wrapper,
@@ -218,12 +213,7 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
 /// (after a short backoff), and it serves again; the dead one is reaped.
 #[test]
 fn pid1_restarts_a_killed_haproxy() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env("seamless");
     let mut sup = start_pid1(&files, &[], &env);
     let init = sup.pid();

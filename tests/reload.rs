@@ -59,12 +59,7 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     // the supervisor and HAProxy of CPU, and a syn-drop reload whose rules
     // stay in place for over a second drops a SYN's retransmission too.
     let _one_load = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env(strategy);
     let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
     wait_done(&sup, 1, T);
@@ -144,21 +139,33 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     }
 }
 
+impl Run {
+    /// Every reload was done, and requests were served.
+    fn assert_served(&self) {
+        assert_eq!(self.reloads, RELOADS, "reload counter");
+        assert!(self.report.ok > 0, "{}", self.report);
+    }
+
+    /// [`Run::assert_served`], and no request failed.
+    fn assert_lost_none(&self, what: &str) {
+        self.assert_served();
+        assert_eq!(
+            self.report.failed(),
+            0,
+            "{what}: {} failed requests in {} reloads ({:.2?}; {}): {}",
+            self.report.failed(),
+            self.reloads,
+            self.took,
+            self.windows,
+            self.report
+        );
+    }
+}
+
 #[test]
 fn seamless_reloads_under_load_lose_no_request() {
     let run = reloads_under_load("seamless", PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "seamless: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none("seamless");
     // Both backends took traffic.
     assert!(run.report.bodies.contains_key("web-1"), "{}", run.report);
     assert!(run.report.bodies.contains_key("web-2"), "{}", run.report);
@@ -167,26 +174,14 @@ fn seamless_reloads_under_load_lose_no_request() {
 #[test]
 fn syn_drop_reloads_under_load_lose_no_request_and_leave_no_rule() {
     let run = reloads_under_load("syn-drop", SYN_DROP_PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "syn-drop: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none("syn-drop");
 }
 
 /// `plain` may reset connections: its failures are reported, not asserted.
 #[test]
 fn plain_reloads_under_load_are_reported() {
     let run = reloads_under_load("plain", PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
+    run.assert_served();
     println!(
         "plain: {} failed requests (refused={} reset={} timeout={} other={} non_2xx={}) in {} reloads",
         run.report.failed(),
@@ -205,18 +200,7 @@ fn plain_reloads_under_load_are_reported() {
 /// client (`option idle-close-on-response`).
 fn keepalive_reloads_lose_no_request(strategy: &str, pause: Duration) {
     let run = reloads_under(strategy, pause, Conn::KeepAlive);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "{strategy}, keep-alive clients: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none(&format!("{strategy}, keep-alive clients"));
 }
 
 #[test]
@@ -240,12 +224,7 @@ fn keepalive_clients_lose_no_request_across_syn_drop_reloads() {
 /// from the orphaned HAProxy processes and serves.
 #[test]
 fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env("syn-drop");
     let args = files.render_args();
     let mut first = Supervisor::spawn(&strs(&args), &env_refs(&env));
@@ -444,11 +423,7 @@ fn external_config(run_dir: &std::path::Path, servers: &[&Backend]) -> String {
 /// a valid file and SIGHUP afterwards do reload.
 #[test]
 fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
+    let (_orphans, [a, b], files) = isolated();
     let watched = files.path("external.cfg");
     let run_dir = files.run_dir();
     let running = run_dir.join("haproxy.cfg");
@@ -514,11 +489,7 @@ fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
 /// HAProxy and the last good config stay.
 #[test]
 fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
+    let (_orphans, [a, b], files) = isolated();
     let template = files.path("haproxy.cfg.tera");
     let text = format!(
         "{}\n{{% for s in services %}}{{% if s.name == \"garbage\" %}}\n    this-is-not-an-haproxy-keyword {{{{ s.name }}}}\n{{% endif %}}{{% endfor %}}\n",
@@ -528,10 +499,7 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
     write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
     let mut args = files.render_args();
     args.extend(["--template".to_string(), s(&template)]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&args), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&args, &env("seamless"));
     let good = std::fs::read(files.config()).expect("rendered config");
     // The map files the good config refers to, with their content.
     let maps: Vec<(String, Vec<u8>)> = String::from_utf8_lossy(&good)
@@ -607,16 +575,8 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
 /// HAProxy is left once the old ones have drained.
 #[test]
 fn sighup_storm_coalesces_and_leaves_one_haproxy_and_no_zombie() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let (_orphans, _backends, files) = www_on::<2>();
+    let sup = spawn_serving(&files.render_args(), &env("seamless"));
 
     let load = Load::start(FRONT, WWW, 10);
     for _ in 0..200 {
@@ -681,12 +641,8 @@ fn sighup_storm_coalesces_and_leaves_one_haproxy_and_no_zombie() {
 /// start-up, before any HAProxy runs; `seamless` only warns.
 #[test]
 fn syn_drop_without_net_admin_fails_at_start_up() {
-    netns::enter();
-    let _orphans = OrphanGuard;
+    let (_orphans, [_a], files) = www_on();
     let setpriv = require("setpriv");
-    let a = Backend::start("web-1");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
     let mut args = vec![
         "--inh-caps=-net_admin".to_string(),
         "--bounding-set=-net_admin".to_string(),

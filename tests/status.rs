@@ -131,10 +131,7 @@ fn prometheus_scrapes_the_supervisor_and_haproxy() {
     let a = Backend::start("web-1");
     let files = Files::new();
     write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&files.render_args(), &env("seamless"));
 
     let (code, ours) = status_get("/metrics");
     assert_eq!(code, 200);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::backend::Backend;
+use crate::haproxy::OrphanGuard;
 use crate::http::{http_get, HttpError};
 use crate::supervisor::Supervisor;
 use crate::{poll_until, Event};
@@ -36,6 +37,27 @@ pub fn service(name: &str, backends: &[&Backend], extra_tags: &[&str]) -> Value 
         })
         .collect();
     json!({ "name": name, "instances": instances })
+}
+
+/// The usual start of a test on a catalog file: its own network namespace
+/// ([`netns::enter`](crate::netns::enter)), an [`OrphanGuard`] for the
+/// HAProxy processes it leaves, `N` demo backends named `web-1`, `web-2`, …
+/// and a [`Files`] set (nothing written yet). Bind the guard first, as
+/// `let (_orphans, [a, b], files) = isolated();`, so it drops last.
+pub fn isolated<const N: usize>() -> (OrphanGuard, [Backend; N], Files) {
+    crate::netns::enter();
+    let orphans = OrphanGuard;
+    let backends = std::array::from_fn(|i| Backend::start(&format!("web-{}", i + 1)));
+    (orphans, backends, Files::new())
+}
+
+/// [`isolated`], with the catalog file holding the service `www` on every
+/// backend.
+pub fn www_on<const N: usize>() -> (OrphanGuard, [Backend; N], Files) {
+    let (orphans, backends, files) = isolated::<N>();
+    let all: Vec<&Backend> = backends.iter().collect();
+    write_catalog(&files.catalog(), &[service("www", &all, &[])]);
+    (orphans, backends, files)
 }
 
 /// Writes a catalog file (atomically, so the supervisor never reads half).
@@ -154,6 +176,15 @@ pub fn wait_done(sup: &Supervisor, n: usize, timeout: Duration) {
             sup.log()
         );
     }
+}
+
+/// Spawns the supervisor with `args` and `env` (see [`env`]) and waits
+/// until its first generation serves `www`.
+pub fn spawn_serving(args: &[String], env: &[(&'static str, String)]) -> Supervisor {
+    let sup = Supervisor::spawn(&strs(args), &env_refs(env));
+    wait_done(&sup, 1, T);
+    wait_serving(WWW, T);
+    sup
 }
 
 /// `GET /` for `host` through the frontend.
