@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use testkit::*;
 
 /// Deadline for conditions that need a reload or a Consul round trip.
@@ -31,19 +31,6 @@ const SEED_LC: [&str; 4] = [
     "HAPROXY.BACKEND.MAXCONN=10000",
 ];
 
-/// An agent registration with a TTL check that starts passing (check id
-/// `<id>-ttl`; the TTL is long enough never to expire during a test).
-fn instance(id: &str, name: &str, address: &str, port: u16, tags: &[&str]) -> Value {
-    json!({
-        "ID": id,
-        "Name": name,
-        "Address": address,
-        "Port": port,
-        "Tags": tags,
-        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "300s", "Status": "passing"}
-    })
-}
-
 fn envs() -> Vec<(&'static str, &'static str)> {
     vec![("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")]
 }
@@ -52,19 +39,8 @@ fn envs() -> Vec<(&'static str, &'static str)> {
 /// The reload wait is the default (100ms:1s): the one-second bound of
 /// issue #2 is measured with the settings users get.
 fn spawn_run(consul: &Consul) -> (Supervisor, PathBuf) {
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &consul.addr(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
-        &envs(),
-    );
-    let cfg = sup.dir().join("etc/haproxy.cfg");
+    let sup = Supervisor::spawn_on_consul(consul, &envs());
+    let cfg = sup.config_path();
     (sup, cfg)
 }
 
@@ -115,15 +91,6 @@ fn body_is(host: &str, want: &str) -> bool {
     matches!(get(host), Ok((200, b)) if b.trim_end() == want)
 }
 
-fn server_lines(config: &str, backend: &str) -> Vec<String> {
-    config_section(config, &format!("backend {backend}"))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|l| l.trim_start().starts_with("server "))
-        .map(|l| l.trim().to_string())
-        .collect()
-}
-
 /// Waits until Consul's catalog answers `passing` passing and `total`
 /// instances of `service` (the agent syncs registrations to the catalog
 /// asynchronously).
@@ -142,18 +109,18 @@ fn wait_consul(consul: &Consul, service: &str, passing: usize, total: usize) {
 fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
     netns::enter();
     let consul = Consul::start();
-    consul.register(&instance("www-1", "www", "10.0.0.1", 8081, &SEED_RR));
-    consul.register(&instance("www-2", "www", "10.0.0.2", 8082, &SEED_RR));
+    consul.register(&ttl_instance("www-1", "www", "10.0.0.1", 8081, &SEED_RR));
+    consul.register(&ttl_instance("www-2", "www", "10.0.0.2", 8082, &SEED_RR));
     // A critical instance is no server, but its tags still count.
-    let mut www3 = instance("www-3", "www", "10.0.0.3", 8083, &SEED_RR);
+    let mut www3 = ttl_instance("www-3", "www", "10.0.0.3", 8083, &SEED_RR);
     www3["Check"]["Status"] = json!("critical");
     consul.register(&www3);
     // Consul's Weights.Passing is the server weight.
-    let mut api1 = instance("api-1", "api", "10.0.1.1", 9000, &SEED_LC);
+    let mut api1 = ttl_instance("api-1", "api", "10.0.1.1", 9000, &SEED_LC);
     api1["Weights"] = json!({"Passing": 5, "Warning": 1});
     consul.register(&api1);
     // Without HAPROXY.ENABLE=true a service is not exposed.
-    consul.register(&instance(
+    consul.register(&ttl_instance(
         "hidden-1",
         "hidden",
         "10.0.2.1",
@@ -278,8 +245,20 @@ fn run_follows_registrations_health_and_deregistrations_within_a_second() {
     let a = Backend::start("web-a");
     let b = Backend::start("web-b");
     let c = Backend::start("api-c");
-    consul.register(&instance("web-1", "web", "127.0.0.1", a.port(), &SEED_RR));
-    consul.register(&instance("web-2", "web", "127.0.0.1", b.port(), &SEED_RR));
+    consul.register(&ttl_instance(
+        "web-1",
+        "web",
+        "127.0.0.1",
+        a.port(),
+        &SEED_RR,
+    ));
+    consul.register(&ttl_instance(
+        "web-2",
+        "web",
+        "127.0.0.1",
+        b.port(),
+        &SEED_RR,
+    ));
     wait_consul(&consul, "web", 2, 2);
 
     let (mut sup, cfg) = spawn_run(&consul);
@@ -309,7 +288,13 @@ fn run_follows_registrations_health_and_deregistrations_within_a_second() {
     );
 
     // A new service: a backend and a route.
-    consul.register(&instance("api-1", "api", "127.0.0.1", c.port(), &SEED_LC));
+    consul.register(&ttl_instance(
+        "api-1",
+        "api",
+        "127.0.0.1",
+        c.port(),
+        &SEED_LC,
+    ));
     assert_follows("registration", &sup, || {
         read(&cfg).contains("\nbackend api\n")
             && current_map(&cfg, "hosts").is_some_and(|m| m.contains("api.example.com api\n"))
@@ -368,14 +353,20 @@ fn service_without_passing_instance_keeps_its_route_and_answers_503() {
     let consul = Consul::start();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    consul.register(&instance(
+    consul.register(&ttl_instance(
         "alpha-1",
         "alpha",
         "127.0.0.1",
         a.port(),
         &SEED_RR,
     ));
-    consul.register(&instance("beta-1", "beta", "127.0.0.1", b.port(), &SEED_RR));
+    consul.register(&ttl_instance(
+        "beta-1",
+        "beta",
+        "127.0.0.1",
+        b.port(),
+        &SEED_RR,
+    ));
     wait_consul(&consul, "alpha", 1, 1);
     wait_consul(&consul, "beta", 1, 1);
     let (mut sup, cfg) = spawn_run(&consul);
@@ -458,7 +449,13 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
     let mut consul = Consul::start();
     let web = Backend::start("web");
     let api = Backend::start("api");
-    consul.register(&instance("web-1", "web", "127.0.0.1", web.port(), &SEED_RR));
+    consul.register(&ttl_instance(
+        "web-1",
+        "web",
+        "127.0.0.1",
+        web.port(),
+        &SEED_RR,
+    ));
     wait_consul(&consul, "web", 1, 1);
     let (mut sup, cfg) = spawn_run(&consul);
     wait_until(T, "web answers", || body_is("web.example.com", "web"));
@@ -499,8 +496,20 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
     assert!(body_is("web.example.com", "web"));
 
     // Registrations made after the restart are rendered and served.
-    consul.register(&instance("web-1", "web", "127.0.0.1", web.port(), &SEED_RR));
-    consul.register(&instance("api-1", "api", "127.0.0.1", api.port(), &SEED_RR));
+    consul.register(&ttl_instance(
+        "web-1",
+        "web",
+        "127.0.0.1",
+        web.port(),
+        &SEED_RR,
+    ));
+    consul.register(&ttl_instance(
+        "api-1",
+        "api",
+        "127.0.0.1",
+        api.port(),
+        &SEED_RR,
+    ));
     wait_until(T, "api rendered after the agent restart", || {
         read(&cfg).contains("\nbackend api\n")
     });

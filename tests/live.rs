@@ -20,15 +20,9 @@ const TAGS: [&str; 3] = [
 
 /// An agent registration of `www` with a passing TTL check `<id>-ttl`.
 fn instance(id: &str, port: u16, weight: u32, tags: &[&str]) -> Value {
-    json!({
-        "ID": id,
-        "Name": "www",
-        "Address": "127.0.0.1",
-        "Port": port,
-        "Tags": tags,
-        "Weights": {"Passing": weight, "Warning": 1},
-        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "300s", "Status": "passing"}
-    })
+    let mut v = ttl_instance(id, "www", "127.0.0.1", port, tags);
+    v["Weights"] = json!({"Passing": weight, "Warning": 1});
+    v
 }
 
 /// The supervisor on `consul`, JSON logs, config in `<its dir>/etc`.
@@ -41,18 +35,7 @@ fn spawn(consul: &Consul, extra: &[(&'static str, &str)]) -> Supervisor {
         ("LOCAL_SYSLOG", "127.0.0.1:5514"),
     ];
     envs.extend_from_slice(extra);
-    Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &consul.addr(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
-        &envs,
-    )
+    Supervisor::spawn_on_consul(consul, &envs)
 }
 
 /// One command line on HAProxy's admin socket through socat (not our
@@ -102,14 +85,9 @@ fn in_rotation(state: &BTreeMap<String, (u32, u32)>) -> BTreeMap<String, u32> {
 }
 
 fn server_lines(config: &str, backend: &str) -> BTreeMap<String, String> {
-    config_section(config, &format!("backend {backend}"))
-        .unwrap_or_default()
+    testkit::server_lines(config, backend)
         .into_iter()
-        .filter(|l| l.trim_start().starts_with("server "))
-        .map(|l| {
-            let name = l.split_whitespace().nth(1).unwrap_or("").to_string();
-            (name, l.trim().to_string())
-        })
+        .map(|l| (l.split_whitespace().nth(1).unwrap_or("").to_string(), l))
         .collect()
 }
 

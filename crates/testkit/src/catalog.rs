@@ -187,6 +187,28 @@ pub fn spawn_serving(args: &[String], env: &[(&'static str, String)]) -> Supervi
     sup
 }
 
+/// The body (trailing whitespace trimmed: a demo backend's name) of a 200
+/// answer to `GET path` for `host` through the frontend; None for anything
+/// else.
+pub fn served_by(host: &str, path: &str) -> Option<String> {
+    match http_get(FRONT, host, path, Duration::from_secs(2)) {
+        Ok((200, b)) => Some(b.trim_end().to_string()),
+        _ => None,
+    }
+}
+
+/// Waits until `host``path` is served by the backend named `by`; panics
+/// with the last answer and `sup`'s log after `timeout`.
+pub fn wait_served(host: &str, path: &str, by: &str, sup: &Supervisor, timeout: Duration) {
+    if !poll_until(timeout, || served_by(host, path).as_deref() == Some(by)) {
+        panic!(
+            "{host}{path} not served by {by} within {timeout:?} (last: {:?}); log:\n{}",
+            http_get(FRONT, host, path, Duration::from_secs(2)),
+            sup.log()
+        );
+    }
+}
+
 /// `GET /` for `host` through the frontend.
 pub fn get(host: &str) -> Result<(u16, String), HttpError> {
     http_get(FRONT, host, "/", Duration::from_secs(2))

@@ -29,6 +29,26 @@ pub struct Consul {
     extra_args: Vec<String>,
 }
 
+/// An agent registration (`PUT /v1/agent/service/register`) of instance
+/// `id` of service `name` with a TTL check `<id>-ttl` that starts passing
+/// (its TTL long enough never to expire during a test).
+pub fn ttl_instance(
+    id: &str,
+    name: &str,
+    address: &str,
+    port: u16,
+    tags: &[&str],
+) -> serde_json::Value {
+    serde_json::json!({
+        "ID": id,
+        "Name": name,
+        "Address": address,
+        "Port": port,
+        "Tags": tags,
+        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "300s", "Status": "passing"}
+    })
+}
+
 impl Consul {
     /// Starts the agent and waits (up to 30 s) until it has elected itself
     /// leader and answers `/v1/agent/self`. Panics with the log on failure.

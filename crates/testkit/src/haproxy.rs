@@ -204,6 +204,16 @@ pub fn config_section(config: &str, header: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The `server` lines of `backend <backend>` in a rendered config, trimmed.
+pub fn server_lines(config: &str, backend: &str) -> Vec<String> {
+    config_section(config, &format!("backend {backend}"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l.trim_start().starts_with("server "))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 /// Path of the map file of `kind` (`"hosts"` or `"paths"`) a rendered config
 /// refers to (`...map(<dir>/hosts-<hash>.map)` or `map_beg(...)`).
 pub fn config_map_path(config: &str, kind: &str) -> Option<PathBuf> {

@@ -78,7 +78,7 @@ use std::time::{Duration, Instant};
 
 pub use backend::Backend;
 pub use catalog::*;
-pub use consul::Consul;
+pub use consul::{ttl_instance, Consul};
 pub use haproxy::*;
 pub use haproxy_supervisor::events::Event;
 pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response};

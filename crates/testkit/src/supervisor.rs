@@ -243,6 +243,42 @@ impl Supervisor {
         child_wait_timeout(&mut self.child, timeout)
     }
 
+    /// Stops it gracefully (SIGTERM; its HAProxy with it, so the next one
+    /// can bind the same ports); panics with the log unless it exits within
+    /// 20 s.
+    pub fn stop(mut self) {
+        self.signal(Signal::SIGTERM).expect("SIGTERM");
+        assert!(
+            self.wait_timeout(Duration::from_secs(20)).is_some(),
+            "supervisor did not stop; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// `haproxy-supervisor run` on `consul`, with its config in
+    /// `<its dir>/etc/haproxy.cfg` ([`Supervisor::config_path`]) and its run
+    /// directory in `<its dir>/run`, and `envs`.
+    pub fn spawn_on_consul(consul: &crate::Consul, envs: &[(&str, &str)]) -> Supervisor {
+        Supervisor::spawn(
+            &[
+                "run",
+                "--consul",
+                &consul.addr(),
+                "--config-file",
+                "etc/haproxy.cfg",
+                "--run-dir",
+                "run",
+            ],
+            envs,
+        )
+    }
+
+    /// `<its dir>/etc/haproxy.cfg`, the config of
+    /// [`Supervisor::spawn_on_consul`].
+    pub fn config_path(&self) -> PathBuf {
+        self.dir().join("etc/haproxy.cfg")
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
