@@ -31,6 +31,11 @@ const SEED_LC: [&str; 4] = [
     "HAPROXY.BACKEND.MAXCONN=10000",
 ];
 
+/// [`ttl_instance`] of a demo backend on 127.0.0.1.
+fn local(id: &str, name: &str, backend: &Backend, tags: &[&str]) -> serde_json::Value {
+    ttl_instance(id, name, "127.0.0.1", backend.port(), tags)
+}
+
 fn envs() -> Vec<(&'static str, &'static str)> {
     vec![("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")]
 }
@@ -245,20 +250,8 @@ fn run_follows_registrations_health_and_deregistrations_within_a_second() {
     let a = Backend::start("web-a");
     let b = Backend::start("web-b");
     let c = Backend::start("api-c");
-    consul.register(&ttl_instance(
-        "web-1",
-        "web",
-        "127.0.0.1",
-        a.port(),
-        &SEED_RR,
-    ));
-    consul.register(&ttl_instance(
-        "web-2",
-        "web",
-        "127.0.0.1",
-        b.port(),
-        &SEED_RR,
-    ));
+    consul.register(&local("web-1", "web", &a, &SEED_RR));
+    consul.register(&local("web-2", "web", &b, &SEED_RR));
     wait_consul(&consul, "web", 2, 2);
 
     let (mut sup, cfg) = spawn_run(&consul);
@@ -288,13 +281,7 @@ fn run_follows_registrations_health_and_deregistrations_within_a_second() {
     );
 
     // A new service: a backend and a route.
-    consul.register(&ttl_instance(
-        "api-1",
-        "api",
-        "127.0.0.1",
-        c.port(),
-        &SEED_LC,
-    ));
+    consul.register(&local("api-1", "api", &c, &SEED_LC));
     assert_follows("registration", &sup, || {
         read(&cfg).contains("\nbackend api\n")
             && current_map(&cfg, "hosts").is_some_and(|m| m.contains("api.example.com api\n"))
@@ -353,20 +340,8 @@ fn service_without_passing_instance_keeps_its_route_and_answers_503() {
     let consul = Consul::start();
     let a = Backend::start("alpha");
     let b = Backend::start("beta");
-    consul.register(&ttl_instance(
-        "alpha-1",
-        "alpha",
-        "127.0.0.1",
-        a.port(),
-        &SEED_RR,
-    ));
-    consul.register(&ttl_instance(
-        "beta-1",
-        "beta",
-        "127.0.0.1",
-        b.port(),
-        &SEED_RR,
-    ));
+    consul.register(&local("alpha-1", "alpha", &a, &SEED_RR));
+    consul.register(&local("beta-1", "beta", &b, &SEED_RR));
     wait_consul(&consul, "alpha", 1, 1);
     wait_consul(&consul, "beta", 1, 1);
     let (mut sup, cfg) = spawn_run(&consul);
@@ -449,13 +424,7 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
     let mut consul = Consul::start();
     let web = Backend::start("web");
     let api = Backend::start("api");
-    consul.register(&ttl_instance(
-        "web-1",
-        "web",
-        "127.0.0.1",
-        web.port(),
-        &SEED_RR,
-    ));
+    consul.register(&local("web-1", "web", &web, &SEED_RR));
     wait_consul(&consul, "web", 1, 1);
     let (mut sup, cfg) = spawn_run(&consul);
     wait_until(T, "web answers", || body_is("web.example.com", "web"));
@@ -496,20 +465,8 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
     assert!(body_is("web.example.com", "web"));
 
     // Registrations made after the restart are rendered and served.
-    consul.register(&ttl_instance(
-        "web-1",
-        "web",
-        "127.0.0.1",
-        web.port(),
-        &SEED_RR,
-    ));
-    consul.register(&ttl_instance(
-        "api-1",
-        "api",
-        "127.0.0.1",
-        api.port(),
-        &SEED_RR,
-    ));
+    consul.register(&local("web-1", "web", &web, &SEED_RR));
+    consul.register(&local("api-1", "api", &api, &SEED_RR));
     wait_until(T, "api rendered after the agent restart", || {
         read(&cfg).contains("\nbackend api\n")
     });

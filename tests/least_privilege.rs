@@ -131,16 +131,8 @@ fn haproxy_serves_as_the_haproxy_user_and_never_sees_the_consul_token() {
         "Tags": ["HAPROXY.ENABLE=true"]
     }));
     let addr = consul.addr();
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &addr,
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--consul", &addr],
         &[
             ("HAPROXY_DOM", "example.com"),
             ("NO_COLOR", "1"),
@@ -198,16 +190,8 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
     )
     .unwrap();
     let password = "s3cret-pw";
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--catalog-file",
-            &catalog.display().to_string(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--catalog-file", &catalog.display().to_string()],
         &[
             ("HAPROXY_DOM", "example.com"),
             ("NO_COLOR", "1"),
@@ -310,21 +294,12 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
     assert!(matches!(r, Ok((200, _))), "register: {r:?}");
 
     let addr = consul.addr();
-    let args = [
-        "run",
-        "--consul",
-        &addr,
-        "--config-file",
-        "etc/haproxy.cfg",
-        "--run-dir",
-        "run",
-    ];
     let spawn = |token: Option<&str>| {
         let mut envs = vec![("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")];
         if let Some(t) = token {
             envs.push(("CONSUL_HTTP_TOKEN", t));
         }
-        Supervisor::spawn(&args, &envs)
+        Supervisor::spawn_run(&["--consul", &addr], &envs)
     };
 
     // A token Consul does not know: 403 on every query.

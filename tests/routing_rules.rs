@@ -42,13 +42,6 @@ fn write_catalog(path: &Path, services: &[Value]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn run_args<'a>(source: &'a [&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["run"];
-    a.extend_from_slice(source);
-    a.extend(["--config-file", "etc/haproxy.cfg", "--run-dir", "run"]);
-    a
-}
-
 fn envs() -> [(&'static str, &'static str); 2] {
     [("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")]
 }
@@ -92,7 +85,7 @@ fn host_header_is_a_host_name_and_paths_match_whole_segments() {
         ],
     );
     let cat = catalog.display().to_string();
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
     wait_served("www.example.com", "/api", "api", &sup, T);
 
     // Not a host name: 400, never a service. The first is the bypass: the
@@ -202,7 +195,7 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
     ];
     write_catalog(&catalog, &holders);
     let cat = catalog.display().to_string();
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
     wait_served("shared.example.com", "/", "zeta", &sup, T);
 
     // Newcomers that sort first by name claim the same host and port.
@@ -251,7 +244,7 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
 
     // After a restart, the same owners.
     sup.stop();
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
     sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
     wait_served("shared.example.com", "/", "zeta", &sup, T);
     check(&sup);
@@ -286,7 +279,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
         &["HAPROXY.VHOST=shared.example.com", "HAPROXY.PATH=/app"],
     ));
     let addr = consul.addr();
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
     wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
     // alpha (first by name) registers later for the same host and path
@@ -322,7 +315,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
 
     // A restarted supervisor agrees.
     sup.stop();
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
     sup.wait_for_log(warning, T);
     wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
@@ -349,7 +342,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     }
     // And a restart while it fails does not hand the route over either.
     sup.stop();
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
     sup.wait_for_log(warning, T);
     wait_until(T, "zeta answers 503 after the restart", || {
         matches!(

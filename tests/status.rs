@@ -196,16 +196,8 @@ fn prometheus_scrapes_the_supervisor_and_haproxy() {
 fn readiness_follows_consul_and_status_shows_what_was_left_out() {
     netns::enter();
     let a = Backend::start("web-1");
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            "http://127.0.0.1:8500",
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--consul", "http://127.0.0.1:8500"],
         &[
             ("HAPROXY_LOG_FORMAT", "json"),
             ("HAPROXY_DOM", "example.com"),
@@ -267,16 +259,8 @@ fn readiness_follows_consul_and_status_shows_what_was_left_out() {
     );
 
     // A second supervisor on the same status port: a clear start-up error.
-    let mut other = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            "http://127.0.0.1:8500",
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let mut other = Supervisor::spawn_run(
+        &["--consul", "http://127.0.0.1:8500"],
         &[
             ("HAPROXY_HTTP_PORT", "8081"),
             ("HAPROXY_STATS_PORT", "4446"),

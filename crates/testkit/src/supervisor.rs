@@ -255,26 +255,24 @@ impl Supervisor {
         );
     }
 
-    /// `haproxy-supervisor run` on `consul`, with its config in
-    /// `<its dir>/etc/haproxy.cfg` ([`Supervisor::config_path`]) and its run
-    /// directory in `<its dir>/run`, and `envs`.
+    /// `haproxy-supervisor run` with the catalog from `source` (e.g.
+    /// `["--consul", addr]` or `["--catalog-file", path]`), its config in
+    /// `<its dir>/etc/haproxy.cfg` ([`Supervisor::config_path`]) and its
+    /// run directory in `<its dir>/run`, and `envs`.
+    pub fn spawn_run(source: &[&str], envs: &[(&str, &str)]) -> Supervisor {
+        let mut args = vec!["run"];
+        args.extend_from_slice(source);
+        args.extend(["--config-file", "etc/haproxy.cfg", "--run-dir", "run"]);
+        Supervisor::spawn(&args, envs)
+    }
+
+    /// [`Supervisor::spawn_run`] on `consul`.
     pub fn spawn_on_consul(consul: &crate::Consul, envs: &[(&str, &str)]) -> Supervisor {
-        Supervisor::spawn(
-            &[
-                "run",
-                "--consul",
-                &consul.addr(),
-                "--config-file",
-                "etc/haproxy.cfg",
-                "--run-dir",
-                "run",
-            ],
-            envs,
-        )
+        Supervisor::spawn_run(&["--consul", &consul.addr()], envs)
     }
 
     /// `<its dir>/etc/haproxy.cfg`, the config of
-    /// [`Supervisor::spawn_on_consul`].
+    /// [`Supervisor::spawn_run`].
     pub fn config_path(&self) -> PathBuf {
         self.dir().join("etc/haproxy.cfg")
     }
