@@ -42,25 +42,24 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
     let holder = TcpListener::bind("0.0.0.0:19000").expect("hold port 19000");
     let files = Files::new();
     write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
-    let env = envs();
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&files.render_args(), &envs());
 
     let load = Load::start(FRONT, WWW, 10);
     thread::sleep(Duration::from_millis(300));
-    write_catalog(
-        &files.catalog(),
-        &[
-            service("www", &[&a], &[]),
-            service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
-            service(
-                "bad",
-                &[&c],
-                &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19000"],
-            ),
-        ],
-    );
+    // www, api, and `bad` on TCP port 19000 (held) with `bad_tags` more.
+    let with_bad = |bad_tags: &[&str]| {
+        let mut tags = vec!["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19000"];
+        tags.extend_from_slice(bad_tags);
+        write_catalog(
+            &files.catalog(),
+            &[
+                service("www", &[&a], &[]),
+                service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
+                service("bad", &[&c], &tags),
+            ],
+        );
+    };
+    with_bad(&[]);
     wait_until(
         T,
         "api serves",
@@ -89,22 +88,7 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
 
     // The port is freed and the registration changes: tried again, serves.
     drop(holder);
-    write_catalog(
-        &files.catalog(),
-        &[
-            service("www", &[&a], &[]),
-            service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
-            service(
-                "bad",
-                &[&c],
-                &[
-                    "HAPROXY.PROTOCOL=tcp",
-                    "HAPROXY.FRONTEND.PORT=19000",
-                    "HAPROXY.BACKEND.BALANCE=leastconn",
-                ],
-            ),
-        ],
-    );
+    with_bad(&["HAPROXY.BACKEND.BALANCE=leastconn"]);
     wait_until(
         T,
         "bad serves on 19000 once changed",
