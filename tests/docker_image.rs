@@ -141,15 +141,43 @@ fn docker(args: &[&str]) -> Output {
 
 /// `docker ARGS`, which must succeed; its stdout.
 fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
+    stdout_of_success(&format!("docker {args:?}"), docker(args))
+}
+
+/// The stdout of `out`, which must be a success of `what`.
+fn stdout_of_success(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
-        "docker {args:?} failed ({}):\n{}{}",
+        "{what} failed ({}):\n{}{}",
         out.status,
         text(&out.stdout),
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+/// `curl -w '\n%{http_code}'` output: (code, body); code 0 when no HTTP
+/// answer came.
+fn code_and_body(out: &Output) -> (u16, String) {
+    let s = text(&out.stdout);
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `sh -c SCRIPT` in a throw-away container of `image` (no network); its
+/// stdout, which must succeed.
+fn sh_in_image(image: &str, script: &str) -> String {
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
+        script,
+    ])
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -261,15 +289,7 @@ impl Container {
     /// `docker exec ... sh -c SCRIPT`; its stdout, which must succeed.
     fn sh(&self, script: &str) -> String {
         let out = self.exec(&["sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "in {}: sh -c {script:?} failed ({}):\n{}{}",
-            self.name,
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        stdout_of_success(&format!("in {}: sh -c {script:?}", self.name), out)
     }
 
     /// Starts a long-running command in the background (`docker exec -d`),
@@ -299,9 +319,7 @@ impl Container {
             "\n%{http_code}",
             HTTP,
         ]);
-        let s = text(&out.stdout);
-        let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        code_and_body(&out)
     }
 
     /// `n` GETs for `host` in one `docker exec`: the bodies, trimmed (or
@@ -378,6 +396,15 @@ impl Container {
         docker_ok(&["kill", "-s", "HUP", &self.name]);
     }
 
+    /// The HTTP status code (or `000`) of `curl -s [ARGS] URL` in the
+    /// container.
+    fn curl_code(&self, args: &[&str], url: &str) -> String {
+        let mut argv = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        argv.extend_from_slice(args);
+        argv.push(url);
+        text(&self.exec(&argv).stdout)
+    }
+
     /// Registers (`port` Some) or deregisters instance `id` of `www` in the
     /// Consul agent inside the container.
     fn consul_www(&self, id: &str, port: Option<u16>) {
@@ -387,33 +414,22 @@ impl Container {
     /// Registers (`port` Some) or deregisters instance `id` of `service`,
     /// with the seed's tags plus `extra_tags`.
     fn consul_register(&self, service: &str, id: &str, port: Option<u16>, extra_tags: &[&str]) {
-        let out = match port {
-            Some(port) => self.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
-                "--data",
-                &registration(service, id, port, extra_tags),
+        let code = match port {
+            Some(port) => self.curl_code(
+                &[
+                    "-X",
+                    "PUT",
+                    "--data",
+                    &registration(service, id, port, extra_tags),
+                ],
                 "http://127.0.0.1:8500/v1/agent/service/register",
-            ]),
-            None => self.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
+            ),
+            None => self.curl_code(
+                &["-X", "PUT"],
                 &format!("http://127.0.0.1:8500/v1/agent/service/deregister/{id}"),
-            ]),
+            ),
         };
-        assert_eq!(text(&out.stdout), "200", "consul (de)registration of {id}");
+        assert_eq!(code, "200", "consul (de)registration of {id}");
     }
 }
 
@@ -529,18 +545,9 @@ fn check_image_contents(v: &Variant) -> String {
         .trim()
         .parse()
         .expect("image size");
-    let facts = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        v.image,
-        "-c",
-        ". /etc/os-release; echo \"$VERSION_ID\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
+    let facts = sh_in_image(v.image, ". /etc/os-release; echo \"$VERSION_ID\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
          ulimit -Hn",
-    ]);
+    );
     let lines: Vec<&str> = facts.lines().collect();
     assert!(lines.len() >= 5, "unexpected output: {facts:?}");
     let haproxy_version = lines[1].split_whitespace().nth(2).unwrap_or("").to_string();
@@ -648,34 +655,12 @@ fn check_variant(v: &Variant) {
         "the supervisor exited while Consul was not there yet:\n{}",
         c.logs()
     );
-    let early = c.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:4444/_haproxy_health_check",
-    ]);
+    let early = c.curl_code(&[], "http://127.0.0.1:4444/_haproxy_health_check");
     println!(
-        "{tag} before Consul exists: container running, health check on :4444 answers {:?}",
-        text(&early.stdout)
+        "{tag} before Consul exists: container running, health check on :4444 answers {early:?}"
     );
     // The image's HEALTHCHECK asks the supervisor's /readyz: not ready yet.
-    let readyz = |c: &Container| {
-        text(
-            &c.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://127.0.0.1:4445/readyz",
-            ])
-            .stdout,
-        )
-    };
+    let readyz = |c: &Container| c.curl_code(&[], "http://127.0.0.1:4445/readyz");
     assert_eq!(readyz(&c), "503", "/readyz before Consul exists");
 
     // --- Consul and backends inside the container ---------------------------
@@ -1163,15 +1148,7 @@ impl Compose {
     }
 
     fn ok(&self, args: &[&str], timeout: Duration) -> String {
-        let out = self.run(args, timeout);
-        assert!(
-            out.status.success(),
-            "compose {args:?} failed ({}):\n{}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        stdout_of_success(&format!("compose {args:?}"), self.run(args, timeout))
     }
 
     /// The id of a service's container.
@@ -1292,10 +1269,7 @@ fn host_get(port: u16, path: &str, host: Option<&str>) -> (u16, String) {
         cmd.arg("-H").arg(format!("Host: {h}"));
     }
     cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = run(&mut cmd, Duration::from_secs(10));
-    let s = text(&out.stdout);
-    let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    code_and_body(&run(&mut cmd, Duration::from_secs(10)))
 }
 
 #[test]
@@ -1309,19 +1283,7 @@ fn compose_example_runs() {
     let (http, stats, consul) = (free_port(), free_port(), free_port());
     // Docker cannot raise a container's open-files limit above dockerd's own
     // hard limit (the compose file asks for 1048576): ask for what it has.
-    let nofile = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        BOOKWORM.image,
-        "-c",
-        "ulimit -Hn",
-    ])
-    .trim()
-    .to_string();
+    let nofile = sh_in_image(BOOKWORM.image, "ulimit -Hn").trim().to_string();
     let nofile = if nofile == "unlimited" {
         "1048576".to_string()
     } else {
