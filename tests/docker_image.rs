@@ -30,15 +30,15 @@
 //! latency, durations.
 
 use std::fs::File;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
+use testkit::{is_event, run_within, which, Event};
 
 /// One image built by scripts/docker-build.sh.
 struct Variant {
@@ -91,42 +91,13 @@ const COMPOSE_PROJECT: &str = "hs-compose-test";
 /// Runs a command to completion with a deadline; panics if it does not end in
 /// time (after killing it) or cannot be started.
 fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{desc} did not finish within {timeout:?}");
-            }
-            Err(e) => panic!("waiting for {desc}: {e}"),
-        }
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
+    match run_within(cmd, timeout) {
+        (Some(status), stdout, stderr) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        (None, ..) => panic!("{cmd:?} did not finish within {timeout:?}"),
     }
 }
 
@@ -196,14 +167,6 @@ fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(cmd))
-            .find(|p| p.is_file())
-    })
 }
 
 fn unique(prefix: &str) -> String {
@@ -492,7 +455,7 @@ fn registration(service: &str, id: &str, port: u16, extra_tags: &[&str]) -> Stri
 
 fn count_reload_lines(logs: &str) -> usize {
     logs.lines()
-        .filter(|l| l.to_lowercase().contains("reload"))
+        .filter(|l| is_event(l, Event::ReloadDone))
         .count()
 }
 
@@ -962,7 +925,7 @@ fn check_variant(v: &Variant) {
     });
     assert!(
         logged.is_some(),
-        "SIGHUP reloaded HAProxy (pid {before:?} -> {new_pid}) but no new log line mentions a reload"
+        "SIGHUP reloaded HAProxy (pid {before:?} -> {new_pid}) but the log has no new reload_done event"
     );
     println!(
         "{tag} SIGHUP: haproxy {before:?} -> new pid {new_pid} after {:.0} ms, reload logged",

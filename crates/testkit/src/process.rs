@@ -2,6 +2,7 @@
 //! about processes: the tree under a pid, zombies, names, arguments, memory.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -47,6 +48,41 @@ pub fn child_wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitSt
         }
         thread::sleep(Duration::from_millis(10).min(deadline - now));
     }
+}
+
+/// Runs `cmd` to completion (stdin null; stdout and stderr captured, read
+/// as they come so a full pipe never blocks it) within `timeout`: its exit
+/// status, None if it had not ended by then (it is killed), and what it
+/// wrote. Panics if it cannot be started.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> (Option<ExitStatus>, Vec<u8>, Vec<u8>) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    die_with_parent(cmd);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    fn drain(r: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = child_wait_timeout(&mut child, timeout);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
 }
 
 /// The last `max` bytes of a file, as text (for diagnostics).

@@ -3,7 +3,6 @@
 //! its JSON log read as events.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -15,6 +14,7 @@ use serde_json::Value;
 
 use crate::process::{
     child_wait_timeout, children_of, clear_env, descendants_of, die_with_parent, file_tail,
+    run_within,
 };
 use crate::{poll_until, require, Event};
 
@@ -352,41 +352,12 @@ pub fn run_once(args: &[&str], envs: &[(&str, &str)], timeout: Duration) -> RunO
     let mut cmd = Command::new(crate::supervisor_bin());
     cmd.args(args)
         .envs(envs.iter().copied())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", crate::supervisor_bin().display()));
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_end(&mut buf);
-            }
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        .env("NO_COLOR", "1");
+    let (status, stdout, stderr) = run_within(&mut cmd, timeout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
     );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    );
-    let status = child_wait_timeout(&mut child, timeout);
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
     match status {
         Some(s) => RunOutput {
             code: s.code(),
