@@ -2,7 +2,7 @@
 //! strategy (SPEC §6), under closed-loop load.
 //!
 //! ```text
-//! cargo build --release && target/release/reload-bench [--duration-secs 8]
+//! cargo run --release -p bench --bin reload-bench -- [--duration-secs 8]
 //!     [--reload-every-ms 150] [--clients 50] [--out bench/results]
 //! ```
 //!

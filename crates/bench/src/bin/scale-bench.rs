@@ -2,7 +2,7 @@
 //! supervisor scales with the number of services.
 //!
 //! ```text
-//! cargo build --release && target/release/scale-bench [--changes 60]
+//! cargo run --release -p bench --bin scale-bench -- [--changes 60]
 //!     [--sizes 100,1000,10000] [--out bench/results]
 //! ```
 //!
