@@ -89,6 +89,12 @@ pub struct Files {
     pub dir: tempfile::TempDir,
 }
 
+impl Default for Files {
+    fn default() -> Files {
+        Files::new()
+    }
+}
+
 impl Files {
     pub fn new() -> Files {
         Files {
