@@ -13,7 +13,7 @@
 #   http-ka      plain HTTP, keep-alive
 #   https-ka     HTTPS, keep-alive (the handshake once per connection)
 #
-# Usage (root, after `cargo build --release`):
+# Usage (root, after `cargo build --release --workspace`):
 #   bench/tls-bench.sh [DURATION=10] [CONNECTIONS=50] [KEY=ec|rsa]
 set -euo pipefail
 
@@ -32,7 +32,7 @@ for p in wrk openssl curl haproxy; do
 done
 SUP="$ROOT/target/release/haproxy-supervisor"
 BACKEND="$ROOT/target/release/demo-backend"
-[ -x "$SUP" ] && [ -x "$BACKEND" ] || { echo "tls-bench: run cargo build --release first" >&2; exit 1; }
+[ -x "$SUP" ] && [ -x "$BACKEND" ] || { echo "tls-bench: run cargo build --release --workspace first" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/tls-bench.XXXXXX)
 PIDS=()

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 if [ "${HS_DEMO_IN_NETNS:-}" != 1 ]; then
   bash scripts/setup.sh
-  cargo build --release --bins
+  cargo build --release -p haproxy-supervisor -p demo-backend --bins
   exec env HS_DEMO_IN_NETNS=1 unshare --net -- bash "$0" "$@"
 fi
 

@@ -13,8 +13,8 @@ rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup compon
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Release build: the load and reload tests measure real behaviour and the
 # debug build of the backend and client would be the bottleneck.
-cargo test --release --all-targets -- --nocapture 2>&1 | tee target/test-output.txt
+cargo test --release --workspace --all-targets -- --nocapture 2>&1 | tee target/test-output.txt

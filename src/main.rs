@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     }
     match settings.resolve_user() {
         Ok(None) => {}
-        Ok(Some(note)) => tracing::warn!(event = %Event::Degraded, "{note}"),
+        Ok(Some(note)) => tracing::warn!(event = %Event::Degraded, what = "user", "{note}"),
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
             return ExitCode::from(2);

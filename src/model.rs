@@ -186,7 +186,7 @@ pub struct Desired {
 }
 
 pub const TAG_PREFIX: &str = "HAPROXY.";
-const KNOWN_TAGS: &[&str] = &[
+pub const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.ENABLE",
     "HAPROXY.PROTOCOL",
     "HAPROXY.BACKEND.BALANCE",
@@ -198,7 +198,7 @@ const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.BACKEND.STICKY",
     "HAPROXY.HTTPS_REDIRECT",
 ];
-const BALANCES: &[&str] = &[
+pub const BALANCES: &[&str] = &[
     "roundrobin",
     "static-rr",
     "leastconn",

@@ -270,7 +270,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     // PID 1 gets no default signal actions: install every handler first.
     let mut sigs = signals::listen().map_err(SupervisorError::Signals)?;
     if let Err(e) = process::become_subreaper() {
-        tracing::warn!(event = %Event::Degraded, error = %e, "cannot become a child subreaper; orphans may not be reaped here");
+        tracing::warn!(event = %Event::Degraded, what = "subreaper", error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
     // The status server: its port taken is a start-up error naming it.
     let status = Status::new();
@@ -313,7 +313,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         }
         (Err(e), ReloadStrategy::SynDrop) => return Err(SupervisorError::SynDropUnavailable(e)),
         (Err(e), ReloadStrategy::Seamless) => {
-            tracing::warn!(event = %Event::Degraded, error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
+            tracing::warn!(event = %Event::Degraded, what = "iptables", error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
             false
         }
         (Err(_), ReloadStrategy::Plain) => false,
@@ -358,7 +358,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         (Some(_), None) => {
             tracing::warn!(
                 event = %Event::Degraded,
-                what = "HAPROXY_CERTS_DIR",
+                what = "certs_dir",
                 "HAPROXY_CERTS_DIR is ignored with --no-render: the external config decides"
             );
             None

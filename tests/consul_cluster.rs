@@ -11,8 +11,6 @@
 //! supervisor's JSON log by its `event` field, never by message text.
 //! Run as root: `cargo test --release --test consul_cluster`.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -20,8 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const FRONT: &str = "127.0.0.1:8080";
 const WWW: &str = "www.example.com";
@@ -298,24 +296,22 @@ fn spawn(addr: &str, extra: &[(&str, &str)]) -> Supervisor {
     )
 }
 
-/// The fields of every JSON log line whose `event` is `name`.
-fn events(sup: &Supervisor, name: &str) -> Vec<Value> {
-    sup.log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["fields"]["event"] == name)
+/// The fields of every line of event `event`.
+fn events(sup: &Supervisor, event: Event) -> Vec<Value> {
+    sup.events(event)
+        .into_iter()
         .map(|v| v["fields"].clone())
         .collect()
 }
 
-/// Waits for an event `name` whose fields satisfy `f`; returns its fields.
-fn wait_event(sup: &Supervisor, name: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+/// Waits for an event whose fields satisfy `f`; returns its fields.
+fn wait_event(sup: &Supervisor, event: Event, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let mut found = None;
     if !poll_until(T, || {
-        found = events(sup, name).into_iter().find(|e| f(e));
+        found = events(sup, event).into_iter().find(|e| f(e));
         found.is_some()
     }) {
-        panic!("no {name} event {what} within {T:?}; log:\n{}", sup.log());
+        panic!("no {event} event {what} within {T:?}; log:\n{}", sup.log());
     }
     found.unwrap()
 }
@@ -403,7 +399,7 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
     thread::sleep(Duration::from_millis(300));
 
     cluster.client.kill();
-    wait_event(&sup, "consul_error", "after the agent died", |_| true);
+    wait_event(&sup, Event::ConsulError, "after the agent died", |_| true);
     // Changed while the agent is away: not seen, the last catalog serves.
     cluster.register(&cluster.servers[0], "web-2", b2.port());
     thread::sleep(Duration::from_secs(2));
@@ -426,7 +422,7 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
         sup.log()
     );
     assert_eq!(report.failed(), 0, "failed requests: {report}");
-    assert!(!events(&sup, "consul_recovered").is_empty());
+    assert!(!events(&sup, Event::ConsulRecovered).is_empty());
 }
 
 /// `CONSUL_HTTP_ADDR` listing the client agent then a server: the watcher
@@ -450,7 +446,7 @@ fn an_address_list_fails_over_to_the_next_agent_and_back() {
     cluster.client.kill();
     let e = wait_event(
         &sup,
-        "consul_failover",
+        Event::ConsulFailover,
         "from the agent to the server",
         |e| e["from"] == first.as_str() && e["to"] == second.as_str(),
     );
@@ -467,7 +463,7 @@ fn an_address_list_fails_over_to_the_next_agent_and_back() {
         back = Instant::now();
         cluster.client.leader().is_some()
     });
-    wait_event(&sup, "consul_failback", "to the agent", |e| {
+    wait_event(&sup, Event::ConsulFailback, "to the agent", |e| {
         e["from"] == second.as_str() && e["to"] == first.as_str()
     });
     let failback = back.elapsed();
@@ -725,7 +721,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     );
     until_routed(&sup, "web-1", Instant::now());
     // The unreachable address, named with its setting.
-    let e = wait_event(&sup, "consul_failover", "away from 127.0.0.9", |e| {
+    let e = wait_event(&sup, Event::ConsulFailover, "away from 127.0.0.9", |e| {
         e["from"] == "https://127.0.0.9:8501"
     });
     assert_eq!(e["setting"], "CONSUL_HTTP_ADDR / --consul");
@@ -736,7 +732,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     //    kept; back, and the change made meanwhile is routed.
     std::fs::remove_file(&token_file).unwrap();
     register("web-2", b2.port());
-    let e = wait_event(&sup, "consul_error", "naming the token file", |e| {
+    let e = wait_event(&sup, Event::ConsulError, "naming the token file", |e| {
         e["error"]
             .as_str()
             .is_some_and(|t| t.contains("CONSUL_HTTP_TOKEN_FILE"))
@@ -750,7 +746,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     // 2. The agent comes back with a certificate from another CA (a
     //    rotation gone wrong): named by CONSUL_CACERT. Then the right one
     //    again: recovered.
-    let recovered = events(&sup, "consul_recovered").len();
+    let recovered = events(&sup, Event::ConsulRecovered).len();
     agent.kill();
     std::fs::copy(pki.join("server.pem"), pki.join("good.pem")).unwrap();
     std::fs::copy(pki.join("server-key.pem"), pki.join("good-key.pem")).unwrap();
@@ -758,7 +754,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     std::fs::copy(pki.join("impostor-key.pem"), pki.join("server-key.pem")).unwrap();
     agent.start();
     ready("restart with a certificate from another CA");
-    let e = wait_event(&sup, "consul_error", "naming the CA file", |e| {
+    let e = wait_event(&sup, Event::ConsulError, "naming the CA file", |e| {
         e["error"]
             .as_str()
             .is_some_and(|t| t.contains("CONSUL_CACERT"))
@@ -771,7 +767,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     agent.start();
     ready("restart with the right certificate");
     wait_until(T, "the supervisor reads consul again", || {
-        events(&sup, "consul_recovered").len() > recovered
+        events(&sup, Event::ConsulRecovered).len() > recovered
     });
 
     // 3. The client certificate expires; the agent restarts (new TLS
@@ -782,11 +778,16 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     agent.kill();
     agent.start();
     ready("restart after the client certificate expired");
-    let e = wait_event(&sup, "consul_error", "naming the client certificate", |e| {
-        e["error"]
-            .as_str()
-            .is_some_and(|t| t.contains("CONSUL_CLIENT_CERT"))
-    });
+    let e = wait_event(
+        &sup,
+        Event::ConsulError,
+        "naming the client certificate",
+        |e| {
+            e["error"]
+                .as_str()
+                .is_some_and(|t| t.contains("CONSUL_CLIENT_CERT"))
+        },
+    );
     eprintln!("client certificate expired: {}", e["error"]);
     thread::sleep(Duration::from_millis(500));
     let report = load.stop();

@@ -30,15 +30,15 @@
 //! latency, durations.
 
 use std::fs::File;
-use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
+use testkit::{is_event, run_within, which, Event};
 
 /// One image built by scripts/docker-build.sh.
 struct Variant {
@@ -91,42 +91,13 @@ const COMPOSE_PROJECT: &str = "hs-compose-test";
 /// Runs a command to completion with a deadline; panics if it does not end in
 /// time (after killing it) or cannot be started.
 fn run(cmd: &mut Command, timeout: Duration) -> Output {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = out.read_to_end(&mut buf);
-        buf
-    });
-    let err_reader = thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{desc} did not finish within {timeout:?}");
-            }
-            Err(e) => panic!("waiting for {desc}: {e}"),
-        }
-    };
-    Output {
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
+    match run_within(cmd, timeout) {
+        (Some(status), stdout, stderr) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        (None, ..) => panic!("{cmd:?} did not finish within {timeout:?}"),
     }
 }
 
@@ -141,15 +112,43 @@ fn docker(args: &[&str]) -> Output {
 
 /// `docker ARGS`, which must succeed; its stdout.
 fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
+    stdout_of_success(&format!("docker {args:?}"), docker(args))
+}
+
+/// The stdout of `out`, which must be a success of `what`.
+fn stdout_of_success(what: &str, out: Output) -> String {
     assert!(
         out.status.success(),
-        "docker {args:?} failed ({}):\n{}{}",
+        "{what} failed ({}):\n{}{}",
         out.status,
         text(&out.stdout),
         text(&out.stderr)
     );
     text(&out.stdout)
+}
+
+/// `curl -w '\n%{http_code}'` output: (code, body); code 0 when no HTTP
+/// answer came.
+fn code_and_body(out: &Output) -> (u16, String) {
+    let s = text(&out.stdout);
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `sh -c SCRIPT` in a throw-away container of `image` (no network); its
+/// stdout, which must succeed.
+fn sh_in_image(image: &str, script: &str) -> String {
+    docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
+        script,
+    ])
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes.
@@ -168,14 +167,6 @@ fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn which(cmd: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(cmd))
-            .find(|p| p.is_file())
-    })
 }
 
 fn unique(prefix: &str) -> String {
@@ -261,15 +252,7 @@ impl Container {
     /// `docker exec ... sh -c SCRIPT`; its stdout, which must succeed.
     fn sh(&self, script: &str) -> String {
         let out = self.exec(&["sh", "-c", script]);
-        assert!(
-            out.status.success(),
-            "in {}: sh -c {script:?} failed ({}):\n{}{}",
-            self.name,
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        stdout_of_success(&format!("in {}: sh -c {script:?}", self.name), out)
     }
 
     /// Starts a long-running command in the background (`docker exec -d`),
@@ -299,9 +282,7 @@ impl Container {
             "\n%{http_code}",
             HTTP,
         ]);
-        let s = text(&out.stdout);
-        let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
-        (code.trim().parse().unwrap_or(0), body.to_string())
+        code_and_body(&out)
     }
 
     /// `n` GETs for `host` in one `docker exec`: the bodies, trimmed (or
@@ -378,6 +359,15 @@ impl Container {
         docker_ok(&["kill", "-s", "HUP", &self.name]);
     }
 
+    /// The HTTP status code (or `000`) of `curl -s [ARGS] URL` in the
+    /// container.
+    fn curl_code(&self, args: &[&str], url: &str) -> String {
+        let mut argv = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        argv.extend_from_slice(args);
+        argv.push(url);
+        text(&self.exec(&argv).stdout)
+    }
+
     /// Registers (`port` Some) or deregisters instance `id` of `www` in the
     /// Consul agent inside the container.
     fn consul_www(&self, id: &str, port: Option<u16>) {
@@ -387,33 +377,22 @@ impl Container {
     /// Registers (`port` Some) or deregisters instance `id` of `service`,
     /// with the seed's tags plus `extra_tags`.
     fn consul_register(&self, service: &str, id: &str, port: Option<u16>, extra_tags: &[&str]) {
-        let out = match port {
-            Some(port) => self.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
-                "--data",
-                &registration(service, id, port, extra_tags),
+        let code = match port {
+            Some(port) => self.curl_code(
+                &[
+                    "-X",
+                    "PUT",
+                    "--data",
+                    &registration(service, id, port, extra_tags),
+                ],
                 "http://127.0.0.1:8500/v1/agent/service/register",
-            ]),
-            None => self.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "PUT",
+            ),
+            None => self.curl_code(
+                &["-X", "PUT"],
                 &format!("http://127.0.0.1:8500/v1/agent/service/deregister/{id}"),
-            ]),
+            ),
         };
-        assert_eq!(text(&out.stdout), "200", "consul (de)registration of {id}");
+        assert_eq!(code, "200", "consul (de)registration of {id}");
     }
 }
 
@@ -476,7 +455,7 @@ fn registration(service: &str, id: &str, port: u16, extra_tags: &[&str]) -> Stri
 
 fn count_reload_lines(logs: &str) -> usize {
     logs.lines()
-        .filter(|l| l.to_lowercase().contains("reload"))
+        .filter(|l| is_event(l, Event::ReloadDone))
         .count()
 }
 
@@ -490,7 +469,7 @@ fn consul_binary() -> PathBuf {
 }
 
 fn demo_backend() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_demo-backend"));
+    let p = testkit::backend_bin().to_path_buf();
     assert!(p.is_file(), "{} is missing", p.display());
     p
 }
@@ -529,18 +508,9 @@ fn check_image_contents(v: &Variant) -> String {
         .trim()
         .parse()
         .expect("image size");
-    let facts = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        v.image,
-        "-c",
-        ". /etc/os-release; echo \"$VERSION_ID\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
+    let facts = sh_in_image(v.image, ". /etc/os-release; echo \"$VERSION_ID\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
          ulimit -Hn",
-    ]);
+    );
     let lines: Vec<&str> = facts.lines().collect();
     assert!(lines.len() >= 5, "unexpected output: {facts:?}");
     let haproxy_version = lines[1].split_whitespace().nth(2).unwrap_or("").to_string();
@@ -648,34 +618,12 @@ fn check_variant(v: &Variant) {
         "the supervisor exited while Consul was not there yet:\n{}",
         c.logs()
     );
-    let early = c.exec(&[
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:4444/_haproxy_health_check",
-    ]);
+    let early = c.curl_code(&[], "http://127.0.0.1:4444/_haproxy_health_check");
     println!(
-        "{tag} before Consul exists: container running, health check on :4444 answers {:?}",
-        text(&early.stdout)
+        "{tag} before Consul exists: container running, health check on :4444 answers {early:?}"
     );
     // The image's HEALTHCHECK asks the supervisor's /readyz: not ready yet.
-    let readyz = |c: &Container| {
-        text(
-            &c.exec(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://127.0.0.1:4445/readyz",
-            ])
-            .stdout,
-        )
-    };
+    let readyz = |c: &Container| c.curl_code(&[], "http://127.0.0.1:4445/readyz");
     assert_eq!(readyz(&c), "503", "/readyz before Consul exists");
 
     // --- Consul and backends inside the container ---------------------------
@@ -977,7 +925,7 @@ fn check_variant(v: &Variant) {
     });
     assert!(
         logged.is_some(),
-        "SIGHUP reloaded HAProxy (pid {before:?} -> {new_pid}) but no new log line mentions a reload"
+        "SIGHUP reloaded HAProxy (pid {before:?} -> {new_pid}) but the log has no new reload_done event"
     );
     println!(
         "{tag} SIGHUP: haproxy {before:?} -> new pid {new_pid} after {:.0} ms, reload logged",
@@ -1163,15 +1111,7 @@ impl Compose {
     }
 
     fn ok(&self, args: &[&str], timeout: Duration) -> String {
-        let out = self.run(args, timeout);
-        assert!(
-            out.status.success(),
-            "compose {args:?} failed ({}):\n{}{}",
-            out.status,
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
+        stdout_of_success(&format!("compose {args:?}"), self.run(args, timeout))
     }
 
     /// The id of a service's container.
@@ -1292,10 +1232,7 @@ fn host_get(port: u16, path: &str, host: Option<&str>) -> (u16, String) {
         cmd.arg("-H").arg(format!("Host: {h}"));
     }
     cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-    let out = run(&mut cmd, Duration::from_secs(10));
-    let s = text(&out.stdout);
-    let (body, code) = s.rsplit_once('\n').unwrap_or(("", s.as_str()));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    code_and_body(&run(&mut cmd, Duration::from_secs(10)))
 }
 
 #[test]
@@ -1309,19 +1246,7 @@ fn compose_example_runs() {
     let (http, stats, consul) = (free_port(), free_port(), free_port());
     // Docker cannot raise a container's open-files limit above dockerd's own
     // hard limit (the compose file asks for 1048576): ask for what it has.
-    let nofile = docker_ok(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--entrypoint",
-        "sh",
-        BOOKWORM.image,
-        "-c",
-        "ulimit -Hn",
-    ])
-    .trim()
-    .to_string();
+    let nofile = sh_in_image(BOOKWORM.image, "ulimit -Hn").trim().to_string();
     let nofile = if nofile == "unlimited" {
         "1048576".to_string()
     } else {

@@ -6,26 +6,18 @@
 //! every test in its own network namespace.
 //! Run as root: `cargo test --release --test failure_rules`.
 
-mod common;
-mod reload_support;
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
 use serde_json::json;
+use testkit::*;
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
-}
-
-fn count(sup: &Supervisor, msg: &str) -> usize {
-    events_with(sup, msg).len()
 }
 
 /// The environment of these tests: JSON logs, and HAProxy's access log
@@ -50,25 +42,24 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
     let holder = TcpListener::bind("0.0.0.0:19000").expect("hold port 19000");
     let files = Files::new();
     write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
-    let env = envs();
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&files.render_args(), &envs());
 
     let load = Load::start(FRONT, WWW, 10);
     thread::sleep(Duration::from_millis(300));
-    write_catalog(
-        &files.catalog(),
-        &[
-            service("www", &[&a], &[]),
-            service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
-            service(
-                "bad",
-                &[&c],
-                &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19000"],
-            ),
-        ],
-    );
+    // www, api, and `bad` on TCP port 19000 (held) with `bad_tags` more.
+    let with_bad = |bad_tags: &[&str]| {
+        let mut tags = vec!["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19000"];
+        tags.extend_from_slice(bad_tags);
+        write_catalog(
+            &files.catalog(),
+            &[
+                service("www", &[&a], &[]),
+                service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
+                service("bad", &[&c], &tags),
+            ],
+        );
+    };
+    with_bad(&[]);
     wait_until(
         T,
         "api serves",
@@ -78,10 +69,7 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
     let report = load.stop();
     eprintln!("www during the refused start: {report}");
     assert_eq!(report.failed(), 0, "the serving haproxy was hurt: {report}");
-    let left_out = events_with(
-        &sup,
-        "service left out: haproxy refused it; the others still apply",
-    );
+    let left_out = sup.events(Event::ServiceLeftOut);
     assert_eq!(left_out.len(), 1, "one warning");
     assert_eq!(left_out[0]["fields"]["service"], "bad");
     assert!(
@@ -100,35 +88,17 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
 
     // The port is freed and the registration changes: tried again, serves.
     drop(holder);
-    write_catalog(
-        &files.catalog(),
-        &[
-            service("www", &[&a], &[]),
-            service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
-            service(
-                "bad",
-                &[&c],
-                &[
-                    "HAPROXY.PROTOCOL=tcp",
-                    "HAPROXY.FRONTEND.PORT=19000",
-                    "HAPROXY.BACKEND.BALANCE=leastconn",
-                ],
-            ),
-        ],
-    );
+    with_bad(&["HAPROXY.BACKEND.BALANCE=leastconn"]);
     wait_until(
         T,
         "bad serves on 19000 once changed",
         || matches!(http_get("127.0.0.1:19000", "x", "/", Duration::from_secs(2)), Ok((200, b)) if b.trim_end() == "bad-1"),
     );
-    assert!(wait_for(
-        &sup,
-        "a service left out changed; trying it again"
-    ));
+    assert!(wait_for(&sup, Event::ServiceRetried));
 }
 
-fn wait_for(sup: &Supervisor, msg: &str) -> bool {
-    poll_until(T, || count(sup, msg) > 0)
+fn wait_for(sup: &Supervisor, event: Event) -> bool {
+    poll_until(T, || sup.has_event(event))
 }
 
 /// `nsenter` into the supervisor's mount namespace.
@@ -159,7 +129,7 @@ fn a_failed_write_heals_by_itself() {
         "--propagation".into(),
         "private".into(),
         "--".into(),
-        SUPERVISOR_BIN.into(),
+        s(testkit::supervisor_bin()),
     ];
     args.extend(files.render_args());
     let sup = Supervisor::spawn_program(require("unshare"), &strs(&args), &env_refs(&env));
@@ -176,20 +146,11 @@ fn a_failed_write_heals_by_itself() {
             service("api", &[&b], &["HAPROXY.VHOST=api.example.com"]),
         ],
     );
-    assert!(wait_for(
-        &sup,
-        "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)"
-    ));
+    assert!(wait_for(&sup, Event::ReloadRetry));
     // Several attempts, one error.
     thread::sleep(Duration::from_millis(1500));
     assert!(matches!(get(WWW), Ok((200, _))), "www keeps serving");
-    assert_eq!(
-        count(
-            &sup,
-            "reload failed; retrying with backoff until it succeeds (the running haproxy keeps serving)"
-        ),
-        1
-    );
+    assert_eq!(sup.events(Event::ReloadRetry).len(), 1);
     in_mounts_of(sup.pid(), &["umount", &etc]);
     let t0 = Instant::now();
     wait_until(Duration::from_secs(20), "api serves once writable", || {
@@ -202,7 +163,7 @@ fn a_failed_write_heals_by_itself() {
         "healed {:?} after the directory became writable",
         t0.elapsed()
     );
-    assert!(wait_for(&sup, "reloads work again"));
+    assert!(wait_for(&sup, Event::ReloadsHealed));
 }
 
 /// External-watcher mode: a config that passes `haproxy -c` but cannot
@@ -245,11 +206,12 @@ fn a_failed_start_rolls_back_and_a_crash_restarts_what_served() {
     let bad = format!("{good}frontend extra\n    bind *:19001\n    default_backend www\n");
     std::fs::write(&external, &bad).unwrap();
     sup.signal(Signal::SIGHUP).unwrap();
-    assert!(wait_for(
-        &sup,
-        "haproxy reload failed; the previous generation keeps serving"
-    ));
-    assert!(wait_for(&sup, "rolled back to the config that serves"));
+    assert!(wait_for(&sup, Event::ReloadFailed));
+    // Rolled back (not "cannot roll back", which carries an error).
+    assert!(poll_until(T, || sup
+        .events(Event::RolledBack)
+        .iter()
+        .any(|e| e["fields"]["error"].is_null())));
     assert_eq!(read(&run_dir.join("haproxy.cfg")), good, "the running file");
     assert_eq!(haproxies_under(sup.pid()), serving);
 
@@ -292,10 +254,7 @@ fn sighup_rereads_the_template_and_the_catalog_file() {
     let pids = haproxies_under(sup.pid());
     std::fs::write(&template, "{% if %}broken").unwrap();
     sup.signal(Signal::SIGHUP).unwrap();
-    assert!(wait_for(
-        &sup,
-        "SIGHUP: the template does not load; nothing changes"
-    ));
+    assert!(wait_for(&sup, Event::RenderFailed));
     thread::sleep(Duration::from_millis(300));
     assert_eq!(read(&files.config()), before);
     assert_eq!(haproxies_under(sup.pid()), pids);

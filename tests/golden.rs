@@ -7,8 +7,6 @@
 //! through `haproxy -c` there (run as root: each test enters its own network
 //! namespace). Run: `cargo test --test golden`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use haproxy_supervisor::model::{Catalog, Context, Desired};
@@ -135,7 +133,7 @@ fn golden(case: &str, catalog: &str) {
 
     // The same config, rendered for a temporary directory, passes
     // `haproxy -c` with its maps in place.
-    common::netns::enter();
+    testkit::netns::enter();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("haproxy.cfg");
     let sock = dir.path().join("admin.sock");
@@ -157,7 +155,7 @@ fn golden(case: &str, catalog: &str) {
     );
     assert_eq!(here.maps, r.maps);
     render::stage(&cfg, &here).unwrap().commit(&here).unwrap();
-    let (valid, msg) = common::haproxy_check(&cfg);
+    let (valid, msg) = testkit::haproxy_check(&cfg);
     assert!(
         valid,
         "haproxy -c rejected the {case} config: {msg}\n{}",

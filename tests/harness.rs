@@ -1,17 +1,15 @@
 //! Tests of the shared test harness (`tests/common`) and of `demo-backend`.
 //! Run as root: `cargo test --test harness`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::Signal;
 use serde_json::json;
+use testkit::*;
 
 const T: Duration = Duration::from_secs(5);
 
@@ -247,7 +245,7 @@ fn two_namespaces_bind_the_same_ports_at_the_same_time() {
 fn pid1_mode_runs_the_program_as_pid_1_and_signals_it() {
     netns::enter();
     let mut sup = Supervisor::spawn_program_as_pid1(
-        BACKEND_BIN,
+        testkit::backend_bin(),
         &["--listen", "127.0.0.1:9001", "--name", "pid1"],
         &[],
     );

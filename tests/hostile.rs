@@ -7,13 +7,11 @@
 //! Consul 1.8 accepts through its agent API is registered there and served
 //! by `run`. Run as root: `cargo test --test hostile`.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -540,19 +538,11 @@ fn hostile_consul_registrations_are_left_out_and_the_valid_service_serves() {
             == cases.len() + 3 // + good, typo2 and consul itself
     });
 
-    let mut sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &consul.addr(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let mut sup = Supervisor::spawn_on_consul(
+        &consul,
         &[("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")],
     );
-    let cfg = sup.dir().join("etc/haproxy.cfg");
+    let cfg = sup.config_path();
     wait_until(T, "the valid service answers through haproxy", || {
         matches!(http_get("127.0.0.1:8080", "good.example.com", "/", Duration::from_secs(2)),
                  Ok((200, b)) if b.trim_end() == "good")

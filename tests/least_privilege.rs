@@ -12,45 +12,15 @@
 //! test in its own network namespace. Run as root:
 //! `cargo test --release --test least_privilege`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
-use nix::sys::signal::Signal;
 use serde_json::json;
+use testkit::*;
 
-const FRONT: &str = "127.0.0.1:8080";
 const T: Duration = Duration::from_secs(15);
 const REQ: Duration = Duration::from_secs(2);
 /// A token value to look for where it must not be.
 const TOKEN: &str = "d3adb33f-0000-4000-8000-5ec4e7000001";
-
-fn served_by(host: &str) -> Option<String> {
-    match http_get(FRONT, host, "/", REQ) {
-        Ok((200, b)) => Some(b.trim_end().to_string()),
-        _ => None,
-    }
-}
-
-fn wait_served(host: &str, by: &str, sup: &Supervisor) {
-    if !poll_until(T, || served_by(host).as_deref() == Some(by)) {
-        panic!(
-            "{host} not served by {by} within {T:?} (last: {:?}); log:\n{}",
-            http_get(FRONT, host, "/", REQ),
-            sup.log()
-        );
-    }
-}
-
-fn stop(mut sup: Supervisor) {
-    sup.signal(Signal::SIGTERM).unwrap();
-    assert!(
-        sup.wait_timeout(Duration::from_secs(20)).is_some(),
-        "supervisor did not stop; log:\n{}",
-        sup.log()
-    );
-}
 
 /// The serving HAProxy processes under `sup` (not `haproxy -c` checks).
 fn serving_haproxies(sup: &Supervisor) -> Vec<i32> {
@@ -161,16 +131,8 @@ fn haproxy_serves_as_the_haproxy_user_and_never_sees_the_consul_token() {
         "Tags": ["HAPROXY.ENABLE=true"]
     }));
     let addr = consul.addr();
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &addr,
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--consul", &addr],
         &[
             ("HAPROXY_DOM", "example.com"),
             ("NO_COLOR", "1"),
@@ -178,7 +140,7 @@ fn haproxy_serves_as_the_haproxy_user_and_never_sees_the_consul_token() {
             ("CONSUL_HTTP_TOKEN", TOKEN),
         ],
     );
-    wait_served("www.example.com", "www", &sup);
+    wait_served("www.example.com", "/", "www", &sup, T);
     assert_no_token_in_haproxy_env(&sup);
     let config = std::fs::read_to_string(sup.dir().join("etc/haproxy.cfg")).unwrap();
     assert!(
@@ -193,12 +155,12 @@ fn haproxy_serves_as_the_haproxy_user_and_never_sees_the_consul_token() {
         "ID": "api-1", "Name": "api", "Address": "127.0.0.1", "Port": api.port(),
         "Tags": ["HAPROXY.ENABLE=true"]
     }));
-    wait_served("api.example.com", "api", &sup);
+    wait_served("api.example.com", "/", "api", &sup, T);
     wait_until(T, "the first generation is gone", || {
         serving_haproxies(&sup).iter().all(|p| !first.contains(p))
     });
     assert_unprivileged(&sup);
-    assert_eq!(served_by("www.example.com").as_deref(), Some("www"));
+    assert_eq!(served_by("www.example.com", "/").as_deref(), Some("www"));
 
     // The stats page is open and bound to every address by default.
     assert_eq!(
@@ -210,7 +172,7 @@ fn haproxy_serves_as_the_haproxy_user_and_never_sees_the_consul_token() {
 
     let log = sup.log();
     assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
-    stop(sup);
+    sup.stop();
 }
 
 #[test]
@@ -228,16 +190,8 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
     )
     .unwrap();
     let password = "s3cret-pw";
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--catalog-file",
-            &catalog.display().to_string(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--catalog-file", &catalog.display().to_string()],
         &[
             ("HAPROXY_DOM", "example.com"),
             ("NO_COLOR", "1"),
@@ -245,7 +199,7 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
             ("HAPROXY_STATS_BIND", "127.0.0.1"),
         ],
     );
-    wait_served("www.example.com", "www", &sup);
+    wait_served("www.example.com", "/", "www", &sup, T);
 
     // Credentials: 401 without or with wrong ones, 200 with the right ones.
     const RIGHT: &str = "YWRtaW46czNjcmV0LXB3"; // admin:s3cret-pw
@@ -295,7 +249,7 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
         !log.contains(password),
         "the password is in the log:\n{log}"
     );
-    stop(sup);
+    sup.stop();
 
     // A value that would change the config: exit 2 before anything starts,
     // and the error does not repeat it.
@@ -340,26 +294,17 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
     assert!(matches!(r, Ok((200, _))), "register: {r:?}");
 
     let addr = consul.addr();
-    let args = [
-        "run",
-        "--consul",
-        &addr,
-        "--config-file",
-        "etc/haproxy.cfg",
-        "--run-dir",
-        "run",
-    ];
     let spawn = |token: Option<&str>| {
         let mut envs = vec![("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")];
         if let Some(t) = token {
             envs.push(("CONSUL_HTTP_TOKEN", t));
         }
-        Supervisor::spawn(&args, &envs)
+        Supervisor::spawn_run(&["--consul", &addr], &envs)
     };
 
     // A token Consul does not know: 403 on every query.
     let sup = spawn(Some(TOKEN));
-    sup.wait_for_log("consul authorization error", T);
+    sup.wait_for_event(Event::ConsulDenied, T);
     let log = sup.log();
     assert!(
         log.contains("403")
@@ -367,27 +312,27 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
             && log.contains("the token from CONSUL_HTTP_TOKEN / --consul-token"),
         "{log}"
     );
-    assert!(!log.contains("consul unavailable"), "{log}");
+    assert!(!sup.has_event(Event::ConsulError), "{log}");
     assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
-    stop(sup);
+    sup.stop();
 
     // No token: Consul 1.8 hides everything from the anonymous token
     // (empty lists, not 403); reported as authorization, naming "no token".
     let sup = spawn(None);
-    sup.wait_for_log("consul authorization", T);
+    sup.wait_for_event(Event::ConsulDenied, T);
     let log = sup.log();
     assert!(log.contains("no token (CONSUL_HTTP_TOKEN"), "{log}");
-    assert!(!log.contains("consul unavailable"), "{log}");
-    stop(sup);
+    assert!(!sup.has_event(Event::ConsulError), "{log}");
+    sup.stop();
 
     // The right token: served, no authorization complaint.
     let sup = spawn(Some(ROOT_TOKEN));
-    wait_served("www.example.com", "www", &sup);
+    wait_served("www.example.com", "/", "www", &sup, T);
     let log = sup.log();
-    assert!(!log.contains("authorization"), "{log}");
+    assert!(!sup.has_event(Event::ConsulDenied), "{log}");
     assert!(!log.contains(ROOT_TOKEN), "the token is in the log:\n{log}");
     assert_no_token_in_haproxy_env(&sup);
-    stop(sup);
+    sup.stop();
 }
 
 /// No serving HAProxy has a Consul token in its environment.

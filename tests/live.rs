@@ -3,18 +3,14 @@
 //! Every test runs in its own network namespace.
 //! Run as root: `cargo test --release --test live`.
 
-mod common;
-mod reload_support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use reload_support::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const TAGS: [&str; 3] = [
     "HAPROXY.ENABLE=true",
@@ -24,15 +20,9 @@ const TAGS: [&str; 3] = [
 
 /// An agent registration of `www` with a passing TTL check `<id>-ttl`.
 fn instance(id: &str, port: u16, weight: u32, tags: &[&str]) -> Value {
-    json!({
-        "ID": id,
-        "Name": "www",
-        "Address": "127.0.0.1",
-        "Port": port,
-        "Tags": tags,
-        "Weights": {"Passing": weight, "Warning": 1},
-        "Check": {"CheckID": format!("{id}-ttl"), "TTL": "300s", "Status": "passing"}
-    })
+    let mut v = ttl_instance(id, "www", "127.0.0.1", port, tags);
+    v["Weights"] = json!({"Passing": weight, "Warning": 1});
+    v
 }
 
 /// The supervisor on `consul`, JSON logs, config in `<its dir>/etc`.
@@ -45,18 +35,7 @@ fn spawn(consul: &Consul, extra: &[(&'static str, &str)]) -> Supervisor {
         ("LOCAL_SYSLOG", "127.0.0.1:5514"),
     ];
     envs.extend_from_slice(extra);
-    Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            &consul.addr(),
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
-        &envs,
-    )
+    Supervisor::spawn_on_consul(consul, &envs)
 }
 
 /// One command line on HAProxy's admin socket through socat (not our
@@ -106,19 +85,14 @@ fn in_rotation(state: &BTreeMap<String, (u32, u32)>) -> BTreeMap<String, u32> {
 }
 
 fn server_lines(config: &str, backend: &str) -> BTreeMap<String, String> {
-    config_section(config, &format!("backend {backend}"))
-        .unwrap_or_default()
+    testkit::server_lines(config, backend)
         .into_iter()
-        .filter(|l| l.trim_start().starts_with("server "))
-        .map(|l| {
-            let name = l.split_whitespace().nth(1).unwrap_or("").to_string();
-            (name, l.trim().to_string())
-        })
+        .map(|l| (l.split_whitespace().nth(1).unwrap_or("").to_string(), l))
         .collect()
 }
 
-fn count(sup: &Supervisor, msg: &str) -> usize {
-    events_with(sup, msg).len()
+fn count(sup: &Supervisor, event: Event) -> usize {
+    sup.events(event).len()
 }
 
 /// Bodies seen in `n` requests to `host` (the demo backends answer their name).
@@ -195,7 +169,7 @@ fn server_changes_under_load_start_no_haproxy() {
     thread::sleep(Duration::from_millis(800));
     let report = load.stop();
     eprintln!("100 changes in {changes_took:?}; load: {report}");
-    let live = count(&sup, "live change applied");
+    let live = count(&sup, Event::LiveApplied);
     eprintln!(
         "live changes applied: {live}; reloads done: {}",
         done_count(&sup)
@@ -211,7 +185,7 @@ fn server_changes_under_load_start_no_haproxy() {
         1,
         "server-only changes reloaded (the log is printed below)"
     );
-    assert_eq!(count(&sup, "live change failed; reloading instead"), 0);
+    assert_eq!(count(&sup, Event::LiveFailed), 0);
     assert!(
         live >= 50,
         "only {live} live changes for 100 Consul changes"
@@ -301,7 +275,7 @@ fn structural_changes_reload_and_live_changes_resume() {
         bodies("api2.example.com", 10) == BTreeSet::from(["api-1".into(), "api-2".into()])
     });
     assert_eq!(done_count(&sup), 2, "reloads (the log is printed below)");
-    assert!(count(&sup, "live change applied") >= 2);
+    assert!(count(&sup, Event::LiveApplied) >= 2);
     // The file on disk follows once `haproxy -c` has passed (after the live change).
     let cfg = sup.dir().join("etc/haproxy.cfg");
     wait_until(T, "the hosts map on disk has api2.example.com", || {
@@ -335,7 +309,7 @@ fn a_refused_live_operation_falls_back_to_a_reload() {
     assert!(answer.contains("New server registered"), "{answer}");
     consul.register(&instance("web-2", b.port(), 1, &TAGS));
     wait_done(&sup, 2, T);
-    assert_eq!(count(&sup, "live change failed; reloading instead"), 1);
+    assert_eq!(count(&sup, Event::LiveFailed), 1);
     wait_until(T, "both serve", || {
         bodies(WWW, 10) == BTreeSet::from(["web-1".into(), "web-2".into()])
     });
@@ -370,7 +344,7 @@ fn static_backends_reload_to_add_servers() {
         bodies(WWW, 10) == BTreeSet::from(["web-1".into()])
     });
     assert_eq!(done_count(&sup), 2, "reloads (the log is printed below)");
-    assert_eq!(count(&sup, "live change applied"), 1);
+    assert_eq!(count(&sup, Event::LiveApplied), 1);
 }
 
 /// Server state survives a reload: a server HAProxy found down stays down

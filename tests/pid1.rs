@@ -5,9 +5,6 @@
 //! Each test runs in its own network namespace, under
 //! `unshare --pid --fork --mount-proc`. Run as root: `cargo test --test pid1`.
 
-mod common;
-mod reload_support;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -16,10 +13,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use reload_support::*;
+use testkit::*;
 
 /// Starts the supervisor as PID 1 on `services` and waits until `www`
 /// answers.
@@ -47,12 +43,7 @@ fn terminate(sup: &mut Supervisor) -> std::process::ExitStatus {
 /// zombie.
 #[test]
 fn pid1_reaps_orphaned_grandchildren() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let wrapper = files.path("haproxy-wrapper");
     std::fs::write(
         &wrapper,
@@ -205,7 +196,7 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
     assert_eq!(report.other, 0, "{report}");
     assert!(report.ok > 0, "{report}");
     assert!(
-        !events_with(&sup, "stopped").is_empty(),
+        !sup.events(Event::Stopped).is_empty(),
         "log:\n{}",
         sup.log()
     );
@@ -222,12 +213,7 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
 /// (after a short backoff), and it serves again; the dead one is reaped.
 #[test]
 fn pid1_restarts_a_killed_haproxy() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env("seamless");
     let mut sup = start_pid1(&files, &[], &env);
     let init = sup.pid();
@@ -239,10 +225,10 @@ fn pid1_restarts_a_killed_haproxy() {
 
     kill(Pid::from_raw(old), Signal::SIGKILL).expect("kill haproxy");
     wait_until(T, "the death to be logged", || {
-        !events_with(&sup, "serving haproxy died unexpectedly").is_empty()
+        !sup.events(Event::GenerationDied).is_empty()
     });
     wait_done(&sup, 2, T);
-    let restarted = events_with(&sup, "haproxy reload done");
+    let restarted = sup.events(Event::ReloadDone);
     let last = &restarted[restarted.len() - 1]["fields"];
     assert_eq!(last["trigger"], "restart", "{last}");
     wait_serving(WWW, T);
@@ -293,7 +279,7 @@ fn pid1_signal_table() {
         sup.signal(s).expect("send");
     }
     wait_until(T, "four signals ignored", || {
-        events_with(&sup, "signal ignored").len() >= 4
+        sup.events(Event::SignalIgnored).len() >= 4
     });
     assert!(sup.is_running());
     assert_eq!(done_count(&sup), 2);
@@ -307,10 +293,7 @@ fn pid1_signal_table() {
     wait_until(T, "haproxy resumed", || {
         sup.log().contains("Resumed frontend app_http_in")
     });
-    assert_eq!(
-        events_with(&sup, "forwarding the signal to the serving haproxy").len(),
-        2
-    );
+    assert_eq!(sup.events(Event::SignalForwarded).len(), 2);
     wait_serving(WWW, T);
 
     // SIGQUIT: no soft stop, no waiting for the stop timeout.

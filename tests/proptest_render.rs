@@ -7,8 +7,6 @@
 //! Run as root (for `haproxy -c` in a network namespace):
 //! `cargo test --test proptest_render`.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -37,15 +35,8 @@ const KEYS: &[&str] = &[
     "haproxy.vhost",
 ];
 
-const BALANCES: &[&str] = &[
-    "roundrobin",
-    "static-rr",
-    "leastconn",
-    "first",
-    "source",
-    "random",
-    "uri",
-];
+/// Every balance algorithm the model accepts.
+use haproxy_supervisor::model::BALANCES;
 
 /// Characters that mean something to HAProxy, map files, shells or
 /// terminals, plus some that are harmless.
@@ -651,7 +642,7 @@ proptest! {
 /// (with its maps) is one HAProxy accepts.
 #[test]
 fn any_catalog_renders_a_config_haproxy_accepts() {
-    common::netns::enter();
+    testkit::netns::enter();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("haproxy.cfg");
     let r = renderer(&cfg, &dir.path().join("admin.sock"));
@@ -666,7 +657,7 @@ fn any_catalog_renders_a_config_haproxy_accepts() {
             let (desired, _) = Desired::build(&catalog, &Context::from(&vars));
             let rendered = r.render(&desired, &vars).unwrap();
             let staged = render::stage(&cfg, &rendered).expect("stage");
-            let (valid, msg) = common::haproxy_check(&staged.candidate);
+            let (valid, msg) = testkit::haproxy_check(&staged.candidate);
             staged.abort();
             prop_assert!(valid, "haproxy -c: {}\n{}", msg, rendered.config);
             accepted.set(accepted.get() + desired.services.len());

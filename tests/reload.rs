@@ -5,15 +5,11 @@
 //! Every test runs in its own network namespace (`netns::enter`), with real
 //! HAProxy, iptables, Consul and signals. Run as root: `cargo test --test reload`.
 
-mod common;
-mod reload_support;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
+use testkit::*;
 
 /// Clients of every load: each opens a new connection per request.
 const CLIENTS: usize = 20;
@@ -63,12 +59,7 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     // the supervisor and HAProxy of CPU, and a syn-drop reload whose rules
     // stay in place for over a second drops a SYN's retransmission too.
     let _one_load = ONE_LOAD.lock().unwrap_or_else(|e| e.into_inner());
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env(strategy);
     let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
     wait_done(&sup, 1, T);
@@ -113,9 +104,10 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     thread::sleep(Duration::from_millis(300));
     let report = stop_load();
     let reloads = reloads(&sup);
-    let failed = events_with(&sup, "haproxy reload failed").len();
+    let failed = sup.events(Event::ReloadFailed).len();
     assert_eq!(failed, 0, "failed reloads; log:\n{}", sup.log());
-    let strategies: Vec<String> = events_with(&sup, "haproxy reload done")
+    let strategies: Vec<String> = sup
+        .events(Event::ReloadDone)
         .iter()
         .skip(1)
         .map(|e| e["fields"]["strategy"].as_str().unwrap_or("?").to_string())
@@ -125,7 +117,8 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
         "reloads did not all use {strategy}: {strategies:?}"
     );
     assert!(our_rules().is_empty(), "{:?}", our_rules());
-    let mut took_ms: Vec<u64> = events_with(&sup, "haproxy reload done")
+    let mut took_ms: Vec<u64> = sup
+        .events(Event::ReloadDone)
         .iter()
         .skip(1)
         .filter_map(|e| e["fields"]["took_ms"].as_u64())
@@ -146,21 +139,33 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     }
 }
 
+impl Run {
+    /// Every reload was done, and requests were served.
+    fn assert_served(&self) {
+        assert_eq!(self.reloads, RELOADS, "reload counter");
+        assert!(self.report.ok > 0, "{}", self.report);
+    }
+
+    /// [`Run::assert_served`], and no request failed.
+    fn assert_lost_none(&self, what: &str) {
+        self.assert_served();
+        assert_eq!(
+            self.report.failed(),
+            0,
+            "{what}: {} failed requests in {} reloads ({:.2?}; {}): {}",
+            self.report.failed(),
+            self.reloads,
+            self.took,
+            self.windows,
+            self.report
+        );
+    }
+}
+
 #[test]
 fn seamless_reloads_under_load_lose_no_request() {
     let run = reloads_under_load("seamless", PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "seamless: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none("seamless");
     // Both backends took traffic.
     assert!(run.report.bodies.contains_key("web-1"), "{}", run.report);
     assert!(run.report.bodies.contains_key("web-2"), "{}", run.report);
@@ -169,26 +174,14 @@ fn seamless_reloads_under_load_lose_no_request() {
 #[test]
 fn syn_drop_reloads_under_load_lose_no_request_and_leave_no_rule() {
     let run = reloads_under_load("syn-drop", SYN_DROP_PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "syn-drop: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none("syn-drop");
 }
 
 /// `plain` may reset connections: its failures are reported, not asserted.
 #[test]
 fn plain_reloads_under_load_are_reported() {
     let run = reloads_under_load("plain", PAUSE);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
+    run.assert_served();
     println!(
         "plain: {} failed requests (refused={} reset={} timeout={} other={} non_2xx={}) in {} reloads",
         run.report.failed(),
@@ -207,18 +200,7 @@ fn plain_reloads_under_load_are_reported() {
 /// client (`option idle-close-on-response`).
 fn keepalive_reloads_lose_no_request(strategy: &str, pause: Duration) {
     let run = reloads_under(strategy, pause, Conn::KeepAlive);
-    assert_eq!(run.reloads, RELOADS, "reload counter");
-    assert!(run.report.ok > 0, "{}", run.report);
-    assert_eq!(
-        run.report.failed(),
-        0,
-        "{strategy}, keep-alive clients: {} failed requests in {} reloads ({:.2?}; {}): {}",
-        run.report.failed(),
-        run.reloads,
-        run.took,
-        run.windows,
-        run.report
-    );
+    run.assert_lost_none(&format!("{strategy}, keep-alive clients"));
 }
 
 #[test]
@@ -242,12 +224,7 @@ fn keepalive_clients_lose_no_request_across_syn_drop_reloads() {
 /// from the orphaned HAProxy processes and serves.
 #[test]
 fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
+    let (_orphans, _backends, files) = www_on::<2>();
     let env = env("syn-drop");
     let args = files.render_args();
     let mut first = Supervisor::spawn(&strs(&args), &env_refs(&env));
@@ -300,7 +277,7 @@ fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
     drop(first);
 
     let second = Supervisor::spawn(&strs(&args), &env_refs(&env));
-    second.wait_for_log("haproxy-supervisor started", T);
+    second.wait_for_event(Event::Started, T);
     let left = our_rules();
     assert!(
         left.is_empty(),
@@ -308,7 +285,7 @@ fn syn_drop_rules_of_a_supervisor_killed_mid_reload_are_removed_at_start_up() {
         second.log()
     );
     assert!(
-        !events_with(&second, "removed SYN-drop rules left by an earlier run").is_empty(),
+        !second.events(Event::StaleRulesRemoved).is_empty(),
         "no warning about the stale rules; log:\n{}",
         second.log()
     );
@@ -446,11 +423,7 @@ fn external_config(run_dir: &std::path::Path, servers: &[&Backend]) -> String {
 /// a valid file and SIGHUP afterwards do reload.
 #[test]
 fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
+    let (_orphans, [a, b], files) = isolated();
     let watched = files.path("external.cfg");
     let run_dir = files.run_dir();
     let running = run_dir.join("haproxy.cfg");
@@ -477,11 +450,7 @@ fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
     write_atomic(&watched, b"this is not\nan haproxy {config}\n");
     sup.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_until(T, "the invalid config to be reported", || {
-        !events_with(
-            &sup,
-            "invalid config; keeping the running haproxy and the last good file",
-        )
-        .is_empty()
+        !sup.events(Event::ConfigInvalid).is_empty()
     });
     assert_eq!(
         done_count(&sup),
@@ -520,11 +489,7 @@ fn invalid_config_on_sighup_keeps_the_old_haproxy_and_file() {
 /// HAProxy and the last good config stay.
 #[test]
 fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
+    let (_orphans, [a, b], files) = isolated();
     let template = files.path("haproxy.cfg.tera");
     let text = format!(
         "{}\n{{% for s in services %}}{{% if s.name == \"garbage\" %}}\n    this-is-not-an-haproxy-keyword {{{{ s.name }}}}\n{{% endif %}}{{% endfor %}}\n",
@@ -534,10 +499,7 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
     write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
     let mut args = files.render_args();
     args.extend(["--template".to_string(), s(&template)]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&args), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&args, &env("seamless"));
     let good = std::fs::read(files.config()).expect("rendered config");
     // The map files the good config refers to, with their content.
     let maps: Vec<(String, Vec<u8>)> = String::from_utf8_lossy(&good)
@@ -561,16 +523,9 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
         ],
     );
     wait_until(T, "the invalid rendered config to be reported", || {
-        !events_with(
-            &sup,
-            "invalid config; keeping the running haproxy and the last good file",
-        )
-        .is_empty()
+        !sup.events(Event::ConfigInvalid).is_empty()
     });
-    let err = events_with(
-        &sup,
-        "invalid config; keeping the running haproxy and the last good file",
-    );
+    let err = sup.events(Event::ConfigInvalid);
     let msg = err[0]["fields"]["error"].as_str().unwrap_or_default();
     assert!(
         msg.contains("this-is-not-an-haproxy-keyword"),
@@ -604,10 +559,7 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
     }
     // Issue #9: the service whose lines HAProxy refused (the one that
     // changed) is left out with a warning, the rest applies.
-    let left_out = events_with(
-        &sup,
-        "service left out: haproxy refused it; the others still apply",
-    );
+    let left_out = sup.events(Event::ServiceLeftOut);
     assert_eq!(left_out.len(), 1, "{left_out:?}");
     assert_eq!(left_out[0]["fields"]["service"], "garbage");
     // SIGHUP re-renders the same catalog: the refused service stays out,
@@ -623,16 +575,8 @@ fn template_rendering_garbage_keeps_the_old_haproxy_and_file() {
 /// HAProxy is left once the old ones have drained.
 #[test]
 fn sighup_storm_coalesces_and_leaves_one_haproxy_and_no_zombie() {
-    netns::enter();
-    let _orphans = OrphanGuard;
-    let a = Backend::start("web-1");
-    let b = Backend::start("web-2");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a, &b], &[])]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let (_orphans, _backends, files) = www_on::<2>();
+    let sup = spawn_serving(&files.render_args(), &env("seamless"));
 
     let load = Load::start(FRONT, WWW, 10);
     for _ in 0..200 {
@@ -697,17 +641,13 @@ fn sighup_storm_coalesces_and_leaves_one_haproxy_and_no_zombie() {
 /// start-up, before any HAProxy runs; `seamless` only warns.
 #[test]
 fn syn_drop_without_net_admin_fails_at_start_up() {
-    netns::enter();
-    let _orphans = OrphanGuard;
+    let (_orphans, [_a], files) = www_on();
     let setpriv = require("setpriv");
-    let a = Backend::start("web-1");
-    let files = Files::new();
-    write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
     let mut args = vec![
         "--inh-caps=-net_admin".to_string(),
         "--bounding-set=-net_admin".to_string(),
         "--".to_string(),
-        SUPERVISOR_BIN.to_string(),
+        s(testkit::supervisor_bin()),
     ];
     args.extend(files.render_args());
 
@@ -733,16 +673,12 @@ fn syn_drop_without_net_admin_fails_at_start_up() {
     let sup = Supervisor::spawn_program(&setpriv, &strs(&args), &env_refs(&env_sl));
     wait_done(&sup, 1, T);
     wait_serving(WWW, T);
-    assert_eq!(
-        events_with(
-            &sup,
-            "iptables unavailable: seamless reloads cannot fall back to syn-drop"
-        )
-        .len(),
-        1,
-        "log:\n{}",
-        sup.log()
-    );
+    let iptables: Vec<_> = sup
+        .events(Event::Degraded)
+        .into_iter()
+        .filter(|e| e["fields"]["what"] == "iptables")
+        .collect();
+    assert_eq!(iptables.len(), 1, "log:\n{}", sup.log());
 }
 
 /// A value that does not parse exits 2, naming the variable and the value,

@@ -12,14 +12,11 @@
 //! Real haproxy, consul and demo backends; every test in its own network
 //! namespace. Run as root: `cargo test --release --test routing_rules`.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
-use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use testkit::*;
 
 const FRONT: &str = "127.0.0.1:8080";
 const T: Duration = Duration::from_secs(15);
@@ -45,13 +42,6 @@ fn write_catalog(path: &Path, services: &[Value]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn run_args<'a>(source: &'a [&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["run"];
-    a.extend_from_slice(source);
-    a.extend(["--config-file", "etc/haproxy.cfg", "--run-dir", "run"]);
-    a
-}
-
 fn envs() -> [(&'static str, &'static str); 2] {
     [("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")]
 }
@@ -67,34 +57,6 @@ fn get_raw(host: Option<&str>, path: &str) -> (u16, String) {
         Ok((status, body)) => (status, body.trim_end().to_string()),
         Err(e) => panic!("GET {path} with Host {host:?}: {e}"),
     }
-}
-
-fn served_by(host: &str, path: &str) -> Option<String> {
-    match http_get(FRONT, host, path, REQ) {
-        Ok((200, b)) => Some(b.trim_end().to_string()),
-        _ => None,
-    }
-}
-
-fn wait_served(host: &str, path: &str, by: &str, sup: &Supervisor) {
-    if !poll_until(T, || served_by(host, path).as_deref() == Some(by)) {
-        panic!(
-            "{host}{path} not served by {by} within {T:?} (last: {:?}); log:\n{}",
-            http_get(FRONT, host, path, REQ),
-            sup.log()
-        );
-    }
-}
-
-/// Stops a supervisor gracefully (its HAProxy with it) so the next one can
-/// bind the same ports.
-fn stop(mut sup: Supervisor) {
-    sup.signal(Signal::SIGTERM).unwrap();
-    assert!(
-        sup.wait_timeout(Duration::from_secs(20)).is_some(),
-        "supervisor did not stop; log:\n{}",
-        sup.log()
-    );
 }
 
 #[test]
@@ -123,8 +85,8 @@ fn host_header_is_a_host_name_and_paths_match_whole_segments() {
         ],
     );
     let cat = catalog.display().to_string();
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
-    wait_served("www.example.com", "/api", "api", &sup);
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
+    wait_served("www.example.com", "/api", "api", &sup, T);
 
     // Not a host name: 400, never a service. The first is the bypass: the
     // Host carried the path, and any request path reached `api`.
@@ -233,8 +195,8 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
     ];
     write_catalog(&catalog, &holders);
     let cat = catalog.display().to_string();
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
-    wait_served("shared.example.com", "/", "zeta", &sup);
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
+    wait_served("shared.example.com", "/", "zeta", &sup, T);
 
     // Newcomers that sort first by name claim the same host and port.
     let mut all = holders.to_vec();
@@ -281,15 +243,15 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
     check(&sup);
 
     // After a restart, the same owners.
-    stop(sup);
-    let sup = Supervisor::spawn(&run_args(&["--catalog-file", &cat]), &envs());
+    sup.stop();
+    let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
     sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
-    wait_served("shared.example.com", "/", "zeta", &sup);
+    wait_served("shared.example.com", "/", "zeta", &sup, T);
     check(&sup);
 
     // Once the holder is gone, the newcomer gets the host.
     write_catalog(&catalog, &all[2..]);
-    wait_served("shared.example.com", "/", "alpha", &sup);
+    wait_served("shared.example.com", "/", "alpha", &sup, T);
 }
 
 /// An agent registration with a TTL check (passing unless told otherwise).
@@ -317,8 +279,8 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
         &["HAPROXY.VHOST=shared.example.com", "HAPROXY.PATH=/app"],
     ));
     let addr = consul.addr();
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
-    wait_served("shared.example.com", "/app", "zeta", &sup);
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
+    wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
     // alpha (first by name) registers later for the same host and path
     // (written differently: the same route).
@@ -352,10 +314,10 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     );
 
     // A restarted supervisor agrees.
-    stop(sup);
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    sup.stop();
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
     sup.wait_for_log(warning, T);
-    wait_served("shared.example.com", "/app", "zeta", &sup);
+    wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
     // zeta's only instance fails its check: zeta keeps the route and
     // answers 503 (no server); the route never falls to alpha.
@@ -379,8 +341,8 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
         std::thread::sleep(Duration::from_millis(50));
     }
     // And a restart while it fails does not hand the route over either.
-    stop(sup);
-    let sup = Supervisor::spawn(&run_args(&["--consul", &addr]), &envs());
+    sup.stop();
+    let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
     sup.wait_for_log(warning, T);
     wait_until(T, "zeta answers 503 after the restart", || {
         matches!(
@@ -390,7 +352,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     });
 
     consul.ttl_pass("zeta-1-ttl");
-    wait_served("shared.example.com", "/app", "zeta", &sup);
+    wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
     // Deregistered, the holder leaves the route to the newcomer.
     consul.deregister("zeta-1");

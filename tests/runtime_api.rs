@@ -2,8 +2,6 @@
 //! HAProxy started by each test in its own network namespace, with effects
 //! checked through real HTTP requests where possible.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -11,8 +9,8 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{http_get, netns, poll_until, require, wait_until, Backend, Supervisor};
 use haproxy_supervisor::runtime::{AdminState, RuntimeApi, RuntimeError};
+use testkit::{http_get, netns, poll_until, require, wait_until, Backend, Supervisor};
 
 /// The frontend every test's HAProxy listens on (inside its namespace).
 const FRONT: &str = "127.0.0.1:8080";

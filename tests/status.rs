@@ -3,16 +3,12 @@
 //! Prometheus exporter on the stats port. Each test in its own network
 //! namespace. Run as root: `cargo test --release --test status`.
 
-mod common;
-mod reload_support;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use nix::sys::signal::Signal;
-use reload_support::*;
 use serde_json::{json, Value};
+use testkit::*;
 
 const STATUS: &str = "127.0.0.1:4445";
 const STATS: &str = "127.0.0.1:4444";
@@ -135,10 +131,7 @@ fn prometheus_scrapes_the_supervisor_and_haproxy() {
     let a = Backend::start("web-1");
     let files = Files::new();
     write_catalog(&files.catalog(), &[service("www", &[&a], &[])]);
-    let env = env("seamless");
-    let sup = Supervisor::spawn(&strs(&files.render_args()), &env_refs(&env));
-    wait_done(&sup, 1, T);
-    wait_serving(WWW, T);
+    let sup = spawn_serving(&files.render_args(), &env("seamless"));
 
     let (code, ours) = status_get("/metrics");
     assert_eq!(code, 200);
@@ -203,16 +196,8 @@ fn prometheus_scrapes_the_supervisor_and_haproxy() {
 fn readiness_follows_consul_and_status_shows_what_was_left_out() {
     netns::enter();
     let a = Backend::start("web-1");
-    let sup = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            "http://127.0.0.1:8500",
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let sup = Supervisor::spawn_run(
+        &["--consul", "http://127.0.0.1:8500"],
         &[
             ("HAPROXY_LOG_FORMAT", "json"),
             ("HAPROXY_DOM", "example.com"),
@@ -274,16 +259,8 @@ fn readiness_follows_consul_and_status_shows_what_was_left_out() {
     );
 
     // A second supervisor on the same status port: a clear start-up error.
-    let mut other = Supervisor::spawn(
-        &[
-            "run",
-            "--consul",
-            "http://127.0.0.1:8500",
-            "--config-file",
-            "etc/haproxy.cfg",
-            "--run-dir",
-            "run",
-        ],
+    let mut other = Supervisor::spawn_run(
+        &["--consul", "http://127.0.0.1:8500"],
         &[
             ("HAPROXY_HTTP_PORT", "8081"),
             ("HAPROXY_STATS_PORT", "4446"),

@@ -8,9 +8,6 @@
 //! Tests read the supervisor's JSON log by its `event` field.
 //! Run as root: `cargo test --release --test tls`.
 
-mod common;
-mod reload_support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -20,10 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use reload_support::{done_count, events, haproxies_under, service, wait_done, write_catalog};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
+use testkit::*;
 
 const HTTPS: u16 = 8443;
 const HTTP: u16 = 8080;
@@ -353,21 +349,13 @@ fn spawn(catalog: &Path, certs: &Path, extra: &[(&str, &str)]) -> Supervisor {
     )
 }
 
-/// Log events with `event` = `name`.
-fn events_named(sup: &Supervisor, name: &str) -> Vec<Value> {
-    events(sup)
-        .into_iter()
-        .filter(|e| e["fields"]["event"] == name)
-        .collect()
-}
-
-fn wait_event(sup: &Supervisor, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+fn wait_event(sup: &Supervisor, event: Event, pred: impl Fn(&Value) -> bool) -> Value {
     let mut found = None;
     if !poll_until(T, || {
-        found = events_named(sup, name).into_iter().find(|e| pred(e));
+        found = sup.events(event).into_iter().find(|e| pred(e));
         found.is_some()
     }) {
-        panic!("no {name:?} event within {T:?}; log:\n{}", sup.log());
+        panic!("no {event} event within {T:?}; log:\n{}", sup.log());
     }
     found.unwrap()
 }
@@ -510,7 +498,7 @@ fn https_serves_each_host_its_certificate_with_h2_redirect_and_hsts() {
     );
     assert_eq!((r.code, r.body.as_str()), (200, "xfp=http"), "{r:?}");
     assert!(!r.headers.contains("strict-transport-security"), "{r:?}");
-    let loaded = events_named(&sup, "cert_loaded");
+    let loaded = sup.events(Event::CertLoaded);
     assert_eq!(loaded.len(), 2, "{loaded:?}");
     eprintln!("checks took {:?}", t0.elapsed());
 }
@@ -651,7 +639,7 @@ fn a_certificate_replaced_under_load_is_served_within_a_second_without_a_process
         "a reload happened; log:\n{}",
         sup.log()
     );
-    let e = wait_event(&sup, "cert_updated", |e| file_is(e, "a.pem"));
+    let e = wait_event(&sup, Event::CertUpdated, |e| file_is(e, "a.pem"));
     assert_eq!(e["fields"]["live"], true, "{e}");
     // The other host was not touched.
     assert_eq!(served_cert("b.test").unwrap(), b.der);
@@ -682,7 +670,7 @@ fn certificates_added_and_removed_apply_live_and_a_new_default_reloads() {
     );
     let sup = spawn(&catalog, &certs, &[]);
     wait_done(&sup, 1, T);
-    wait_event(&sup, "cert_none", |_| true);
+    wait_event(&sup, Event::CertNone, |_| true);
     assert!(
         TcpStream::connect(("127.0.0.1", HTTPS)).is_err(),
         "an HTTPS port without a certificate"
@@ -701,7 +689,7 @@ fn certificates_added_and_removed_apply_live_and_a_new_default_reloads() {
     wait_served(&sup, "c.test", &c);
     let r = curl(&pki, &https_url("c.test", "/"), "c.test", HTTPS, &[]);
     assert_eq!((r.code, r.body.as_str()), (200, "www"), "{r:?}");
-    let e = wait_event(&sup, "cert_added", |e| file_is(e, "c.pem"));
+    let e = wait_event(&sup, Event::CertAdded, |e| file_is(e, "c.pem"));
     assert_eq!(e["fields"]["live"], true, "{e}");
 
     // Removed live: c.test gets the default certificate again, which curl
@@ -710,14 +698,14 @@ fn certificates_added_and_removed_apply_live_and_a_new_default_reloads() {
     wait_served(&sup, "c.test", &a);
     let r = curl(&pki, &https_url("c.test", "/"), "c.test", HTTPS, &[]);
     assert!(!r.ok && r.code == 0, "{r:?}");
-    let e = wait_event(&sup, "cert_removed", |e| file_is(e, "c.pem"));
+    let e = wait_event(&sup, Event::CertRemoved, |e| file_is(e, "c.pem"));
     assert_eq!(e["fields"]["live"], true, "{e}");
     assert_eq!(haproxies_under(sup.pid()), pids, "a process was started");
     assert_eq!(done_count(&sup), 2);
 
     // default.pem becomes the default certificate: a checked reload.
     put(&certs, "default.pem", &d.bundle());
-    wait_event(&sup, "cert_reload", |_| true);
+    wait_event(&sup, Event::CertReload, |_| true);
     wait_done(&sup, 3, T);
     wait_served(&sup, "other.test", &d);
     wait_served(&sup, "a.test", &a);
@@ -761,7 +749,7 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
 
     // A key that does not match its certificate, replacing a good bundle.
     put(&certs, "a.pem", &format!("{}{}", a2.cert, a.key));
-    let e = wait_event(&sup, "cert_rejected", |e| file_is(e, "a.pem"));
+    let e = wait_event(&sup, Event::CertRejected, |e| file_is(e, "a.pem"));
     let err = e["fields"]["error"].as_str().unwrap_or("");
     assert!(err.contains("does not match"), "{e}");
     assert!(
@@ -776,7 +764,7 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
 
     // Not PEM.
     put(&certs, "junk.pem", "this is not a certificate\n");
-    let e = wait_event(&sup, "cert_rejected", |e| file_is(e, "junk.pem"));
+    let e = wait_event(&sup, Event::CertRejected, |e| file_is(e, "junk.pem"));
     assert!(
         e["fields"]["error"]
             .as_str()
@@ -787,7 +775,7 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
     // Unreadable: a link to nothing (the test runs as root, which reads
     // any file whatever its mode).
     std::os::unix::fs::symlink(work.path().join("nowhere.pem"), certs.join("gone.pem")).unwrap();
-    let e = wait_event(&sup, "cert_rejected", |e| file_is(e, "gone.pem"));
+    let e = wait_event(&sup, Event::CertRejected, |e| file_is(e, "gone.pem"));
     assert!(
         e["fields"]["error"]
             .as_str()
@@ -799,14 +787,14 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
 
     // Expired: served, with a warning.
     put(&certs, "old.pem", &old.bundle());
-    let e = wait_event(&sup, "cert_expired", |e| file_is(e, "old.pem"));
+    let e = wait_event(&sup, Event::CertExpired, |e| file_is(e, "old.pem"));
     assert!(e["fields"]["not_after"].as_str().is_some(), "{e}");
     wait_served(&sup, "old.test", &old);
 
     // The directory disappears: an error naming it; nothing changes.
     let moved = work.path().join("certs.moved");
     std::fs::rename(&certs, &moved).unwrap();
-    let e = wait_event(&sup, "cert_dir_error", |_| true);
+    let e = wait_event(&sup, Event::CertDirError, |_| true);
     assert!(
         e["fields"]["dir"]
             .as_str()
@@ -828,7 +816,7 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
         sup.log()
     );
     assert!(
-        events_named(&sup, "cert_removed").is_empty(),
+        sup.events(Event::CertRemoved).is_empty(),
         "a certificate was removed; log:\n{}",
         sup.log()
     );

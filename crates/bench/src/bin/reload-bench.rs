@@ -2,7 +2,7 @@
 //! strategy (SPEC §6), under closed-loop load.
 //!
 //! ```text
-//! cargo build --release && target/release/reload-bench [--duration-secs 8]
+//! cargo run --release -p bench --bin reload-bench -- [--duration-secs 8]
 //!     [--reload-every-ms 150] [--clients 50] [--out bench/results]
 //! ```
 //!
@@ -47,9 +47,6 @@
 //! Writes `results.md`, `results.json` and `reload-throughput.svg` into the
 //! output directory and prints the table. See bench/README.md.
 
-#[path = "../../bench/harness.rs"]
-mod harness;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,9 +57,11 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
-use harness::{Fail, HaproxySampler, Proc, Sampled};
 use nix::sys::signal::Signal;
 use serde_json::json;
+use testkit::load::{Load as LoadRun, LoadOptions};
+use testkit::measure::{self, CpuSnapshot};
+use testkit::{http, Backend, Event, HaproxySampler, Proc, Sampled};
 
 const BUCKET_MS: u64 = 100;
 const HOST: &str = "www.example.com";
@@ -99,15 +98,8 @@ struct Args {
         default_value = "baseline,live,live-off,plain,syn-drop,seamless,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,bare-ka,master-worker-ka"
     )]
     scenarios: Vec<String>,
-    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
-    #[arg(long, default_value_t = 8080)]
-    http_port: u16,
-    /// Output directory
-    #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
-    /// Keep the scratch directory (configs, logs) instead of removing it
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    common: bench::Common,
     /// A template for the supervisor (HAPROXY_TEMPLATE) instead of the
     /// built-in one, for experiments; the master-worker row uses what it
     /// renders too
@@ -115,113 +107,9 @@ struct Args {
     template: Option<PathBuf>,
 }
 
-/// Outcome counts of one load run.
-#[derive(Debug, Default, Clone)]
-struct Load {
-    ok: u64,
-    refused: u64,
-    reset: u64,
-    timeout: u64,
-    non_2xx: u64,
-    other: u64,
-    statuses: BTreeMap<u16, u64>,
-    /// Latency of every successful request, µs, connect included.
-    lat_us: Vec<u32>,
-    /// Successful requests completed per 100 ms bucket since the start.
-    buckets: Vec<u64>,
-    /// Failed requests per 100 ms bucket.
-    fail_buckets: Vec<u64>,
-    /// Keep-alive clients: TCP connections opened.
-    connections: u64,
-}
-
-impl Load {
-    fn failed(&self) -> u64 {
-        self.refused + self.reset + self.timeout + self.non_2xx + self.other
-    }
-
-    fn merge(&mut self, o: Load) {
-        self.ok += o.ok;
-        self.refused += o.refused;
-        self.reset += o.reset;
-        self.timeout += o.timeout;
-        self.non_2xx += o.non_2xx;
-        self.other += o.other;
-        self.connections += o.connections;
-        for (k, v) in o.statuses {
-            *self.statuses.entry(k).or_default() += v;
-        }
-        self.lat_us.extend(o.lat_us);
-        for (i, v) in o.buckets.iter().enumerate() {
-            self.buckets[i] += v;
-        }
-        for (i, v) in o.fail_buckets.iter().enumerate() {
-            self.fail_buckets[i] += v;
-        }
-    }
-}
-
-/// One closed-loop client: a new connection per request
-/// (`Connection: close`), or with `keepalive` one HTTP/1.1 keep-alive
-/// connection, opened again only after the server said `Connection: close`
-/// or after a failure (no retry: the failed request counts).
-fn client(
-    addr: SocketAddr,
-    t0: Instant,
-    stop: &AtomicBool,
-    timeout: Duration,
-    nbuckets: usize,
-    keepalive: bool,
-) -> Load {
-    let mut l = Load {
-        buckets: vec![0; nbuckets],
-        fail_buckets: vec![0; nbuckets],
-        lat_us: Vec::with_capacity(1 << 16),
-        ..Load::default()
-    };
-    let mut buf = Vec::with_capacity(1024);
-    let mut conn = harness::KeepAlive::default();
-    while !stop.load(Ordering::Relaxed) {
-        let start = Instant::now();
-        let r = if keepalive {
-            harness::get_keepalive(&mut conn, &addr, HOST, timeout, &mut buf)
-        } else {
-            harness::get(&addr, HOST, timeout, &mut buf)
-        };
-        let end = Instant::now();
-        let bucket = (end.saturating_duration_since(t0).as_millis() as u64 / BUCKET_MS) as usize;
-        match r {
-            Ok(_) => {
-                l.ok += 1;
-                l.lat_us
-                    .push((end - start).as_micros().min(u32::MAX as u128) as u32);
-                if let Some(b) = l.buckets.get_mut(bucket) {
-                    *b += 1;
-                }
-            }
-            Err(f) => {
-                match f {
-                    Fail::Refused => l.refused += 1,
-                    Fail::Reset => l.reset += 1,
-                    Fail::Timeout => l.timeout += 1,
-                    Fail::Status(s) => {
-                        l.non_2xx += 1;
-                        *l.statuses.entry(s).or_default() += 1;
-                    }
-                    Fail::Other => l.other += 1,
-                }
-                if let Some(b) = l.fail_buckets.get_mut(bucket) {
-                    *b += 1;
-                }
-                // A closed port must not become a busy loop that starves
-                // the processes under test.
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-    l.connections = conn.opened;
-    l
-}
+/// Outcome counts of one load run: per class, latencies, and per
+/// [`BUCKET_MS`] bucket.
+type Load = testkit::LoadReport;
 
 /// How a scenario's HAProxy is reloaded.
 enum Target {
@@ -418,10 +306,10 @@ impl Bare {
         let first = b.spawn(false)?;
         b.serving = first.id() as i32;
         b.reaper.adopt(first);
-        if !harness::wait_status(addr, HOST, 200, Duration::from_secs(15)) {
+        if !http::wait_status(addr, HOST, 200, Duration::from_secs(15)) {
             return Err(format!(
                 "bare: {HOST} does not answer 200; haproxy said:\n{}",
-                harness::tail(&std::fs::read_to_string(&b.log).unwrap_or_default(), 3000)
+                testkit::tail(&std::fs::read_to_string(&b.log).unwrap_or_default(), 3000)
             ));
         }
         Ok(b)
@@ -444,7 +332,7 @@ impl Bare {
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log);
-        harness::die_with_parent(&mut cmd);
+        testkit::die_with_parent(&mut cmd);
         cmd.spawn().map_err(|e| format!("spawn haproxy: {e}"))
     }
 
@@ -587,7 +475,7 @@ enum Action<'a> {
     Bare(&'a mut Bare),
 }
 
-/// CPU used during a measured window (see [`harness::CpuSnapshot`]).
+/// CPU used during a measured window (see [`CpuSnapshot`]).
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuUse {
     /// Seconds between the two snapshots.
@@ -633,13 +521,13 @@ struct Driven {
 
 /// The CPU snapshot of a scenario's process tree: under `root`, or the
 /// bare loop's processes (the root is then the bench, which reaps them).
-fn cpu_snapshot(action: &Action, root: Option<i32>) -> Option<harness::CpuSnapshot> {
+fn cpu_snapshot(action: &Action, root: Option<i32>) -> Option<CpuSnapshot> {
     match action {
-        Action::Bare(b) => Some(harness::CpuSnapshot::take(
+        Action::Bare(b) => Some(CpuSnapshot::take(
             std::process::id() as i32,
             Some(&b.pids()),
         )),
-        _ => root.map(|pid| harness::CpuSnapshot::take(pid, None)),
+        _ => root.map(|pid| CpuSnapshot::take(pid, None)),
     }
 }
 
@@ -666,24 +554,19 @@ fn drive(
     keepalive: bool,
 ) -> Result<Driven, String> {
     let nbuckets = (duration.as_millis() as u64).div_ceil(BUCKET_MS) as usize;
-    let stop = Arc::new(AtomicBool::new(false));
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let options = LoadOptions {
+        keepalive,
+        timeout: Duration::from_millis(args.timeout_ms),
+        bucket: Duration::from_millis(BUCKET_MS),
+        ..LoadOptions::new(args.clients)
+    };
     let sampler = sample.map(|pid| HaproxySampler::start(pid, SAMPLE_EVERY));
     let cpu0 = cpu_snapshot(&action, sample);
-    let machine0 = harness::machine_cpu();
+    let machine0 = measure::machine_cpu();
     let loop0 = loop_cpu_s(&action);
     let wall0 = SystemTime::now();
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..args.clients)
-        .map(|i| {
-            let stop = Arc::clone(&stop);
-            thread::Builder::new()
-                .name(format!("client-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || client(addr, t0, &stop, timeout, nbuckets, keepalive))
-                .expect("spawn client thread")
-        })
-        .collect();
+    let clients = LoadRun::start_with(addr, HOST, &options);
+    let t0 = clients.started();
     let mut sent = Vec::new();
     let mut kinds = Vec::new();
     let mut error = None;
@@ -707,7 +590,7 @@ fn drive(
                 Action::Catalog(path, changes) => {
                     let kind = changes.advance();
                     if let Err(e) =
-                        harness::write_atomic(path, changes.catalog().to_string().as_bytes())
+                        testkit::try_write_atomic(path, changes.catalog().to_string().as_bytes())
                     {
                         error.get_or_insert(e);
                     }
@@ -730,9 +613,9 @@ fn drive(
         thread::sleep(end - now);
     }
     let cpu1 = cpu_snapshot(&action, sample);
-    let machine1 = harness::machine_cpu();
+    let machine1 = measure::machine_cpu();
     let loop1 = loop_cpu_s(&action);
-    stop.store(true, Ordering::SeqCst);
+    let mut load = clients.stop();
     let cpu = match (cpu0, cpu1) {
         (Some(a), Some(b)) => Some(CpuUse {
             window_s: match (a.at, b.at) {
@@ -747,14 +630,9 @@ fn drive(
         _ => None,
     };
     let sampled = sampler.map(HaproxySampler::finish);
-    let mut load = Load {
-        buckets: vec![0; nbuckets],
-        fail_buckets: vec![0; nbuckets],
-        ..Load::default()
-    };
-    for t in threads {
-        load.merge(t.join().expect("client thread panicked"));
-    }
+    // Requests that ended after the window count in no bucket.
+    load.buckets.resize(nbuckets, 0);
+    load.fail_buckets.resize(nbuckets, 0);
     load.lat_us.sort_unstable();
     if let Some(e) = error {
         return Err(format!("catalog change: {e}"));
@@ -786,7 +664,7 @@ struct Outcome {
     /// scenarios, `Catalog` for the change scenarios.
     reloads_done: usize,
     failed_reloads: usize,
-    /// When reloads completed (supervisor: "haproxy reload done" lines) or
+    /// When reloads completed (supervisor: `reload_done` events) or
     /// were signalled (master-worker), seconds since the load started.
     reload_marks: Vec<f64>,
     marks_are: &'static str,
@@ -796,7 +674,7 @@ struct Outcome {
     took_ms: Vec<f64>,
     /// Change scenarios: catalog changes written, by kind.
     change_kinds: BTreeMap<String, usize>,
-    /// "live change applied" events in the window, and when.
+    /// `live_applied` events in the window, and when.
     live_applied: usize,
     live_marks: Vec<f64>,
     live_took_ms: Vec<f64>,
@@ -805,7 +683,7 @@ struct Outcome {
     /// HAProxy processes that appeared during the window, sampled from
     /// /proc (serving processes; `haproxy -c` apart).
     sampled: Option<Sampled>,
-    /// Distinct pids of "haproxy reload done" lines in the window (for
+    /// Distinct pids of `reload_done` events in the window (for
     /// master-worker: "Loading success." lines after the first).
     started_logged: usize,
     /// Keep-alive clients (a `-ka` scenario): ratios are to `baseline-ka`.
@@ -827,7 +705,7 @@ impl Outcome {
         ok_in_window as f64 / self.duration
     }
     fn lat_ms(&self, q: f64) -> f64 {
-        harness::quantile(&self.load.lat_us, q) as f64 / 1000.0
+        measure::quantile(&self.load.lat_us, q) as f64 / 1000.0
     }
     fn max_ms(&self) -> f64 {
         self.load.lat_us.last().copied().unwrap_or(0) as f64 / 1000.0
@@ -847,7 +725,6 @@ impl Outcome {
 
 struct Bench {
     args: Args,
-    supervisor_bin: PathBuf,
     haproxy_bin: PathBuf,
     work: PathBuf,
     /// Three demo backends; every supervisor scenario starts on the same
@@ -857,19 +734,6 @@ struct Bench {
 }
 
 impl Bench {
-    fn wait_port_free(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while harness::port_listening(self.args.http_port) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(20));
-        }
-        if harness::port_listening(self.args.http_port) {
-            eprintln!(
-                "warning: port {} still listening after the scenario ended",
-                self.args.http_port
-            );
-        }
-    }
-
     /// Starts the supervisor on `catalog_file` (written here with the
     /// initial catalog); `live: false` sets `HAPROXY_NO_LIVE=true`.
     fn start_supervisor(
@@ -882,35 +746,29 @@ impl Bench {
         let dir = self.work.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let catalog = Changes::new(self.backends).catalog();
-        harness::write_atomic(catalog_file, catalog.to_string().as_bytes())?;
-        let mut cmd = Command::new(&self.supervisor_bin);
-        harness::clear_env(&mut cmd);
+        testkit::try_write_atomic(catalog_file, catalog.to_string().as_bytes())?;
+        let mut cmd = testkit::bench_command(
+            &dir,
+            "example.com",
+            self.args.common.http_port,
+            &self.haproxy_bin,
+        );
         if let Some(t) = &self.args.template {
             cmd.env("HAPROXY_TEMPLATE", t);
         }
         if !live {
             cmd.env("HAPROXY_NO_LIVE", "true");
         }
-        cmd.arg("run")
-            .arg("--catalog-file")
+        cmd.arg("--catalog-file")
             .arg(catalog_file)
-            .arg("--config-file")
-            .arg(dir.join("etc/haproxy.cfg"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .env("HAPROXY_DOM", "example.com")
-            .env("HAPROXY_RELOAD_STRATEGY", strategy)
-            .env("HAPROXY_LOG_FORMAT", "json")
-            .env("HAPROXY_HTTP_PORT", self.args.http_port.to_string())
-            .env("HAPROXY_BIN", &self.haproxy_bin)
-            .current_dir(&dir);
+            .env("HAPROXY_RELOAD_STRATEGY", strategy);
         // HAProxy's access log goes to the supervisor's stdout: /dev/null.
         let mut p = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
         p.wait_log(Duration::from_secs(30), |t| {
-            t.contains("\"message\":\"haproxy reload done\"")
+            testkit::log_has_event(t, Event::ReloadDone)
         })
         .map_err(|e| format!("{name}: supervisor did not start haproxy: {e}"))?;
-        if !harness::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
+        if !http::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
             return Err(format!("{name}: {HOST} does not answer 200"));
         }
         Ok(p)
@@ -939,7 +797,7 @@ impl Bench {
         let mut p = Proc::spawn(cmd, Some(&dir.join("haproxy.log")), false)?;
         p.wait_log(Duration::from_secs(30), |t| t.contains("Loading success."))
             .map_err(|e| format!("master-worker: haproxy -W did not start: {e}"))?;
-        if !harness::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
+        if !http::wait_status(&self.addr, HOST, 200, Duration::from_secs(15)) {
             return Err(format!("master-worker: {HOST} does not answer 200"));
         }
         Ok(p)
@@ -1073,50 +931,53 @@ impl Bench {
         }
         match &mut target {
             Target::Supervisor(p) => {
-                let start = harness::epoch_secs(driven.wall0);
+                let start = measure::epoch_secs(driven.wall0);
                 let counted = if changes_scenario {
                     "catalog"
                 } else {
                     "sighup"
                 };
                 let mut pids = std::collections::BTreeSet::new();
-                for l in harness::json_lines(&log) {
+                for l in testkit::json_lines(&log) {
                     if l.at < start {
                         continue;
                     }
                     let trigger = l.fields.get("trigger").and_then(|v| v.as_str());
                     let took = l.fields.get("took_ms").and_then(|v| v.as_f64());
-                    if l.message == "haproxy reload done" {
+                    if l.event == Some(Event::ReloadDone) {
                         if let Some(pid) = l.fields.get("pid").and_then(|v| v.as_i64()) {
                             pids.insert(pid);
                         }
                     }
-                    if l.message == "live change applied" {
+                    if l.event == Some(Event::LiveApplied) {
                         out.live_applied += 1;
                         out.live_marks.push(l.at - start);
                         out.live_took_ms.extend(took);
                         continue;
                     }
-                    if l.message.starts_with("live change failed") {
+                    if l.event == Some(Event::LiveFailed) {
                         out.live_failed += 1;
                         continue;
                     }
                     if trigger != Some(counted) {
                         continue;
                     }
-                    if l.message == "haproxy reload done" {
+                    if l.event == Some(Event::ReloadDone) {
                         out.reloads_done += 1;
                         out.reload_marks.push(l.at - start);
                         if let Some(s) = l.fields.get("strategy").and_then(|v| v.as_str()) {
                             *out.strategies.entry(s.to_string()).or_default() += 1;
                         }
                         out.took_ms.extend(took);
-                    } else if l.message.starts_with("haproxy reload failed") {
+                    } else if l.event == Some(Event::ReloadFailed) {
                         out.failed_reloads += 1;
                     }
                 }
                 out.started_logged = pids.len();
-                out.failed_reloads += log.matches("invalid config; keeping").count();
+                out.failed_reloads += testkit::json_lines(&log)
+                    .iter()
+                    .filter(|l| l.event == Some(Event::ConfigInvalid))
+                    .count();
                 if kind == "live" {
                     out.marks_are = "live change applied";
                 } else if kind == "live-off" {
@@ -1139,17 +1000,17 @@ impl Bench {
                 out.took_ms = b.took_ms.clone();
                 out.spawn_errors = b.spawn_errors;
                 out.alerts = log.matches("[ALERT]").count();
-                let start = harness::epoch_secs(driven.wall0);
+                let start = measure::epoch_secs(driven.wall0);
                 out.reload_marks = b
                     .up_at
                     .iter()
-                    .map(|t| harness::epoch_secs(*t) - start)
+                    .map(|t| measure::epoch_secs(*t) - start)
                     .collect();
                 out.marks_are = "new process up";
                 out.failed_reloads = b.stop(Duration::from_secs(15));
             }
         }
-        self.wait_port_free();
+        testkit::wait_port_free(self.args.common.http_port);
         Ok(out)
     }
 }
@@ -1410,7 +1271,7 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             notes.push(format!(
                 "live change took {:.1} ms mean, p99 {:.0} ms, {:.0} ms max",
                 t.iter().sum::<f64>() / t.len() as f64,
-                harness::quantile(&t, 0.99),
+                measure::quantile(&t, 0.99),
                 t.last().copied().unwrap_or(0.0)
             ));
         }
@@ -1935,22 +1796,12 @@ fn main() {
         eprintln!("reload-bench: {e}");
         std::process::exit(2);
     }
-    if let Err(e) = harness::enter_netns() {
-        eprintln!("reload-bench: {e}");
-        std::process::exit(2);
-    }
-    harness::raise_nofile();
-    if let Err(e) = real_main(&mut args) {
-        eprintln!("reload-bench: {e}");
-        std::process::exit(1);
-    }
+    bench::main("reload-bench", || real_main(&mut args));
 }
 
 fn real_main(args: &mut Args) -> Result<(), String> {
-    let supervisor_bin = harness::sibling_bin("haproxy-supervisor")?;
-    let backend_bin = harness::sibling_bin("demo-backend")?;
-    let haproxy_bin = harness::which("haproxy").ok_or("haproxy is not installed")?;
-    if harness::which("iptables").is_none() {
+    let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
+    if testkit::which("iptables").is_none() {
         return Err("iptables is not installed (needed by syn-drop)".into());
     }
     args.scenarios
@@ -1977,23 +1828,20 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         }
     }
 
-    let work = std::env::temp_dir().join(format!("reload-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let (_web1, b1) = harness::start_backend(&backend_bin, "web-1")?;
-    let (_web2, b2) = harness::start_backend(&backend_bin, "web-2")?;
-    let (_web3, b3) = harness::start_backend(&backend_bin, "web-3")?;
+    let work = args.common.scratch_dir("reload-bench")?;
+    let web = ["web-1", "web-2", "web-3"].map(Backend::start);
+    let [b1, b2, b3] = [&web[0], &web[1], &web[2]].map(Backend::socket_addr);
     let bench = Bench {
         args: args.clone(),
-        supervisor_bin,
         haproxy_bin: haproxy_bin.clone(),
         work: work.clone(),
         backends: [b1, b2, b3],
-        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], args.common.http_port)),
     };
     let meta = json!({
-        "machine": harness::machine(),
-        "haproxy": harness::haproxy_version(&haproxy_bin),
-        "date": harness::now_utc(),
+        "machine": measure::machine(),
+        "haproxy": testkit::haproxy_version(&haproxy_bin),
+        "date": measure::now_utc(),
         "open_files_limit_hard": nofile_hard(),
     });
     let mut outs = Vec::new();
@@ -2044,29 +1892,17 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(args.settle_ms));
     }
 
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
     let md = markdown(args, &outs, &meta);
-    let title = "# reload-bench results\n\n";
-    std::fs::write(args.out.join("results.md"), format!("{title}{md}"))
-        .map_err(|e| e.to_string())?;
     let j = to_json(args, &outs, meta);
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&j).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
-    plot(&args.out.join("reload-throughput.svg"), args, &outs)?;
+    args.common
+        .write_report("results", "reload-bench results", &md, &j)?;
+    plot(&args.common.out.join("reload-throughput.svg"), args, &outs)?;
     println!("{md}");
     println!(
         "written: {0}/results.md, {0}/results.json, {0}/reload-throughput.svg",
-        args.out.display()
+        args.common.out.display()
     );
-    if args.keep {
-        eprintln!("scratch directory kept: {}", work.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
-    }
+    args.common.finish(&work);
     Ok(())
 }
 

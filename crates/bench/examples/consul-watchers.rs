@@ -4,7 +4,7 @@
 //! measured in one run against a real three-server cluster.
 //!
 //! ```text
-//! sudo cargo run --release --example consul-watchers [-- SECONDS]
+//! sudo cargo run --release -p bench --example consul-watchers [-- SECONDS]
 //! ```
 //!
 //! Root is needed: the example moves itself into a new network namespace,
@@ -44,19 +44,9 @@ fn main() -> ExitCode {
         }
     };
     // Before any thread exists: every thread and child inherits it.
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-        eprintln!("unshare(CLONE_NEWNET): {e} (run as root)");
+    if let Err(e) = testkit::netns::try_enter() {
+        eprintln!("{e}");
         return ExitCode::FAILURE;
-    }
-    match Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-    {
-        Ok(s) if s.success() => {}
-        other => {
-            eprintln!("ip link set lo up: {other:?}");
-            return ExitCode::FAILURE;
-        }
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     match rt.block_on(run(Duration::from_secs(seconds))) {

@@ -6,12 +6,11 @@
 //! table; exits non-zero if any config is invalid.
 //!
 //! ```text
-//! cargo run --release --example render_scale -- 1000 10000
+//! cargo run --release -p bench --example render_scale -- 1000 10000
 //! ```
 //!
-//! The binary measured is the one beside this example
-//! (`target/<profile>/haproxy-supervisor`), rebuilt first when run through
-//! cargo; `HAPROXY_SUPERVISOR_BIN` and `HAPROXY_BIN` override the programs.
+//! The binary measured is the workspace's, in this example's profile
+//! (`target/<profile>/haproxy-supervisor`, built first); `HAPROXY_SUPERVISOR_BIN` and `HAPROXY_BIN` override the programs.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -111,40 +110,12 @@ fn catalog(n: usize) -> Value {
     json!({ "services": services })
 }
 
-/// The binary beside this example, rebuilt first when run through cargo.
+/// `HAPROXY_SUPERVISOR_BIN`, or the workspace's binary (built first).
 fn supervisor_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("HAPROXY_SUPERVISOR_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("HAPROXY_SUPERVISOR_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => testkit::supervisor_bin().to_path_buf(),
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/examples/render_scale
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("example lives in target/<profile>/examples");
-    if let Some(cargo) = std::env::var_os("CARGO") {
-        let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "--bin",
-            "haproxy-supervisor",
-            "--manifest-path",
-        ]);
-        build.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let st = build.status().expect("run cargo build");
-        assert!(st.success(), "cargo build --bin haproxy-supervisor failed");
-    }
-    let bin = profile_dir.join("haproxy-supervisor");
-    assert!(
-        bin.exists(),
-        "{} not found: build it (cargo build --release) or set HAPROXY_SUPERVISOR_BIN",
-        bin.display()
-    );
-    bin
 }
 
 fn mib(kib: i64) -> String {

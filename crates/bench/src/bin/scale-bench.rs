@@ -2,7 +2,7 @@
 //! supervisor scales with the number of services.
 //!
 //! ```text
-//! cargo build --release && target/release/scale-bench [--changes 60]
+//! cargo run --release -p bench --bin scale-bench -- [--changes 60]
 //!     [--sizes 100,1000,10000] [--out bench/results]
 //! ```
 //!
@@ -30,20 +30,20 @@
 //!
 //! Writes `scale.md` and `scale.json` into the output directory.
 
-#[path = "../../bench/harness.rs"]
-mod harness;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use harness::{HaproxySampler, Proc};
 use serde_json::json;
+use testkit::http;
+use testkit::load::{Load, LoadOptions};
+use testkit::measure;
+use testkit::{Backend, Consul, Event, HaproxySampler, Proc};
 
 const DOM: &str = "example.com";
 
@@ -83,20 +83,12 @@ struct Args {
     /// Skip the scale part
     #[arg(long)]
     skip_scale: bool,
-    /// Port of HAProxy's HTTP frontend (inside the bench's namespace)
-    #[arg(long, default_value_t = 8080)]
-    http_port: u16,
-    /// Output directory
-    #[arg(long, default_value = "bench/results")]
-    out: PathBuf,
-    /// Keep the scratch directory (configs, logs)
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    common: bench::Common,
 }
 
 struct Env {
     args: Args,
-    supervisor_bin: PathBuf,
     haproxy_bin: PathBuf,
     work: PathBuf,
     backend: SocketAddr,
@@ -108,39 +100,27 @@ struct Env {
 
 fn main() {
     let args = Args::parse();
-    if let Err(e) = harness::enter_netns() {
-        eprintln!("scale-bench: {e}");
-        std::process::exit(2);
-    }
-    harness::raise_nofile();
-    if let Err(e) = real_main(args) {
-        eprintln!("scale-bench: {e}");
-        std::process::exit(1);
-    }
+    bench::main("scale-bench", || real_main(args));
 }
 
 fn real_main(args: Args) -> Result<(), String> {
-    let supervisor_bin = harness::sibling_bin("haproxy-supervisor")?;
-    let backend_bin = harness::sibling_bin("demo-backend")?;
-    let haproxy_bin = harness::which("haproxy").ok_or("haproxy is not installed")?;
-    let work = std::env::temp_dir().join(format!("scale-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let (_backend, backend) = harness::start_backend(&backend_bin, "web-1")?;
-    let (_backend2, backend2) = harness::start_backend(&backend_bin, "web-2")?;
+    let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
+    let work = args.common.scratch_dir("scale-bench")?;
+    let web = [Backend::start("web-1"), Backend::start("web-2")];
+    let [backend, backend2] = [&web[0], &web[1]].map(Backend::socket_addr);
     let env = Env {
-        addr: SocketAddr::from(([127, 0, 0, 1], args.http_port)),
+        addr: SocketAddr::from(([127, 0, 0, 1], args.common.http_port)),
         args: args.clone(),
-        supervisor_bin,
         haproxy_bin: haproxy_bin.clone(),
         work: work.clone(),
         backend,
         backend2,
     };
     let meta = json!({
-        "machine": harness::machine(),
-        "haproxy": harness::haproxy_version(&haproxy_bin),
+        "machine": measure::machine(),
+        "haproxy": testkit::haproxy_version(&haproxy_bin),
         "consul": consul_version(),
-        "date": harness::now_utc(),
+        "date": measure::now_utc(),
     });
     let propagation = if args.skip_propagation {
         None
@@ -152,14 +132,7 @@ fn real_main(args: Args) -> Result<(), String> {
     } else {
         Some(scale(&env)?)
     };
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("create {}: {e}", args.out.display()))?;
     let md = markdown(&args, &meta, propagation.as_ref(), scale.as_ref());
-    std::fs::write(
-        args.out.join("scale.md"),
-        format!("# scale-bench results\n\n{md}"),
-    )
-    .map_err(|e| e.to_string())?;
     let j = json!({
         "bench": "scale-bench",
         "meta": meta,
@@ -177,50 +150,26 @@ fn real_main(args: Args) -> Result<(), String> {
         "propagation": propagation,
         "scale": scale,
     });
-    std::fs::write(
-        args.out.join("scale.json"),
-        serde_json::to_string_pretty(&j).unwrap_or_default(),
-    )
-    .map_err(|e| e.to_string())?;
+    args.common
+        .write_report("scale", "scale-bench results", &md, &j)?;
     println!("{md}");
-    println!("written: {0}/scale.md, {0}/scale.json", args.out.display());
-    if args.keep {
-        eprintln!("scratch directory kept: {}", work.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
-    }
+    println!(
+        "written: {0}/scale.md, {0}/scale.json",
+        args.common.out.display()
+    );
+    args.common.finish(&work);
     Ok(())
 }
 
 fn consul_version() -> String {
-    Command::new(harness::which("consul").unwrap_or_else(|| "consul".into()))
-        .arg("version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
+    testkit::first_line_of(
+        Command::new(testkit::which("consul").unwrap_or_else(|| "consul".into())).arg("version"),
+    )
 }
 
 // ---------------------------------------------------------------------------
 // Part (a): propagation through Consul
 // ---------------------------------------------------------------------------
-
-fn consul_ok(
-    consul: &SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> Result<(), String> {
-    match harness::consul_call(consul, method, path, body)? {
-        (200, _) => Ok(()),
-        (s, b) => Err(format!("consul {method} {path}: HTTP {s}: {b}")),
-    }
-}
 
 /// Polls `host` every `poll` until it answers `want`; the time since `t0`.
 fn until_status(
@@ -232,7 +181,7 @@ fn until_status(
 ) -> Option<Duration> {
     let poll = Duration::from_millis(env.args.poll_ms);
     loop {
-        if harness::status_of(&env.addr, host, Duration::from_secs(1)) == Ok(want) {
+        if http::status_of(&env.addr, host, Duration::from_secs(1)).ok() == Some(want) {
             return Some(t0.elapsed());
         }
         if t0.elapsed() > timeout {
@@ -248,9 +197,9 @@ fn summary(ms: &[f64], timeouts: usize) -> serde_json::Value {
     json!({
         "n": v.len(),
         "timeouts": timeouts,
-        "p50_ms": harness::quantile(&v, 0.5),
-        "p90_ms": harness::quantile(&v, 0.9),
-        "p99_ms": harness::quantile(&v, 0.99),
+        "p50_ms": measure::quantile(&v, 0.5),
+        "p90_ms": measure::quantile(&v, 0.9),
+        "p99_ms": measure::quantile(&v, 0.99),
         "min_ms": v.first().copied().unwrap_or(0.0),
         "max_ms": v.last().copied().unwrap_or(0.0),
         "all_ms": ms,
@@ -259,12 +208,10 @@ fn summary(ms: &[f64], timeouts: usize) -> serde_json::Value {
 
 /// What answered a GET of `host`: `Ok(body)` of a 200 (the demo backend's
 /// name), `Err(())` for anything else.
-fn who(env: &Env, host: &str, buf: &mut Vec<u8>) -> Result<String, ()> {
-    match harness::get(&env.addr, host, Duration::from_secs(1), buf) {
-        Ok(_) => Ok(String::from_utf8_lossy(harness::body(buf))
-            .trim()
-            .to_string()),
-        Err(_) => Err(()),
+fn who(env: &Env, host: &str) -> Result<String, ()> {
+    match http::get_at(&env.addr, host, Duration::from_secs(1)) {
+        Ok(r) if r.is_success() => Ok(r.text()),
+        _ => Err(()),
     }
 }
 
@@ -282,6 +229,14 @@ struct Series {
 }
 
 impl Series {
+    /// One change's time to `Some(elapsed)`, or a timeout.
+    fn record(&mut self, took: Option<Duration>) {
+        match took {
+            Some(d) => self.ms.push(d.as_secs_f64() * 1000.0),
+            None => self.timeouts += 1,
+        }
+    }
+
     fn json(&self) -> serde_json::Value {
         let mut v = summary(&self.ms, self.timeouts);
         v["failed_polls"] = json!(self.failed_polls);
@@ -302,10 +257,9 @@ fn until_answers(
     into: &mut Series,
 ) {
     let poll = Duration::from_millis(env.args.poll_ms);
-    let mut buf = Vec::new();
     let (mut run, mut first) = (0, Duration::ZERO);
     loop {
-        match who(env, host, &mut buf) {
+        match who(env, host) {
             Ok(body) if want(&body) => {
                 if run == 0 {
                     first = t0.elapsed();
@@ -347,9 +301,9 @@ fn phase<T>(
     f: impl FnOnce() -> Result<(T, usize), String>,
 ) -> Result<(T, Phase), String> {
     let sampler = HaproxySampler::start(sup_pid, Duration::from_millis(20));
-    let from = harness::epoch_secs(std::time::SystemTime::now());
+    let from = measure::epoch_secs(std::time::SystemTime::now());
     let r = f();
-    let to = harness::epoch_secs(std::time::SystemTime::now());
+    let to = measure::epoch_secs(std::time::SystemTime::now());
     let sampled = sampler.finish();
     let (v, changes) = r?;
     eprintln!("scale-bench: propagation: {name}: {changes} changes timed");
@@ -367,105 +321,47 @@ fn phase<T>(
 }
 
 fn propagation(env: &Env) -> Result<serde_json::Value, String> {
-    let consul_bin = harness::which("consul").ok_or("consul is not installed")?;
     let dir = env.work.join("propagation");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(consul_bin);
-    cmd.args([
-        "agent",
-        "-dev",
-        "-bind",
-        "127.0.0.1",
-        "-client",
-        "127.0.0.1",
-        "-http-port",
-        "8500",
-        "-log-level",
-        "warn",
-    ])
-    .env("CHECKPOINT_DISABLE", "1")
-    .current_dir(&dir);
-    let mut consul = Proc::spawn(cmd, Some(&dir.join("consul.log")), true)?;
-    let caddr = SocketAddr::from(([127, 0, 0, 1], 8500));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let leader = harness::consul_call(&caddr, "GET", "/v1/status/leader", None);
-        if matches!(&leader, Ok((200, b)) if b.trim().trim_matches('"').len() > 1) {
-            break;
-        }
-        if consul.exited() || Instant::now() > deadline {
-            return Err(format!(
-                "consul did not become ready: {leader:?}\n{}",
-                harness::tail(&consul.log_text(), 2000)
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let mut consul = Consul::start();
     eprintln!("scale-bench: propagation: consul ready");
     let port = env.backend.port();
     let port2 = env.backend2.port();
-    let register = |body: serde_json::Value| {
-        consul_ok(
-            &caddr,
-            "PUT",
-            "/v1/agent/service/register",
-            Some(&body.to_string()),
-        )
-    };
-    let check = |id: &str, status: &str| {
-        consul_ok(
-            &caddr,
-            "PUT",
-            &format!("/v1/agent/check/{status}/{id}"),
-            None,
-        )
-    };
-    register(
-        json!({"ID": "www-1", "Name": "www", "Address": "127.0.0.1", "Port": port,
+    consul.register(
+        &json!({"ID": "www-1", "Name": "www", "Address": "127.0.0.1", "Port": port,
                     "Tags": ["HAPROXY.ENABLE=true"]}),
-    )?;
+    );
     // The services of the live phases exist from the start, so their
     // changes are server-only: `inst` on web-1, `crit` on web-1 and (with a
     // TTL check) web-2, `ttl-svc` on web-1 alone with a TTL check.
-    register(
-        json!({"ID": "inst-1", "Name": "inst", "Address": "127.0.0.1", "Port": port,
+    consul.register(
+        &json!({"ID": "inst-1", "Name": "inst", "Address": "127.0.0.1", "Port": port,
                     "Tags": ["HAPROXY.ENABLE=true"]}),
-    )?;
-    register(
-        json!({"ID": "crit-1", "Name": "crit", "Address": "127.0.0.1", "Port": port,
+    );
+    consul.register(
+        &json!({"ID": "crit-1", "Name": "crit", "Address": "127.0.0.1", "Port": port,
                     "Tags": ["HAPROXY.ENABLE=true"]}),
-    )?;
+    );
     let crit_check = "crit-2-ttl";
-    register(
-        json!({"ID": "crit-2", "Name": "crit", "Address": "127.0.0.1", "Port": port2,
+    consul.register(
+        &json!({"ID": "crit-2", "Name": "crit", "Address": "127.0.0.1", "Port": port2,
                     "Tags": ["HAPROXY.ENABLE=true"],
                     "Check": {"CheckID": crit_check, "TTL": "1h", "Status": "passing"}}),
-    )?;
+    );
     let ttl_check = "ttl-svc-1-ttl";
-    register(
-        json!({"ID": "ttl-svc-1", "Name": "ttl-svc", "Address": "127.0.0.1", "Port": port,
+    consul.register(
+        &json!({"ID": "ttl-svc-1", "Name": "ttl-svc", "Address": "127.0.0.1", "Port": port,
                     "Tags": ["HAPROXY.ENABLE=true"],
                     "Check": {"CheckID": ttl_check, "TTL": "1h", "Status": "passing"}}),
-    )?;
-    let mut cmd = Command::new(&env.supervisor_bin);
-    harness::clear_env(&mut cmd);
-    cmd.arg("run")
-        .arg("--config-file")
-        .arg(dir.join("etc/haproxy.cfg"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .env("CONSUL_HTTP_ADDR", "http://127.0.0.1:8500")
-        .env("HAPROXY_DOM", DOM)
-        .env("HAPROXY_LOG_FORMAT", "json")
-        .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
-        .env("HAPROXY_BIN", &env.haproxy_bin)
-        .current_dir(&dir);
+    );
+    let mut cmd = testkit::bench_command(&dir, DOM, env.args.common.http_port, &env.haproxy_bin);
+    cmd.env("CONSUL_HTTP_ADDR", consul.addr());
     let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
     sup.wait_log(Duration::from_secs(30), |t| {
-        t.contains("\"message\":\"haproxy reload done\"")
+        testkit::log_has_event(t, Event::ReloadDone)
     })?;
     for svc in ["www", "inst", "crit", "ttl-svc"] {
-        if !harness::wait_status(
+        if !http::wait_status(
             &env.addr,
             &format!("{svc}.{DOM}"),
             200,
@@ -492,19 +388,14 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         for i in 0..n {
             let id = format!("inst-new-{i:03}");
             let t0 = Instant::now();
-            register(
-                json!({"ID": id, "Name": "inst", "Address": "127.0.0.1", "Port": port2,
+            consul.register(
+                &json!({"ID": id, "Name": "inst", "Address": "127.0.0.1", "Port": port2,
                             "Tags": ["HAPROXY.ENABLE=true"]}),
-            )?;
+            );
             until_answers(env, &host, from_web2, 1, t0, timeout, &mut add);
             thread::sleep(live_gap);
             let t0 = Instant::now();
-            consul_ok(
-                &caddr,
-                "PUT",
-                &format!("/v1/agent/service/deregister/{id}"),
-                None,
-            )?;
+            consul.deregister(&id);
             until_answers(env, &host, not_web2, NONE_IN_A_ROW, t0, timeout, &mut del);
             thread::sleep(live_gap);
         }
@@ -518,11 +409,11 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         let (mut crit, mut pass) = (Series::default(), Series::default());
         for _ in 0..n {
             let t0 = Instant::now();
-            check(crit_check, "fail")?;
+            consul.ttl_fail(crit_check);
             until_answers(env, &host, not_web2, NONE_IN_A_ROW, t0, timeout, &mut crit);
             thread::sleep(live_gap);
             let t0 = Instant::now();
-            check(crit_check, "pass")?;
+            consul.ttl_pass(crit_check);
             until_answers(env, &host, from_web2, 1, t0, timeout, &mut pass);
             thread::sleep(live_gap);
         }
@@ -537,18 +428,12 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             let (mut crit, mut pass) = (Series::default(), Series::default());
             for _ in 0..n {
                 let t0 = Instant::now();
-                check(ttl_check, "fail")?;
-                match until_status(env, &host, 503, t0, timeout) {
-                    Some(d) => crit.ms.push(d.as_secs_f64() * 1000.0),
-                    None => crit.timeouts += 1,
-                }
+                consul.ttl_fail(ttl_check);
+                crit.record(until_status(env, &host, 503, t0, timeout));
                 thread::sleep(gap);
                 let t0 = Instant::now();
-                check(ttl_check, "pass")?;
-                match until_status(env, &host, 200, t0, timeout) {
-                    Some(d) => pass.ms.push(d.as_secs_f64() * 1000.0),
-                    None => pass.timeouts += 1,
-                }
+                consul.ttl_pass(ttl_check);
+                pass.record(until_status(env, &host, 200, t0, timeout));
                 thread::sleep(gap);
             }
             Ok(((crit, pass), 2 * n))
@@ -562,14 +447,11 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             let name = format!("reg-{i:03}");
             let host = format!("{name}.{DOM}");
             let t0 = Instant::now();
-            register(
-                json!({"ID": format!("{name}-1"), "Name": name, "Address": "127.0.0.1",
+            consul.register(
+                &json!({"ID": format!("{name}-1"), "Name": name, "Address": "127.0.0.1",
                             "Port": port, "Tags": ["HAPROXY.ENABLE=true"]}),
-            )?;
-            match until_status(env, &host, 200, t0, timeout) {
-                Some(d) => reg.ms.push(d.as_secs_f64() * 1000.0),
-                None => reg.timeouts += 1,
-            }
+            );
+            reg.record(until_status(env, &host, 200, t0, timeout));
             thread::sleep(gap);
         }
         Ok((reg, n))
@@ -578,15 +460,15 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
 
     // Let the last change log, then count events per phase.
     thread::sleep(Duration::from_millis(300));
-    let lines = harness::json_lines(&sup.log_text());
-    let count = |ph: &Phase, f: &dyn Fn(&harness::LogLine) -> bool| {
+    let lines = testkit::json_lines(&sup.log_text());
+    let count = |ph: &Phase, f: &dyn Fn(&testkit::LogLine) -> bool| {
         lines
             .iter()
             .filter(|l| l.at >= ph.from && l.at <= ph.to && f(l))
             .count()
     };
-    let catalog_reload = |l: &harness::LogLine| {
-        l.message == "haproxy reload done"
+    let catalog_reload = |l: &testkit::LogLine| {
+        l.event == Some(Event::ReloadDone)
             && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("catalog")
     };
     let phases_json: Vec<_> = phases
@@ -595,8 +477,8 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
             json!({
                 "phase": ph.name,
                 "changes": ph.changes,
-                "live_changes_applied": count(ph, &|l| l.message == "live change applied"),
-                "live_changes_failed": count(ph, &|l| l.message.starts_with("live change failed")),
+                "live_changes_applied": count(ph, &|l| l.event == Some(Event::LiveApplied)),
+                "live_changes_failed": count(ph, &|l| l.event == Some(Event::LiveFailed)),
                 "catalog_reloads": count(ph, &catalog_reload),
                 "haproxy_started_sampled": ph.started_sampled,
                 "haproxy_checks_sampled": ph.checks_sampled,
@@ -606,8 +488,8 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         .collect();
     let reloads = lines.iter().filter(|l| catalog_reload(l)).count();
     sup.stop(Duration::from_secs(15));
-    consul.stop(Duration::from_secs(10));
-    wait_port_free(env.args.http_port);
+    consul.stop();
+    testkit::wait_port_free(env.args.common.http_port);
     Ok(json!({
         "settings": "defaults (HAPROXY_RELOAD_WAIT 100ms:1s, HAPROXY_LIVE_WAIT 10ms, live changes on)",
         "catalog_reloads": reloads,
@@ -620,13 +502,6 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         "passing_to_200": only_pass.json(),
         "register_to_200": reg.json(),
     }))
-}
-
-fn wait_port_free(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while harness::port_listening(port) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -667,19 +542,22 @@ fn sweep(env: &Env, n: usize) -> (usize, usize, Vec<String>) {
             let addr = env.addr;
             thread::spawn(move || {
                 let (mut ok, mut bad, mut errs) = (0, 0, Vec::new());
-                let mut buf = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= n {
                         break;
                     }
                     let host = format!("{}.{DOM}", service_name(i));
-                    match harness::get(&addr, &host, Duration::from_secs(5), &mut buf) {
-                        Ok(_) => ok += 1,
-                        Err(e) => {
+                    match http::get_at(&addr, &host, Duration::from_secs(5)) {
+                        Ok(r) if r.is_success() => ok += 1,
+                        r => {
                             bad += 1;
                             if errs.len() < 3 {
-                                errs.push(format!("{host}: {e:?}"));
+                                let e = r.map_or_else(
+                                    |e| e.to_string(),
+                                    |r| format!("HTTP {}", r.status),
+                                );
+                                errs.push(format!("{host}: {e}"));
                             }
                         }
                     }
@@ -709,53 +587,27 @@ struct Run {
 
 /// `clients` threads, a new connection per request, for `secs`.
 fn load(env: &Env, host: &str) -> Run {
-    let stop = Arc::new(AtomicBool::new(false));
-    let t0 = Instant::now();
-    let threads: Vec<_> = (0..env.args.clients)
-        .map(|_| {
-            let stop = Arc::clone(&stop);
-            let addr = env.addr;
-            let host = host.to_string();
-            thread::spawn(move || {
-                let mut r = Run::default();
-                let mut buf = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let s = Instant::now();
-                    match harness::get(&addr, &host, Duration::from_secs(5), &mut buf) {
-                        Ok(_) => {
-                            r.ok += 1;
-                            r.lat_us.push(s.elapsed().as_micros() as u32);
-                        }
-                        Err(_) => {
-                            r.failed += 1;
-                            thread::sleep(Duration::from_millis(5));
-                        }
-                    }
-                }
-                r
-            })
-        })
-        .collect();
+    let options = LoadOptions {
+        timeout: Duration::from_secs(5),
+        ..LoadOptions::new(env.args.clients)
+    };
+    let clients = Load::start_with(env.addr, host, &options);
     thread::sleep(Duration::from_secs_f64(env.args.secs));
-    stop.store(true, Ordering::SeqCst);
-    let mut total = Run::default();
-    for t in threads {
-        if let Ok(r) = t.join() {
-            total.ok += r.ok;
-            total.failed += r.failed;
-            total.lat_us.extend(r.lat_us);
-        }
+    let r = clients.stop();
+    Run {
+        ok: r.ok,
+        failed: r.failed(),
+        lat_us: r.lat_us,
+        secs: r.elapsed.as_secs_f64(),
     }
-    total.secs = t0.elapsed().as_secs_f64();
-    total
 }
 
 fn first_vs_last(env: &Env, n: usize) -> serde_json::Value {
     let first = format!("{}.{DOM}", service_name(0));
     let last = format!("{}.{DOM}", service_name(n - 1));
     // Warm up both, then alternate so drift hits both alike.
-    let _ = harness::status_of(&env.addr, &first, Duration::from_secs(2));
-    let _ = harness::status_of(&env.addr, &last, Duration::from_secs(2));
+    let _ = http::status_of(&env.addr, &first, Duration::from_secs(2));
+    let _ = http::status_of(&env.addr, &last, Duration::from_secs(2));
     let (mut f, mut l) = (Run::default(), Run::default());
     let mut rounds = Vec::new();
     for _ in 0..2 {
@@ -776,8 +628,8 @@ fn first_vs_last(env: &Env, n: usize) -> serde_json::Value {
             "ok": r.ok,
             "failed": r.failed,
             "rps": r.ok as f64 / r.secs,
-            "p50_ms": harness::quantile(&r.lat_us, 0.5) as f64 / 1000.0,
-            "p99_ms": harness::quantile(&r.lat_us, 0.99) as f64 / 1000.0,
+            "p50_ms": measure::quantile(&r.lat_us, 0.5) as f64 / 1000.0,
+            "p99_ms": measure::quantile(&r.lat_us, 0.99) as f64 / 1000.0,
         })
     };
     let frps = f.ok as f64 / f.secs;
@@ -854,76 +706,57 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
         write_catalog(&catalog, n, instances, env.backend)?;
         let catalog_bytes = std::fs::metadata(&catalog).map(|m| m.len()).unwrap_or(0);
         let cfg = dir.join("etc/haproxy.cfg");
-        let mut cmd = Command::new(&env.supervisor_bin);
-        harness::clear_env(&mut cmd);
-        cmd.arg("run")
-            .arg("--catalog-file")
-            .arg(&catalog)
-            .arg("--config-file")
-            .arg(&cfg)
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .env("HAPROXY_DOM", DOM)
-            .env("HAPROXY_LOG_FORMAT", "json")
-            .env("HAPROXY_HTTP_PORT", env.args.http_port.to_string())
-            .env("HAPROXY_BIN", &env.haproxy_bin)
-            .current_dir(&dir);
+        let mut cmd =
+            testkit::bench_command(&dir, DOM, env.args.common.http_port, &env.haproxy_bin);
+        cmd.arg("--catalog-file").arg(&catalog);
         if nocheck {
             cmd.env("HAPROXY_TEMPLATE", nocheck_template(&dir)?);
         }
         let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
-        let wall0 = harness::epoch_secs(sup.started_wall);
+        let wall0 = measure::epoch_secs(sup.started_wall);
         let started = sup.wait_log(Duration::from_secs(600), |t| {
-            t.contains("\"message\":\"haproxy reload done\"")
-                || t.contains("\"message\":\"haproxy failed to start\"")
-                || t.contains("\"message\":\"haproxy reload failed")
+            [Event::ReloadDone, Event::ReloadFailed]
+                .iter()
+                .any(|e| testkit::log_has_event(t, *e))
         });
         let log = sup.log_text();
-        if started.is_err() || !log.contains("\"message\":\"haproxy reload done\"") {
-            let lines = harness::json_lines(&log);
-            let at = |msg: &str| {
-                lines
-                    .iter()
-                    .find(|l| l.message == msg)
-                    .map(|l| (l.at - wall0) * 1000.0)
-            };
-            let (read, written) = (at("catalog file read"), at("config written"));
+        let lines = testkit::json_lines(&log);
+        let at = |event: Event| {
+            lines
+                .iter()
+                .find(|l| l.event == Some(event))
+                .map(|l| (l.at - wall0) * 1000.0)
+        };
+        let read_ms = at(Event::CatalogFileRead);
+        let written_ms = at(Event::ConfigWritten);
+        let serving_ms = at(Event::ReloadDone);
+        let mut row = json!({
+            "services": n,
+            "instances_per_service": instances,
+            "health_checks": !nocheck,
+            "start_to_catalog_read_ms": read_ms,
+            "start_to_config_written_ms": written_ms,
+            "catalog_read_to_config_written_ms": match (read_ms, written_ms) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+        });
+        if started.is_err() || serving_ms.is_none() {
             let alert = log
                 .lines()
                 .find(|l| l.contains("[ALERT]"))
                 .map(str::to_string)
                 .or_else(|| started.err())
                 .unwrap_or_default();
-            let hwm = harness::proc_status_kb(sup.pid(), "VmHWM");
+            row["supervisor_vmhwm_kb"] = json!(testkit::proc_status_kb(sup.pid(), "VmHWM"));
+            row["error"] = json!(format!("haproxy did not start: {alert}"));
             eprintln!("scale-bench: scale: {label}: haproxy did not start: {alert}");
             sup.stop(Duration::from_secs(20));
-            wait_port_free(env.args.http_port);
-            rows.push(json!({
-                "services": n,
-                "instances_per_service": instances,
-                "health_checks": !nocheck,
-                "start_to_catalog_read_ms": read,
-                "start_to_config_written_ms": written,
-                "catalog_read_to_config_written_ms": match (read, written) {
-                    (Some(a), Some(b)) => Some(b - a),
-                    _ => None,
-                },
-                "supervisor_vmhwm_kb": hwm,
-                "error": format!("haproxy did not start: {alert}"),
-            }));
+            testkit::wait_port_free(env.args.common.http_port);
+            rows.push(row);
             continue;
         }
-        let hwm_at_start = harness::proc_status_kb(sup.pid(), "VmHWM");
-        let lines = harness::json_lines(&sup.log_text());
-        let at = |msg: &str| {
-            lines
-                .iter()
-                .find(|l| l.message == msg)
-                .map(|l| (l.at - wall0) * 1000.0)
-        };
-        let read_ms = at("catalog file read");
-        let written_ms = at("config written");
-        let serving_ms = at("haproxy reload done");
+        let hwm_at_start = testkit::proc_status_kb(sup.pid(), "VmHWM");
         // HAProxy's own check of the same file, alone.
         let t = Instant::now();
         let check = Command::new(&env.haproxy_bin)
@@ -949,39 +782,33 @@ fn scale(env: &Env) -> Result<serde_json::Value, String> {
             fvl["instances_per_service"] = json!(instances);
             fvl["health_checks"] = json!(!nocheck);
         }
-        let hwm = harness::proc_status_kb(sup.pid(), "VmHWM");
-        let rss = harness::proc_status_kb(sup.pid(), "VmRSS");
-        let hap = harness::children_named(sup.pid(), "haproxy");
-        let hap_hwm: Option<u64> = hap
+        let hwm = testkit::proc_status_kb(sup.pid(), "VmHWM");
+        let rss = testkit::proc_status_kb(sup.pid(), "VmRSS");
+        let hap_hwm: Option<u64> = testkit::children_of(sup.pid())
             .iter()
-            .filter_map(|p| harness::proc_status_kb(*p, "VmHWM"))
+            .filter(|p| p.comm == "haproxy")
+            .filter_map(|p| testkit::proc_status_kb(p.pid, "VmHWM"))
             .max();
         sup.stop(Duration::from_secs(20));
-        wait_port_free(env.args.http_port);
-        rows.push(json!({
-            "services": n,
-            "instances_per_service": instances,
-            "health_checks": !nocheck,
-            "catalog_file_bytes": catalog_bytes,
-            "config_bytes": cfg_bytes,
-            "start_to_catalog_read_ms": read_ms,
-            "start_to_config_written_ms": written_ms,
-            "catalog_read_to_config_written_ms": match (read_ms, written_ms) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            },
-            "start_to_serving_ms": serving_ms,
-            "haproxy_check_alone_ms": check_ms,
-            "haproxy_check_ok": check,
-            "supervisor_vmhwm_kb": hwm,
-            "supervisor_vmhwm_kb_at_first_reload": hwm_at_start,
-            "supervisor_vmrss_kb": rss,
-            "haproxy_vmhwm_kb": hap_hwm,
-            "hosts_answering_200": ok,
-            "hosts_failing": failed,
-            "first_failures": errs,
-            "sweep_s": sweep_s,
-        }));
+        testkit::wait_port_free(env.args.common.http_port);
+        for (k, v) in [
+            ("catalog_file_bytes", json!(catalog_bytes)),
+            ("config_bytes", json!(cfg_bytes)),
+            ("start_to_serving_ms", json!(serving_ms)),
+            ("haproxy_check_alone_ms", json!(check_ms)),
+            ("haproxy_check_ok", json!(check)),
+            ("supervisor_vmhwm_kb", json!(hwm)),
+            ("supervisor_vmhwm_kb_at_first_reload", json!(hwm_at_start)),
+            ("supervisor_vmrss_kb", json!(rss)),
+            ("haproxy_vmhwm_kb", json!(hap_hwm)),
+            ("hosts_answering_200", json!(ok)),
+            ("hosts_failing", json!(failed)),
+            ("first_failures", json!(errs)),
+            ("sweep_s", json!(sweep_s)),
+        ] {
+            row[k] = v;
+        }
+        rows.push(row);
     }
     Ok(json!({ "rows": rows, "first_vs_last": fvl }))
 }
