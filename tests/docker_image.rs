@@ -1146,12 +1146,22 @@ impl Drop for ComposeUp<'_> {
     }
 }
 
-/// A TCP port free on the host right now.
+/// A TCP port free on the host right now, below the kernel's ephemeral
+/// range: a port the kernel picked for `bind(:0)` is ephemeral, and any
+/// outgoing connection on the host may take it before docker publishes it
+/// (seen once as "address already in use").
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread over runs by pid; distinct within one run.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 4000) as u16;
+    (0..4000)
+        .map(|_| base + NEXT.fetch_add(1, Ordering::Relaxed) % 8000)
+        .find(|p| {
+            TcpListener::bind(("127.0.0.1", *p)).is_ok()
+                && TcpListener::bind(("0.0.0.0", *p)).is_ok()
+        })
+        .expect("a free port below the ephemeral range")
 }
 
 /// Builds the local stand-ins for the compose example's registry images
