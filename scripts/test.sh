@@ -17,4 +17,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Release build: the load and reload tests measure real behaviour and the
 # debug build of the backend and client would be the bottleneck.
-cargo test --release --workspace --all-targets -- --nocapture 2>&1 | tee target/test-output.txt
+cargo test --release --workspace --all-targets --no-fail-fast -- --nocapture 2>&1 | tee target/test-output.txt

@@ -426,9 +426,10 @@ mod tests {
         let plain = r.render(&d, &vars).unwrap().config;
         assert!(!plain.contains("crt-list") && !plain.contains("redirect"));
         assert!(!plain.contains("Strict-Transport-Security"));
+        // Set in either case, never passed through from the client.
         assert_eq!(
             plain
-                .matches("add-header X-Forwarded-Proto https if { ssl_fc }")
+                .matches("set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]")
                 .count(),
             2
         );
