@@ -162,7 +162,7 @@ fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
             &format!("balance {balance}"),
             "option forwardfor",
             "http-request set-header X-Forwarded-Port %[dst_port]",
-            "http-request add-header X-Forwarded-Proto https if { ssl_fc }",
+            "http-request set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]",
             "option tcp-check",
             "default-server inter 10s rise 2 fall 1 init-addr libc,none",
         ]
