@@ -12,7 +12,6 @@
 //! Run as root: `cargo test --release --test consul_cluster`.
 
 use std::fs::OpenOptions;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -38,26 +37,6 @@ const CLIENT_IP: &str = "127.0.0.5";
 // ---------------------------------------------------------------------------
 // Consul processes
 // ---------------------------------------------------------------------------
-
-/// Makes the child receive SIGKILL when the spawning thread exits.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
 
 fn tail(path: &Path) -> String {
     let b = std::fs::read(path).unwrap_or_default();

@@ -19,24 +19,14 @@ use haproxy_supervisor::render::{self, Rendered, Renderer};
 use haproxy_supervisor::settings::HaproxyVars;
 use proptest::prelude::*;
 
-const KEYS: &[&str] = &[
-    "HAPROXY.ENABLE",
-    "HAPROXY.PROTOCOL",
-    "HAPROXY.BACKEND.BALANCE",
-    "HAPROXY.BACKEND.MAXCONN",
-    "HAPROXY.FRONTEND.PORT",
-    "HAPROXY.VHOST",
-    "HAPROXY.PATH",
-    "HAPROXY.BACKEND.HEALTHCHECK",
-    "HAPROXY.BACKEND.STICKY",
-    // Unknown ones.
-    "HAPROXY.BACKEND.MAXCON",
-    "HAPROXY.",
-    "haproxy.vhost",
-];
+/// Tag keys: every one the model knows, and some it does not.
+fn keys() -> Vec<&'static str> {
+    let unknown = ["HAPROXY.BACKEND.MAXCON", "HAPROXY.", "haproxy.vhost"];
+    KNOWN_TAGS.iter().copied().chain(unknown).collect()
+}
 
 /// Every balance algorithm the model accepts.
-use haproxy_supervisor::model::BALANCES;
+use haproxy_supervisor::model::{BALANCES, KNOWN_TAGS};
 
 /// Characters that mean something to HAProxy, map files, shells or
 /// terminals, plus some that are harmless.
@@ -105,7 +95,7 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
 
 fn tag() -> impl Strategy<Value = String> {
     prop_oneof![
-        16 => prop::sample::select(KEYS)
+        16 => prop::sample::select(keys())
             .prop_flat_map(|k| value_for(k).prop_map(move |v| format!("{k}={v}"))),
         1 => text(),
         1 => text().prop_map(|t| format!("HAPROXY.{t}")),
