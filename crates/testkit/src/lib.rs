@@ -54,9 +54,10 @@
 //!
 //! [`supervisor_bin`] and [`backend_bin`] are the workspace's own binaries in
 //! the target directory of the running test or bench (`target/<profile>/`),
-//! built once per process with `cargo build` in that profile (a no-op when
-//! they are up to date), so a test of one package and a bench of another
-//! both run the current code.
+//! as the last `cargo test --workspace` / `cargo build --workspace` built
+//! them; one that is missing is built then with `cargo build` in that
+//! profile. (`cargo test --test X` alone rebuilds the supervisor, a test
+//! target of its package, but not the demo backend of another package.)
 
 pub mod backend;
 pub mod catalog;
@@ -177,13 +178,22 @@ pub fn profile_dir() -> PathBuf {
     }
 }
 
-/// `bin` of workspace package `package` in [`profile_dir`], after
+/// `bin` of workspace package `package` in [`profile_dir`]; built with
 /// `cargo build -p <package> --bin <bin>` in the same profile and target
-/// directory (cargo finds it up to date in a test run of the package
-/// itself). Panics when the build fails.
+/// directory only when it is missing. Panics when that build fails.
+///
+/// A binary that is there is used as it is: `cargo test --workspace
+/// --all-targets` (the test command) builds every binary first, with the
+/// features of the whole workspace; a `cargo build -p` from inside a test
+/// would resolve other features, overwrite it, and make the next test
+/// binary's cargo rebuild half the dependency tree (seen: minutes per test
+/// binary).
 fn cargo_bin(package: &str, bin: &str) -> PathBuf {
     let profile_dir = profile_dir();
     let path = profile_dir.join(bin);
+    if path.is_file() {
+        return path;
+    }
     let profile = profile_dir
         .file_name()
         .and_then(|n| n.to_str())
