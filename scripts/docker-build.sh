@@ -2,7 +2,7 @@
 # Builds the haproxy-supervisor container images from source (docker/Dockerfile)
 # with no registry and no network during `docker build`, from a clean clone.
 #
-#   scripts/docker-build.sh          build both variants
+#   scripts/docker-build.sh          build every variant (trixie, bookworm, haproxy3.4)
 #   scripts/docker-build.sh --test   run the container test (tests/docker_image.rs),
 #                                    which runs this script first
 #
@@ -13,9 +13,11 @@
 #   3. makes the local base images, each only when it is missing or its inputs
 #      (suite, packages, this machine's apt sources, this script's recipe, the
 #      Rust toolchain's version) changed — the inputs' hash is a label:
-#        haproxy-supervisor-base:bookworm  Debian 12 minbase + haproxy (2.6),
+#        haproxy-supervisor-base:trixie    Debian 13 minbase + haproxy (3.0),
 #                                          iptables, ca-certificates, procps, curl
-#        haproxy-supervisor-base:trixie    the same from Debian 13 (HAProxy 3.0)
+#        haproxy-supervisor-base:bookworm  the same from Debian 12 (HAProxy 2.6)
+#        haproxy-supervisor-base:haproxy3.4  the same from Debian sid with
+#                                          haproxy from experimental (3.4)
 #        haproxy-supervisor-rust:bookworm  Debian 12 minbase + gcc, libc6-dev and
 #                                          this machine's Rust toolchain (rustc,
 #                                          cargo, the std library; no docs)
@@ -36,15 +38,17 @@
 #      earlier builds of these images only.
 #
 # Environment:
-#   IMAGE=haproxy-supervisor:test               the Debian 12 (HAProxy 2.6) image
-#   IMAGE_TRIXIE=haproxy-supervisor:test-trixie the Debian 13 (HAProxy 3.0) image
-#   VARIANTS="bookworm trixie"                  which of the two to build
+#   IMAGE=haproxy-supervisor:test               the default: Debian 13 (HAProxy 3.0)
+#   IMAGE_BOOKWORM=haproxy-supervisor:test-bookworm  Debian 12 (HAProxy 2.6)
+#   IMAGE_HAPROXY34=haproxy-supervisor:test-haproxy3.4  Debian sid + HAProxy 3.4
+#                                               from experimental
+#   VARIANTS="trixie bookworm haproxy3.4"       which of them to build
 #   RUST_IMAGE=haproxy-supervisor-rust:bookworm the build stage's base; e.g.
 #                                               rust:1-bookworm to pull it instead
-#   BASE_IMAGE=haproxy-supervisor-base:bookworm the runtime base of each variant;
-#   BASE_IMAGE_TRIXIE=haproxy-supervisor-base:trixie  registry images (debian:
-#                                               bookworm-slim, debian:trixie-slim)
-#                                               skip mmdebstrap
+#   BASE_IMAGE=haproxy-supervisor-base:trixie   the runtime base of each variant;
+#   BASE_IMAGE_BOOKWORM=haproxy-supervisor-base:bookworm  registry images (debian:
+#   BASE_IMAGE_HAPROXY34=haproxy-supervisor-base:haproxy3.4  trixie-slim, debian:
+#                                               bookworm-slim) skip mmdebstrap
 #   REBUILD_BASE=1                              rebuild the local bases regardless
 #   VENDOR=0                                    no vendored crates: the build
 #                                               stage downloads from crates.io
@@ -71,12 +75,14 @@ elif [ $# -gt 0 ]; then
 fi
 
 IMAGE=${IMAGE:-haproxy-supervisor:test}
-IMAGE_TRIXIE=${IMAGE_TRIXIE:-haproxy-supervisor:test-trixie}
-VARIANTS=${VARIANTS:-bookworm trixie}
+IMAGE_BOOKWORM=${IMAGE_BOOKWORM:-haproxy-supervisor:test-bookworm}
+IMAGE_HAPROXY34=${IMAGE_HAPROXY34:-haproxy-supervisor:test-haproxy3.4}
+VARIANTS=${VARIANTS:-trixie bookworm haproxy3.4}
 LOCAL_RUST=haproxy-supervisor-rust:bookworm
 RUST_IMAGE=${RUST_IMAGE:-$LOCAL_RUST}
-BASE_IMAGE=${BASE_IMAGE:-haproxy-supervisor-base:bookworm}
-BASE_IMAGE_TRIXIE=${BASE_IMAGE_TRIXIE:-haproxy-supervisor-base:trixie}
+BASE_IMAGE=${BASE_IMAGE:-haproxy-supervisor-base:trixie}
+BASE_IMAGE_BOOKWORM=${BASE_IMAGE_BOOKWORM:-haproxy-supervisor-base:bookworm}
+BASE_IMAGE_HAPROXY34=${BASE_IMAGE_HAPROXY34:-haproxy-supervisor-base:haproxy3.4}
 REBUILD_BASE=${REBUILD_BASE:-0}
 VENDOR=${VENDOR:-1}
 COMPOSE=${COMPOSE:-1}
@@ -93,9 +99,23 @@ die() { log "error: $*"; exit 1; }
 started=$SECONDS
 
 [ "$(id -u)" = 0 ] || die "run as root (installs packages, starts dockerd, runs mmdebstrap)"
-for v in $VARIANTS; do
-  case $v in bookworm | trixie) ;; *) die "unknown variant '$v' (bookworm, trixie)" ;; esac
-done
+# variant NAME: sets tag (the image), base (its runtime base), suite (what
+# mmdebstrap makes the base from) and packages for one variant.
+variant() {
+  case $1 in
+    trixie) tag=$IMAGE base=$BASE_IMAGE suite=trixie packages=$RUNTIME_PACKAGES
+      description="Debian 13 minbase + haproxy, iptables, ca-certificates, procps, curl" ;;
+    bookworm) tag=$IMAGE_BOOKWORM base=$BASE_IMAGE_BOOKWORM suite=bookworm packages=$RUNTIME_PACKAGES
+      description="Debian 12 minbase + haproxy, iptables, ca-certificates, procps, curl" ;;
+    # Debian's only HAProxy 3.4 is in experimental, which is a suite on top of
+    # sid: the base is sid with haproxy taken from experimental.
+    haproxy3.4) tag=$IMAGE_HAPROXY34 base=$BASE_IMAGE_HAPROXY34 suite=sid+experimental
+      packages=haproxy/experimental,${RUNTIME_PACKAGES#haproxy,}
+      description="Debian sid minbase + haproxy 3.4 (experimental), iptables, ca-certificates, procps, curl" ;;
+    *) die "unknown variant '$1' (trixie, bookworm, haproxy3.4)" ;;
+  esac
+}
+for v in $VARIANTS; do variant "$v"; done
 
 # --- 1. tools -----------------------------------------------------------------
 apt_updated=0
@@ -115,7 +135,7 @@ command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
 # docker.io also brings the client; a client may already be in /usr/local/bin.
 command -v docker >/dev/null 2>&1 || [[ " ${need[*]-} " == *" docker.io "* ]] || need+=(docker.io)
 command -v git >/dev/null 2>&1 || need+=(git)
-if is_local_base "$RUST_IMAGE" || is_local_base "$BASE_IMAGE" || is_local_base "$BASE_IMAGE_TRIXIE"; then
+if is_local_base "$RUST_IMAGE" || is_local_base "$BASE_IMAGE" || is_local_base "$BASE_IMAGE_BOOKWORM" || is_local_base "$BASE_IMAGE_HAPROXY34"; then
   command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
 fi
 command -v file >/dev/null 2>&1 || need+=(file)
@@ -209,20 +229,39 @@ machine_sources() {
   fi
 }
 
+# suite_sources SUITE: the apt sources for SUITE, from machine_sources. For
+# sid+experimental: the machine's main archive with suite sid, and the same
+# with suite experimental (neither has -updates or -security suites).
+suite_sources() {
+  case $1 in
+    *+experimental)
+      machine_sources "${1%+experimental}" | awk -v s=" ${1%+experimental} " 'index($0, s) {
+        print; sub(s, " experimental "); print
+      }' ;;
+    *) machine_sources "$1" ;;
+  esac
+}
+
 # rootfs SUITE OUT.tar PACKAGES [mmdebstrap options...]: a minbase Debian
 # rootfs with PACKAGES, no docs, man pages or locales, no apt lists or caches.
 rootfs() {
   local suite=$1 out=$2 packages=$3
   shift 3
-  local sources hooks=()
-  mapfile -t sources < <(machine_sources "$suite")
+  local sources hooks=() aptopts=()
+  mapfile -t sources < <(suite_sources "$suite")
+  # sid and experimental are signed for a week at a time: a mirror that is a
+  # snapshot serves them with an expired Valid-Until.
+  if [[ $suite == *+experimental ]]; then
+    aptopts+=(--aptopt='Acquire::Check-Valid-Until "false"')
+    suite=${suite%+experimental}
+  fi
   [ ${#sources[@]} -gt 0 ] || die "no Debian mirror found in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
   # Merged /usr by symlinks (debootstrap's way) rather than the usrmerge
   # package, which would pull perl (about 50 MB) into the image.
   local merged_usr=/usr/share/mmdebstrap/hooks/merged-usr
   [ -d "$merged_usr" ] && hooks+=(--hook-dir="$merged_usr")
   # shellcheck disable=SC2016 # "$1" is the hook's argument, not ours
-  mmdebstrap --quiet --variant=minbase "${hooks[@]}" \
+  mmdebstrap --quiet --variant=minbase "${hooks[@]}" "${aptopts[@]}" \
     --include="$packages" \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' \
@@ -244,7 +283,7 @@ ensure_base() {
   while [ $# -gt 0 ] && [ "$1" != -- ]; do changes+=("$1"); shift; done
   [ "${1-}" = -- ] && shift
   local inputs
-  inputs=$({ declare -f machine_sources rootfs; printf '%s\n' "$suite" "$packages" "$extra" "${changes[@]}" "$@"; machine_sources "$suite"; } | sha256sum | cut -c1-16)
+  inputs=$({ declare -f machine_sources suite_sources rootfs; printf '%s\n' "$suite" "$packages" "$extra" "${changes[@]}" "$@"; suite_sources "$suite"; } | sha256sum | cut -c1-16)
   if [ "$REBUILD_BASE" != 1 ] && [ "$(label "$tag" haproxy-supervisor.inputs)" = "$inputs" ]; then
     log "base $tag is up to date (inputs $inputs)"
     return
@@ -266,14 +305,12 @@ ensure_base() {
   log "base $tag made in $((SECONDS - t)) s"
 }
 
-if [[ " $VARIANTS " == *" bookworm "* && "$BASE_IMAGE" == haproxy-supervisor-base:* ]]; then
-  ensure_base "$BASE_IMAGE" bookworm "$RUNTIME_PACKAGES" \
-    "Debian 12 minbase + haproxy, iptables, ca-certificates, procps, curl" ""
-fi
-if [[ " $VARIANTS " == *" trixie "* && "$BASE_IMAGE_TRIXIE" == haproxy-supervisor-base:* ]]; then
-  ensure_base "$BASE_IMAGE_TRIXIE" trixie "$RUNTIME_PACKAGES" \
-    "Debian 13 minbase + haproxy, iptables, ca-certificates, procps, curl" ""
-fi
+for v in $VARIANTS; do
+  variant "$v"
+  if [[ "$base" == haproxy-supervisor-base:* ]]; then
+    ensure_base "$base" "$suite" "$packages" "$description" ""
+  fi
+done
 if [ "$RUST_IMAGE" = "$LOCAL_RUST" ]; then
   # This machine's toolchain: the one `rustc` here resolves to (rustup's
   # default or an override), copied without its docs, clippy or rustfmt.
@@ -337,7 +374,7 @@ if [ -z "${NETWORK-}" ]; then
   if [ "$VENDOR" = 1 ] && is_local_base "$RUST_IMAGE"; then
     NETWORK=none
     for v in $VARIANTS; do
-      if [ "$v" = bookworm ]; then base=$BASE_IMAGE; else base=$BASE_IMAGE_TRIXIE; fi
+      variant "$v"
       is_local_base "$base" || NETWORK=default
     done
   fi
@@ -350,7 +387,7 @@ cp "$src/docker/Dockerfile.dockerignore" "$src/.dockerignore"
 log "build stage (RUST_IMAGE=$RUST_IMAGE, network $NETWORK)"
 build build-stage --target build -t "$BUILD_TAG"
 for v in $VARIANTS; do
-  if [ "$v" = bookworm ]; then tag=$IMAGE base=$BASE_IMAGE; else tag=$IMAGE_TRIXIE base=$BASE_IMAGE_TRIXIE; fi
+  variant "$v"
   log "image $tag (BASE=$base)"
   build "image-$v" --build-arg "BASE=$base" -t "$tag"
 done
@@ -367,7 +404,7 @@ if [ "$RUST_IMAGE" = "$LOCAL_RUST" ]; then
   log "build stage base $RUST_IMAGE: $(mb "$(size "$RUST_IMAGE")")"
 fi
 for v in $VARIANTS; do
-  if [ "$v" = bookworm ]; then tag=$IMAGE base=$BASE_IMAGE; else tag=$IMAGE_TRIXIE base=$BASE_IMAGE_TRIXIE; fi
+  variant "$v"
   id=$(docker create "$tag")
   docker cp "$id:/usr/local/bin/haproxy-supervisor" "$cache/haproxy-supervisor-$v" >/dev/null
   docker rm "$id" >/dev/null

@@ -3,13 +3,14 @@
 //! Run as root on Debian 12: `cargo test --release --test docker_image -- --nocapture`
 //! (or `scripts/docker-build.sh --test`). The first test to run calls
 //! `scripts/docker-build.sh`, which installs and starts Docker if needed and
-//! builds both variants from a clean clone of the repository's HEAD commit,
+//! builds every variant from a clean clone of the repository's HEAD commit,
 //! offline (see docker/README.md); a failure there fails every test here:
 //! nothing is skipped. The tests take a machine-wide lock, so they run one
 //! at a time, also against another `cargo test` of this crate.
 //!
-//! The same checks run against both variants — `bookworm`: Debian 12 with
-//! HAProxy 2.6; `trixie`: Debian 13 with HAProxy 3.0. Each image is started
+//! The same checks run against every variant — `trixie` (the default image):
+//! Debian 13 with HAProxy 3.0; `bookworm`: Debian 12 with HAProxy 2.6;
+//! `haproxy3.4`: Debian sid with HAProxy 3.4 from experimental. Each image is started
 //! with `--network none`, so all traffic stays on the container's own
 //! loopback, and driven with `docker exec`:
 //!
@@ -45,7 +46,7 @@ struct Variant {
     /// The name scripts/docker-build.sh knows it by.
     name: &'static str,
     image: &'static str,
-    /// `VERSION_ID` in the image's /etc/os-release.
+    /// `VERSION_ID` in the image's /etc/os-release ("sid" where it has none).
     debian: &'static str,
     /// The HAProxy version's prefix (`haproxy -v`).
     haproxy: &'static str,
@@ -62,17 +63,27 @@ struct Variant {
 
 const BOOKWORM: Variant = Variant {
     name: "bookworm",
-    image: "haproxy-supervisor:test",
+    image: "haproxy-supervisor:test-bookworm",
     debian: "12",
     haproxy: "2.6.",
     live_cookie: false,
     live_addr_change: true,
 };
+/// The default image.
 const TRIXIE: Variant = Variant {
     name: "trixie",
-    image: "haproxy-supervisor:test-trixie",
+    image: "haproxy-supervisor:test",
     debian: "13",
     haproxy: "3.0.",
+    live_cookie: true,
+    live_addr_change: false,
+};
+const HAPROXY34: Variant = Variant {
+    name: "haproxy3.4",
+    image: "haproxy-supervisor:test-haproxy3.4",
+    // sid's /etc/os-release has no VERSION_ID (the test reads it as "sid").
+    debian: "sid",
+    haproxy: "3.4.",
     live_cookie: true,
     live_addr_change: false,
 };
@@ -212,9 +223,10 @@ fn build_images() {
             Command::new("bash")
                 .arg(repo().join("scripts/docker-build.sh"))
                 .current_dir(repo())
-                .env("IMAGE", BOOKWORM.image)
-                .env("IMAGE_TRIXIE", TRIXIE.image)
-                .env("VARIANTS", "bookworm trixie"),
+                .env("IMAGE", TRIXIE.image)
+                .env("IMAGE_BOOKWORM", BOOKWORM.image)
+                .env("IMAGE_HAPROXY34", HAPROXY34.image)
+                .env("VARIANTS", "trixie bookworm haproxy3.4"),
             Duration::from_secs(60 * 60),
         );
         eprint!("{}", text(&build.stderr));
@@ -508,7 +520,7 @@ fn check_image_contents(v: &Variant) -> String {
         .trim()
         .parse()
         .expect("image size");
-    let facts = sh_in_image(v.image, ". /etc/os-release; echo \"$VERSION_ID\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
+    let facts = sh_in_image(v.image, ". /etc/os-release; echo \"${VERSION_ID:-sid}\"; haproxy -v | head -n 1; id -u haproxy; id -g haproxy; \
          ulimit -Hn",
     );
     let lines: Vec<&str> = facts.lines().collect();
@@ -1065,6 +1077,13 @@ fn trixie_image_haproxy_3_0_routes_reloads_reaps_and_stops() {
     check_variant(&TRIXIE);
 }
 
+#[test]
+fn haproxy34_image_routes_reloads_reaps_and_stops() {
+    let _lock = machine_lock();
+    build_images();
+    check_variant(&HAPROXY34);
+}
+
 // ---------------------------------------------------------------------------
 // The compose example, for real
 // ---------------------------------------------------------------------------
@@ -1165,7 +1184,7 @@ fn free_port() -> u16 {
 }
 
 /// Builds the local stand-ins for the compose example's registry images
-/// (hashicorp/consul and hashicorp/http-echo) on top of the bookworm image:
+/// (hashicorp/consul and hashicorp/http-echo) on top of the default image:
 /// the test's consul binary with `consul` as entrypoint, and `demo-backend`
 /// behind a shim that takes http-echo's `-listen=:PORT -text=TEXT`.
 fn fixture_images() -> (String, String) {
@@ -1206,7 +1225,7 @@ fn fixture_images() -> (String, String) {
              LABEL org.opencontainers.image.title=haproxy-supervisor-fixture\n\
              HEALTHCHECK NONE\n\
              {body}CMD []\n",
-            BOOKWORM.image
+            TRIXIE.image
         );
         std::fs::write(ctx.join("Dockerfile"), dockerfile).expect("write Dockerfile");
         let out = run(
@@ -1256,17 +1275,17 @@ fn compose_example_runs() {
     let (http, stats, consul) = (free_port(), free_port(), free_port());
     // Docker cannot raise a container's open-files limit above dockerd's own
     // hard limit (the compose file asks for 1048576): ask for what it has.
-    let nofile = sh_in_image(BOOKWORM.image, "ulimit -Hn").trim().to_string();
+    let nofile = sh_in_image(TRIXIE.image, "ulimit -Hn").trim().to_string();
     let nofile = if nofile == "unlimited" {
         "1048576".to_string()
     } else {
         nofile
     };
     for (k, v) in [
-        ("HAPROXY_IMAGE", BOOKWORM.image.to_string()),
+        ("HAPROXY_IMAGE", TRIXIE.image.to_string()),
         ("CONSUL_IMAGE", consul_image),
         ("HTTP_ECHO_IMAGE", echo_image),
-        ("CURL_IMAGE", BOOKWORM.image.to_string()),
+        ("CURL_IMAGE", TRIXIE.image.to_string()),
         ("PUBLISH_HTTP", http.to_string()),
         ("PUBLISH_STATS", stats.to_string()),
         ("PUBLISH_CONSUL", consul.to_string()),
