@@ -119,13 +119,79 @@ pub struct Generation {
 pub enum Ended {
     /// An old generation finished draining: expected.
     Drained,
-    /// The serving (or starting) one died. `reset_backoff` when it had run
-    /// long enough that this is a new episode, not a crash loop.
-    Died { reset_backoff: bool },
+    /// The serving (or starting) one died. `served` when it had listened
+    /// (it was the serving generation), `stable` when it had run long
+    /// enough that this is a new episode, not a crash loop.
+    Died { served: bool, stable: bool },
 }
 
 /// A generation that ran this long before dying resets the restart backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// Deaths of serving generations within this window count towards a crash
+/// loop.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// This many deaths within `CRASH_WINDOW` are a crash loop: from then on
+/// restarts back off. Fewer (a SIGKILL, an OOM kill, a rare crash) restart
+/// at once, since every millisecond without HAProxy refuses connections.
+pub const CRASH_LOOP_DEATHS: usize = 30;
+
+/// When to start HAProxy again once nothing serves. A generation that had
+/// served and died is restarted at once unless deaths come in a crash loop;
+/// a start that failed (a generation that died before it ever served, a
+/// port taken) backs off.
+#[derive(Debug, Clone)]
+pub struct Restarts {
+    deaths: std::collections::VecDeque<Instant>,
+    backoff: Backoff,
+    at_once: bool,
+}
+
+impl Restarts {
+    pub fn new(max: Duration) -> Restarts {
+        Restarts {
+            deaths: std::collections::VecDeque::new(),
+            backoff: Backoff::new(max),
+            at_once: false,
+        }
+    }
+
+    /// A generation died (`Ended::Died`).
+    pub fn died(&mut self, served: bool, stable: bool, now: Instant) {
+        if stable {
+            self.deaths.clear();
+            self.backoff.reset();
+        }
+        while self
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.deaths.pop_front();
+        }
+        self.deaths.push_back(now);
+        self.at_once = served && self.deaths.len() < CRASH_LOOP_DEATHS;
+        if self.at_once {
+            self.backoff.reset();
+        }
+    }
+
+    /// Whether the deaths of the last `CRASH_WINDOW` are a crash loop.
+    pub fn crash_loop(&self) -> bool {
+        self.deaths.len() >= CRASH_LOOP_DEATHS
+    }
+
+    /// The wait before the next start: zero right after a serving
+    /// generation died outside a crash loop, else the next backoff step.
+    pub fn next_delay(&mut self) -> Duration {
+        if std::mem::take(&mut self.at_once) {
+            Duration::ZERO
+        } else {
+            self.backoff.next_delay()
+        }
+    }
+}
 
 /// Every HAProxy process the supervisor runs, and their transitions.
 #[derive(Debug, Default)]
@@ -216,7 +282,8 @@ impl Generations {
         let ended = match g.state {
             GenState::Draining => Ended::Drained,
             GenState::Starting | GenState::Serving => Ended::Died {
-                reset_backoff: now.duration_since(g.started) > STABLE_AFTER,
+                served: g.state == GenState::Serving,
+                stable: now.duration_since(g.started) > STABLE_AFTER,
             },
         };
         Some((g, ended))
@@ -636,7 +703,8 @@ mod tests {
         assert_eq!(
             g.exited(a, t0 + Duration::from_secs(5)).unwrap().1,
             Ended::Died {
-                reset_backoff: false
+                served: true,
+                stable: false
             }
         );
         let b = g.spawned(pid(11), t0);
@@ -644,10 +712,76 @@ mod tests {
         assert_eq!(
             g.exited(b, t0 + STABLE_AFTER + MS).unwrap().1,
             Ended::Died {
-                reset_backoff: true
+                served: true,
+                stable: true
+            }
+        );
+        let c = g.spawned(pid(12), t0);
+        assert_eq!(
+            g.exited(c, t0 + MS).unwrap().1,
+            Ended::Died {
+                served: false,
+                stable: false
             }
         );
         assert!(g.is_empty());
+    }
+
+    #[test]
+    fn a_generation_that_served_restarts_at_once_outside_a_crash_loop() {
+        let t0 = Instant::now();
+        let mut r = Restarts::new(Duration::from_secs(10));
+        // 20 SIGKILLs one second apart: each restart at once.
+        for i in 0..20 {
+            r.died(true, false, t0 + Duration::from_secs(i));
+            assert_eq!(r.next_delay(), Duration::ZERO, "death {i}");
+            assert!(!r.crash_loop());
+        }
+        // A failed start after that (it never served) backs off, and so
+        // does every retry after it until something serves again.
+        r.died(false, false, t0 + Duration::from_secs(20));
+        assert!(r.next_delay() > Duration::ZERO);
+        assert!(r.next_delay() > Duration::ZERO);
+    }
+
+    #[test]
+    fn many_deaths_a_minute_are_a_crash_loop_with_backoff() {
+        let t0 = Instant::now();
+        let mut r = Restarts::new(Duration::from_secs(10));
+        for i in 0..CRASH_LOOP_DEATHS as u64 - 1 {
+            r.died(true, false, t0 + MS * i as u32);
+            assert_eq!(r.next_delay(), Duration::ZERO);
+        }
+        r.died(true, false, t0 + Duration::from_secs(1));
+        assert!(r.crash_loop());
+        let first = r.next_delay();
+        assert!(first >= Duration::from_millis(50), "{first:?}");
+        // The delays grow while the loop lasts...
+        for _ in 0..6 {
+            r.next_delay();
+        }
+        assert!(r.next_delay() >= Duration::from_secs(5));
+        // ...and the window forgets old deaths: a minute later a death of a
+        // serving generation restarts at once again.
+        r.died(true, false, t0 + CRASH_WINDOW + Duration::from_secs(2));
+        assert!(!r.crash_loop());
+        assert_eq!(r.next_delay(), Duration::ZERO);
+        // A generation that ran stably clears the history.
+        r.died(true, true, t0 + CRASH_WINDOW * 3);
+        assert_eq!(r.next_delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_failed_start_backs_off_from_the_first_retry() {
+        let mut r = Restarts::new(Duration::from_secs(10));
+        // No death recorded (a start refused, a port taken): backoff.
+        let d = r.next_delay();
+        assert!(
+            d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+            "{d:?}"
+        );
+        r.died(false, false, Instant::now());
+        assert!(r.next_delay() >= Duration::from_millis(100));
     }
 
     #[test]

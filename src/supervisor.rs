@@ -132,7 +132,7 @@ struct Supervisor {
     warned: BTreeSet<String>,
     syn_drop_available: bool,
     counters: Counters,
-    restart_backoff: policy::Backoff,
+    restarts: policy::Restarts,
     /// Pids of HAProxy processes left by an earlier run of ours (adopted).
     adopted: Vec<Pid>,
     /// The global maxconn last lowered to fit the servers' descriptors.
@@ -399,7 +399,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         warned: BTreeSet::new(),
         syn_drop_available,
         counters: Counters::default(),
-        restart_backoff: policy::Backoff::new(Duration::from_secs(10)),
+        restarts: policy::Restarts::new(Duration::from_secs(10)),
         fd_fit: None,
         running_layout: None,
         prepared_layout: None,
@@ -451,8 +451,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         // A checked config but nothing serving (a start that failed, say
         // because a port was taken): retry with backoff until it serves.
         if restart_at.is_none() && sup.running_text.is_some() && sup.serving().is_none() {
-            let delay = sup.restart_backoff.next_delay();
-            tracing::warn!(event = %Event::RestartScheduled, ?delay, "no haproxy is serving; starting one after backoff");
+            let delay = sup.restarts.next_delay();
+            tracing::warn!(event = %Event::RestartScheduled, delay_ms = delay.as_millis() as u64, crash_loop = sup.restarts.crash_loop(), "no haproxy is serving; starting one");
             restart_at = Some(tokio::time::Instant::now() + delay);
         }
         let deadline = match pending {
@@ -1548,10 +1548,8 @@ impl Supervisor {
             Ended::Drained => {
                 tracing::info!(event = %Event::GenerationDrained, pid = pid.as_raw(), %exit, "old haproxy finished draining");
             }
-            Ended::Died { reset_backoff } => {
-                if reset_backoff {
-                    self.restart_backoff.reset();
-                }
+            Ended::Died { served, stable } => {
+                self.restarts.died(served, stable, Instant::now());
                 tracing::error!(event = %Event::GenerationDied, pid = pid.as_raw(), %exit, restarts = self.counters.restarts, "serving haproxy died unexpectedly");
             }
         }

@@ -210,7 +210,9 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
 }
 
 /// SIGKILL of the serving HAProxy: the supervisor logs it, restarts HAProxy
-/// (after a short backoff), and it serves again; the dead one is reaped.
+/// at once (no backoff: the generation had served; issue 23), and it serves
+/// again; the dead one is reaped. Then four more kills in a row, each of the
+/// generation that replaced the last: each restart scheduled at once too.
 #[test]
 fn pid1_restarts_a_killed_haproxy() {
     let (_orphans, _backends, files) = www_on::<2>();
@@ -247,6 +249,29 @@ fn pid1_restarts_a_killed_haproxy() {
         "zombies: {:?}",
         zombies_under(ns)
     );
+
+    let mut gaps = Vec::new();
+    for round in 0..4 {
+        let serving = haproxies_under(init);
+        assert_eq!(serving.len(), 1, "{serving:?}");
+        let killed = std::time::Instant::now();
+        kill(Pid::from_raw(serving[0]), Signal::SIGKILL).expect("kill haproxy");
+        wait_done(&sup, 3 + round, T);
+        wait_serving(WWW, T);
+        // A figure, not a goal: includes this test's polling.
+        gaps.push(killed.elapsed().as_millis());
+    }
+    println!("kill -> serving again (ms, polled): {gaps:?}");
+    let scheduled = sup.events(Event::RestartScheduled);
+    assert_eq!(scheduled.len(), 5, "{scheduled:?}");
+    for e in &scheduled {
+        assert_eq!(
+            e["fields"]["delay_ms"], 0,
+            "a restart after a death backs off: {e}"
+        );
+        assert_eq!(e["fields"]["crash_loop"], false, "{e}");
+    }
+    println!("5 SIGKILLs of the serving haproxy: each restart scheduled at once");
 
     let status = terminate(&mut sup);
     assert_eq!(status.code(), Some(0), "exit {status}; log:\n{}", sup.log());
