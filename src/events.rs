@@ -107,6 +107,14 @@ pub enum Event {
     /// A server taken out live was deleted. Fields: `backend`, `server`,
     /// `error` (when it cannot be yet).
     ParkedDeleted,
+    /// A catalog answer that removes more than HAPROXY_REMOVAL_GUARD of
+    /// the serving instances is held: the last catalog keeps serving.
+    /// Fields: `removed`, `serving`, `services`, `grace_ms`.
+    RemovalHeld,
+    /// A held removal applies: confirmed by answers over the grace period
+    /// or by SIGHUP (`by`), or lifted because the answers recovered.
+    /// Fields: `by` (`grace`, `sighup`, `recovered`).
+    RemovalApplied,
 
     // --- failure rules (SPEC §11) -----------------------------------------
     /// A service HAProxy refused is left out; the others apply. Fields:
@@ -215,6 +223,8 @@ impl Event {
         Event::LiveFailed,
         Event::StructuralChange,
         Event::ParkedDeleted,
+        Event::RemovalHeld,
+        Event::RemovalApplied,
         Event::ServiceLeftOut,
         Event::ServiceRetried,
         Event::ChangeRefused,
@@ -279,6 +289,8 @@ impl Event {
             Event::LiveFailed => "live_failed",
             Event::StructuralChange => "structural_change",
             Event::ParkedDeleted => "parked_deleted",
+            Event::RemovalHeld => "removal_held",
+            Event::RemovalApplied => "removal_applied",
             Event::ServiceLeftOut => "service_left_out",
             Event::ServiceRetried => "service_retried",
             Event::ChangeRefused => "change_refused",

@@ -296,6 +296,130 @@ impl Generations {
 }
 
 // ---------------------------------------------------------------------------
+// Mass-removal guard
+// ---------------------------------------------------------------------------
+
+/// What a catalog answer does to the serving instances, against the last
+/// catalog the guard let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    /// Serving instances (passing, of an exposed service) before.
+    pub serving: usize,
+    /// How many of them the answer no longer serves.
+    pub removed: usize,
+    /// The services they belong to.
+    pub services: usize,
+    /// Whether every one of those services still serves an instance (one
+    /// service's instances replaced or scaled down: an ordinary deploy).
+    pub replaced: bool,
+}
+
+impl Removal {
+    /// Compares two catalogs.
+    pub fn between(before: &crate::model::Catalog, after: &crate::model::Catalog) -> Removal {
+        let serving = |c: &crate::model::Catalog| -> BTreeSet<(String, String)> {
+            c.services
+                .iter()
+                .filter(|(_, s)| s.tags.iter().any(|t| t == "HAPROXY.ENABLE=true"))
+                .flat_map(|(name, s)| {
+                    s.instances
+                        .iter()
+                        .filter(|i| i.passing)
+                        .map(move |i| (name.clone(), i.id.clone()))
+                })
+                .collect()
+        };
+        let (b, a) = (serving(before), serving(after));
+        let gone: Vec<&(String, String)> = b.difference(&a).collect();
+        let services: BTreeSet<&str> = gone.iter().map(|(s, _)| s.as_str()).collect();
+        let replaced = services.len() == 1
+            && services
+                .iter()
+                .all(|svc| a.iter().any(|(name, _)| name == svc));
+        Removal {
+            serving: b.len(),
+            removed: gone.len(),
+            services: services.len(),
+            replaced,
+        }
+    }
+}
+
+/// What the guard makes of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardVerdict {
+    /// Apply it.
+    Apply {
+        /// It had been held (confirmed over the grace period, or by SIGHUP).
+        was_held: bool,
+    },
+    /// Keep the last catalog let through until `until`.
+    Hold {
+        removal: Removal,
+        until: Instant,
+        /// First answer of this episode (report it).
+        new: bool,
+    },
+}
+
+/// Holds an answer that removes more than `percent` % of the serving
+/// instances at once (an ACL change that hides every service, a Consul
+/// answering empty) for `grace`: answers that still say so after it
+/// confirm the removal; SIGHUP confirms at once. A removal within one
+/// service that keeps serving is never held.
+#[derive(Debug, Clone)]
+pub struct RemovalGuard {
+    percent: u32,
+    grace: Duration,
+    held_since: Option<Instant>,
+    confirmed: bool,
+}
+
+impl RemovalGuard {
+    /// `percent` 100 never holds (more than all cannot be removed).
+    pub fn new(percent: u32, grace: Duration) -> RemovalGuard {
+        RemovalGuard {
+            percent,
+            grace,
+            held_since: None,
+            confirmed: false,
+        }
+    }
+
+    /// SIGHUP: the next answer applies whatever it removes.
+    pub fn confirm(&mut self) {
+        self.confirmed = self.held_since.is_some();
+    }
+
+    /// When the hold ends, while one is on.
+    pub fn until(&self) -> Option<Instant> {
+        self.held_since.map(|t| t + self.grace)
+    }
+
+    /// Judges one answer.
+    pub fn judge(&mut self, r: Removal, now: Instant) -> GuardVerdict {
+        let was_held = self.held_since.is_some();
+        let massive = r.removed > 0
+            && !r.replaced
+            && (r.removed as u64) * 100 > (r.serving as u64) * self.percent as u64;
+        if !massive || std::mem::take(&mut self.confirmed) {
+            self.held_since = None;
+            return GuardVerdict::Apply { was_held };
+        }
+        let since = *self.held_since.get_or_insert(now);
+        if now >= since + self.grace {
+            self.held_since = None;
+            return GuardVerdict::Apply { was_held: true };
+        }
+        GuardVerdict::Hold {
+            removal: r,
+            until: since + self.grace,
+            new: !was_held,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Strategy
 // ---------------------------------------------------------------------------
 
@@ -782,6 +906,161 @@ mod tests {
         );
         r.died(false, false, Instant::now());
         assert!(r.next_delay() >= Duration::from_millis(100));
+    }
+
+    fn catalog(services: &[(&str, &[&str], bool)]) -> crate::model::Catalog {
+        let mut c = crate::model::Catalog::default();
+        for (name, ids, exposed) in services {
+            c.services.insert(
+                name.to_string(),
+                crate::model::CatalogService {
+                    tags: if *exposed {
+                        vec!["HAPROXY.ENABLE=true".into()]
+                    } else {
+                        vec![]
+                    },
+                    instances: ids
+                        .iter()
+                        .map(|id| crate::model::Instance {
+                            id: id.to_string(),
+                            address: "10.0.0.1".into(),
+                            port: 80,
+                            tags: vec![],
+                            weight: 1,
+                            passing: true,
+                        })
+                        .collect(),
+                    created: 0,
+                },
+            );
+        }
+        c
+    }
+
+    #[test]
+    fn removal_counts_serving_instances_of_exposed_services() {
+        let before = catalog(&[
+            ("www", &["w1", "w2"], true),
+            ("api", &["a1", "a2"], true),
+            ("hidden", &["h1"], false),
+        ]);
+        let empty = crate::model::Catalog::default();
+        let r = Removal::between(&before, &empty);
+        assert_eq!(
+            (r.serving, r.removed, r.services, r.replaced),
+            (4, 4, 2, false)
+        );
+        // One service's instances replaced: a deploy.
+        let deploy = catalog(&[("www", &["w3", "w4"], true), ("api", &["a1", "a2"], true)]);
+        let r = Removal::between(&before, &deploy);
+        assert_eq!((r.removed, r.services, r.replaced), (2, 1, true));
+        // A whole service gone is not a replacement.
+        let gone = catalog(&[("api", &["a1", "a2"], true)]);
+        assert!(!Removal::between(&before, &gone).replaced);
+        // Failing checks count as removed.
+        let mut failing = before.clone();
+        for s in failing.services.values_mut() {
+            for i in &mut s.instances {
+                i.passing = false;
+            }
+        }
+        assert_eq!(Removal::between(&before, &failing).removed, 4);
+    }
+
+    #[test]
+    fn the_guard_holds_a_mass_removal_for_the_grace_period() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(30);
+        let mut g = RemovalGuard::new(50, grace);
+        let all = Removal {
+            serving: 4,
+            removed: 4,
+            services: 2,
+            replaced: false,
+        };
+        let half = Removal {
+            serving: 4,
+            removed: 2,
+            services: 2,
+            replaced: false,
+        };
+        let deploy = Removal {
+            serving: 4,
+            removed: 4,
+            services: 1,
+            replaced: true,
+        };
+        // Half is not more than half; a deploy is never held.
+        assert_eq!(g.judge(half, t0), GuardVerdict::Apply { was_held: false });
+        assert_eq!(g.judge(deploy, t0), GuardVerdict::Apply { was_held: false });
+        // Everything gone: held, reported once, until the grace ends...
+        assert_eq!(
+            g.judge(all, t0),
+            GuardVerdict::Hold {
+                removal: all,
+                until: t0 + grace,
+                new: true
+            }
+        );
+        assert_eq!(g.until(), Some(t0 + grace));
+        assert_eq!(
+            g.judge(all, t0 + Duration::from_secs(10)),
+            GuardVerdict::Hold {
+                removal: all,
+                until: t0 + grace,
+                new: false
+            }
+        );
+        // ...when answers that still say so confirm it.
+        assert_eq!(
+            g.judge(all, t0 + grace),
+            GuardVerdict::Apply { was_held: true }
+        );
+        assert_eq!(g.until(), None);
+    }
+
+    #[test]
+    fn the_guard_lifts_when_the_answer_recovers_or_on_sighup() {
+        let t0 = Instant::now();
+        let mut g = RemovalGuard::new(50, Duration::from_secs(30));
+        let all = Removal {
+            serving: 4,
+            removed: 4,
+            services: 2,
+            replaced: false,
+        };
+        let none = Removal {
+            serving: 4,
+            removed: 0,
+            services: 0,
+            replaced: false,
+        };
+        assert!(matches!(g.judge(all, t0), GuardVerdict::Hold { .. }));
+        // Consul answers in full again: nothing to apply, the hold ends.
+        assert_eq!(
+            g.judge(none, t0 + MS),
+            GuardVerdict::Apply { was_held: true }
+        );
+        // Held again from scratch (a new episode)...
+        assert!(matches!(
+            g.judge(all, t0 + MS * 2),
+            GuardVerdict::Hold { new: true, .. }
+        ));
+        // ...and SIGHUP confirms at once.
+        g.confirm();
+        assert_eq!(
+            g.judge(all, t0 + MS * 3),
+            GuardVerdict::Apply { was_held: true }
+        );
+        // A SIGHUP with nothing held does not pre-confirm the next one.
+        g.confirm();
+        assert!(matches!(
+            g.judge(all, t0 + MS * 4),
+            GuardVerdict::Hold { .. }
+        ));
+        // 100 % never holds.
+        let mut off = RemovalGuard::new(100, Duration::from_secs(30));
+        assert_eq!(off.judge(all, t0), GuardVerdict::Apply { was_held: false });
     }
 
     #[test]

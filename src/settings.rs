@@ -224,6 +224,12 @@ pub struct Options {
     /// Graceful stop on SIGTERM before forcing [default: 8s]
     #[arg(long, env = "HAPROXY_STOP_TIMEOUT", global = true)]
     pub stop_timeout: Option<String>,
+    /// Hold a catalog answer that removes more than this share of the serving instances, as N% or off [default: 50%]
+    #[arg(long, env = "HAPROXY_REMOVAL_GUARD", global = true)]
+    pub removal_guard: Option<String>,
+    /// How long such an answer is held before answers that still say so apply it [default: 30s]
+    #[arg(long, env = "HAPROXY_REMOVAL_GUARD_GRACE", global = true)]
+    pub removal_guard_grace: Option<String>,
 }
 
 /// A setting that did not parse: names the variable, its flag and the value.
@@ -354,6 +360,10 @@ pub struct Settings {
     pub live_changes: bool,
     pub hard_stop_after: Duration,
     pub stop_timeout: Duration,
+    /// `HAPROXY_REMOVAL_GUARD`: an answer removing more than this percent
+    /// of the serving instances is held (100: never).
+    pub removal_guard_percent: u32,
+    pub removal_guard_grace: Duration,
     /// `HAPROXY_USER` as given; [`Settings::resolve_user`] turns it into
     /// `vars.user` / `vars.group`.
     pub haproxy_user: HaproxyUser,
@@ -612,6 +622,32 @@ impl Settings {
         )?
         .1;
 
+        let guard = o.removal_guard.as_deref().unwrap_or("50%");
+        let removal_guard_percent = match guard {
+            "off" => 100,
+            g => g
+                .strip_suffix('%')
+                .unwrap_or(g)
+                .parse::<u32>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| {
+                    err(
+                        "HAPROXY_REMOVAL_GUARD",
+                        "removal-guard",
+                        g,
+                        "a share from 1% to 100%, or off",
+                    )
+                })?,
+        };
+        let removal_guard_grace = timeout(
+            &o.removal_guard_grace,
+            "HAPROXY_REMOVAL_GUARD_GRACE",
+            "removal-guard-grace",
+            "30s",
+        )?
+        .1;
+
         let source = if o.no_render {
             SourceSettings::External
         } else if let Some(f) = &o.catalog_file {
@@ -645,6 +681,8 @@ impl Settings {
             live_changes: !o.no_live,
             hard_stop_after,
             stop_timeout,
+            removal_guard_percent,
+            removal_guard_grace,
             haproxy_user: haproxy_user(o.haproxy_user.as_deref())?,
             certs_dir,
         })
@@ -1104,6 +1142,25 @@ mod tests {
         );
         let e = with(|o| o.consul_max_stale = Some("2 s".into())).unwrap_err();
         assert_eq!(e.var, "HAPROXY_CONSUL_MAX_STALE");
+    }
+
+    #[test]
+    fn the_removal_guard_takes_a_share_or_off() {
+        let s = with(|_| {}).unwrap();
+        assert_eq!(
+            (s.removal_guard_percent, s.removal_guard_grace),
+            (50, Duration::from_secs(30))
+        );
+        let s = with(|o| o.removal_guard = Some("off".into())).unwrap();
+        assert_eq!(s.removal_guard_percent, 100);
+        let s = with(|o| o.removal_guard = Some("25".into())).unwrap();
+        assert_eq!(s.removal_guard_percent, 25);
+        for bad in ["0%", "101%", "half", "-5%", ""] {
+            let e = with(|o| o.removal_guard = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "HAPROXY_REMOVAL_GUARD", "{bad:?}");
+        }
+        let e = with(|o| o.removal_guard_grace = Some("soon".into())).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_REMOVAL_GUARD_GRACE");
     }
 
     #[test]

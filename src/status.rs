@@ -52,6 +52,7 @@ struct Metrics {
     services: Gauge,
     servers: Gauge,
     left_out: Gauge,
+    removal_held: Gauge,
     discovery_errors: Counter,
     discovery_last_success: Gauge<f64, AtomicU64>,
     syn_drop_rules: Gauge,
@@ -76,6 +77,14 @@ pub struct LeftOut {
     pub reason: String,
 }
 
+/// A catalog answer the mass-removal guard holds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RemovalHeld {
+    pub removed: usize,
+    pub serving: usize,
+    pub services: usize,
+}
+
 /// What the loop publishes after each step.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Snapshot {
@@ -95,6 +104,7 @@ pub struct Snapshot {
     pub live_applied: u64,
     pub live_ops: u64,
     pub live_failures: u64,
+    pub removal_held: Option<RemovalHeld>,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +139,7 @@ impl Status {
             services: Gauge::default(),
             servers: Gauge::default(),
             left_out: Gauge::default(),
+            removal_held: Gauge::default(),
             discovery_errors: Counter::default(),
             discovery_last_success: Gauge::default(),
             syn_drop_rules: Gauge::default(),
@@ -178,6 +189,11 @@ impl Status {
             "services_left_out",
             "Services not rendered (an invalid tag, a conflict, or refused by HAProxy)",
             m.left_out.clone(),
+        );
+        r.register(
+            "removal_held",
+            "1 while the mass-removal guard holds a catalog answer (HAPROXY_REMOVAL_GUARD)",
+            m.removal_held.clone(),
         );
         r.register(
             "discovery_errors",
@@ -267,6 +283,7 @@ impl Status {
         self.m.services.set(s.services_rendered as i64);
         self.m.servers.set(s.servers_rendered as i64);
         self.m.left_out.set(s.left_out.len() as i64);
+        self.m.removal_held.set(s.removal_held.is_some() as i64);
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = s;
     }
 
@@ -342,6 +359,7 @@ impl Status {
             "services_rendered": s.services_rendered,
             "servers_rendered": s.servers_rendered,
             "left_out": s.left_out,
+            "removal_held": s.removal_held,
             "discovery": {
                 "last_success_unix": crate::discovery::HEALTH.last_ok(),
                 "errors": crate::discovery::HEALTH.errors(),

@@ -133,6 +133,12 @@ struct Supervisor {
     syn_drop_available: bool,
     counters: Counters,
     restarts: policy::Restarts,
+    /// The mass-removal guard, and the last catalog it let through (what
+    /// renders while an answer is held).
+    guard: policy::RemovalGuard,
+    guard_applied: Option<std::sync::Arc<Catalog>>,
+    /// The removal held now, for /status and /readyz.
+    guard_held: Option<policy::Removal>,
     /// Pids of HAProxy processes left by an earlier run of ours (adopted).
     adopted: Vec<Pid>,
     /// The global maxconn last lowered to fit the servers' descriptors.
@@ -386,6 +392,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
 
     let (exits_tx, mut exits_rx) = mpsc::unbounded_channel();
     let (sync_tx, mut sync_rx) = mpsc::unbounded_channel();
+    let settings_guard = (settings.removal_guard_percent, settings.removal_guard_grace);
     let mut sup = Supervisor {
         adopted: adopt_leftovers(&settings, &running_file),
         settings,
@@ -400,6 +407,9 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         syn_drop_available,
         counters: Counters::default(),
         restarts: policy::Restarts::new(Duration::from_secs(10)),
+        guard: policy::RemovalGuard::new(settings_guard.0, settings_guard.1),
+        guard_applied: None,
+        guard_held: None,
         fd_fit: None,
         running_layout: None,
         prepared_layout: None,
@@ -459,6 +469,12 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             Some(p) => tokio::time::Instant::from_std(p.deadline(sup.live_possible(), &waits)),
             None => far(),
         };
+        let guard_on = sup.guard.until().is_some() && sup.catalog.is_some();
+        let guard_until = tokio::time::Instant::from_std(
+            sup.guard
+                .until()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400)),
+        );
         let cleanup_parked = sup.live.as_ref().is_some_and(|l| !l.parked.is_empty());
         let exclusion_ends = tokio::time::Instant::from_std(
             sup.excluded
@@ -502,6 +518,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                 pending = None;
                 // SIGHUP re-reads what the supervisor reads: the template
                 // (a broken one changes nothing) and the catalog file.
+                // SIGHUP also confirms a removal the guard holds.
+                sup.guard.confirm();
                 if !sup.reread_template() {
                     continue;
                 }
@@ -549,6 +567,12 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     },
                     Due::Reload => sup.reload(Trigger::Catalog).await,
                 }
+            }
+            _ = sleep_until(guard_until), if guard_on => {
+                // The grace period ended: judge the latest answer now (which
+                // ends the hold) and apply it as a catalog change.
+                let _ = sup.current_catalog();
+                pending = Some(Pending::changed(pending, Instant::now()));
             }
             () = certs_changed => sup.certs_changed().await,
             _ = sleep_until(sync_at), if sup.unsynced.is_some() && !sup.sync_in_flight => {
@@ -819,7 +843,7 @@ impl Supervisor {
             });
             return Ok(Some(text));
         }
-        let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
+        let Some(catalog) = self.current_catalog() else {
             return Ok(None);
         };
         self.prepared_fingerprints = Some(fingerprints(&catalog));
@@ -884,7 +908,8 @@ impl Supervisor {
     /// frontend or backend it names or points at); true when it found any
     /// not left out yet.
     fn exclude_blamed(&mut self, message: &str, config: &str, sole_change: bool) -> bool {
-        let Some(catalog) = self.catalog.as_ref().and_then(|rx| rx.borrow().clone()) else {
+        // What prepare rendered: the catalog the guard let through.
+        let Some(catalog) = self.guard_applied.clone() else {
             return false;
         };
         let blamed = haproxy::blamed_proxies(message, config);
@@ -1060,7 +1085,12 @@ impl Supervisor {
         } else if serving.is_none() {
             Some("no checked config serves".to_string())
         } else {
-            None
+            self.guard_held.map(|r| {
+                format!(
+                    "a catalog answer that removes {} of {} serving instances is held by the mass-removal guard (SIGHUP applies it)",
+                    r.removed, r.serving
+                )
+            })
         };
         self.status.publish(Snapshot {
             not_ready,
@@ -1078,6 +1108,11 @@ impl Supervisor {
             live_applied: self.counters.live_changes,
             live_ops: self.counters.live_ops,
             live_failures: self.counters.live_failures,
+            removal_held: self.guard_held.map(|r| crate::status::RemovalHeld {
+                removed: r.removed,
+                serving: r.serving,
+                services: r.services,
+            }),
         });
     }
 
@@ -1107,6 +1142,49 @@ impl Supervisor {
         }
     }
 
+    /// The catalog to render: the latest answer, unless the mass-removal
+    /// guard holds it (then the last one it let through); reports holds
+    /// and their end.
+    fn current_catalog(&mut self) -> Option<std::sync::Arc<Catalog>> {
+        let incoming = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
+        let Some(applied) = &self.guard_applied else {
+            self.guard_applied = Some(incoming.clone());
+            return Some(incoming);
+        };
+        let now = Instant::now();
+        let removal = policy::Removal::between(applied, &incoming);
+        let deadline = self.guard.until();
+        match self.guard.judge(removal, now) {
+            policy::GuardVerdict::Apply { was_held } => {
+                if was_held {
+                    let by = if removal.removed == 0 {
+                        "recovered"
+                    } else if deadline.is_some_and(|d| now >= d) {
+                        "grace"
+                    } else {
+                        "sighup"
+                    };
+                    tracing::warn!(event = %Event::RemovalApplied, by, removed = removal.removed, serving = removal.serving, "mass-removal guard: the catalog answer applies");
+                }
+                self.guard_applied = Some(incoming.clone());
+                self.guard_held = None;
+                Some(incoming)
+            }
+            policy::GuardVerdict::Hold {
+                removal,
+                until,
+                new,
+            } => {
+                if new {
+                    tracing::error!(event = %Event::RemovalHeld, removed = removal.removed, serving = removal.serving, services = removal.services, grace_ms = until.saturating_duration_since(now).as_millis() as u64, "mass-removal guard: a catalog answer removes too many serving instances at once; holding it (SIGHUP applies it now)");
+                }
+                let applied = applied.clone();
+                self.guard_held = Some(removal);
+                Some(applied)
+            }
+        }
+    }
+
     /// Whether catalog changes can be tried live: rendering, live changes
     /// on, and a serving generation whose state we know.
     fn live_possible(&self) -> bool {
@@ -1119,7 +1197,7 @@ impl Supervisor {
     /// Renders the current catalog (warnings logged once); `None` when
     /// there is no catalog or the render failed (logged).
     fn render_catalog(&mut self) -> Option<Rendered> {
-        let catalog = self.catalog.as_ref().and_then(|rx| rx.borrow().clone())?;
+        let catalog = self.current_catalog()?;
         self.prepared_fingerprints = Some(fingerprints(&catalog));
         let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
