@@ -10,6 +10,10 @@ bash scripts/setup.sh
 command -v cargo >/dev/null || { echo "cargo is required (a Rust toolchain)"; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
 
+echo "== promtool test rules (deploy/alerts.yml)"
+command -v promtool >/dev/null || { echo "promtool is required (scripts/setup.sh installs it)"; exit 1; }
+promtool check rules deploy/alerts.yml
+promtool test rules deploy/alerts_test.yml
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -519,7 +519,7 @@ impl Ca {
 }
 
 const MASTER: &str = "6b3c59f1-1a2b-4c3d-8e9f-000000000001";
-/// The policy README documents: all the supervisor needs.
+/// The policy docs/consul.md documents: all the supervisor needs.
 const POLICY: &str =
     "service_prefix \"\" { policy = \"read\" }\nnode_prefix \"\" { policy = \"read\" }\n";
 
@@ -562,7 +562,7 @@ fn curl(
 
 /// An agent that requires TLS with client certificates (HTTP off) and ACLs
 /// (default deny): the supervisor reads it with Consul's own variables, a
-/// token from a file with only the README's policy, and an unreachable
+/// token from a file with only docs/consul.md's policy, and an unreachable
 /// address first in its list. Then, under load, the running HAProxy keeps
 /// serving through bad input, each reported by an error naming its
 /// setting: the token file disappears (and comes back), the agent's
@@ -634,7 +634,7 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     };
     ready("first start");
 
-    // The supervisor's token: the README's policy and nothing else.
+    // The supervisor's token: docs/consul.md's policy and nothing else.
     let (s, b) = curl(
         &pki,
         "PUT",
