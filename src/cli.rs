@@ -70,20 +70,50 @@ pub async fn load_catalog(settings: &Settings) -> Result<Catalog, CliError> {
 
 async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
     let catalog = load_catalog(settings).await?;
+    let tls = match &settings.certs_dir {
+        Some(dir) => {
+            crate::tls::prepare_once(dir, &settings.config_file).map_err(CliError::CertStore)?
+        }
+        None => None,
+    };
+    Ok(render_catalog(settings, &catalog, tls, false)?.0)
+}
+
+/// Renders `catalog` as the supervisor does (warnings logged); with `fit`,
+/// the global maxconn lowered as the supervisor lowers it to fit the
+/// servers. Returns the directory the config names its maps in too.
+pub(crate) fn render_catalog(
+    settings: &Settings,
+    catalog: &Catalog,
+    tls: Option<crate::tls::TlsFrontend>,
+    fit: bool,
+) -> Result<(Rendered, String), CliError> {
     let renderer = Renderer::new(
         settings.template.as_deref(),
         &settings.config_file,
         &settings.admin_socket(),
     )?;
-    let (mut desired, warnings) = Desired::build(&catalog, &Context::from(&settings.vars));
-    if let Some(dir) = &settings.certs_dir {
-        desired.tls =
-            crate::tls::prepare_once(dir, &settings.config_file).map_err(CliError::CertStore)?;
-    }
+    let (mut desired, warnings) = Desired::build(catalog, &Context::from(&settings.vars));
+    desired.tls = tls;
     for w in &warnings {
         tracing::warn!(event = %Event::Warning, "{w}");
     }
-    Ok(renderer.render(&desired, &settings.vars)?)
+    let mut vars = settings.vars.clone();
+    if fit {
+        let servers = desired
+            .services
+            .iter()
+            .map(|s| s.servers.len() as u64)
+            .sum();
+        if let Ok((limit, _)) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        {
+            if let Some(m) = crate::policy::fitted_maxconn(vars.maxconn_global, servers, limit) {
+                vars.maxconn_global = m;
+            }
+        }
+    }
+    Ok((renderer.render(&desired, &vars)?, renderer.maps_dir_str()))
 }
 
 /// `render`: prints the config to stdout; the maps it names are written

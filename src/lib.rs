@@ -42,6 +42,8 @@
 //! - [`signals`]: the signal table (signal-hook).
 //! - [`status`]: `/metrics`, `/healthz`, `/readyz`, `/status` (SPEC §14).
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
+//! - [`plan`]: the one-shot `plan` subcommand: what the running supervisor
+//!   would change for a catalog, live or by a reload, read only.
 //! - [`supervisor`]: PID-1 duties and the loop that performs what
 //!   [`policy`], [`live`] and [`signals`] decide: live changes, reloads,
 //!   the failure rules of SPEC §11, graceful stop.
@@ -53,6 +55,7 @@ pub mod events;
 pub mod haproxy;
 pub mod live;
 pub mod model;
+pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod render;

@@ -148,6 +148,28 @@ pub enum Structural {
     StaticBackend { backend: String },
     /// `cookie` on a dynamic server needs HAProxy 3.0.
     Cookie { backend: String, server: String },
+    /// A section of the skeleton (`backend api`, `frontend http`, ...) was
+    /// added, removed or changed: what [`Running::changes`] says instead
+    /// of [`Structural::Skeleton`].
+    Section {
+        /// The section's header line, as written.
+        header: String,
+        change: SectionChange,
+    },
+}
+
+/// What became of a section of the skeleton.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionChange {
+    Added,
+    Removed,
+    /// Its body changed; `line` is the first line that differs, as in the
+    /// new config (or the old one, when the new body is a prefix of it).
+    Changed {
+        line: String,
+    },
+    /// Every section is the same but their order is not.
+    Moved,
 }
 
 impl fmt::Display for Structural {
@@ -178,6 +200,17 @@ impl fmt::Display for Structural {
                     "server {backend}/{server} has a cookie (live only on HAProxy 3.0+)"
                 )
             }
+            Structural::Section { header, change } => {
+                let header = header.trim();
+                match change {
+                    SectionChange::Added => write!(f, "new section `{header}`"),
+                    SectionChange::Removed => write!(f, "section `{header}` removed"),
+                    SectionChange::Changed { line } => {
+                        write!(f, "section `{header}` changed at `{}`", line.trim())
+                    }
+                    SectionChange::Moved => write!(f, "the sections are in another order"),
+                }
+            }
         }
     }
 }
@@ -193,6 +226,109 @@ pub enum Plan {
         next: Box<Running>,
     },
     Reload(Structural),
+}
+
+/// Every change a diff found ([`Running::changes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Changes {
+    /// What could go live, in the order [`Running::plan`] would apply it.
+    pub live: Vec<Op>,
+    /// What needs a reload; each is one change.
+    pub reload: Vec<Structural>,
+}
+
+/// The diff's result: operations, structural changes (the first one only
+/// unless asked for all), and the state once the operations succeeded.
+struct Diff {
+    ops: Vec<Op>,
+    reloads: Vec<Structural>,
+    next: Running,
+}
+
+/// The name of a `backend` or `listen` section from its header line.
+pub fn proxy_name(header: &str) -> Option<&str> {
+    let t = tokens(header);
+    match t.as_slice() {
+        [kind, name, ..] if *kind == "backend" || *kind == "listen" => Some(name),
+        _ => None,
+    }
+}
+
+/// A skeleton split into sections: (header line, body), the text before
+/// the first section under an empty header.
+fn sections(skeleton: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = vec![(String::new(), String::new())];
+    for line in skeleton.lines() {
+        let indented = line.starts_with(char::is_whitespace);
+        if !indented && !tokens(line).is_empty() {
+            out.push((line.trim_end().to_string(), String::new()));
+        } else if let Some((_, body)) = out.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    out
+}
+
+/// The first line where `new` differs from `old` (as in `new`; as in `old`
+/// when `new` is a prefix of it).
+fn first_difference(old: &[String], new: &[String]) -> Option<String> {
+    if let Some((_, n)) = old.iter().zip(new).find(|(o, n)| o != n) {
+        return Some(n.clone());
+    }
+    let k = old.len().min(new.len());
+    new.get(k).or_else(|| old.get(k)).cloned()
+}
+
+/// The sections two different skeletons differ in.
+fn section_changes(old: &str, new: &str) -> Vec<Structural> {
+    let (o, n) = (sections(old), sections(new));
+    let old_by: BTreeMap<&str, &str> = o.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
+    let new_by: BTreeMap<&str, &str> = n.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
+    let mut out = Vec::new();
+    for (h, b) in &n {
+        match old_by.get(h.as_str()) {
+            None => out.push(Structural::Section {
+                header: h.clone(),
+                change: SectionChange::Added,
+            }),
+            Some(ob) if ob != b => {
+                // Named by its first differing line that is not a comment
+                // (a template comment beside a new directive is not what
+                // changed), else by any.
+                let significant = |t: &'_ str| -> Vec<String> {
+                    t.lines()
+                        .filter(|l| !tokens(l).is_empty())
+                        .map(String::from)
+                        .collect()
+                };
+                let raw = |t: &'_ str| -> Vec<String> { t.lines().map(String::from).collect() };
+                let line = first_difference(&significant(ob), &significant(b))
+                    .or_else(|| first_difference(&raw(ob), &raw(b)))
+                    .unwrap_or_default();
+                out.push(Structural::Section {
+                    header: h.clone(),
+                    change: SectionChange::Changed { line },
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    for (h, _) in &o {
+        if !new_by.contains_key(h.as_str()) {
+            out.push(Structural::Section {
+                header: h.clone(),
+                change: SectionChange::Removed,
+            });
+        }
+    }
+    if out.is_empty() {
+        out.push(Structural::Section {
+            header: String::new(),
+            change: SectionChange::Moved,
+        });
+    }
+    out
 }
 
 /// What the serving HAProxy runs.
@@ -389,26 +525,40 @@ impl Running {
 
     /// Diffs a new render against what runs.
     pub fn plan(&self, new: &Layout, caps: Caps) -> Plan {
-        if self.layout.skeleton != new.skeleton {
-            let line = self
-                .layout
-                .skeleton
-                .lines()
-                .zip(new.skeleton.lines())
-                .position(|(a, b)| a != b)
-                .unwrap_or_else(|| {
-                    self.layout
-                        .skeleton
-                        .lines()
-                        .count()
-                        .min(new.skeleton.lines().count())
-                })
-                + 1;
-            return Plan::Reload(Structural::Skeleton { line });
+        let d = self.diff(new, caps, false);
+        if let Some(why) = d.reloads.into_iter().next() {
+            return Plan::Reload(why);
         }
-        if !self.layout.maps.keys().eq(new.maps.keys()) {
-            return Plan::Reload(Structural::Maps);
+        if d.ops.is_empty() {
+            Plan::Same
+        } else {
+            Plan::Live {
+                ops: d.ops,
+                next: Box::new(d.next),
+            }
         }
+    }
+
+    /// Every change between what runs and `new`, for `haproxy-supervisor
+    /// plan`: the same diff as [`Running::plan`], but it does not stop at
+    /// the first structural change. The skeleton is explained per section
+    /// ([`Structural::Section`]) instead of by its first differing line,
+    /// and each server and map is judged on its own. What the supervisor
+    /// does is still [`Running::plan`]'s verdict: one structural change
+    /// makes the whole change a reload.
+    pub fn changes(&self, new: &Layout, caps: Caps) -> Changes {
+        let d = self.diff(new, caps, true);
+        Changes {
+            live: d.ops,
+            reload: d.reloads,
+        }
+    }
+
+    /// The diff. With `every`, it goes on after a structural change (that
+    /// part is left out of the operations) and collects them all;
+    /// otherwise it stops at the first.
+    fn diff(&self, new: &Layout, caps: Caps, every: bool) -> Diff {
+        let mut reloads = Vec::new();
         let mut adds = Vec::new();
         let mut changes = Vec::new();
         let mut parks = Vec::new();
@@ -420,31 +570,80 @@ impl Running {
             },
             parked: self.parked.clone(),
         };
-        // The skeleton holds the section headers: both have the same backends.
+        let stop = |reloads: Vec<Structural>| Diff {
+            ops: Vec::new(),
+            reloads,
+            next: self.clone(),
+        };
+        // Backends that are new (or gone): their sections explain a
+        // skeleton change, and their servers are not diffed one by one.
+        let mut new_backends = std::collections::BTreeSet::new();
+        if self.layout.skeleton != new.skeleton {
+            if !every {
+                let line = self
+                    .layout
+                    .skeleton
+                    .lines()
+                    .zip(new.skeleton.lines())
+                    .position(|(a, b)| a != b)
+                    .unwrap_or_else(|| {
+                        self.layout
+                            .skeleton
+                            .lines()
+                            .count()
+                            .min(new.skeleton.lines().count())
+                    })
+                    + 1;
+                return stop(vec![Structural::Skeleton { line }]);
+            }
+            let sections = section_changes(&self.layout.skeleton, &new.skeleton);
+            for s in &sections {
+                if let Structural::Section {
+                    header,
+                    change: SectionChange::Added,
+                } = s
+                {
+                    if let Some(name) = proxy_name(header) {
+                        new_backends.insert(name.to_string());
+                    }
+                }
+            }
+            reloads.extend(sections);
+        }
+        if !self.layout.maps.keys().eq(new.maps.keys()) {
+            if !every {
+                return stop(vec![Structural::Maps]);
+            }
+            reloads.push(Structural::Maps);
+        }
         for (bname, nb) in &new.backends {
+            if new_backends.contains(bname) {
+                continue;
+            }
             let empty = Backend::default();
             let ob = self.layout.backends.get(bname).unwrap_or(&empty);
             let parked = next.parked.entry(bname.clone()).or_default();
             for (sname, ns) in &nb.servers {
                 let (b, s) = (bname.clone(), sname.clone());
                 let old = ob.servers.get(sname).or_else(|| parked.get(sname));
-                match old {
-                    Some(os) => {
+                let why = match old {
+                    Some(os) => 'known: {
                         if os.keywords != ns.keywords {
-                            return Plan::Reload(Structural::ServerKeywords {
+                            break 'known Some(Structural::ServerKeywords {
                                 backend: b,
                                 server: s,
                             });
                         }
+                        let mut these = Vec::new();
                         if os.address != ns.address {
                             let Some((ip, port)) = ns.ip_port.filter(|_| os.ip_port.is_some())
                             else {
-                                return Plan::Reload(Structural::Address {
+                                break 'known Some(Structural::Address {
                                     backend: b,
                                     server: s,
                                 });
                             };
-                            changes.push(Op::SetAddr {
+                            these.push(Op::SetAddr {
                                 backend: b.clone(),
                                 server: s.clone(),
                                 ip,
@@ -452,31 +651,33 @@ impl Running {
                             });
                         }
                         if os.weight != ns.weight {
-                            changes.push(Op::SetWeight {
+                            these.push(Op::SetWeight {
                                 backend: b.clone(),
                                 server: s.clone(),
                                 weight: ns.weight,
                             });
                         }
                         if parked.remove(sname).is_some() {
-                            changes.push(Op::Ready {
+                            these.push(Op::Ready {
                                 backend: b,
                                 server: s,
                             });
                         }
+                        changes.extend(these);
+                        None
                     }
-                    None => {
+                    None => 'new: {
                         if !nb.dynamic {
-                            return Plan::Reload(Structural::StaticBackend { backend: b });
+                            break 'new Some(Structural::StaticBackend { backend: b });
                         }
                         let Some((ip, port)) = ns.ip_port else {
-                            return Plan::Reload(Structural::Address {
+                            break 'new Some(Structural::Address {
                                 backend: b,
                                 server: s,
                             });
                         };
                         if !caps.dynamic_cookie && ns.keywords.iter().any(|k| k == "cookie") {
-                            return Plan::Reload(Structural::Cookie {
+                            break 'new Some(Structural::Cookie {
                                 backend: b,
                                 server: s,
                             });
@@ -488,7 +689,14 @@ impl Running {
                             port,
                             keywords: add_keywords(&nb.defaults, ns),
                         });
+                        None
                     }
+                };
+                if let Some(why) = why {
+                    if !every {
+                        return stop(vec![why]);
+                    }
+                    reloads.push(why);
                 }
             }
             for (sname, os) in &ob.servers {
@@ -504,7 +712,10 @@ impl Running {
         }
         next.parked.retain(|_, p| !p.is_empty());
         for (role, nm) in &new.maps {
-            let om = &self.layout.maps[role];
+            // A map that appeared is Structural::Maps above.
+            let Some(om) = self.layout.maps.get(role) else {
+                continue;
+            };
             if om.content != nm.content {
                 changes.push(Op::ReplaceMap {
                     path: om.path.clone(),
@@ -525,14 +736,7 @@ impl Running {
         let mut ops = adds;
         ops.extend(changes);
         ops.extend(parks);
-        if ops.is_empty() {
-            Plan::Same
-        } else {
-            Plan::Live {
-                ops,
-                next: Box::new(next),
-            }
-        }
+        Diff { ops, reloads, next }
     }
 
     /// Forgets a parked server once it was deleted from the process.
@@ -862,6 +1066,124 @@ mod tests {
             run.plan(&more, V26),
             Plan::Reload(Structural::Skeleton { .. })
         ));
+    }
+
+    #[test]
+    fn changes_lists_every_change_where_plan_stops_at_the_first() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let more = layout(&catalog(&[
+            (
+                "www",
+                &[],
+                &[
+                    ("w1", "10.0.0.1:80", 5, true),
+                    ("w2", "10.0.0.2:80", 1, true),
+                ],
+            ),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+            ("new", &[], &[("n1", "10.0.2.1:80", 1, true)]),
+        ]));
+        assert!(matches!(
+            run.plan(&more, V26),
+            Plan::Reload(Structural::Skeleton { .. })
+        ));
+        let c = run.changes(&more, V26);
+        assert_eq!(
+            c.live.iter().map(Op::kind).collect::<Vec<_>>(),
+            ["add_server", "set_weight", "replace_map"]
+        );
+        assert_eq!(
+            c.reload,
+            vec![Structural::Section {
+                header: "backend new".into(),
+                change: SectionChange::Added
+            }]
+        );
+        // The servers of a new backend come with it, not as live adds.
+        assert!(!c
+            .live
+            .iter()
+            .any(|o| matches!(o, Op::AddServer { backend, .. } if backend == "new")));
+        // Nothing changed: nothing listed.
+        assert_eq!(run.changes(&run.layout, V26), Changes::default());
+    }
+
+    #[test]
+    fn changes_goes_on_after_a_server_that_reloads() {
+        let st = |insts: &[(&str, &str, u32, bool)]| {
+            layout(&catalog(&[(
+                "www",
+                &["HAPROXY.BACKEND.STICKY=true"],
+                insts,
+            )]))
+        };
+        let run = Running::started(st(&[
+            ("w1", "10.0.0.1:80", 1, true),
+            ("w2", "10.0.0.2:80", 1, true),
+        ]));
+        let new = st(&[
+            ("w2", "10.0.0.2:80", 3, true),
+            ("w3", "10.0.0.3:80", 1, true),
+        ]);
+        let c = run.changes(&new, V26);
+        assert_eq!(
+            c.reload,
+            vec![Structural::Cookie {
+                backend: "www".into(),
+                server: "w3".into()
+            }]
+        );
+        assert_eq!(
+            c.live.iter().map(Op::kind).collect::<Vec<_>>(),
+            ["set_weight", "park"]
+        );
+        assert_eq!(run.plan(&new, V26), Plan::Reload(c.reload[0].clone()));
+    }
+
+    #[test]
+    fn a_changed_section_names_its_first_different_line() {
+        let old = "global\n  maxconn 10\nfrontend f\n  bind :80\n";
+        let new = "global\n  maxconn 20\nfrontend f\n  bind :80\nbackend b\n";
+        assert_eq!(
+            section_changes(old, new),
+            vec![
+                Structural::Section {
+                    header: "global".into(),
+                    change: SectionChange::Changed {
+                        line: "  maxconn 20".into()
+                    }
+                },
+                Structural::Section {
+                    header: "backend b".into(),
+                    change: SectionChange::Added
+                },
+            ]
+        );
+        assert_eq!(
+            section_changes(new, old)[1],
+            Structural::Section {
+                header: "backend b".into(),
+                change: SectionChange::Removed
+            }
+        );
+        // A comment that comes with a new directive does not name the change.
+        let commented =
+            "global\n  maxconn 10\nfrontend f\n  # about paths\n  use_backend x\n  bind :80\n";
+        assert_eq!(
+            section_changes(old, commented),
+            vec![Structural::Section {
+                header: "frontend f".into(),
+                change: SectionChange::Changed {
+                    line: "  use_backend x".into()
+                }
+            }]
+        );
+        assert_eq!(proxy_name("listen _stats"), Some("_stats"));
+        assert_eq!(proxy_name("frontend f"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use haproxy_supervisor::events::Event;
 use haproxy_supervisor::settings::{Cli, Command, LogFormat, Settings};
-use haproxy_supervisor::{cli, supervisor};
+use haproxy_supervisor::{cli, plan, supervisor};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(bad_settings(args.command));
         }
     };
     init_tracing(settings.log_format);
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         Ok(Some(note)) => tracing::warn!(event = %Event::Degraded, what = "user", "{note}"),
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(bad_settings(args.command));
         }
     }
     if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
@@ -59,11 +59,21 @@ fn main() -> ExitCode {
             },
             Command::Render => cli::render(&settings).await,
             Command::Check => cli::check(&settings).await,
+            Command::Plan { format } => plan::run(&settings, format).await,
         }
     });
     // Leaves blocked tasks (a Consul long poll) behind instead of waiting.
     runtime.shutdown_background();
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// The exit code of a bad setting: 2, except for `plan`, whose 2 means
+/// "live changes only".
+fn bad_settings(command: Option<Command>) -> u8 {
+    match command {
+        Some(Command::Plan { .. }) => 1,
+        _ => 2,
+    }
 }
 
 fn init_tracing(format: LogFormat) {

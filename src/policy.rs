@@ -757,6 +757,19 @@ pub fn exit_code(serving_exit: Option<Exit>) -> i32 {
     }
 }
 
+/// The global maxconn lowered so that `servers` health-checked servers fit
+/// the open-files `limit` too (HAProxy reserves one descriptor per checked
+/// server on top of two per connection); `None` when `maxconn_global` fits.
+/// Servers count in steps of 1,000: a server added or removed live must not
+/// change the global maxconn (a structural change), and the step leaves
+/// descriptors for the checks of servers added live.
+pub fn fitted_maxconn(maxconn_global: u32, servers: u64, limit: u64) -> Option<u32> {
+    const RESERVE: u64 = 1000;
+    let budget = servers.div_ceil(1000).max(1) * 1000;
+    let fit = (limit.saturating_sub(RESERVE + budget) / 2).clamp(1, u32::MAX as u64) as u32;
+    (maxconn_global > fit).then_some(fit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

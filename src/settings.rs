@@ -34,6 +34,24 @@ pub enum Command {
     Render,
     /// Render, run `haproxy -c` on the result, exit 0 if valid and 1 if not.
     Check,
+    /// Show what the running supervisor would change for the catalog, and
+    /// whether live or by a reload; changes nothing. Exit 0: nothing to do,
+    /// 2: live only, 3: a reload, 1: an error.
+    Plan {
+        /// Output format
+        #[arg(long, value_enum, default_value = "text")]
+        format: PlanFormat,
+    },
+}
+
+/// Output of `plan`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// One line per change
+    #[default]
+    Text,
+    /// One JSON document
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]

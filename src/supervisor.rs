@@ -734,12 +734,7 @@ impl Supervisor {
             .iter()
             .map(|s| s.servers.len() as u64)
             .sum();
-        // Servers counted in steps of 1,000: a server added or removed live
-        // must not change the global maxconn (a structural change), and the
-        // step leaves descriptors for the checks of servers added live.
-        let budget = servers.div_ceil(1000).max(1) * 1000;
-        let fit = (limit.saturating_sub(RESERVE + budget) / 2).clamp(1, u32::MAX as u64) as u32;
-        let fitted = (vars.maxconn_global > fit).then_some(fit);
+        let fitted = policy::fitted_maxconn(vars.maxconn_global, servers, limit);
         if fitted != self.fd_fit {
             if let Some(fit) = fitted {
                 tracing::warn!(event = %Event::Warning,

@@ -520,6 +520,74 @@ pub fn prepare_once(dir: &Path, config_file: &Path) -> std::io::Result<Option<Tl
     Ok(store.frontend(&set))
 }
 
+/// What a new certificate set changes against the one served.
+#[derive(Debug)]
+pub struct CertDiff<'a> {
+    pub added: Vec<&'a Bundle>,
+    pub replaced: Vec<&'a Bundle>,
+    pub removed: Vec<&'a Bundle>,
+    /// Why it needs a reload; `None`: it goes live. `live`: whether a
+    /// serving HAProxy loads our crt-list and live changes are on.
+    pub reload: Option<String>,
+}
+
+/// Diffs the certificate sets `old` (served) and `new`.
+pub fn diff_certs<'a>(old: &'a CertSet, new: &'a CertSet, live: bool) -> CertDiff<'a> {
+    let added: Vec<&Bundle> = new
+        .values()
+        .filter(|b| !old.contains_key(&b.name))
+        .collect();
+    let replaced: Vec<&Bundle> = new
+        .values()
+        .filter(|b| old.get(&b.name).is_some_and(|o| o != *b))
+        .collect();
+    let removed: Vec<&Bundle> = old
+        .values()
+        .filter(|b| !new.contains_key(&b.name))
+        .collect();
+    let reload = if !live {
+        Some("no serving haproxy to change live (or live changes are off)".to_string())
+    } else if old.is_empty() || new.is_empty() {
+        Some("the HTTPS bind is added or removed".to_string())
+    } else if default_name(old) != default_name(new) {
+        Some(format!(
+            "the default certificate changes ({} → {})",
+            default_name(old).unwrap_or("-"),
+            default_name(new).unwrap_or("-")
+        ))
+    } else {
+        None
+    };
+    CertDiff {
+        added,
+        replaced,
+        removed,
+        reload,
+    }
+}
+
+/// For `plan`, reading only: the bundles the store beside `config_file`
+/// holds (what the supervisor serves), the bundles `dir` holds now, and the
+/// HTTPS bind a render of the latter has.
+pub fn peek(dir: &Path, config_file: &Path) -> (CertSet, CertSet, Option<TlsFrontend>) {
+    let new = Scanner::new(dir.to_path_buf())
+        .poll(false)
+        .unwrap_or_default();
+    let store = Store::beside(config_file);
+    let served: CertSet = std::fs::read_dir(&store.dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n != "crt-list" && !n.starts_with('.'))
+                .filter_map(|n| load_bundle(&store.path_of(&n)).ok())
+                .map(|b| (b.name.clone(), b))
+                .collect()
+        })
+        .unwrap_or_default();
+    let frontend = store.frontend(&new);
+    (served, new, frontend)
+}
+
 /// The certificates the serving HAProxy has, and the watcher of the directory.
 pub struct Tls {
     /// `HAPROXY_CERTS_DIR`, for logs.
@@ -605,31 +673,12 @@ impl Tls {
         }
         let old = std::mem::replace(&mut self.served, new);
         let new = &self.served;
-        let added: Vec<&Bundle> = new
-            .values()
-            .filter(|b| !old.contains_key(&b.name))
-            .collect();
-        let replaced: Vec<&Bundle> = new
-            .values()
-            .filter(|b| old.get(&b.name).is_some_and(|o| o != *b))
-            .collect();
-        let removed: Vec<&Bundle> = old
-            .values()
-            .filter(|b| !new.contains_key(&b.name))
-            .collect();
-        let reason = if !live {
-            Some("no serving haproxy to change live (or live changes are off)".to_string())
-        } else if old.is_empty() || new.is_empty() {
-            Some("the HTTPS bind is added or removed".to_string())
-        } else if default_name(&old) != default_name(new) {
-            Some(format!(
-                "the default certificate changes ({} → {})",
-                default_name(&old).unwrap_or("-"),
-                default_name(new).unwrap_or("-")
-            ))
-        } else {
-            None
-        };
+        let CertDiff {
+            added,
+            replaced,
+            removed,
+            reload: reason,
+        } = diff_certs(&old, new, live);
         let log_all = |live: bool| {
             for b in &added {
                 tracing::info!(event = %Event::CertAdded, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate added");
