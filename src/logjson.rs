@@ -17,8 +17,6 @@
 
 use std::time::SystemTime;
 
-use serde_json::{Map, Value};
-
 /// Which of HAProxy's outputs a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -50,8 +48,9 @@ pub fn to_json(line: &str, stream: Stream, now: SystemTime) -> String {
     let timestamp = rfc3339(now);
     let level = level.unwrap_or("INFO");
     if rest.starts_with('{') {
-        if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(rest) {
-            return with_header(rest, &obj, &timestamp, level);
+        // Checked to be one object, without building it.
+        if let Ok(keys) = serde_json::from_str::<Keys>(rest) {
+            return with_header(rest, &keys, &timestamp, level);
         }
     }
     let mut out = Object::default();
@@ -74,14 +73,18 @@ pub fn to_json(line: &str, stream: Stream, now: SystemTime) -> String {
 struct Object(String);
 
 impl Object {
-    fn raw(&mut self, key: &str, json: &str) {
+    fn key(&mut self, key: &str) {
         self.0.push(if self.0.is_empty() { '{' } else { ',' });
-        self.0.push_str(&Value::from(key).to_string());
+        string(&mut self.0, key);
         self.0.push(':');
+    }
+    fn raw(&mut self, key: &str, json: &str) {
+        self.key(key);
         self.0.push_str(json);
     }
     fn field(&mut self, key: &str, value: &str) {
-        self.raw(key, &Value::from(value).to_string());
+        self.key(key);
+        string(&mut self.0, value);
     }
     fn finish(mut self) -> String {
         if self.0.is_empty() {
@@ -92,15 +95,23 @@ impl Object {
     }
 }
 
+/// Of a JSON object, whether it has the fields the supervisor adds (its
+/// other fields are skipped; anything but an object does not parse).
+#[derive(serde::Deserialize)]
+struct Keys {
+    timestamp: Option<serde::de::IgnoredAny>,
+    level: Option<serde::de::IgnoredAny>,
+}
+
 /// `timestamp` and `level` in front of the object `text` (already checked
-/// to be one: `obj`), which is otherwise kept as HAProxy wrote it. A field
-/// it has already is not added.
-fn with_header(text: &str, obj: &Map<String, Value>, timestamp: &str, level: &str) -> String {
+/// to be one), which is otherwise kept as HAProxy wrote it. A field it has
+/// already is not added.
+fn with_header(text: &str, keys: &Keys, timestamp: &str, level: &str) -> String {
     let mut out = Object::default();
-    if !obj.contains_key("timestamp") {
+    if keys.timestamp.is_none() {
         out.field("timestamp", timestamp);
     }
-    if !obj.contains_key("level") {
+    if keys.level.is_none() {
         out.field("level", level);
     }
     if out.0.is_empty() {
@@ -113,6 +124,12 @@ fn with_header(text: &str, obj: &Map<String, Value>, timestamp: &str, level: &st
     out.0.push(',');
     out.0.push_str(inner);
     out.0
+}
+
+/// Appends `s` as a JSON string.
+fn string(out: &mut String, s: &str) {
+    // A str always serializes.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
 /// `<134>message` → (Some(6), "message"): the severity of a syslog
@@ -262,6 +279,7 @@ fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, Value};
     use std::time::Duration;
 
     fn at() -> SystemTime {

@@ -122,7 +122,7 @@ pub struct Options {
     /// A tera template that replaces the built-in one
     #[arg(long, env = "HAPROXY_TEMPLATE", global = true)]
     pub template: Option<PathBuf>,
-    /// Log format of the supervisor
+    /// Log format of the supervisor and, with json, of HAProxy's access logs and events
     #[arg(
         long,
         env = "HAPROXY_LOG_FORMAT",
