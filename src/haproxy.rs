@@ -3,6 +3,7 @@
 //! iptables SYN-drop guard.
 
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,6 +127,9 @@ pub struct StartSpec<'a> {
     pub config: &'a Path,
     /// Take the listening sockets from this admin socket (`-x`).
     pub take_sockets_from: Option<&'a Path>,
+    /// `HAPROXY_LOG_FORMAT=json`: its stdout and stderr lines are passed on
+    /// as JSON ([`crate::logjson`]) instead of as they are.
+    pub json_logs: bool,
 }
 
 /// The last lines a generation wrote to stderr (HAProxy's alerts), kept to
@@ -156,7 +160,9 @@ impl StderrTail {
 }
 
 /// Starts HAProxy in the foreground as our child. Its stderr is passed on
-/// to ours line by line and its last lines kept.
+/// to ours line by line and its last lines kept. Its stdout (the access
+/// logs) is ours, or with JSON logs a pipe whose lines are passed on as
+/// JSON.
 ///
 /// Old generations are not named with `-sf`: HAProxy would pause their
 /// listeners (SIGTTOU) while the new one binds, so a new generation that
@@ -172,32 +178,93 @@ pub fn start(
         c.arg("-x").arg(sock);
     }
     c.stdin(Stdio::null()).stderr(Stdio::piped());
-    let (pid, exited, stderr) =
-        reaper
-            .spawn_child(&mut c)
-            .map_err(|source| HaproxyError::Spawn {
-                bin: spec.bin.to_path_buf(),
-                source,
-            })?;
+    if spec.json_logs {
+        c.stdout(Stdio::piped());
+    }
+    let spawn_error = |source| HaproxyError::Spawn {
+        bin: spec.bin.to_path_buf(),
+        source,
+    };
+    let (pid, exited, pipes) = reaper.spawn_child(&mut c).map_err(spawn_error)?;
     let tail = StderrTail::default();
-    if let Some(stderr) = stderr {
+    let json = spec.json_logs;
+    if let Some(stdout) = pipes.stdout {
+        // HAProxy's log writes do not wait: a full pipe drops lines. Room
+        // for bursts while this thread is descheduled.
+        grow_pipe(&stdout);
+        std::thread::Builder::new()
+            .name(format!("haproxy-{pid}-stdout"))
+            .spawn(move || {
+                forward_lines(stdout, |line| {
+                    let json = crate::logjson::to_json(
+                        line,
+                        crate::logjson::Stream::Stdout,
+                        std::time::SystemTime::now(),
+                    );
+                    write_line(&mut std::io::stdout().lock(), json);
+                })
+            })
+            .map_err(spawn_error)?;
+    }
+    if let Some(stderr) = pipes.stderr {
         let t = tail.clone();
         std::thread::Builder::new()
             .name(format!("haproxy-{pid}-stderr"))
             .spawn(move || {
-                use std::io::{BufRead, Write};
-                for line in std::io::BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                    t.push(line);
-                }
+                forward_lines(stderr, |line| {
+                    let out = if json {
+                        crate::logjson::to_json(
+                            line,
+                            crate::logjson::Stream::Stderr,
+                            std::time::SystemTime::now(),
+                        )
+                    } else {
+                        line.to_string()
+                    };
+                    write_line(&mut std::io::stderr().lock(), out);
+                    t.push(line.to_string());
+                })
             })
-            .map_err(|source| HaproxyError::Spawn {
-                bin: spec.bin.to_path_buf(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
     }
     Ok((pid, exited, tail))
+}
+
+/// Calls `each` with every line of `r` (without its newline; invalid UTF-8
+/// replaced) until end of file.
+fn forward_lines(r: impl std::io::Read, mut each: impl FnMut(&str)) {
+    use std::io::BufRead;
+    let mut r = std::io::BufReader::with_capacity(64 * 1024, r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        each(&String::from_utf8_lossy(&buf));
+    }
+}
+
+/// Writes `line` and its newline in one write, so lines from other
+/// threads (ours, the other stream's when both go to one file) never land
+/// inside it.
+fn write_line(out: &mut impl Write, mut line: String) {
+    line.push('\n');
+    let _ = out.write_all(line.as_bytes());
+    let _ = out.flush();
+}
+
+/// Asks for a 1 MiB pipe buffer (Linux; best effort).
+fn grow_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a pipe descriptor we own; F_SETPIPE_SZ only changes
+    // its capacity and fails harmlessly (EPERM above the limit).
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
 }
 
 /// The proxies (frontend, backend, listen sections) HAProxy's error

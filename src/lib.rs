@@ -27,6 +27,8 @@
 //! - [`render`]: the template, map files, and the atomic write.
 //! - [`haproxy`]: `haproxy -c`, spawning generations, reload strategies and
 //!   the iptables guard.
+//! - [`logjson`]: HAProxy's stdout and stderr lines as JSON objects
+//!   (`HAPROXY_LOG_FORMAT=json`).
 //! - [`process`]: the one reaper of child processes.
 //! - [`runtime`]: an async client for HAProxy's runtime API (the admin
 //!   socket): dynamic servers, weights, states, atomic map replacement.
@@ -54,6 +56,7 @@ pub mod duration;
 pub mod events;
 pub mod haproxy;
 pub mod live;
+pub mod logjson;
 pub mod model;
 pub mod plan;
 pub mod policy;

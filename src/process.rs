@@ -76,6 +76,13 @@ impl Default for Reaper {
     }
 }
 
+/// The output pipes of a spawned child, for those the command piped.
+#[derive(Debug)]
+pub struct ChildPipes {
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
 impl Reaper {
     pub fn new() -> Reaper {
         Reaper {
@@ -90,25 +97,24 @@ impl Reaper {
         self.spawn_child(cmd).map(|(pid, rx, _)| (pid, rx))
     }
 
-    /// Like [`Reaper::spawn`], and hands back the child's stderr when the
-    /// command pipes it.
+    /// Like [`Reaper::spawn`], and hands back the child's stdout and stderr
+    /// when the command pipes them.
     pub fn spawn_child(
         &self,
         cmd: &mut Command,
-    ) -> io::Result<(
-        Pid,
-        oneshot::Receiver<Exit>,
-        Option<std::process::ChildStderr>,
-    )> {
+    ) -> io::Result<(Pid, oneshot::Receiver<Exit>, ChildPipes)> {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let mut child = cmd.spawn()?;
-        let stderr = child.stderr.take();
+        let pipes = ChildPipes {
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+        };
         let pid = child.id() as i32;
         // The std Child is dropped without waiting: the reaper owns the wait.
         drop(child);
         let (tx, rx) = oneshot::channel();
         table.waiters.insert(pid, tx);
-        Ok((Pid::from_raw(pid), rx, stderr))
+        Ok((Pid::from_raw(pid), rx, pipes))
     }
 
     /// Runs a short command to completion on a blocking thread, with the

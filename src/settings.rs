@@ -140,7 +140,7 @@ pub struct Options {
     /// A tera template that replaces the built-in one
     #[arg(long, env = "HAPROXY_TEMPLATE", global = true)]
     pub template: Option<PathBuf>,
-    /// Log format of the supervisor
+    /// Log format of the supervisor and, with json, of HAProxy's access logs and events
     #[arg(
         long,
         env = "HAPROXY_LOG_FORMAT",
@@ -278,8 +278,12 @@ pub struct HaproxyVars {
     pub timeout_http_request: String,
     pub timeout_queue: String,
     pub hard_stop_after: String,
-    /// `log` target: `stdout format raw` or a syslog address.
+    /// `log` target: `stdout format raw` or a syslog address
+    /// (`stdout format priority` with JSON logs: the supervisor reads the
+    /// level from the prefix).
     pub log_target: String,
+    /// `HAPROXY_LOG_FORMAT=json`: HAProxy's access logs are JSON objects.
+    pub log_json: bool,
     pub http_port: u16,
     pub stats_port: u16,
     /// The HTTPS port: set only with `HAPROXY_CERTS_DIR`.
@@ -452,9 +456,15 @@ impl Settings {
                     .ok_or_else(|| err("HAPROXY_DOM", "dom", d, "not a DNS domain name"))?,
             ),
         };
+        let log_json = o.log_format == LogFormat::Json;
+        let stdout_target = if log_json {
+            "stdout format priority"
+        } else {
+            "stdout format raw"
+        };
         let log_target = match &o.local_syslog {
-            None => "stdout format raw".to_string(),
-            Some(s) if s.is_empty() => "stdout format raw".to_string(),
+            None => stdout_target.to_string(),
+            Some(s) if s.is_empty() => stdout_target.to_string(),
             Some(s) => {
                 if !crate::syntax::is_syslog_address(s) {
                     return Err(err(
@@ -561,6 +571,7 @@ impl Settings {
             .0,
             hard_stop_after: hard_stop_after_s,
             log_target,
+            log_json,
             http_port: port(&o.http_port, "HAPROXY_HTTP_PORT", "http-port", 8080)?,
             stats_port: port(&o.stats_port, "HAPROXY_STATS_PORT", "stats-port", 4444)?,
             stats_bind: stats_bind(o.stats_bind.as_deref())?,

@@ -1511,6 +1511,7 @@ impl Supervisor {
             bin: &self.settings.haproxy_bin,
             config: &self.running_file,
             take_sockets_from: socket,
+            json_logs: self.settings.log_format == crate::settings::LogFormat::Json,
         };
         let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
         let id = self.gens.spawned(pid, Instant::now());

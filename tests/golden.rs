@@ -23,17 +23,16 @@ fn vars() -> HaproxyVars {
     }
 }
 
-fn render_at(catalog: &str, config: &Path, socket: &Path) -> Rendered {
+fn render_at(catalog: &str, vars: &HaproxyVars, config: &Path, socket: &Path) -> Rendered {
     let catalog = Catalog::parse_file(catalog).expect("fixture catalog parses");
-    let vars = vars();
-    let (desired, warnings) = Desired::build(&catalog, &Context::from(&vars));
+    let (desired, warnings) = Desired::build(&catalog, &Context::from(vars));
     assert!(
         warnings.is_empty(),
         "fixture catalogs are valid: {warnings:?}"
     );
     Renderer::new(None, config, socket)
         .unwrap()
-        .render(&desired, &vars)
+        .render(&desired, vars)
         .unwrap()
 }
 
@@ -102,7 +101,11 @@ fn map_of<'a>(r: &'a Rendered, kind: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn golden(case: &str, catalog: &str) {
-    let r = render_at(catalog, Path::new(CONFIG), Path::new(SOCKET));
+    golden_with(case, catalog, &vars());
+}
+
+fn golden_with(case: &str, catalog: &str, vars: &HaproxyVars) {
+    let r = render_at(catalog, vars, Path::new(CONFIG), Path::new(SOCKET));
     assert!(
         r.maps
             .keys()
@@ -129,7 +132,10 @@ fn golden(case: &str, catalog: &str) {
     );
 
     // Rendering is deterministic.
-    assert_eq!(render_at(catalog, Path::new(CONFIG), Path::new(SOCKET)), r);
+    assert_eq!(
+        render_at(catalog, vars, Path::new(CONFIG), Path::new(SOCKET)),
+        r
+    );
 
     // The same config, rendered for a temporary directory, passes
     // `haproxy -c` with its maps in place.
@@ -137,7 +143,7 @@ fn golden(case: &str, catalog: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("haproxy.cfg");
     let sock = dir.path().join("admin.sock");
-    let here = render_at(catalog, &cfg, &sock);
+    let here = render_at(catalog, vars, &cfg, &sock);
     let maps_dir = format!("{}/maps/", dir.path().display());
     assert_eq!(
         here.config
@@ -213,6 +219,56 @@ const EMPTY_BACKENDS: &str = r#"{"services":[
 const NO_SERVICES: &str = r#"{"services":[
   {"name":"internal","instances":[{"id":"internal-1","address":"10.0.10.1","port":80,"tags":["team=core"]}]}
 ]}"#;
+
+/// HTTP services, TCP services and an HTTP service on a port of its own.
+const MIXED: &str = r#"{"services":[
+  {"name":"www","instances":[
+    {"id":"www-1","address":"10.0.0.1","port":8080,"tags":["HAPROXY.ENABLE=true"]}]},
+  {"name":"admin","instances":[
+    {"id":"admin-1","address":"10.0.0.3","port":8080,"tags":["HAPROXY.ENABLE=true","HAPROXY.FRONTEND.PORT=9090"]}]},
+  {"name":"postgres","instances":[
+    {"id":"pg-1","address":"10.0.2.1","port":5432,"tags":["HAPROXY.ENABLE=true","HAPROXY.PROTOCOL=tcp","HAPROXY.FRONTEND.PORT=15432"]}]}
+]}"#;
+
+/// The JSON access log format (`HAPROXY_LOG_FORMAT=json`): a `log-format`
+/// per frontend, the http one on HTTP frontends (also `_stats`, also a
+/// dedicated HTTP port), the tcp one on TCP frontends, and HAProxy's
+/// syslog priority on stdout.
+#[test]
+fn golden_json_logs() {
+    let json = HaproxyVars {
+        log_json: true,
+        log_target: "stdout format priority".into(),
+        ..vars()
+    };
+    golden_with("json_logs", MIXED, &json);
+    let text = std::fs::read_to_string(golden_dir().join("json_logs.cfg")).unwrap();
+    let formats: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("log-format "))
+        .collect();
+    assert_eq!(formats.len(), 4, "{text}");
+    assert!(!text.contains("option httplog") && !text.contains("option tcplog"));
+    for f in &formats {
+        // One single-quoted word: a JSON object once HAProxy fills it in.
+        assert!(
+            f.starts_with("'{\"source\":\"haproxy\",") && f.ends_with("}'"),
+            "{f}"
+        );
+        assert!(!f[1..f.len() - 1].contains('\''), "{f}");
+    }
+    assert_eq!(formats[0], formats[1], "app_http_in and _stats");
+    assert_eq!(formats[0], formats[2], "an HTTP service on its own port");
+    assert!(
+        formats[3].contains("\"event\":\"tcp_session\""),
+        "{}",
+        formats[3]
+    );
+    // The same catalog in text mode: HAProxy's own formats.
+    let plain = render_at(MIXED, &vars(), Path::new(CONFIG), Path::new(SOCKET)).config;
+    assert!(!plain.contains("log-format"), "{plain}");
+    assert!(plain.contains("log stdout format raw local0"), "{plain}");
+}
 
 #[test]
 fn golden_http_only() {

@@ -170,8 +170,17 @@ fn vars() -> impl Strategy<Value = HaproxyVars> {
         1 => Just(None),
         1 => "[a-z]{1,8}\\.[a-z]{2,4}".prop_map(Some),
     ]
-    .prop_map(|dom| HaproxyVars {
+    .prop_flat_map(|dom| (Just(dom), any::<bool>()))
+    .prop_map(|(dom, log_json)| HaproxyVars {
         dom,
+        // HAPROXY_LOG_FORMAT=json (settings pair the two).
+        log_json,
+        log_target: if log_json {
+            "stdout format priority"
+        } else {
+            "stdout format raw"
+        }
+        .into(),
         ..HaproxyVars::default()
     })
 }
@@ -337,12 +346,17 @@ fn check_structure(
             } else {
                 "tcp"
             };
+            let log = if vars.log_json {
+                json_log_format(mode)
+            } else {
+                format!("    option {mode}log")
+            };
             prop_assert_eq!(
                 lines,
                 &vec![
                     format!("    bind *:{}", s.frontend_port.unwrap()),
                     format!("    mode {mode}"),
-                    format!("    option {mode}log"),
+                    log,
                     format!("    default_backend {}", s.name),
                 ]
             );
@@ -400,6 +414,22 @@ fn check_structure(
         }
     }
     Ok(())
+}
+
+/// The JSON `log-format` line of a `mode` ("http", "tcp") frontend, as in
+/// the golden file: fixed text, whatever the catalog.
+fn json_log_format(mode: &str) -> String {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/json_logs.cfg");
+    let text = std::fs::read_to_string(golden).expect("the json_logs golden file");
+    let event = if mode == "http" {
+        "\"event\":\"http_request\""
+    } else {
+        "\"event\":\"tcp_session\""
+    };
+    text.lines()
+        .find(|l| l.starts_with("    log-format ") && l.contains(event))
+        .expect("a log-format line of the mode")
+        .to_string()
 }
 
 /// `host:port`, `ip:port` or `[ipv6]:port` as the model renders it.
