@@ -76,7 +76,7 @@ async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
         }
         None => None,
     };
-    Ok(render_catalog(settings, &catalog, tls, false)?.0)
+    Ok(render_catalog(settings, &catalog, tls, false, &Default::default())?.0)
 }
 
 /// Renders `catalog` as the supervisor does (warnings logged); with `fit`,
@@ -87,6 +87,7 @@ pub(crate) fn render_catalog(
     catalog: &Catalog,
     tls: Option<crate::tls::TlsFrontend>,
     fit: bool,
+    binds: &crate::listeners::Binds,
 ) -> Result<(Rendered, String), CliError> {
     let renderer = Renderer::new(
         settings.template.as_deref(),
@@ -113,7 +114,10 @@ pub(crate) fn render_catalog(
             }
         }
     }
-    Ok((renderer.render(&desired, &vars)?, renderer.maps_dir_str()))
+    Ok((
+        renderer.render_with(&desired, &vars, binds)?,
+        renderer.maps_dir_str(),
+    ))
 }
 
 /// `render`: prints the config to stdout; the maps it names are written

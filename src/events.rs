@@ -85,6 +85,12 @@ pub enum Event {
     RestartScheduled,
     /// An old generation exited after draining. Fields: `pid`, `exit`.
     GenerationDrained,
+    /// Held listening sockets closed: no config that serves names their
+    /// ports any more. Field: `ports`.
+    ListenersReleased,
+    /// A port's listening socket cannot be held (bound or listened on) by
+    /// the supervisor; HAProxy binds it itself. Fields: `port`, `error`.
+    ListenerFailed,
     /// The serving generation exited. Fields: `pid`, `exit`, `restarts`.
     GenerationDied,
     /// A file the supervisor keeps beside HAProxy (pid file, server state,
@@ -216,6 +222,8 @@ impl Event {
         Event::RolledBack,
         Event::RestartScheduled,
         Event::GenerationDrained,
+        Event::ListenersReleased,
+        Event::ListenerFailed,
         Event::GenerationDied,
         Event::WriteFailed,
         Event::SynDropCleanupFailed,
@@ -282,6 +290,8 @@ impl Event {
             Event::RolledBack => "rolled_back",
             Event::RestartScheduled => "restart_scheduled",
             Event::GenerationDrained => "generation_drained",
+            Event::ListenersReleased => "listeners_released",
+            Event::ListenerFailed => "listener_failed",
             Event::GenerationDied => "generation_died",
             Event::WriteFailed => "write_failed",
             Event::SynDropCleanupFailed => "syn_drop_cleanup_failed",

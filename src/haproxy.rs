@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,12 +58,27 @@ fn alerts(output: &str) -> String {
     }
 }
 
-/// Builds the `haproxy -c` command.
-fn check_command(bin: &Path, cfg: &Path) -> Command {
+/// Builds the `haproxy -c` command. `fds`: the held listening sockets
+/// the config names (`bind fd@<n>`), which `-c` inspects too.
+fn check_command(bin: &Path, cfg: &Path, fds: &[RawFd]) -> Command {
     let mut c = Command::new(bin);
     c.arg("-c").arg("-f").arg(cfg);
     c.stdin(Stdio::null());
+    inherit(&mut c, fds);
     c
+}
+
+/// Makes the child inherit `fds` at their numbers.
+fn inherit(c: &mut Command, fds: &[RawFd]) {
+    use std::os::unix::process::CommandExt;
+    if fds.is_empty() {
+        return;
+    }
+    let fds = fds.to_vec();
+    // SAFETY: inherit_in_child only calls fcntl, async-signal-safe.
+    unsafe {
+        c.pre_exec(move || crate::listeners::inherit_in_child(&fds));
+    }
 }
 
 fn check_result(
@@ -94,21 +110,31 @@ fn check_result(
 
 /// `haproxy -c -f cfg`, for the one-shot subcommands (no reaper running).
 pub fn check_sync(bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
-    check_result(bin, cfg, check_command(bin, cfg).output())
+    check_result(bin, cfg, check_command(bin, cfg, &[]).output())
 }
 
 /// `haproxy -c -f cfg` under the supervisor's reaper.
-pub async fn check(reaper: &Reaper, bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
-    let out = reaper.run_output(check_command(bin, cfg)).await;
+pub async fn check(
+    reaper: &Reaper,
+    bin: &Path,
+    cfg: &Path,
+    fds: &[RawFd],
+) -> Result<(), HaproxyError> {
+    let out = reaper.run_output(check_command(bin, cfg, fds)).await;
     check_result(bin, cfg, out)
 }
 
 /// `haproxy -c -f cfg` at the lowest CPU priority (nice 19), for checks
 /// that nobody waits on (the file written after a live change): under load
 /// they take what the serving HAProxy leaves.
-pub async fn check_niced(reaper: &Reaper, bin: &Path, cfg: &Path) -> Result<(), HaproxyError> {
+pub async fn check_niced(
+    reaper: &Reaper,
+    bin: &Path,
+    cfg: &Path,
+    fds: &[RawFd],
+) -> Result<(), HaproxyError> {
     use std::os::unix::process::CommandExt;
-    let mut cmd = check_command(bin, cfg);
+    let mut cmd = check_command(bin, cfg, fds);
     // SAFETY: setpriority is async-signal-safe; nothing else runs in the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -127,6 +153,9 @@ pub struct StartSpec<'a> {
     pub config: &'a Path,
     /// Take the listening sockets from this admin socket (`-x`).
     pub take_sockets_from: Option<&'a Path>,
+    /// The held listening sockets the config names (`bind fd@<n>`):
+    /// inherited at their numbers.
+    pub inherit: &'a [RawFd],
     /// `HAPROXY_LOG_FORMAT=json`: its stdout and stderr lines are passed on
     /// as JSON ([`crate::logjson`]) instead of as they are.
     pub json_logs: bool,
@@ -178,6 +207,7 @@ pub fn start(
         c.arg("-x").arg(sock);
     }
     c.stdin(Stdio::null()).stderr(Stdio::piped());
+    inherit(&mut c, spec.inherit);
     if spec.json_logs {
         c.stdout(Stdio::piped());
     }
@@ -553,31 +583,40 @@ async fn admin_pid(admin_socket: &Path) -> Option<i32> {
 /// `timeout` passes. When its descriptors cannot be read (it serves as
 /// another user and we may not look), it is ready once every port has a
 /// listener and `pid` itself answers on `admin_socket`: HAProxy binds every
-/// listener, its admin socket included, before it serves.
+/// listener, its admin socket included, before it serves. With `by_admin`
+/// (it inherited its listening sockets, so they are "its" from the exec
+/// on) the answer on `admin_socket` is always required.
 pub async fn wait_listening(
     pid: Pid,
     ports: &BTreeSet<u16>,
     admin_socket: Option<&Path>,
+    by_admin: bool,
     exited: &mut oneshot::Receiver<Exit>,
     timeout: Duration,
 ) -> Result<(), HaproxyError> {
     let start = Instant::now();
     loop {
-        if fds_readable(pid) {
-            if ports_listening(pid, ports) == *ports {
-                return Ok(());
-            }
+        let readable = fds_readable(pid);
+        let ports_ok = if readable {
+            ports_listening(pid, ports) == *ports
         } else {
             let bound: BTreeSet<u16> = listening_inodes(ports)
                 .into_iter()
                 .map(|(p, _)| p)
                 .collect();
-            let answers = match admin_socket {
-                Some(sock) => admin_pid(sock).await == Some(pid.as_raw()),
-                // No way to ask: give it the time a start takes.
-                None => start.elapsed() > Duration::from_millis(500),
+            bound == *ports
+        };
+        if ports_ok {
+            let answers = if by_admin || !readable {
+                match admin_socket {
+                    Some(sock) => admin_pid(sock).await == Some(pid.as_raw()),
+                    // No way to ask: give it the time a start takes.
+                    None => start.elapsed() > Duration::from_millis(500),
+                }
+            } else {
+                true
             };
-            if bound == *ports && answers {
+            if answers {
                 return Ok(());
             }
         }

@@ -27,6 +27,8 @@
 //! - [`render`]: the template, map files, and the atomic write.
 //! - [`haproxy`]: `haproxy -c`, spawning generations, reload strategies and
 //!   the iptables guard.
+//! - [`listeners`]: the listening sockets the supervisor holds and every
+//!   generation inherits (`bind fd@<n>`, `HAPROXY_RELOAD_STRATEGY=inherit`).
 //! - [`logjson`]: HAProxy's stdout and stderr lines as JSON objects
 //!   (`HAPROXY_LOG_FORMAT=json`).
 //! - [`process`]: the one reaper of child processes.
@@ -55,6 +57,7 @@ pub mod discovery;
 pub mod duration;
 pub mod events;
 pub mod haproxy;
+pub mod listeners;
 pub mod live;
 pub mod logjson;
 pub mod model;

@@ -168,7 +168,9 @@ pub async fn report(settings: &Settings) -> Result<Report, PlanError> {
         .as_ref()
         .map(|dir| crate::tls::peek(dir, &settings.config_file));
     let tls = certs.as_ref().and_then(|(_, _, f)| f.clone());
-    let (rendered, maps_dir) = cli::render_catalog(settings, &catalog, tls, true)?;
+    // The sockets the running supervisor holds bind as it renders them.
+    let binds = crate::listeners::Binds::read(&settings.run_dir.join("listeners"));
+    let (rendered, maps_dir) = cli::render_catalog(settings, &catalog, tls, true, &binds)?;
     let serving = serving(&settings.config_file, &maps_dir)?;
     let caps = caps(&settings.haproxy_bin)?;
     let old = Layout::new(&serving, &maps_dir);

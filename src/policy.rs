@@ -431,15 +431,29 @@ pub struct StrategyChoice {
     pub fell_back: bool,
 }
 
-/// Nothing to hand over from: a plain start. Seamless needs the old
-/// process's listeners (`expose-fd listeners` and a live admin socket);
-/// without them it falls back to syn-drop where iptables works, else plain.
+/// Inherit needs every port of the config held by the supervisor
+/// (`held`); a config that binds by itself (a custom template) is started
+/// as seamless would start it. Nothing to hand over from: a plain start.
+/// Seamless needs the old process's listeners (`expose-fd listeners` and a
+/// live admin socket); without them it falls back to syn-drop where
+/// iptables works, else plain.
 pub fn choose_strategy(
     configured: ReloadStrategy,
+    held: bool,
     has_old: bool,
     can_transfer: bool,
     syn_drop_available: bool,
 ) -> StrategyChoice {
+    let configured = match configured {
+        ReloadStrategy::Inherit if held => {
+            return StrategyChoice {
+                strategy: ReloadStrategy::Inherit,
+                fell_back: false,
+            }
+        }
+        ReloadStrategy::Inherit => ReloadStrategy::Seamless,
+        c => c,
+    };
     if !has_old {
         return StrategyChoice {
             strategy: ReloadStrategy::Plain,
@@ -1080,9 +1094,20 @@ mod tests {
     fn strategy_falls_back_only_when_it_must() {
         use ReloadStrategy::*;
         let c = |configured, old, transfer, syn| {
-            let s = choose_strategy(configured, old, transfer, syn);
+            let s = choose_strategy(configured, false, old, transfer, syn);
             (s.strategy, s.fell_back)
         };
+        let held = |old, transfer| {
+            let s = choose_strategy(Inherit, true, old, transfer, false);
+            (s.strategy, s.fell_back)
+        };
+        // Held sockets: inherited at the first start and at every reload.
+        assert_eq!(held(false, false), (Inherit, false));
+        assert_eq!(held(true, false), (Inherit, false));
+        // A config binding by itself: what seamless does.
+        assert_eq!(c(Inherit, false, false, true), (Plain, false));
+        assert_eq!(c(Inherit, true, true, true), (Seamless, false));
+        assert_eq!(c(Inherit, true, false, false), (Plain, true));
         assert_eq!(c(Seamless, false, false, true), (Plain, false));
         assert_eq!(c(Seamless, true, true, true), (Seamless, false));
         assert_eq!(c(Seamless, true, false, true), (SynDrop, true));

@@ -14,6 +14,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+use crate::listeners::Binds;
 use sha2::{Digest, Sha256};
 
 use crate::model::{Desired, Mode, Service};
@@ -67,10 +69,28 @@ struct TemplateContext<'a> {
     server_state_file: String,
     maps: MapPaths,
     services: &'a [Service],
-    /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend.
-    tcp_frontends: Vec<&'a Service>,
+    /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend, each
+    /// with its `bind` address.
+    tcp_frontends: Vec<TcpFrontend<'a>>,
+    /// The bind addresses of the fixed frontends: `fd@<n>` for a socket
+    /// the supervisor holds, else `*:<port>` ([`crate::listeners`]).
+    binds: BindAddrs,
     /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
     tls: Option<&'a crate::tls::TlsFrontend>,
+}
+
+#[derive(Serialize)]
+struct TcpFrontend<'a> {
+    #[serde(flatten)]
+    service: &'a Service,
+    bind: String,
+}
+
+#[derive(Serialize)]
+struct BindAddrs {
+    http: String,
+    https: String,
+    stats: String,
 }
 
 /// Renders configs for one config path.
@@ -151,8 +171,20 @@ impl Renderer {
         self.maps_dir.display().to_string()
     }
 
-    /// Renders the config and its maps. Deterministic.
+    /// Renders the config and its maps, every port bound by HAProxy
+    /// itself. Deterministic.
     pub fn render(&self, desired: &Desired, vars: &HaproxyVars) -> Result<Rendered, RenderError> {
+        self.render_with(desired, vars, &Binds::default())
+    }
+
+    /// [`Renderer::render`] with the sockets the supervisor holds: their
+    /// ports bind `fd@<n>`.
+    pub fn render_with(
+        &self,
+        desired: &Desired,
+        vars: &HaproxyVars,
+        binds: &Binds,
+    ) -> Result<Rendered, RenderError> {
         let mut hosts: Vec<(String, &str)> = Vec::new();
         let mut paths: Vec<(String, &str)> = Vec::new();
         for s in desired.services.iter().filter(|s| s.mode == Mode::Http) {
@@ -203,8 +235,22 @@ impl Renderer {
             tcp_frontends: desired
                 .services
                 .iter()
-                .filter(|s| s.frontend_port.is_some())
+                .filter_map(|s| {
+                    let port = s.frontend_port?;
+                    Some(TcpFrontend {
+                        service: s,
+                        bind: binds.address("*", port),
+                    })
+                })
                 .collect(),
+            binds: BindAddrs {
+                http: binds.address("*", vars.http_port),
+                https: vars
+                    .https_port
+                    .map(|p| binds.address("*", p))
+                    .unwrap_or_default(),
+                stats: binds.address(&vars.stats_bind, vars.stats_port),
+            },
             tls: desired.tls.as_ref(),
         };
         let context = tera::Context::from_serialize(&ctx)

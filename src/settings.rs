@@ -64,6 +64,10 @@ pub enum LogFormat {
 /// How a reload hands traffic from the old HAProxy to the new one (SPEC §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadStrategy {
+    /// The supervisor holds the listening sockets and every generation
+    /// inherits them (`bind fd@<n>`): nothing is ever refused, not even
+    /// while no HAProxy runs ([`crate::listeners`]).
+    Inherit,
     /// `-x <admin socket> -sf old`: the listening sockets are transferred.
     Seamless,
     /// Drop SYNs with iptables while the new process binds, `-sf old`.
@@ -75,6 +79,7 @@ pub enum ReloadStrategy {
 impl ReloadStrategy {
     pub fn as_str(self) -> &'static str {
         match self {
+            ReloadStrategy::Inherit => "inherit",
             ReloadStrategy::Seamless => "seamless",
             ReloadStrategy::SynDrop => "syn-drop",
             ReloadStrategy::Plain => "plain",
@@ -212,7 +217,7 @@ pub struct Options {
     /// User HAProxy runs as after binding; empty: stay root [default: haproxy, if that user exists]
     #[arg(long, env = "HAPROXY_USER", global = true)]
     pub haproxy_user: Option<String>,
-    /// seamless, syn-drop or plain [default: seamless]
+    /// inherit (the supervisor holds the listening sockets), seamless, syn-drop or plain [default: inherit]
     #[arg(long, env = "HAPROXY_RELOAD_STRATEGY", global = true)]
     pub reload_strategy: Option<String>,
     /// Quiescence before a reload, min:max as consul-template's wait [default: 100ms:1s]
@@ -619,7 +624,8 @@ impl Settings {
         }
 
         let reload_strategy = match o.reload_strategy.as_deref() {
-            None | Some("seamless") => ReloadStrategy::Seamless,
+            None | Some("inherit") => ReloadStrategy::Inherit,
+            Some("seamless") => ReloadStrategy::Seamless,
             Some("syn-drop") => ReloadStrategy::SynDrop,
             Some("plain") => ReloadStrategy::Plain,
             Some(s) => {
@@ -627,7 +633,7 @@ impl Settings {
                     "HAPROXY_RELOAD_STRATEGY",
                     "reload-strategy",
                     s,
-                    "expected seamless, syn-drop or plain",
+                    "expected inherit, seamless, syn-drop or plain",
                 ))
             }
         };
@@ -1076,7 +1082,7 @@ mod tests {
         assert_eq!(s.vars.timeout_http_keep_alive, "1s");
         assert_eq!(s.vars.http_port, 8080);
         assert_eq!(s.vars.stats_port, 4444);
-        assert_eq!(s.reload_strategy, ReloadStrategy::Seamless);
+        assert_eq!(s.reload_strategy, ReloadStrategy::Inherit);
         assert_eq!(s.reload_wait_min, Duration::from_millis(100));
         assert_eq!(s.reload_wait_max, Duration::from_secs(1));
         assert_eq!(s.stop_timeout, Duration::from_secs(8));

@@ -21,6 +21,7 @@ use tokio::time::sleep_until;
 use crate::discovery::{self, CatalogRx};
 use crate::events::Event;
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
+use crate::listeners::Listeners;
 use crate::live::{self, Layout, Op, Plan, Running};
 use crate::model::{Catalog, Context, Desired};
 use crate::policy::{
@@ -189,6 +190,9 @@ struct Supervisor {
     left_out: Vec<LeftOut>,
     /// `HAPROXY_CERTS_DIR`: the certificates served (SPEC §15).
     tls: Option<Tls>,
+    /// The listening sockets we hold (`HAPROXY_RELOAD_STRATEGY=inherit`
+    /// with a rendered config); `None` otherwise: HAProxy binds.
+    listeners: Option<Listeners>,
 }
 
 /// Identifies a service's catalog entry (an excluded service changed when
@@ -215,18 +219,29 @@ struct SyncDone {
     written: Option<(Rendered, Layout)>,
 }
 
-/// Writes `rendered` (applied live, so it runs already) to `file`: staged,
-/// checked by `haproxy -c` at nice 19, swapped in. Holds the disk lock; does
-/// nothing if a reload wrote the file since `epoch`.
-async fn sync_job(
+/// What a [`sync_job`] needs of the supervisor.
+struct SyncJob {
     disk: Arc<tokio::sync::Mutex<u64>>,
     epoch: u64,
     reaper: Reaper,
     bin: PathBuf,
     file: PathBuf,
-    rendered: Rendered,
-    layout: Layout,
-) -> SyncDone {
+    /// The held sockets the config names (`haproxy -c` inspects them).
+    fds: Vec<std::os::fd::RawFd>,
+}
+
+/// Writes `rendered` (applied live, so it runs already) to `file`: staged,
+/// checked by `haproxy -c` at nice 19, swapped in. Holds the disk lock; does
+/// nothing if a reload wrote the file since `epoch`.
+async fn sync_job(job: SyncJob, rendered: Rendered, layout: Layout) -> SyncDone {
+    let SyncJob {
+        disk,
+        epoch,
+        reaper,
+        bin,
+        file,
+        fds,
+    } = job;
     let done = |written| SyncDone { epoch, written };
     let current = disk.lock().await;
     if *current != epoch {
@@ -241,7 +256,7 @@ async fn sync_job(
                 return done(None);
             }
         };
-        if let Err(e) = haproxy::check_niced(&reaper, &bin, &staged.candidate).await {
+        if let Err(e) = haproxy::check_niced(&reaper, &bin, &staged.candidate, &fds).await {
             // Cannot happen with validated server lines; if it does, the
             // file keeps the last checked config and the next change (or
             // SIGHUP) tries again.
@@ -322,7 +337,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             tracing::warn!(event = %Event::Degraded, what = "iptables", error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
             false
         }
-        (Err(_), ReloadStrategy::Plain) => false,
+        (Err(_), ReloadStrategy::Plain | ReloadStrategy::Inherit) => false,
     };
 
     let mut catalog_file: Option<(PathBuf, discovery::CatalogTx)> = None;
@@ -434,7 +449,14 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         rendered_counts: (0, 0),
         left_out: Vec::new(),
         tls,
+        listeners: None,
     };
+    if sup.settings.reload_strategy == ReloadStrategy::Inherit && sup.renderer.is_some() {
+        sup.listeners = Some(Listeners::new(sup.settings.vars.backlog));
+    } else {
+        // No sockets held: `plan` must not render an earlier run's.
+        let _ = std::fs::remove_file(sup.settings.run_dir.join("listeners"));
+    }
     tracing::info!(event = %Event::Started,
         strategy = sup.settings.reload_strategy.as_str(),
         config = %sup.settings.config_file.display(),
@@ -721,6 +743,75 @@ impl Supervisor {
     /// cannot hold them all (with 3,000 servers and the start-up fit of the
     /// global maxconn it never started). Lowers the global maxconn so that
     /// every server fits too; logs when the fitted value changes.
+    /// The ports `desired` binds, held by us (bound now where new), as the
+    /// render names them; no held socket when HAProxy binds itself.
+    fn hold_ports(
+        &mut self,
+        desired: &Desired,
+        vars: &crate::settings::HaproxyVars,
+    ) -> crate::listeners::Binds {
+        let Some(l) = &mut self.listeners else {
+            return crate::listeners::Binds::default();
+        };
+        let any = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        let mut wanted = BTreeMap::new();
+        wanted.insert(vars.http_port, any);
+        if let (Some(p), Some(_)) = (vars.https_port, &desired.tls) {
+            wanted.insert(p, any);
+        }
+        if let Some(ip) = crate::listeners::parse_ip(&vars.stats_bind) {
+            wanted.insert(vars.stats_port, ip);
+        }
+        for s in &desired.services {
+            if let Some(p) = s.frontend_port {
+                wanted.entry(p).or_insert(any);
+            }
+        }
+        let (binds, errors) = l.binds(&wanted);
+        for (port, e) in errors {
+            let key = format!("bind:{port}:{e}");
+            if self.warned.insert(key) {
+                tracing::warn!(event = %Event::ListenerFailed, port, error = %e, "cannot hold this port's listening socket; haproxy binds it itself");
+            }
+        }
+        binds
+    }
+
+    /// The sockets `config` names listen from now on (connections queue
+    /// until a generation accepts); those it does not name are closed.
+    fn settle_listeners(&mut self, config: &str) {
+        if let Some(l) = &mut self.listeners {
+            if let Err(e) = l.settle(config) {
+                tracing::error!(event = %Event::ListenerFailed, error = %e, "cannot listen on a held socket");
+            }
+        }
+    }
+
+    /// Closes the held sockets that neither the serving config nor one
+    /// about to start names, and records the rest in `<run-dir>/listeners`.
+    fn release_listeners(&mut self) {
+        let Some(l) = &mut self.listeners else {
+            return;
+        };
+        let keep = self.running_text.clone().unwrap_or_default();
+        let released = l.release(&keep);
+        if !released.is_empty() {
+            tracing::info!(event = %Event::ListenersReleased, ports = ?released, "released the listening sockets of ports no longer served");
+        }
+        let path = self.settings.run_dir.join("listeners");
+        if let Err(e) = render::write_replace(&path, l.file_text().as_bytes()) {
+            tracing::warn!(event = %Event::WriteFailed, file = %path.display(), error = %e, "cannot write the listeners file");
+        }
+    }
+
+    /// The held sockets `config` names.
+    fn held_fds(&self, config: &str) -> Vec<std::os::fd::RawFd> {
+        self.listeners
+            .as_ref()
+            .map(|l| l.fds_for(config))
+            .unwrap_or_default()
+    }
+
     fn fit_fd_limit(&mut self, desired: &Desired) -> crate::settings::HaproxyVars {
         const RESERVE: u64 = 1000;
         let mut vars = self.settings.vars.clone();
@@ -817,7 +908,7 @@ impl Supervisor {
                     source,
                 })
             })?;
-            if let Err(e) = haproxy::check(&self.reaper, &bin, &src).await {
+            if let Err(e) = haproxy::check(&self.reaper, &bin, &src, &[]).await {
                 self.status.check_failed();
                 self.counters.failed_reloads += 1;
                 tracing::error!(event = %Event::ConfigInvalid, error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
@@ -844,10 +935,11 @@ impl Supervisor {
         self.prepared_fingerprints = Some(fingerprints(&catalog));
         let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
+        let binds = self.hold_ports(&desired, &vars);
         let Some(renderer) = &self.renderer else {
             return Ok(None);
         };
-        let rendered = match renderer.render(&desired, &vars) {
+        let rendered = match renderer.render_with(&desired, &vars, &binds) {
             Ok(r) => r,
             Err(e) => {
                 // The template is the user's: a render error is theirs to fix.
@@ -857,6 +949,7 @@ impl Supervisor {
             }
         };
         let layout = Layout::new(&rendered, &renderer.maps_dir_str());
+        self.settle_listeners(&rendered.config);
         self.log_warnings(&warnings);
         self.prepared_layout = Some(layout);
         self.prepared_rendered = Some(rendered.clone());
@@ -872,8 +965,9 @@ impl Supervisor {
             // with nothing new): checking it again would only cost CPU.
             return Ok(Some(rendered.config));
         }
+        let fds = self.held_fds(&rendered.config);
         if unchanged
-            && haproxy::check(&self.reaper, &bin, &self.running_file)
+            && haproxy::check(&self.reaper, &bin, &self.running_file, &fds)
                 .await
                 .is_ok()
         {
@@ -882,11 +976,12 @@ impl Supervisor {
         }
         let staged = render::stage(&self.running_file, &rendered)
             .map_err(|e| PrepareError::Transient(FileStep::Stage(e)))?;
-        if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate).await {
+        if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate, &fds).await {
             self.status.check_failed();
             self.counters.failed_reloads += 1;
             tracing::error!(event = %Event::ConfigInvalid, error = %e, failed_reloads = self.counters.failed_reloads, "invalid config; keeping the running haproxy and the last good file");
             staged.abort();
+            self.release_listeners();
             return Err(PrepareError::Invalid {
                 message: e.to_string(),
                 config: rendered.config,
@@ -1196,8 +1291,12 @@ impl Supervisor {
         self.prepared_fingerprints = Some(fingerprints(&catalog));
         let (desired, warnings) = self.desired(&catalog);
         let vars = self.fit_fd_limit(&desired);
-        let rendered = self.renderer.as_ref()?.render(&desired, &vars);
+        let binds = self.hold_ports(&desired, &vars);
+        let rendered = self.renderer.as_ref()?.render_with(&desired, &vars, &binds);
         self.log_warnings(&warnings);
+        if let Ok(r) = &rendered {
+            self.settle_listeners(&r.config);
+        }
         match rendered {
             Ok(r) => Some(r),
             Err(e) => {
@@ -1336,14 +1435,15 @@ impl Supervisor {
         }
     }
 
-    fn sync_args(&self) -> (Arc<tokio::sync::Mutex<u64>>, u64, Reaper, PathBuf, PathBuf) {
-        (
-            self.disk.clone(),
-            self.disk_epoch,
-            self.reaper.clone(),
-            self.settings.haproxy_bin.clone(),
-            self.running_file.clone(),
-        )
+    fn sync_job(&self, config: &str) -> SyncJob {
+        SyncJob {
+            disk: self.disk.clone(),
+            epoch: self.disk_epoch,
+            reaper: self.reaper.clone(),
+            bin: self.settings.haproxy_bin.clone(),
+            file: self.running_file.clone(),
+            fds: self.held_fds(config),
+        }
     }
 
     /// Starts writing the config applied live to disk; the loop gets the
@@ -1354,10 +1454,10 @@ impl Supervisor {
         };
         self.last_sync = Some(Instant::now());
         self.sync_in_flight = true;
-        let (disk, epoch, reaper, bin, file) = self.sync_args();
+        let job = self.sync_job(&rendered.config);
         let tx = self.sync_tx.clone();
         tokio::spawn(async move {
-            let done = sync_job(disk, epoch, reaper, bin, file, rendered, layout).await;
+            let done = sync_job(job, rendered, layout).await;
             let _ = tx.send(done);
         });
     }
@@ -1367,8 +1467,8 @@ impl Supervisor {
     async fn flush(&mut self) {
         if let Some((rendered, layout)) = self.unsynced.take() {
             self.last_sync = Some(Instant::now());
-            let (disk, epoch, reaper, bin, file) = self.sync_args();
-            let done = sync_job(disk, epoch, reaper, bin, file, rendered, layout).await;
+            let job = self.sync_job(&rendered.config);
+            let done = sync_job(job, rendered, layout).await;
             self.synced(done);
         }
     }
@@ -1405,9 +1505,12 @@ impl Supervisor {
         let can_transfer = !old.is_empty()
             && text.contains("expose-fd listeners")
             && std::os::unix::net::UnixStream::connect(&socket).is_ok();
+        let held = self.listeners.as_ref().is_some_and(|l| l.covers(&text));
+        let fds = self.held_fds(&text);
 
         let choice = policy::choose_strategy(
             self.settings.reload_strategy,
+            held,
             !old.is_empty(),
             can_transfer,
             self.syn_drop_available,
@@ -1420,9 +1523,11 @@ impl Supervisor {
         self.write_server_state(&text).await;
         let result = match strategy {
             ReloadStrategy::SynDrop => self.start_syn_drop(&text, &ports, &old).await,
-            ReloadStrategy::Seamless => self.start_with(&ports, &old, Some(&socket)).await,
-            ReloadStrategy::Plain => self.start_with(&ports, &old, None).await,
+            ReloadStrategy::Seamless => self.start_with(&ports, &old, Some(&socket), &fds).await,
+            ReloadStrategy::Plain => self.start_with(&ports, &old, None, &fds).await,
+            ReloadStrategy::Inherit => self.start_with(&ports, &old, None, &fds).await,
         };
+        self.release_listeners();
         match result {
             Ok(id) => {
                 self.adopted.clear();
@@ -1506,11 +1611,13 @@ impl Supervisor {
         ports: &BTreeSet<u16>,
         old: &[Pid],
         socket: Option<&std::path::Path>,
+        fds: &[std::os::fd::RawFd],
     ) -> Result<u64, HaproxyError> {
         let spec = StartSpec {
             bin: &self.settings.haproxy_bin,
             config: &self.running_file,
             take_sockets_from: socket,
+            inherit: fds,
             json_logs: self.settings.log_format == crate::settings::LogFormat::Json,
         };
         let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
@@ -1523,6 +1630,7 @@ impl Supervisor {
             pid,
             ports,
             Some(&admin),
+            !fds.is_empty(),
             &mut exited,
             Duration::from_secs(10),
         )
@@ -1584,7 +1692,7 @@ impl Supervisor {
             .await
             .map_err(|e| HaproxyError::Iptables(e.to_string()))??;
         self.status.syn_drop_rules(ports.len());
-        let result = self.start_with(ports, old, None).await;
+        let result = self.start_with(ports, old, None, &[]).await;
         if result.is_ok() {
             // New SYNs must not land in an old socket's queue: wait (briefly)
             // until the old generations have closed their listeners.
