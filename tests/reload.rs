@@ -171,6 +171,16 @@ fn seamless_reloads_under_load_lose_no_request() {
     assert!(run.report.bodies.contains_key("web-2"), "{}", run.report);
 }
 
+/// The default: the supervisor holds the listening sockets and each
+/// generation inherits them (no `-x`, nothing asked of the old process).
+#[test]
+fn inherit_reloads_under_load_lose_no_request() {
+    let run = reloads_under_load("inherit", PAUSE);
+    run.assert_lost_none("inherit");
+    assert!(run.report.bodies.contains_key("web-1"), "{}", run.report);
+    assert!(run.report.bodies.contains_key("web-2"), "{}", run.report);
+}
+
 #[test]
 fn syn_drop_reloads_under_load_lose_no_request_and_leave_no_rule() {
     let run = reloads_under_load("syn-drop", SYN_DROP_PAUSE);
@@ -206,6 +216,11 @@ fn keepalive_reloads_lose_no_request(strategy: &str, pause: Duration) {
 #[test]
 fn keepalive_clients_lose_no_request_across_seamless_reloads() {
     keepalive_reloads_lose_no_request("seamless", PAUSE);
+}
+
+#[test]
+fn keepalive_clients_lose_no_request_across_inherit_reloads() {
+    keepalive_reloads_lose_no_request("inherit", PAUSE);
 }
 
 #[test]
