@@ -19,15 +19,50 @@ use crate::process::{
 use crate::{require, wait_until};
 
 /// Runs `haproxy -c -f cfg_path` and returns (valid?, HAProxy's combined
-/// stdout and stderr).
+/// stdout and stderr). A `bind fd@<n>` gets a listening socket at `<n>`.
 pub fn haproxy_check(cfg_path: impl AsRef<Path>) -> (bool, String) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let haproxy = require("haproxy");
-    let out = Command::new(haproxy)
-        .arg("-c")
-        .arg("-f")
-        .arg(cfg_path.as_ref())
-        .output()
-        .expect("run haproxy -c");
+    let text = std::fs::read_to_string(cfg_path.as_ref()).unwrap_or_default();
+    // A config of held sockets binds `fd@<n>`: HAProxy inspects them even
+    // with -c, so the check gets listening sockets at those numbers, as a
+    // generation inherits them from the supervisor.
+    let fds: Vec<i32> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("bind fd@"))
+        .filter_map(|r| r.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    let sockets: Vec<std::net::TcpListener> = fds
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a socket for fd@"))
+        .collect();
+    let pairs: Vec<(i32, i32)> = sockets
+        .iter()
+        .map(|l| l.as_raw_fd())
+        .zip(fds.iter().copied())
+        .collect();
+    let mut cmd = Command::new(haproxy);
+    cmd.arg("-c").arg("-f").arg(cfg_path.as_ref());
+    // SAFETY: dup2 is async-signal-safe. Sources are first moved above
+    // every target, so no dup2 overwrites a source not yet copied.
+    unsafe {
+        cmd.pre_exec(move || {
+            // No allocation after the fork: a fixed array.
+            let mut high = [-1i32; 64];
+            for (h, (from, _)) in high.iter_mut().zip(&pairs) {
+                *h = libc::fcntl(*from, libc::F_DUPFD, 1000);
+            }
+            for (h, (_, to)) in high.iter().zip(&pairs) {
+                if libc::dup2(*h, *to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run haproxy -c");
+    drop(sockets);
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
