@@ -13,7 +13,7 @@
 //! and the state that holds once they all succeeded, and the supervisor
 //! applies them (falling back to a reload on any failure).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -128,6 +128,24 @@ impl Op {
             Op::Ready { .. } => "ready",
             Op::Park { .. } => "park",
             Op::ReplaceMap { .. } => "replace_map",
+        }
+    }
+
+    /// The server it changes (backend, server), if any.
+    pub fn server(&self) -> Option<(String, String)> {
+        match self {
+            Op::AddServer {
+                backend, server, ..
+            }
+            | Op::SetAddr {
+                backend, server, ..
+            }
+            | Op::SetWeight {
+                backend, server, ..
+            }
+            | Op::Ready { backend, server }
+            | Op::Park { backend, server } => Some((backend.clone(), server.clone())),
+            Op::ReplaceMap { .. } => None,
         }
     }
 }
@@ -763,8 +781,11 @@ impl Running {
 /// new config has at the same address and port, with the new config's
 /// weight. Health (a server found down) and maintenance carry over; a
 /// server that moved or a weight that changed is never overridden by the
-/// old state (the traps of haproxy issues 1412, 2103, 3296).
-pub fn carry_state(dump: &str, new: &Layout) -> String {
+/// old state (the traps of haproxy issues 1412, 2103, 3296). Servers in
+/// `unconfirmed` (a live operation on them failed or timed out: a stalled
+/// process may still run it after we gave up) start from the new config,
+/// not from whatever the old process ended up with.
+pub fn carry_state(dump: &str, new: &Layout, unconfirmed: &BTreeSet<(String, String)>) -> String {
     let mut out = String::from("1\n");
     for line in dump.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -776,6 +797,9 @@ pub fn carry_state(dump: &str, new: &Layout) -> String {
         // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
         // srv_uweight srv_iweight ... srv_fqdn(17) srv_port(18) ...
         if f.len() < 19 {
+            continue;
+        }
+        if unconfirmed.contains(&(f[1].to_string(), f[3].to_string())) {
             continue;
         }
         let Some(s) = new.backends.get(f[1]).and_then(|b| b.servers.get(f[3])) else {
@@ -1329,7 +1353,7 @@ mod tests {
         let new = Layout::from_text(
             "backend b\n  server s1 10.0.0.1:80 check weight 5\n  server s2 10.0.0.2:81 check\n",
         );
-        let out = carry_state(dump, &new);
+        let out = carry_state(dump, &new, &BTreeSet::new());
         let rows: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             rows,

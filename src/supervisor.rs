@@ -193,6 +193,10 @@ struct Supervisor {
     /// The listening sockets we hold (`HAPROXY_RELOAD_STRATEGY=inherit`
     /// with a rendered config); `None` otherwise: HAProxy binds.
     listeners: Option<Listeners>,
+    /// Servers whose last live operation failed or timed out: what the
+    /// serving process made of them is not carried into the next
+    /// generation's server state.
+    unconfirmed: BTreeSet<(String, String)>,
 }
 
 /// Identifies a service's catalog entry (an excluded service changed when
@@ -450,6 +454,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         left_out: Vec::new(),
         tls,
         listeners: None,
+        unconfirmed: BTreeSet::new(),
     };
     if sup.settings.reload_strategy == ReloadStrategy::Inherit && sup.renderer.is_some() {
         sup.listeners = Some(Listeners::new(sup.settings.vars.backlog));
@@ -1331,6 +1336,7 @@ impl Supervisor {
             self.status.live_op(op.kind(), applied.is_ok());
             if let Err(e) = applied {
                 self.live = None;
+                self.unconfirmed.extend(op.server());
                 self.counters.live_failures += 1;
                 tracing::error!(event = %Event::LiveFailed,
                     error = %e,
@@ -1531,6 +1537,8 @@ impl Supervisor {
         match result {
             Ok(id) => {
                 self.adopted.clear();
+                // Its state came from the config, not from the old process.
+                self.unconfirmed.clear();
                 self.live = self
                     .running_layout
                     .clone()
@@ -1596,7 +1604,7 @@ impl Supervisor {
                     Some(l) => l.clone(),
                     None => Layout::from_text(text),
                 };
-                live::carry_state(&d, &layout)
+                live::carry_state(&d, &layout, &self.unconfirmed)
             }
             None => "1\n".to_string(),
         };

@@ -282,3 +282,77 @@ fn sighup_rereads_the_template_and_the_catalog_file() {
     assert!(cfg.contains("server www-9 "), "{cfg}");
     let _ = json!(null);
 }
+
+/// `show servers state <backend>` through the admin socket: server name →
+/// (srv_op_state, srv_admin_state).
+fn server_states(
+    sock: &std::path::Path,
+    backend: &str,
+) -> std::collections::BTreeMap<String, (u32, u32)> {
+    use std::io::{Read, Write};
+    let Ok(mut c) = std::os::unix::net::UnixStream::connect(sock) else {
+        return Default::default();
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = c.write_all(format!("show servers state {backend}\n").as_bytes());
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out.lines()
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 8)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
+            (
+                f[3].to_string(),
+                (f[5].parse().unwrap_or(99), f[6].parse().unwrap_or(99)),
+            )
+        })
+        .collect()
+}
+
+/// Outside probe (issue 23): the serving HAProxy stalls (SIGSTOP) across a
+/// live change. The `add server` times out, the supervisor reloads; the
+/// stalled process runs the abandoned command once resumed (SIGCONT) and
+/// leaves the new server in maintenance, which must not be carried into
+/// the next generation: every server ends in the state the catalog says.
+#[test]
+fn a_stalled_haproxy_across_a_live_change_leaves_no_state_behind() {
+    for strategy in ["inherit", "seamless"] {
+        let (_orphans, [w1, w2, w3], files) = isolated::<3>();
+        write_catalog(&files.catalog(), &[service("www", &[&w1, &w2], &[])]);
+        let sup = spawn_serving(&files.render_args(), &env(strategy));
+        let stalled = logged_serving_pid(&sup).expect("serving pid");
+        let sock = files.run_dir().join("admin.sock");
+        let stopped = nix::unistd::Pid::from_raw(stalled);
+        nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        write_catalog(&files.catalog(), &[service("www", &[&w1, &w2, &w3], &[])]);
+        wait_until(
+            Duration::from_secs(20),
+            "the live change to time out",
+            || sup.has_event(Event::LiveFailed),
+        );
+        // Resumed 3 s after it stopped, as the probe did; the abandoned
+        // `add server` may run now.
+        thread::sleep(Duration::from_secs(1));
+        nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
+        wait_until(Duration::from_secs(20), "a new generation to serve", || {
+            logged_serving_pid(&sup).is_some_and(|p| p != stalled)
+        });
+        wait_until(T, "www-3 in rotation, as the catalog says", || {
+            server_states(&sock, "www").get("www-3") == Some(&(2, 0))
+        });
+        let states = server_states(&sock, "www");
+        assert_eq!(states.len(), 3, "{strategy}: {states:?}");
+        for (name, st) in &states {
+            assert_eq!(
+                *st,
+                (2, 0),
+                "{strategy}: {name} is {st:?} (op, admin): {states:?}"
+            );
+        }
+        wait_until(T, "www-3 answers", || {
+            (0..12).any(|_| matches!(get(WWW), Ok((200, b)) if b.trim_end() == "web-3"))
+        });
+        sup.stop();
+    }
+}

@@ -13,7 +13,7 @@
 //! reload loop for the peer rows — and drives load with C client threads,
 //! each opening a new TCP connection per request (`Connection: close`), for
 //! D seconds, while a reload is triggered every R ms. Scenarios: `baseline`
-//! (supervisor, no reloads), `plain`, `syn-drop`, `seamless` (SIGHUP to the
+//! (supervisor, no reloads), `plain`, `syn-drop`, `seamless`, `inherit` (SIGHUP to the
 //! supervisor), `bare` (the baseline's rendered config, every R ms `haproxy
 //! -f cfg -x <admin socket> -sf <old pid>` and nothing else: the floor for a
 //! reload that starts a process) and `master-worker` (`haproxy -W`, SIGUSR2
@@ -95,7 +95,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,live,live-off,plain,syn-drop,seamless,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,bare-ka,master-worker-ka"
+        default_value = "baseline,live,live-off,plain,syn-drop,seamless,inherit,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,inherit-ka,bare-ka,master-worker-ka"
     )]
     scenarios: Vec<String>,
     #[command(flatten)]
@@ -831,7 +831,7 @@ impl Bench {
                 Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
                 format!("supervisor, no reloads; {clients}"),
             ),
-            "plain" | "syn-drop" | "seamless" => (
+            "plain" | "syn-drop" | "seamless" | "inherit" => (
                 Target::Supervisor(self.start_supervisor(name, kind, &catalog_file, true)?),
                 format!("supervisor, HAPROXY_RELOAD_STRATEGY={kind}, SIGHUP; {clients}"),
             ),
@@ -1353,6 +1353,18 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             met(p <= 2.0),
         ));
     }
+    if let Some(o) = find("inherit") {
+        let (brps, _, bp99) = base_figs(o);
+        s.push_str(&format!(
+            "- inherit (held sockets, issue 23): 0 failed → {} failed ({} refused) over {} reloads ({}); {:.1}% of baseline, p99 {:.2}×\n",
+            o.load.failed(),
+            o.load.refused,
+            o.reloads_done,
+            met(o.load.failed() == 0 && o.reloads_done > 0),
+            ratio(o.rps(), brps) * 100.0,
+            ratio(o.lat_ms(0.99), bp99),
+        ));
+    }
     if let Some(o) = find("syn-drop") {
         s.push_str(&format!(
             "- syn-drop: 0 failed → {} failed over {} reloads ({})\n",
@@ -1361,7 +1373,12 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             met(o.load.failed() == 0)
         ));
     }
-    for (seamless, bare) in [("seamless", "bare"), ("seamless-ka", "bare-ka")] {
+    for (seamless, bare) in [
+        ("seamless", "bare"),
+        ("seamless-ka", "bare-ka"),
+        ("inherit", "bare"),
+        ("inherit-ka", "bare-ka"),
+    ] {
         if let (Some(o), Some(b)) = (find(seamless), find(bare)) {
             let pts = points_behind(outs, o, b);
             s.push_str(&format!(
@@ -1370,7 +1387,7 @@ fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) -> String {
             ));
         }
     }
-    for name in ["plain-ka", "syn-drop-ka", "seamless-ka"] {
+    for name in ["plain-ka", "syn-drop-ka", "seamless-ka", "inherit-ka"] {
         if let Some(o) = find(name) {
             s.push_str(&format!(
                 "- {name}: 0 failed for keep-alive clients (issue 9) → {} failed over {} reloads, {} connections opened ({})\n",
