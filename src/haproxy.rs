@@ -156,6 +156,9 @@ pub struct StartSpec<'a> {
     /// The held listening sockets the config names (`bind fd@<n>`):
     /// inherited at their numbers.
     pub inherit: &'a [RawFd],
+    /// Start as this (uid, gid), without supplementary groups, instead of
+    /// as ourselves.
+    pub run_as: Option<(u32, u32)>,
     /// `HAPROXY_LOG_FORMAT=json`: its stdout and stderr lines are passed on
     /// as JSON ([`crate::logjson`]) instead of as they are.
     pub json_logs: bool,
@@ -208,6 +211,11 @@ pub fn start(
     }
     c.stdin(Stdio::null()).stderr(Stdio::piped());
     inherit(&mut c, spec.inherit);
+    if let Some((uid, gid)) = spec.run_as {
+        use std::os::unix::process::CommandExt;
+        // std drops the supplementary groups (setgroups) when root sets a uid.
+        c.uid(uid).gid(gid);
+    }
     if spec.json_logs {
         c.stdout(Stdio::piped());
     }

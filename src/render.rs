@@ -263,6 +263,38 @@ impl Renderer {
     }
 }
 
+/// The group HAProxy reads our files as, when it starts unprivileged.
+static READER_GID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// HAProxy starts as an unprivileged user from its first instant
+/// (`HAPROXY_RELOAD_STRATEGY=inherit` with `HAPROXY_USER`): every file we
+/// write for it from now on is `0640 root:<gid>` instead of `0600`, and the
+/// directories it reads `0750`.
+pub fn share_with_group(gid: u32) {
+    let _ = READER_GID.set(gid);
+}
+
+/// Gives an open file we wrote to the reader group, if any.
+fn share(f: &fs::File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = READER_GID.get() {
+        std::os::unix::fs::fchown(f, None, Some(*gid))?;
+        f.set_permissions(fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(())
+}
+
+/// Gives a directory HAProxy reads to the reader group, if any: `0750`, or
+/// `mode` for one it writes in too (the run dir: its admin socket).
+pub fn share_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = READER_GID.get() {
+        std::os::unix::fs::chown(dir, None, Some(*gid))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file in the same
 /// directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -288,6 +320,7 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
+        share(&f)?;
         f.write_all(bytes)?;
     }
     fs::rename(&tmp, path).inspect_err(|_| {
@@ -313,6 +346,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    share(&f)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -343,6 +377,7 @@ pub struct Staged {
 pub fn stage(target: &Path, rendered: &Rendered) -> io::Result<Staged> {
     let dir = maps_dir(target);
     fs::create_dir_all(&dir)?;
+    share_dir(&dir, 0o750)?;
     let mut new_maps = Vec::new();
     for (name, text) in &rendered.maps {
         let p = dir.join(name);

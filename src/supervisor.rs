@@ -197,6 +197,9 @@ struct Supervisor {
     /// serving process made of them is not carried into the next
     /// generation's server state.
     unconfirmed: BTreeSet<(String, String)>,
+    /// (uid, gid) HAProxy starts as when it inherits every socket: it never
+    /// runs as root, not even while it reads its config.
+    run_as: Option<(u32, u32)>,
 }
 
 /// Identifies a service's catalog entry (an excluded service changed when
@@ -284,6 +287,40 @@ async fn sync_job(job: SyncJob, rendered: Rendered, layout: Layout) -> SyncDone 
 /// they write what they start from first.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
+/// With held sockets and `HAPROXY_USER`, HAProxy needs no privilege at
+/// all: it is started as that user (uid, gid), and the files it reads are
+/// shared with the user's group ([`render::share_with_group`]); the run
+/// dir, where it creates its admin socket, is group-writable and sticky (it
+/// cannot replace the supervisor's own files there).
+fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
+    if settings.reload_strategy != ReloadStrategy::Inherit
+        || matches!(settings.source, SourceSettings::External)
+    {
+        return None;
+    }
+    let name = settings.vars.user.as_deref()?;
+    let user = match nix::unistd::User::from_name(name) {
+        Ok(Some(u)) => u,
+        _ => return None,
+    };
+    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+    // An admin socket left by a root HAProxy (an earlier run, another
+    // strategy) could not be replaced by this user in the sticky dir.
+    let sock = settings.admin_socket();
+    if let Ok(m) = std::fs::symlink_metadata(&sock) {
+        use std::os::unix::fs::MetadataExt;
+        if m.uid() != uid {
+            let _ = std::fs::remove_file(&sock);
+        }
+    }
+    render::share_with_group(gid);
+    if let Err(e) = render::share_dir(&settings.run_dir, 0o1770) {
+        tracing::warn!(event = %Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
+        return None;
+    }
+    Some((uid, gid))
+}
+
 /// Runs the supervisor until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     let create_dir = |path: &std::path::Path| {
@@ -314,6 +351,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             create_dir(dir)?;
         }
     }
+    let run_as = unprivileged_start(&settings);
 
     // iptables: required for syn-drop, the fallback of seamless.
     let ipt = reaper
@@ -455,6 +493,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         tls,
         listeners: None,
         unconfirmed: BTreeSet::new(),
+        run_as,
     };
     if sup.settings.reload_strategy == ReloadStrategy::Inherit && sup.renderer.is_some() {
         sup.listeners = Some(Listeners::new(sup.settings.vars.backlog));
@@ -1529,9 +1568,15 @@ impl Supervisor {
         self.write_server_state(&text).await;
         let result = match strategy {
             ReloadStrategy::SynDrop => self.start_syn_drop(&text, &ports, &old).await,
-            ReloadStrategy::Seamless => self.start_with(&ports, &old, Some(&socket), &fds).await,
-            ReloadStrategy::Plain => self.start_with(&ports, &old, None, &fds).await,
-            ReloadStrategy::Inherit => self.start_with(&ports, &old, None, &fds).await,
+            ReloadStrategy::Seamless => {
+                self.start_with(&ports, &old, Some(&socket), &fds, None)
+                    .await
+            }
+            ReloadStrategy::Plain => self.start_with(&ports, &old, None, &fds, None).await,
+            ReloadStrategy::Inherit => {
+                let run_as = self.run_as;
+                self.start_with(&ports, &old, None, &fds, run_as).await
+            }
         };
         self.release_listeners();
         match result {
@@ -1620,12 +1665,14 @@ impl Supervisor {
         old: &[Pid],
         socket: Option<&std::path::Path>,
         fds: &[std::os::fd::RawFd],
+        run_as: Option<(u32, u32)>,
     ) -> Result<u64, HaproxyError> {
         let spec = StartSpec {
             bin: &self.settings.haproxy_bin,
             config: &self.running_file,
             take_sockets_from: socket,
             inherit: fds,
+            run_as,
             json_logs: self.settings.log_format == crate::settings::LogFormat::Json,
         };
         let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
@@ -1700,7 +1747,7 @@ impl Supervisor {
             .await
             .map_err(|e| HaproxyError::Iptables(e.to_string()))??;
         self.status.syn_drop_rules(ports.len());
-        let result = self.start_with(ports, old, None, &[]).await;
+        let result = self.start_with(ports, old, None, &[], None).await;
         if result.is_ok() {
             // New SYNs must not land in an old socket's queue: wait (briefly)
             // until the old generations have closed their listeners.

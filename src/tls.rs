@@ -486,6 +486,7 @@ impl Store {
                 .mode(0o700)
                 .create(&self.dir)?;
         }
+        crate::render::share_dir(&self.dir, 0o750)?;
         for b in set.values() {
             let p = self.path_of(&b.name);
             if std::fs::read(&p).ok().as_deref() != Some(b.pem.as_bytes()) {

@@ -84,6 +84,17 @@ fn assert_unprivileged(sup: &Supervisor) -> Vec<i32> {
             "haproxy {p} has the Consul token in its environment: {env:?}"
         );
     }
+    // Never root, not even while it read its config: the admin socket it
+    // created itself belongs to the user. (Started as root and dropped by
+    // HAProxy's `user`, it is root's: HAProxy binds before it drops.)
+    use std::os::unix::fs::MetadataExt;
+    let sock = sup.dir().join("run/admin.sock");
+    assert_eq!(
+        std::fs::metadata(&sock).map(|m| m.uid()).ok(),
+        Some(uid),
+        "{} was created by root: haproxy started as root",
+        sock.display()
+    );
     pids
 }
 
@@ -239,7 +250,17 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
 
     // The password is in the config, nowhere in the log.
     let config = std::fs::read_to_string(sup.dir().join("etc/haproxy.cfg")).unwrap();
-    assert!(config.contains("    bind 127.0.0.1:4444\n"), "{config}");
+    // The supervisor holds the socket (bound to 127.0.0.1, as the kernel
+    // said above); the stats section binds it by its descriptor.
+    let held = std::fs::read_to_string(sup.dir().join("run/listeners")).unwrap_or_default();
+    let fd = held
+        .lines()
+        .find_map(|l| l.strip_prefix("4444 "))
+        .unwrap_or_else(|| panic!("4444 is not held: {held}"));
+    assert!(
+        config.contains(&format!("listen _stats\n    bind fd@{fd}\n")),
+        "{config}"
+    );
     assert!(
         config.contains("    stats auth admin:s3cret-pw\n"),
         "{config}"
