@@ -40,7 +40,7 @@ fn a_tcp_service_port_is_held_while_served_and_released_when_it_goes() {
         &[&db],
         &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19100"],
     );
-    write_catalog(&files.catalog(), &[www.clone()]);
+    write_catalog(&files.catalog(), std::slice::from_ref(&www));
     let env = env("inherit");
     let sup = spawn_serving(&files.render_args(), &env);
     let cfg = std::fs::read_to_string(files.config()).unwrap();
@@ -82,7 +82,7 @@ fn a_tcp_service_port_is_held_while_served_and_released_when_it_goes() {
     assert!(!cfg.contains("bind *:"), "{cfg}");
 
     // Removed: the port refuses again, and the release is logged.
-    write_catalog(&files.catalog(), &[www.clone()]);
+    write_catalog(&files.catalog(), std::slice::from_ref(&www));
     wait_until(T, "19100 refuses once its service is gone", refused);
     wait_until(T, "the release to be logged", || {
         sup.events(Event::ListenersReleased)
