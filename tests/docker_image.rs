@@ -729,6 +729,23 @@ fn check_variant(v: &Variant) {
             "the config says `user haproxy` but HAProxy runs as {users:?}"
         );
         println!("{tag} HAProxy serves as user haproxy (the config says `user haproxy`)");
+        // The supervisor holds every listening socket (the default,
+        // inherit), so HAProxy is started as the user: never root, not
+        // even while it reads its config. Its admin socket, which it
+        // creates itself, shows it (HAProxy started as root binds it
+        // before it drops to `user`).
+        assert!(
+            cfg.lines().any(|l| l.trim().starts_with("bind fd@"))
+                && !cfg.lines().any(|l| l.trim().starts_with("bind *:")),
+            "HAProxy binds a port itself:\n{cfg}"
+        );
+        let owner = c.sh("stat -c %U /run/haproxy-supervisor/admin.sock");
+        assert_eq!(
+            owner.trim(),
+            "haproxy",
+            "the admin socket was created by {owner:?}: HAProxy started as root"
+        );
+        println!("{tag} HAProxy started as user haproxy (inherited sockets; its admin socket is haproxy's)");
     } else {
         println!("{tag} HAProxy runs as {users:?} (the config names no user)");
     }
