@@ -52,7 +52,9 @@ pub enum Event {
     /// The template failed to render or load; nothing changed. Field: `error`.
     RenderFailed,
     /// A catalog entry or setting the model refuses or adjusts (a tag
-    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`.
+    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`;
+    /// for Consul entries merged (an instance listed twice): `service`,
+    /// `reason`, `duplicates`.
     Warning,
     /// The catalog file was read. Fields: `path`, `services`.
     CatalogFileRead,

@@ -493,6 +493,8 @@ struct EntryCheck {
 #[serde(rename_all = "PascalCase")]
 struct EntryNode {
     #[serde(default)]
+    node: String,
+    #[serde(default)]
     address: String,
 }
 
@@ -844,7 +846,10 @@ impl Client {
     /// Every instance of one service (passing when all its checks pass,
     /// node checks included, as `?passing` would filter), and the lowest
     /// `CreateIndex` among them (`None` without instances).
-    async fn instances(&self, name: &str) -> Result<(Vec<Instance>, Option<u64>), ConsulError> {
+    async fn instances(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<Instance>, Option<u64>, usize), ConsulError> {
         let path = format!("/v1/health/service/{}", encode(name));
         let a: Answer<Vec<ServiceEntry>> = self.get(&path, None).await?;
         Ok(instances_of(a.body))
@@ -940,10 +945,23 @@ async fn probe(client: Client, interval: Duration) {
     }
 }
 
-fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>) {
+/// One service's instances from its health entries (see
+/// [`Client::instances`]). An entry repeating another's node, service ID
+/// and port is the same instance listed twice (Consul's catalog cannot
+/// hold that; a proxy or a broken agent can send it): it is merged, not
+/// made a second server on the same address with double the weight. The
+/// third value is how many were merged.
+fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>, usize) {
     let created = entries.iter().map(|e| e.service.create_index).min();
+    let mut seen = std::collections::HashSet::new();
+    let mut merged = 0;
     let instances = entries
         .into_iter()
+        .filter(|e| {
+            let fresh = seen.insert((e.node.node.clone(), e.service.id.clone(), e.service.port));
+            merged += usize::from(!fresh);
+            fresh
+        })
         .map(|e| Instance {
             passing: e
                 .checks
@@ -962,7 +980,7 @@ fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>) {
             weight: e.service.weights.map(|w| w.passing).unwrap_or(1),
         })
         .collect();
-    (instances, created)
+    (instances, created, merged)
 }
 
 /// Percent-encodes a path segment (service names are untrusted).
@@ -1033,6 +1051,8 @@ struct State {
     all_dirty: bool,
     /// Set after an error: the next empty catalog is suspect.
     recovering: bool,
+    /// Services whose last answer listed an instance twice (warned).
+    merged: BTreeSet<String>,
     empty_since: Option<Instant>,
 }
 
@@ -1118,8 +1138,20 @@ impl State {
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok((name, Ok((inst, created)))) => {
+                Ok((name, Ok((inst, created, merged)))) => {
                     self.dirty.remove(&name);
+                    // Said once while it lasts, not at every refetch.
+                    if merged == 0 {
+                        self.merged.remove(&name);
+                    } else if self.merged.insert(name.clone()) {
+                        tracing::warn!(
+                            event = %Event::Warning,
+                            service = %name.escape_debug(),
+                            reason = "duplicate instance entries",
+                            duplicates = merged,
+                            "consul lists instances of this service more than once (same node, service ID and port); each is one server"
+                        );
+                    }
                     match created {
                         Some(c) => self.created.insert(name.clone(), c),
                         None => self.created.remove(&name),
@@ -1190,6 +1222,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         dirty: BTreeSet::new(),
         all_dirty: true,
         recovering: false,
+        merged: BTreeSet::new(),
         empty_since: None,
     };
     let (mut cat_index, mut health_index) = (0u64, 0u64);
@@ -1394,8 +1427,9 @@ mod tests {
             ]"#,
         )
         .unwrap();
-        let (inst, created) = instances_of(entries);
+        let (inst, created, merged) = instances_of(entries);
         assert_eq!(created, Some(12));
+        assert_eq!(merged, 0);
         let passing: Vec<(&str, &str, bool)> = inst
             .iter()
             .map(|i| (i.id.as_str(), i.address.as_str(), i.passing))
@@ -1411,6 +1445,27 @@ mod tests {
         );
         assert_eq!(inst[1].weight, 3);
         assert_eq!(instances_of(Vec::new()).1, None);
+    }
+
+    #[test]
+    fn an_instance_listed_twice_is_one_server() {
+        let entry = |node: &str, id: &str, port: u16| {
+            serde_json::json!({"Node": {"Node": node, "Address": "10.0.0.9"},
+              "Service": {"ID": id, "Port": port}, "Checks": []})
+        };
+        let entries: Vec<ServiceEntry> = serde_json::from_value(serde_json::json!([
+            entry("n1", "w1", 80),
+            entry("n1", "w1", 80),
+            entry("n1", "w1", 80),
+            // Another node, another port, another ID: other instances.
+            entry("n2", "w1", 80),
+            entry("n1", "w1", 81),
+            entry("n1", "w2", 80),
+        ]))
+        .unwrap();
+        let (inst, _, merged) = instances_of(entries);
+        assert_eq!(merged, 2);
+        assert_eq!(inst.len(), 4);
     }
 
     #[test]
