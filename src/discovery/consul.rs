@@ -18,7 +18,11 @@
 //! with a new address) refetches every exposed service.
 //!
 //! Index rules (SPEC §2): an index that goes backwards resets to 0 (and
-//! forces a full refetch); an unchanged index changes nothing. Errors and
+//! forces a full refetch); an unchanged index with the same answer changes
+//! nothing. A different answer under the same index is a change: Consul
+//! 1.8 filters answers by the token's ACL policy without moving the index,
+//! so a policy that stops granting service reads shows as the same index
+//! with fewer (or no) services, at the end of a blocking wait. Errors and
 //! timeouts keep the last good catalog and retry with jittered backoff; so
 //! does an answer without a known leader. After an error, an empty catalog
 //! replacing a non-empty one is believed only once it has been seen for
@@ -1079,8 +1083,7 @@ impl State {
         self.tags = Some(new);
     }
 
-    fn on_health(&mut self, checks: Vec<HealthCheck>, reset: bool) {
-        let new = fingerprints(&checks);
+    fn on_health(&mut self, new: HashMap<String, u64>, reset: bool) {
         match &self.fps {
             Some(old) if !reset => {
                 for (name, fp) in &new {
@@ -1289,13 +1292,17 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                             );
                         }
                     }
+                    let tags: BTreeMap<String, Vec<String>> = a.body.into_iter().map(|(k, v)| {
+                        let mut v = v.unwrap_or_default();
+                        v.sort();
+                        v.dedup();
+                        (k, v)
+                    }).collect();
+                    // Consul 1.8 does not move the index when an ACL
+                    // policy changes what the token may see: the answer
+                    // (at the end of the wait) differs under the same one.
+                    let changed = changed || st.tags.as_ref() != Some(&tags);
                     if changed {
-                        let tags = a.body.into_iter().map(|(k, v)| {
-                            let mut v = v.unwrap_or_default();
-                            v.sort();
-                            v.dedup();
-                            (k, v)
-                        }).collect();
                         st.on_catalog(tags, reset || st.recovering);
                     }
                     cat_q = query(&client, "/v1/catalog/services", cat_index, Duration::ZERO);
@@ -1318,8 +1325,11 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     let (idx, changed) = next_index(health_index, a.index);
                     let reset = idx == 0;
                     health_index = if reset { 0 } else { idx };
+                    let fps = fingerprints(&a.body);
+                    // As for the catalog: the same index, other checks.
+                    let changed = changed || st.fps.as_ref() != Some(&fps);
                     if changed {
-                        st.on_health(a.body, reset || st.recovering);
+                        st.on_health(fps, reset || st.recovering);
                     }
                     health_q = query(&client, "/v1/health/state/any", health_index, Duration::ZERO);
                     changed
