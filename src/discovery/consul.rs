@@ -22,7 +22,8 @@
 //! nothing. A different answer under the same index is a change: Consul
 //! 1.8 filters answers by the token's ACL policy without moving the index,
 //! so a policy that stops granting service reads shows as the same index
-//! with fewer (or no) services, at the end of a blocking wait. Errors and
+//! with fewer (or no) services, at the end of the next blocking wait (the
+//! token is checked when a query starts). Errors and
 //! timeouts keep the last good catalog and retry with jittered backoff; so
 //! does an answer without a known leader. After an error, an empty catalog
 //! replacing a non-empty one is believed only once it has been seen for
@@ -865,7 +866,7 @@ impl Client {
         if let Some(dc) = &self.datacenter {
             url.push_str(&format!("?dc={}", encode(dc)));
         }
-        let Ok(resp) = self
+        let Ok(mut resp) = self
             .http
             .get(&url)
             .timeout(Duration::from_secs(2))
@@ -877,9 +878,13 @@ impl Client {
         if !resp.status().is_success() {
             return false;
         }
-        resp.text()
-            .await
-            .is_ok_and(|t| !t.trim().trim_matches('"').is_empty())
+        // A leader's address is a few dozen bytes: no more is read.
+        read_body(&mut resp, ERROR_BODY).await.is_ok_and(|b| {
+            !String::from_utf8_lossy(&b)
+                .trim()
+                .trim_matches('"')
+                .is_empty()
+        })
     }
 }
 
