@@ -22,8 +22,8 @@
 //! nothing. A different answer under the same index is a change: Consul
 //! 1.8 filters answers by the token's ACL policy without moving the index,
 //! so a policy that stops granting service reads shows as the same index
-//! with fewer (or no) services, at the end of the next blocking wait (the
-//! token is checked when a query starts). Errors and
+//! with fewer (or no) services, within two blocking waits (the query in
+//! flight at the change still answers with the old rights). Errors and
 //! timeouts keep the last good catalog and retry with jittered backoff; so
 //! does an answer without a known leader. After an error, an empty catalog
 //! replacing a non-empty one is believed only once it has been seen for
