@@ -52,7 +52,9 @@ pub enum Event {
     /// The template failed to render or load; nothing changed. Field: `error`.
     RenderFailed,
     /// A catalog entry or setting the model refuses or adjusts (a tag
-    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`.
+    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`;
+    /// for Consul entries merged (an instance listed twice): `service`,
+    /// `reason`, `duplicates`.
     Warning,
     /// The catalog file was read. Fields: `path`, `services`.
     CatalogFileRead,
@@ -160,9 +162,12 @@ pub enum Event {
     CertStoreError,
 
     // --- Consul -------------------------------------------------------------
-    /// Consul cannot be read: no agent answers (`away`), or one refuses the
-    /// TLS setup or token; the last good catalog stays. Fields: `error`,
-    /// `away`.
+    /// Consul cannot be read: no agent answers (`away`), one stops
+    /// answering mid-read (abandoned after the blocking wait and a margin),
+    /// one refuses the TLS setup or token, or an answer is refused (larger
+    /// than `HAPROXY_CONSUL_MAX_ANSWER`, a non-numeric `X-Consul-Index`);
+    /// the last good catalog stays. Logged once per error until a catalog
+    /// is read again. Fields: `error` (naming the URL), `away`.
     ConsulError,
     /// The watcher moved to the next agent of `CONSUL_HTTP_ADDR`. Fields:
     /// `from`, `to`, `error`.

@@ -127,6 +127,12 @@ pub struct Options {
     /// Read with ?stale from any Consul server, asking the leader again when an answer is older than this [default: off, every read goes to the leader]
     #[arg(long, env = "HAPROXY_CONSUL_MAX_STALE", global = true)]
     pub consul_max_stale: Option<String>,
+    /// Longest Consul answer body read, in bytes with an optional KiB/MiB/GiB suffix; a longer one is refused [default: 32MiB]
+    #[arg(long, env = "HAPROXY_CONSUL_MAX_ANSWER", global = true)]
+    pub consul_max_answer: Option<String>,
+    /// How long a Consul blocking query waits for a change (Consul's wait=, 1s to 10m) [default: 55s]
+    #[arg(long, env = "HAPROXY_CONSUL_WAIT", global = true)]
+    pub consul_wait: Option<String>,
     /// Read services from this JSON catalog file instead of Consul (re-read on change)
     #[arg(long, env = "HAPROXY_CATALOG_FILE", global = true)]
     pub catalog_file: Option<PathBuf>,
@@ -1008,7 +1014,55 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
             }
         }
     };
+    if let Some(s) = o.consul_max_answer.as_deref().filter(|s| !s.is_empty()) {
+        cfg.max_answer = byte_size(s)
+            .filter(|n| (MIN_ANSWER..=MAX_ANSWER).contains(n))
+            .ok_or_else(|| {
+                err(
+                    "HAPROXY_CONSUL_MAX_ANSWER",
+                    "consul-max-answer",
+                    s,
+                    "a size from 64KiB to 4GiB: bytes, or a number with KiB, MiB or GiB",
+                )
+            })?;
+    }
+    if let Some(s) = o.consul_wait.as_deref().filter(|s| !s.is_empty()) {
+        let d = duration::parse(s)
+            .map_err(|e| err("HAPROXY_CONSUL_WAIT", "consul-wait", s, e.to_string()))?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
+            return Err(err(
+                "HAPROXY_CONSUL_WAIT",
+                "consul-wait",
+                s,
+                "must be from 1s to 10m (Consul caps a blocking wait at 10m)",
+            ));
+        }
+        cfg.wait = d;
+    }
     Ok(cfg)
+}
+
+/// Bounds of `HAPROXY_CONSUL_MAX_ANSWER`.
+const MIN_ANSWER: u64 = 64 << 10;
+const MAX_ANSWER: u64 = 4 << 30;
+
+/// `1048576`, `512KiB`, `32MiB`, `1GiB` (also `K`/`M`/`G`, `KB`/`MB`/`GB`,
+/// all binary: these are buffer sizes, not disk sizes).
+fn byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = s[..digits].parse().ok()?;
+    let shift = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// A comma-separated list of Consul addresses, each as [`consul_url`].
@@ -1093,6 +1147,34 @@ mod tests {
                 ..ConsulConfig::new("http://127.0.0.1:8500")
             })
         );
+    }
+
+    #[test]
+    fn consul_answer_bound_and_wait_are_validated() {
+        let s = with(|_| {}).unwrap();
+        assert_eq!(consul(&s).max_answer, 32 << 20);
+        assert_eq!(consul(&s).wait, Duration::from_secs(55));
+        let s = with(|o| {
+            o.consul_max_answer = Some("4MiB".into());
+            o.consul_wait = Some("2s".into());
+        })
+        .unwrap();
+        assert_eq!(consul(&s).max_answer, 4 << 20);
+        assert_eq!(consul(&s).wait, Duration::from_secs(2));
+        let s = with(|o| o.consul_max_answer = Some("100000".into())).unwrap();
+        assert_eq!(consul(&s).max_answer, 100_000);
+        for bad in ["", "abc", "1k", "5TiB", "-1", "12 parsecs"] {
+            let r = with(|o| o.consul_max_answer = Some(bad.into()));
+            if bad.is_empty() {
+                assert!(r.is_ok());
+            } else {
+                assert_eq!(r.unwrap_err().var, "HAPROXY_CONSUL_MAX_ANSWER", "{bad}");
+            }
+        }
+        for bad in ["0s", "500ms", "11m", "soon"] {
+            let e = with(|o| o.consul_wait = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "HAPROXY_CONSUL_WAIT", "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,12 @@
 //! with a new address) refetches every exposed service.
 //!
 //! Index rules (SPEC §2): an index that goes backwards resets to 0 (and
-//! forces a full refetch); an unchanged index changes nothing. Errors and
+//! forces a full refetch); an unchanged index with the same answer changes
+//! nothing. A different answer under the same index is a change: Consul
+//! 1.8 filters answers by the token's ACL policy without moving the index,
+//! so a policy that stops granting service reads shows as the same index
+//! with fewer (or no) services, within two blocking waits (the query in
+//! flight at the change still answers with the old rights). Errors and
 //! timeouts keep the last good catalog and retry with jittered backoff; so
 //! does an answer without a known leader. After an error, an empty catalog
 //! replacing a non-empty one is believed only once it has been seen for
@@ -57,6 +62,20 @@ use crate::model::{enabled, is_service_name, Catalog, CatalogService, Instance};
 
 /// How long a blocking query waits on Consul's side.
 pub const WAIT: Duration = Duration::from_secs(55);
+/// The longest answer body read by default. The largest answer is
+/// `/v1/health/state/any`, about 450 bytes per check with a few tags:
+/// 10,000 services of three instances with one check each (plus a node
+/// check per node) is about 15 MB, so this leaves twice that room.
+pub const MAX_ANSWER: u64 = 32 << 20;
+/// How long a read may go without progress beyond what it asked for: an
+/// answer's headers after the blocking wait (and Consul's jitter of up to
+/// wait/16), each piece of its body after the last.
+pub const READ_MARGIN: Duration = Duration::from_secs(5);
+/// How long a body may take once its first byte came (a slow link, not a
+/// stall: each piece must still come within [`READ_MARGIN`]).
+const BODY_DEADLINE: Duration = Duration::from_secs(60);
+/// How much of an error answer's body is read.
+const ERROR_BODY: u64 = 4096;
 /// How long an empty catalog must persist after an error before it replaces
 /// a non-empty one.
 pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
@@ -65,6 +84,9 @@ pub const EMPTY_GRACE: Duration = Duration::from_secs(30);
 /// (jittered in [d/2, d]). A probe is one `/v1/status/leader`; against an
 /// agent that is down it is a refused connection, which costs nothing.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(300);
+/// Distinct errors logged per episode (a fetch error names its service:
+/// with many services failing, the first few say it).
+const MAX_LOGGED: usize = 16;
 /// Concurrent per-service fetches.
 const FETCH_CONCURRENCY: usize = 32;
 
@@ -93,6 +115,16 @@ pub enum ConsulError {
         url: String,
         source: serde_json::Error,
     },
+    #[error("consul answer from {url} is refused: its body exceeds {} (HAPROXY_CONSUL_MAX_ANSWER); reading stopped there", size(*.limit))]
+    TooLarge { url: String, limit: u64 },
+    #[error("consul answer from {url} is refused: X-Consul-Index is {value}, not a number, so a blocking query cannot follow it")]
+    BadIndex { url: String, value: String },
+    #[error("consul request {url} abandoned: {what} after {after:?}")]
+    Hung {
+        url: String,
+        after: Duration,
+        what: &'static str,
+    },
     #[error("consul at {url} has no known leader")]
     NoLeader { url: String },
     #[error("{var}: cannot use {}: {reason}", .path.display())]
@@ -114,24 +146,72 @@ impl ConsulError {
             ConsulError::Http { .. }
             | ConsulError::Tls { .. }
             | ConsulError::NoLeader { .. }
+            | ConsulError::Hung { .. }
+            | ConsulError::BadIndex { .. }
             | ConsulError::Decode { .. } => true,
             ConsulError::Status { status, .. } => *status >= 500 || *status == 429,
-            ConsulError::Denied { .. } | ConsulError::File { .. } | ConsulError::Client(_) => false,
+            // The same catalog is as large on every agent.
+            ConsulError::Denied { .. }
+            | ConsulError::TooLarge { .. }
+            | ConsulError::File { .. }
+            | ConsulError::Client(_) => false,
         }
     }
 }
 
 impl ConsulError {
+    /// The URL the error is about, if any.
+    fn url(&self) -> Option<&str> {
+        match self {
+            ConsulError::Http { url, .. }
+            | ConsulError::Tls { url, .. }
+            | ConsulError::Denied { url, .. }
+            | ConsulError::Status { url, .. }
+            | ConsulError::Decode { url, .. }
+            | ConsulError::TooLarge { url, .. }
+            | ConsulError::BadIndex { url, .. }
+            | ConsulError::Hung { url, .. }
+            | ConsulError::NoLeader { url } => Some(url),
+            ConsulError::File { .. } | ConsulError::Client(_) => None,
+        }
+    }
+
+    /// What makes two errors "the same" for the log: the text, with the
+    /// URL's query (the blocking index, which moves) left out.
+    fn log_key(&self) -> String {
+        let text = self.to_string();
+        match self.url() {
+            Some(url) => match url.split_once('?') {
+                Some((bare, _)) => text.replace(url, bare),
+                None => text,
+            },
+            None => text,
+        }
+    }
+
     /// How much an error says about what is wrong, to report the most
     /// telling one when every address failed: a refused connection says
     /// less than a rejected certificate.
     fn rank(&self) -> u8 {
         match self {
             ConsulError::Http { .. } => 0,
-            ConsulError::Status { .. } | ConsulError::NoLeader { .. } => 1,
-            ConsulError::Decode { .. } => 2,
+            ConsulError::Status { .. }
+            | ConsulError::NoLeader { .. }
+            | ConsulError::Hung { .. } => 1,
+            ConsulError::Decode { .. } | ConsulError::BadIndex { .. } => 2,
             _ => 3,
         }
+    }
+}
+
+/// `32MiB (33554432 bytes)`, `100000 bytes`.
+fn size(n: u64) -> String {
+    match [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|(shift, _)| n >= 1 << shift && n.is_multiple_of(1 << shift))
+    {
+        Some((shift, unit)) => format!("{}{unit} ({n} bytes)", n >> shift),
+        None => format!("{n} bytes"),
     }
 }
 
@@ -254,8 +334,10 @@ pub struct ConsulConfig {
     /// `CONSUL_DATACENTER`: sent as `dc=` with every read.
     pub datacenter: Option<String>,
     pub consistency: Consistency,
-    /// Blocking-query wait (shortened in tests).
+    /// Blocking-query wait (`HAPROXY_CONSUL_WAIT`).
     pub wait: Duration,
+    /// Longest answer body read (`HAPROXY_CONSUL_MAX_ANSWER`).
+    pub max_answer: u64,
     pub empty_grace: Duration,
     pub probe_interval: Duration,
 }
@@ -270,6 +352,7 @@ impl ConsulConfig {
             datacenter: None,
             consistency: Consistency::Default,
             wait: WAIT,
+            max_answer: MAX_ANSWER,
             empty_grace: EMPTY_GRACE,
             probe_interval: PROBE_INTERVAL,
         }
@@ -305,6 +388,7 @@ pub struct Client {
     datacenter: Option<String>,
     consistency: Consistency,
     wait: Duration,
+    max_answer: u64,
 }
 
 /// A response body with its `X-Consul-Index`.
@@ -336,6 +420,37 @@ fn query_string(dc: Option<&str>, stale: bool, index: Option<u64>, wait: Duratio
         q.push(format!("wait={}ms", wait.as_millis()));
     }
     q.join("&")
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    /// Longer than the bound: what was read, up to it.
+    TooLarge(Vec<u8>),
+    /// No piece arrived within [`READ_MARGIN`] of the last.
+    Stalled,
+    Transport(reqwest::Error),
+}
+
+/// Reads a body piece by piece, stopping at `limit` bytes (the connection
+/// is then dropped, unread): memory stays bounded whatever the agent sends.
+async fn read_body(resp: &mut reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    let hint = resp.content_length().unwrap_or(0).min(limit);
+    let mut buf = Vec::with_capacity(hint as usize);
+    loop {
+        match tokio::time::timeout(READ_MARGIN, resp.chunk()).await {
+            Err(_) => return Err(BodyError::Stalled),
+            Ok(Err(e)) => return Err(BodyError::Transport(e)),
+            Ok(Ok(None)) => return Ok(buf),
+            Ok(Ok(Some(c))) => {
+                let room = limit.saturating_sub(buf.len() as u64) as usize;
+                if c.len() > room {
+                    buf.extend_from_slice(&c[..room]);
+                    return Err(BodyError::TooLarge(buf));
+                }
+                buf.extend_from_slice(&c);
+            }
+        }
+    }
 }
 
 fn read_file(var: &'static str, path: &PathBuf) -> Result<Vec<u8>, ConsulError> {
@@ -382,6 +497,8 @@ struct EntryCheck {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct EntryNode {
+    #[serde(default)]
+    node: String,
     #[serde(default)]
     address: String,
 }
@@ -479,6 +596,7 @@ impl Client {
             datacenter: cfg.datacenter.clone(),
             consistency: cfg.consistency,
             wait: cfg.wait,
+            max_answer: cfg.max_answer,
         })
     }
 
@@ -572,37 +690,55 @@ impl Client {
         } else {
             format!("{base}{path}?{q}")
         };
-        // Consul adds up to wait/16 of jitter to a blocking query.
-        let timeout = self.wait + self.wait / 16 + Duration::from_secs(5);
-        let mut req = self.http.get(&url).timeout(timeout);
+        // A blocking query is answered when something changes or after
+        // its wait (plus Consul's jitter of up to wait/16); any other read
+        // at once. An agent that sends nothing beyond that, or whose body
+        // stalls, is abandoned: it is as good as away.
+        let blocking = index.is_some_and(|i| i > 0);
+        let head_limit = if blocking {
+            self.wait + self.wait / 16 + READ_MARGIN
+        } else {
+            READ_MARGIN
+        };
+        let mut req = self.http.get(&url).timeout(head_limit + BODY_DEADLINE);
         if let Some(t) = self.token.read()? {
             req = req.header("X-Consul-Token", t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&url, e))?;
+        let mut resp = match tokio::time::timeout(head_limit, req.send()).await {
+            Ok(r) => r.map_err(|e| self.transport_error(&url, e))?,
+            Err(_) => {
+                return Err(ConsulError::Hung {
+                    url,
+                    after: head_limit,
+                    what: if blocking {
+                        "no answer within the blocking wait, Consul's jitter and the margin"
+                    } else {
+                        "no answer"
+                    },
+                })
+            }
+        };
         let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(&url, e))?;
-        if status == reqwest::StatusCode::FORBIDDEN {
-            return Err(ConsulError::Denied {
-                url,
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)])
-                    .trim()
-                    .escape_debug()
-                    .to_string(),
-                token_source: self.token.source(),
-            });
-        }
+        let headers = std::mem::take(resp.headers_mut());
         if !status.is_success() {
+            // Only the start of an error body is shown.
+            let bytes = match read_body(&mut resp, ERROR_BODY).await {
+                Ok(b) | Err(BodyError::TooLarge(b)) => b,
+                Err(BodyError::Stalled) => Vec::new(),
+                Err(BodyError::Transport(e)) => return Err(self.transport_error(&url, e)),
+            };
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+            if status == reqwest::StatusCode::FORBIDDEN {
+                return Err(ConsulError::Denied {
+                    url,
+                    body: text.trim().escape_debug().to_string(),
+                    token_source: self.token.source(),
+                });
+            }
             return Err(ConsulError::Status {
                 url,
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),
+                body: text,
             });
         }
         if headers
@@ -618,10 +754,49 @@ impl Client {
                 .and_then(|v| v.parse::<u64>().ok())
         };
         let last_contact = header("X-Consul-LastContact");
-        let index = header("X-Consul-Index")
-            .unwrap_or(0)
-            // Consul's advice: never block on index 0.
-            .max(1);
+        // A blocking read follows the index: without a number there is
+        // nothing to block on, and asking again at once would spin.
+        let index = match (index, header("X-Consul-Index")) {
+            (_, Some(i)) => i,
+            (None, None) => 0,
+            (Some(_), None) => {
+                let value = match headers.get("X-Consul-Index") {
+                    Some(v) => {
+                        let v = String::from_utf8_lossy(v.as_bytes());
+                        let mut v: String = v.chars().take(40).collect();
+                        v = v.escape_debug().to_string();
+                        format!("{v:?}")
+                    }
+                    None => "missing".to_string(),
+                };
+                return Err(ConsulError::BadIndex { url, value });
+            }
+        }
+        // Consul's advice: never block on index 0.
+        .max(1);
+        if resp.content_length().is_some_and(|n| n > self.max_answer) {
+            return Err(ConsulError::TooLarge {
+                url,
+                limit: self.max_answer,
+            });
+        }
+        let bytes = match read_body(&mut resp, self.max_answer).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge(_)) => {
+                return Err(ConsulError::TooLarge {
+                    url,
+                    limit: self.max_answer,
+                })
+            }
+            Err(BodyError::Stalled) => {
+                return Err(ConsulError::Hung {
+                    url,
+                    after: READ_MARGIN,
+                    what: "the answer's body stalled",
+                })
+            }
+            Err(BodyError::Transport(e)) => return Err(self.transport_error(&url, e)),
+        };
         let body =
             serde_json::from_slice(&bytes).map_err(|source| ConsulError::Decode { url, source })?;
         Ok((
@@ -676,7 +851,10 @@ impl Client {
     /// Every instance of one service (passing when all its checks pass,
     /// node checks included, as `?passing` would filter), and the lowest
     /// `CreateIndex` among them (`None` without instances).
-    async fn instances(&self, name: &str) -> Result<(Vec<Instance>, Option<u64>), ConsulError> {
+    async fn instances(
+        &self,
+        name: &str,
+    ) -> Result<(Vec<Instance>, Option<u64>, usize), ConsulError> {
         let path = format!("/v1/health/service/{}", encode(name));
         let a: Answer<Vec<ServiceEntry>> = self.get(&path, None).await?;
         Ok(instances_of(a.body))
@@ -688,7 +866,7 @@ impl Client {
         if let Some(dc) = &self.datacenter {
             url.push_str(&format!("?dc={}", encode(dc)));
         }
-        let Ok(resp) = self
+        let Ok(mut resp) = self
             .http
             .get(&url)
             .timeout(Duration::from_secs(2))
@@ -700,9 +878,13 @@ impl Client {
         if !resp.status().is_success() {
             return false;
         }
-        resp.text()
-            .await
-            .is_ok_and(|t| !t.trim().trim_matches('"').is_empty())
+        // A leader's address is a few dozen bytes: no more is read.
+        read_body(&mut resp, ERROR_BODY).await.is_ok_and(|b| {
+            !String::from_utf8_lossy(&b)
+                .trim()
+                .trim_matches('"')
+                .is_empty()
+        })
     }
 }
 
@@ -772,10 +954,23 @@ async fn probe(client: Client, interval: Duration) {
     }
 }
 
-fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>) {
+/// One service's instances from its health entries (see
+/// [`Client::instances`]). An entry repeating another's node, service ID
+/// and port is the same instance listed twice (Consul's catalog cannot
+/// hold that; a proxy or a broken agent can send it): it is merged, not
+/// made a second server on the same address with double the weight. The
+/// third value is how many were merged.
+fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>, usize) {
     let created = entries.iter().map(|e| e.service.create_index).min();
+    let mut seen = std::collections::HashSet::new();
+    let mut merged = 0;
     let instances = entries
         .into_iter()
+        .filter(|e| {
+            let fresh = seen.insert((e.node.node.clone(), e.service.id.clone(), e.service.port));
+            merged += usize::from(!fresh);
+            fresh
+        })
         .map(|e| Instance {
             passing: e
                 .checks
@@ -794,7 +989,7 @@ fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>) {
             weight: e.service.weights.map(|w| w.passing).unwrap_or(1),
         })
         .collect();
-    (instances, created)
+    (instances, created, merged)
 }
 
 /// Percent-encodes a path segment (service names are untrusted).
@@ -865,6 +1060,8 @@ struct State {
     all_dirty: bool,
     /// Set after an error: the next empty catalog is suspect.
     recovering: bool,
+    /// Services whose last answer listed an instance twice (warned).
+    merged: BTreeSet<String>,
     empty_since: Option<Instant>,
 }
 
@@ -891,8 +1088,7 @@ impl State {
         self.tags = Some(new);
     }
 
-    fn on_health(&mut self, checks: Vec<HealthCheck>, reset: bool) {
-        let new = fingerprints(&checks);
+    fn on_health(&mut self, new: HashMap<String, u64>, reset: bool) {
         match &self.fps {
             Some(old) if !reset => {
                 for (name, fp) in &new {
@@ -950,8 +1146,20 @@ impl State {
         let mut first_err = None;
         while let Some(joined) = set.join_next().await {
             match joined {
-                Ok((name, Ok((inst, created)))) => {
+                Ok((name, Ok((inst, created, merged)))) => {
                     self.dirty.remove(&name);
+                    // Said once while it lasts, not at every refetch.
+                    if merged == 0 {
+                        self.merged.remove(&name);
+                    } else if self.merged.insert(name.clone()) {
+                        tracing::warn!(
+                            event = %Event::Warning,
+                            service = %name.escape_debug(),
+                            reason = "duplicate instance entries",
+                            duplicates = merged,
+                            "consul lists instances of this service more than once (same node, service ID and port); each is one server"
+                        );
+                    }
                     match created {
                         Some(c) => self.created.insert(name.clone(), c),
                         None => self.created.remove(&name),
@@ -1022,6 +1230,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         dirty: BTreeSet::new(),
         all_dirty: true,
         recovering: false,
+        merged: BTreeSet::new(),
         empty_since: None,
     };
     let (mut cat_index, mut health_index) = (0u64, 0u64);
@@ -1032,7 +1241,8 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
         query(&client, "/v1/catalog/services", 0, Duration::ZERO);
     let mut health_q: Query<Vec<HealthCheck>> =
         query(&client, "/v1/health/state/any", 0, Duration::ZERO);
-    let mut last_error: Option<String> = None;
+    // The errors logged since the last good catalog.
+    let mut logged: BTreeSet<String> = BTreeSet::new();
     // Whether the catalog was last seen empty (warned once per episode).
     let mut warned_empty = false;
     // Whether each query's last answer was a success. After an error (an
@@ -1046,8 +1256,10 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
     loop {
         let mut report = |e: &ConsulError, st: &mut State| {
             super::HEALTH.error(e);
-            let text = e.to_string();
-            if last_error.as_ref() != Some(&text) {
+            // Once per error per episode, however often it is retried and
+            // whichever query meets it in between.
+            if logged.len() < MAX_LOGGED && logged.insert(e.log_key()) {
+                let text = e.to_string();
                 if matches!(e, ConsulError::Denied { .. }) {
                     tracing::error!(event = %Event::ConsulDenied, error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
                 } else if e.agent_away() {
@@ -1055,7 +1267,6 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                 } else {
                     tracing::error!(event = %Event::ConsulError, error = %text, away = false, "consul cannot be read; keeping the last good catalog and retrying");
                 }
-                last_error = Some(text);
             }
             st.recovering = true;
         };
@@ -1086,13 +1297,17 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                             );
                         }
                     }
+                    let tags: BTreeMap<String, Vec<String>> = a.body.into_iter().map(|(k, v)| {
+                        let mut v = v.unwrap_or_default();
+                        v.sort();
+                        v.dedup();
+                        (k, v)
+                    }).collect();
+                    // Consul 1.8 does not move the index when an ACL
+                    // policy changes what the token may see: the answer
+                    // (at the end of the wait) differs under the same one.
+                    let changed = changed || st.tags.as_ref() != Some(&tags);
                     if changed {
-                        let tags = a.body.into_iter().map(|(k, v)| {
-                            let mut v = v.unwrap_or_default();
-                            v.sort();
-                            v.dedup();
-                            (k, v)
-                        }).collect();
                         st.on_catalog(tags, reset || st.recovering);
                     }
                     cat_q = query(&client, "/v1/catalog/services", cat_index, Duration::ZERO);
@@ -1115,8 +1330,11 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                     let (idx, changed) = next_index(health_index, a.index);
                     let reset = idx == 0;
                     health_index = if reset { 0 } else { idx };
+                    let fps = fingerprints(&a.body);
+                    // As for the catalog: the same index, other checks.
+                    let changed = changed || st.fps.as_ref() != Some(&fps);
                     if changed {
-                        st.on_health(a.body, reset || st.recovering);
+                        st.on_health(fps, reset || st.recovering);
                     }
                     health_q = query(&client, "/v1/health/state/any", health_index, Duration::ZERO);
                     changed
@@ -1139,7 +1357,8 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             Ok(None) => {}
             Ok(Some(catalog)) => {
                 fetch_backoff.reset();
-                if last_error.take().is_some() {
+                if !logged.is_empty() {
+                    logged.clear();
                     tracing::info!(event = %Event::ConsulRecovered, url = %client.current_url(), "consul reachable again");
                 }
                 let was_empty = tx.borrow().as_ref().is_none_or(|c| c.services.is_empty());
@@ -1223,8 +1442,9 @@ mod tests {
             ]"#,
         )
         .unwrap();
-        let (inst, created) = instances_of(entries);
+        let (inst, created, merged) = instances_of(entries);
         assert_eq!(created, Some(12));
+        assert_eq!(merged, 0);
         let passing: Vec<(&str, &str, bool)> = inst
             .iter()
             .map(|i| (i.id.as_str(), i.address.as_str(), i.passing))
@@ -1240,6 +1460,27 @@ mod tests {
         );
         assert_eq!(inst[1].weight, 3);
         assert_eq!(instances_of(Vec::new()).1, None);
+    }
+
+    #[test]
+    fn an_instance_listed_twice_is_one_server() {
+        let entry = |node: &str, id: &str, port: u16| {
+            serde_json::json!({"Node": {"Node": node, "Address": "10.0.0.9"},
+              "Service": {"ID": id, "Port": port}, "Checks": []})
+        };
+        let entries: Vec<ServiceEntry> = serde_json::from_value(serde_json::json!([
+            entry("n1", "w1", 80),
+            entry("n1", "w1", 80),
+            entry("n1", "w1", 80),
+            // Another node, another port, another ID: other instances.
+            entry("n2", "w1", 80),
+            entry("n1", "w1", 81),
+            entry("n1", "w2", 80),
+        ]))
+        .unwrap();
+        let (inst, _, merged) = instances_of(entries);
+        assert_eq!(merged, 2);
+        assert_eq!(inst.len(), 4);
     }
 
     #[test]
@@ -1350,6 +1591,30 @@ mod tests {
             only_dead.get("/v1/catalog/services", None).await;
         assert!(r.err().is_some_and(|e| e.agent_away()));
         assert!(only_dead.ep.failing.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_refused_answer_names_the_bound() {
+        let e = ConsulError::TooLarge {
+            url: "http://c/v1/health/state/any".into(),
+            limit: 32 << 20,
+        };
+        let t = e.to_string();
+        assert!(
+            t.contains("/v1/health/state/any") && t.contains("32MiB (33554432 bytes)"),
+            "{t}"
+        );
+        assert!(!e.agent_away());
+        assert_eq!(size(100_000), "100000 bytes");
+        assert_eq!(size(64 << 10), "64KiB (65536 bytes)");
+        let k = ConsulError::BadIndex {
+            url: "http://c/v1/catalog/services?index=5&wait=55000ms".into(),
+            value: "\"abc\"".into(),
+        };
+        assert_eq!(
+            k.log_key(),
+            k.to_string().replace("?index=5&wait=55000ms", "")
+        );
     }
 
     #[test]
