@@ -642,7 +642,9 @@ pub async fn wait_listening(
                 waited: timeout,
             });
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Asking the admin socket costs a connect; the descriptor scan more.
+        let poll = if by_admin { 1 } else { 5 };
+        tokio::time::sleep(Duration::from_millis(poll)).await;
     }
 }
 
