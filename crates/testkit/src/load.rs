@@ -290,6 +290,11 @@ impl KeepAliveLoad {
         self.0.stop()
     }
 
+    /// The [`Load`] it is (to hold either kind as one type).
+    pub fn into_load(self) -> Load {
+        self.0
+    }
+
     /// See [`Load::progress`].
     pub fn progress(&self) -> Vec<u64> {
         self.0.progress()
