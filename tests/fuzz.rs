@@ -8,7 +8,9 @@
 //! into the parsers than random bytes do. Properties: no input panics; and
 //! whatever the tag parser or the settings accept renders a config that
 //! passes the render checks of tests/proptest_render.rs (tests/render_check):
-//! every line the template's or built from validated values, in its place.
+//! every line the template's or built from validated values, in its place;
+//! and a sample of the settings accepted passes `haproxy -c` (root, in a
+//! network namespace, as the other integration tests).
 //!
 //! Each target prints `fuzz <target>: N inputs` on stderr (`--nocapture`).
 //! A longer run (see docs/testing.md):
@@ -17,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
@@ -32,7 +34,7 @@ use haproxy_supervisor::settings::{Cli, HaproxyVars, Secret, Settings};
 use haproxy_supervisor::tls;
 
 mod render_check;
-use render_check::{check_rendered, fixed_renderer};
+use render_check::{check_rendered, fixed_renderer, renderer};
 
 /// Random inputs per target (besides the corpus), unless
 /// `BOLERO_RANDOM_ITERATIONS` says otherwise. The render targets cost
@@ -686,10 +688,35 @@ fn reference(vars: &HaproxyVars) -> HaproxyVars {
     r
 }
 
+/// Whether `vars` sends HAProxy's logs to a syslog host by name: HAProxy
+/// resolves it when it reads the config, so whether `haproxy -c` takes it
+/// depends on the machine's DNS, not on the settings.
+fn names_a_syslog_host(vars: &HaproxyVars) -> bool {
+    let t = vars.log_target.as_str();
+    if t.starts_with("stdout ") || t.starts_with('/') {
+        return false;
+    }
+    let host = match t.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !h.ends_with(':') => h,
+        _ => t,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>().is_err() && host != "localhost"
+}
+
+/// Settings accepted: the variables as given, and the values they render.
+type Accepted = (Vec<(String, String)>, HaproxyVars);
+
+/// How many of the settings the fuzz run accepts go through `haproxy -c`
+/// afterwards (a sample over the whole run).
+const HAPROXY_CHECKS: usize = 24;
+
 /// Settings: any values of the variables are accepted or refused through
 /// the parse path of the binary (each variable's flag, as clap reads the
 /// variable); what is accepted renders a config whose every generated
-/// value stays on its own line, in its own word.
+/// value stays on its own line, in its own word. A sample of the accepted
+/// settings then goes through `haproxy -c`: what the settings accept,
+/// HAProxy accepts (root, in a network namespace).
 #[test]
 fn fuzz_settings() {
     let catalog = Catalog::parse_file(
@@ -705,6 +732,8 @@ fn fuzz_settings() {
         .iter()
         .map(|(v, f)| (v.as_str(), f.as_str()))
         .collect();
+    // A reservoir sample of the accepted settings: (seen so far, sample).
+    let sample: Mutex<(usize, Vec<Accepted>)> = Mutex::new((0, Vec::new()));
     fuzz("settings", RENDER_INPUTS, |input| {
         let pairs = decode_settings(input);
         let args = std::iter::once("haproxy-supervisor".to_string()).chain(
@@ -718,6 +747,21 @@ fn fuzz_settings() {
         let Ok(settings) = Settings::from_options(&cli.options) else {
             return false;
         };
+        if !names_a_syslog_host(&settings.vars) {
+            let mut sample = sample.lock().unwrap();
+            let (seen, kept) = &mut *sample;
+            *seen += 1;
+            // Deterministic enough: the slot from the input's own bytes.
+            let slot = input
+                .iter()
+                .fold(*seen, |h, b| h.wrapping_mul(31) ^ *b as usize)
+                % *seen;
+            if kept.len() < HAPROXY_CHECKS {
+                kept.push((pairs.clone(), settings.vars.clone()));
+            } else if slot < HAPROXY_CHECKS {
+                kept[slot] = (pairs.clone(), settings.vars.clone());
+            }
+        }
         let mut vars = settings.vars.clone();
         // What resolve_user would fill from the machine's users.
         vars.user = Some("haproxy".into());
@@ -737,4 +781,22 @@ fn fuzz_settings() {
         }
         true
     });
+
+    testkit::netns::enter();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let r = renderer(&cfg, &dir.path().join("admin.sock"));
+    let (_, kept) = sample.into_inner().unwrap();
+    for (pairs, vars) in &kept {
+        let (desired, _) = Desired::build(&catalog, &Context::from(vars));
+        let rendered = r.render(&desired, vars).unwrap();
+        let staged = haproxy_supervisor::render::stage(&cfg, &rendered).expect("stage");
+        let (valid, msg) = testkit::haproxy_check(&staged.candidate);
+        staged.abort();
+        assert!(valid, "{pairs:?}: haproxy -c: {msg}\n{}", rendered.config);
+    }
+    eprintln!(
+        "fuzz settings: {} accepted settings pass haproxy -c",
+        kept.len()
+    );
 }
