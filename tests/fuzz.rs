@@ -9,8 +9,8 @@
 //! whatever the tag parser or the settings accept renders a config that
 //! passes the render checks of tests/proptest_render.rs (tests/render_check):
 //! every line the template's or built from validated values, in its place;
-//! and a sample of the settings accepted passes `haproxy -c` (root, in a
-//! network namespace, as the other integration tests).
+//! and a sample of what each render target accepted passes `haproxy -c`
+//! (root, in a network namespace, as the other integration tests).
 //!
 //! Each target prints `fuzz <target>: N inputs` on stderr (`--nocapture`).
 //! A longer run (see docs/testing.md):
@@ -43,7 +43,7 @@ const RENDER_INPUTS: usize = 10_000;
 const PARSER_INPUTS: usize = 100_000;
 /// A cap on each target's time, unless `BOLERO_RANDOM_TEST_TIME_MS` says
 /// otherwise: a slow machine runs fewer inputs rather than a longer test.
-const TIME_CAP: Duration = Duration::from_secs(10);
+const TIME_CAP: Duration = Duration::from_secs(8);
 
 fn corpus_dir(target: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -240,6 +240,73 @@ fn render_and_check(catalog: &Catalog, vars: &HaproxyVars) -> (String, usize) {
     (rendered.config, desired.services.len())
 }
 
+/// How many of the inputs a render target accepts go through `haproxy -c`
+/// after its run (a sample over the whole run).
+const HAPROXY_CHECKS: usize = 16;
+
+/// A reservoir sample of what a run accepted.
+struct Sample<T>(Mutex<(usize, Vec<T>)>);
+
+impl<T> Sample<T> {
+    fn new() -> Sample<T> {
+        Sample(Mutex::new((0, Vec::new())))
+    }
+
+    /// Offers the value `input` was accepted as: kept or not, with the same
+    /// chance for every offer of the run.
+    fn offer(&self, input: &[u8], value: impl FnOnce() -> T) {
+        let mut guard = self.0.lock().unwrap();
+        let (seen, kept) = &mut *guard;
+        *seen += 1;
+        // The slot from the input's own bytes (random inputs are).
+        let slot = input
+            .iter()
+            .fold(*seen, |h, b| h.wrapping_mul(31) ^ *b as usize)
+            % *seen;
+        if kept.len() < HAPROXY_CHECKS {
+            kept.push(value());
+        } else if slot < HAPROXY_CHECKS {
+            kept[slot] = value();
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        self.0.into_inner().unwrap().1
+    }
+}
+
+/// Renders each (what, catalog, vars) for a temporary directory and runs
+/// `haproxy -c` on it with its maps (root, in a network namespace): what
+/// the model and the settings accept, HAProxy accepts.
+fn haproxy_accepts<W: std::fmt::Debug>(target: &str, cases: &[(W, Catalog, HaproxyVars)]) {
+    testkit::netns::enter();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let r = renderer(&cfg, &dir.path().join("admin.sock"));
+    for (what, catalog, vars) in cases {
+        let (desired, _) = Desired::build(catalog, &Context::from(vars));
+        let rendered = r.render(&desired, vars).unwrap();
+        let staged = haproxy_supervisor::render::stage(&cfg, &rendered).expect("stage");
+        let (valid, msg) = testkit::haproxy_check(&staged.candidate);
+        staged.abort();
+        assert!(valid, "{what:?}: haproxy -c: {msg}\n{}", rendered.config);
+    }
+    eprintln!(
+        "fuzz {target}: {} accepted inputs pass haproxy -c",
+        cases.len()
+    );
+}
+
+/// The sample of a render target, through `haproxy -c`.
+fn check_sample(target: &str, sample: Sample<Catalog>) {
+    let cases: Vec<((), Catalog, HaproxyVars)> = sample
+        .into_vec()
+        .into_iter()
+        .map(|c| ((), c, vars()))
+        .collect();
+    haproxy_accepts(target, &cases);
+}
+
 // ---------------------------------------------------------------- tags
 
 /// Tag keys: every one the model knows, and near misses.
@@ -370,10 +437,16 @@ fn decode_catalog(input: &[u8]) -> Catalog {
 #[test]
 fn fuzz_tags() {
     let vars = vars();
+    let sample = Sample::new();
     fuzz("tags", RENDER_INPUTS, |input| {
         let catalog = decode_catalog(input);
-        render_and_check(&catalog, &vars).1 > 0
+        let accepted = render_and_check(&catalog, &vars).1 > 0;
+        if accepted {
+            sample.offer(input, || catalog);
+        }
+        accepted
     });
+    check_sample("tags", sample);
 }
 
 // ---------------------------------------------------------------- catalog file
@@ -383,16 +456,22 @@ fn fuzz_tags() {
 #[test]
 fn fuzz_catalog_file() {
     let vars = vars();
+    let sample = Sample::new();
     fuzz("catalog_file", RENDER_INPUTS, |input| {
         // The file source reads it with read_to_string: UTF-8 or an error.
         let Ok(text) = std::str::from_utf8(input) else {
             return false;
         };
-        match Catalog::parse_file(text) {
-            Ok(catalog) => render_and_check(&catalog, &vars).1 > 0,
-            Err(_) => false,
+        let Ok(catalog) = Catalog::parse_file(text) else {
+            return false;
+        };
+        let accepted = render_and_check(&catalog, &vars).1 > 0;
+        if accepted {
+            sample.offer(input, || catalog);
         }
+        accepted
     });
+    check_sample("catalog_file", sample);
 }
 
 // ---------------------------------------------------------------- consul
@@ -403,6 +482,7 @@ fn fuzz_catalog_file() {
 #[test]
 fn fuzz_consul_catalog_services() {
     let vars = vars();
+    let sample = Sample::new();
     fuzz("consul_catalog_services", RENDER_INPUTS, |input| {
         if let Ok(tags) = consul::decode_catalog_services(input) {
             let mut catalog = Catalog::default();
@@ -424,11 +504,16 @@ fn fuzz_consul_catalog_services() {
                     },
                 );
             }
-            render_and_check(&catalog, &vars).1 > 0
+            let accepted = render_and_check(&catalog, &vars).1 > 0;
+            if accepted {
+                sample.offer(input, || catalog);
+            }
+            accepted
         } else {
             false
         }
     });
+    check_sample("consul_catalog_services", sample);
 }
 
 /// `/v1/health/state/any`: any answer decodes or is refused.
@@ -444,6 +529,7 @@ fn fuzz_consul_health_state() {
 #[test]
 fn fuzz_consul_health_service() {
     let vars = vars();
+    let sample = Sample::new();
     fuzz("consul_health_service", RENDER_INPUTS, |input| {
         if let Ok((instances, created)) = consul::decode_health_service(input) {
             let mut tags: Vec<String> = instances.iter().flat_map(|i| i.tags.clone()).collect();
@@ -458,11 +544,16 @@ fn fuzz_consul_health_service() {
                     created: created.unwrap_or(u64::MAX),
                 },
             );
-            render_and_check(&catalog, &vars).1 > 0
+            let accepted = render_and_check(&catalog, &vars).1 > 0;
+            if accepted {
+                sample.offer(input, || catalog);
+            }
+            accepted
         } else {
             false
         }
     });
+    check_sample("consul_health_service", sample);
 }
 
 // ---------------------------------------------------------------- runtime API
@@ -704,13 +795,6 @@ fn names_a_syslog_host(vars: &HaproxyVars) -> bool {
     host.parse::<std::net::IpAddr>().is_err() && host != "localhost"
 }
 
-/// Settings accepted: the variables as given, and the values they render.
-type Accepted = (Vec<(String, String)>, HaproxyVars);
-
-/// How many of the settings the fuzz run accepts go through `haproxy -c`
-/// afterwards (a sample over the whole run).
-const HAPROXY_CHECKS: usize = 24;
-
 /// Settings: any values of the variables are accepted or refused through
 /// the parse path of the binary (each variable's flag, as clap reads the
 /// variable); what is accepted renders a config whose every generated
@@ -732,8 +816,7 @@ fn fuzz_settings() {
         .iter()
         .map(|(v, f)| (v.as_str(), f.as_str()))
         .collect();
-    // A reservoir sample of the accepted settings: (seen so far, sample).
-    let sample: Mutex<(usize, Vec<Accepted>)> = Mutex::new((0, Vec::new()));
+    let sample = Sample::new();
     fuzz("settings", RENDER_INPUTS, |input| {
         let pairs = decode_settings(input);
         let args = std::iter::once("haproxy-supervisor".to_string()).chain(
@@ -748,19 +831,7 @@ fn fuzz_settings() {
             return false;
         };
         if !names_a_syslog_host(&settings.vars) {
-            let mut sample = sample.lock().unwrap();
-            let (seen, kept) = &mut *sample;
-            *seen += 1;
-            // Deterministic enough: the slot from the input's own bytes.
-            let slot = input
-                .iter()
-                .fold(*seen, |h, b| h.wrapping_mul(31) ^ *b as usize)
-                % *seen;
-            if kept.len() < HAPROXY_CHECKS {
-                kept.push((pairs.clone(), settings.vars.clone()));
-            } else if slot < HAPROXY_CHECKS {
-                kept[slot] = (pairs.clone(), settings.vars.clone());
-            }
+            sample.offer(input, || (pairs.clone(), settings.vars.clone()));
         }
         let mut vars = settings.vars.clone();
         // What resolve_user would fill from the machine's users.
@@ -782,21 +853,10 @@ fn fuzz_settings() {
         true
     });
 
-    testkit::netns::enter();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    let r = renderer(&cfg, &dir.path().join("admin.sock"));
-    let (_, kept) = sample.into_inner().unwrap();
-    for (pairs, vars) in &kept {
-        let (desired, _) = Desired::build(&catalog, &Context::from(vars));
-        let rendered = r.render(&desired, vars).unwrap();
-        let staged = haproxy_supervisor::render::stage(&cfg, &rendered).expect("stage");
-        let (valid, msg) = testkit::haproxy_check(&staged.candidate);
-        staged.abort();
-        assert!(valid, "{pairs:?}: haproxy -c: {msg}\n{}", rendered.config);
-    }
-    eprintln!(
-        "fuzz settings: {} accepted settings pass haproxy -c",
-        kept.len()
-    );
+    let cases: Vec<_> = sample
+        .into_vec()
+        .into_iter()
+        .map(|(pairs, vars)| (pairs, catalog.clone(), vars))
+        .collect();
+    haproxy_accepts("settings", &cases);
 }
