@@ -666,8 +666,9 @@ fn check_tokens(command: &str, names: &[&str]) -> Result<(), RuntimeError> {
 }
 
 /// Parses `show servers state`: version line, `# ` header, rows. None if the
-/// answer does not have that shape.
-fn parse_servers_state(answer: &str) -> Option<ServersState> {
+/// answer does not have that shape. Public for the fuzz targets
+/// (tests/fuzz.rs), like the other answer parsers here.
+pub fn parse_servers_state(answer: &str) -> Option<ServersState> {
     let mut lines = answer.lines().filter(|l| !l.trim().is_empty());
     let version = lines.next()?.trim().to_string();
     version.parse::<u32>().ok()?;
@@ -720,7 +721,7 @@ fn parse_servers_state(answer: &str) -> Option<ServersState> {
 }
 
 /// scur + qcur + idle_conn_cur of `backend/server` in `show stat` CSV.
-fn parse_stat_connections(answer: &str, backend: &str, server: &str) -> Option<u64> {
+pub fn parse_stat_connections(answer: &str, backend: &str, server: &str) -> Option<u64> {
     let mut lines = answer.lines();
     let header: Vec<&str> = lines.next()?.strip_prefix("# ")?.split(',').collect();
     let col = |name: &str| header.iter().position(|n| *n == name);
@@ -745,7 +746,7 @@ fn parse_stat_connections(answer: &str, backend: &str, server: &str) -> Option<u
 }
 
 /// Parses `show map <map>` lines `0x<id> key value`. None on any other line.
-fn parse_show_map(answer: &str) -> Option<Vec<(String, String)>> {
+pub fn parse_show_map(answer: &str) -> Option<Vec<(String, String)>> {
     answer
         .lines()
         .filter(|l| !l.is_empty())

@@ -457,6 +457,30 @@ fn timeout(
     Ok((s.to_string(), d))
 }
 
+/// HAProxy's largest time value: 2147483647 ms (about 24.8 days); a
+/// longer one makes `haproxy -c` fail with "timer overflow".
+const HAPROXY_MAX_TIME: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// A duration written into the config as a time value: [`timeout`], and no
+/// longer than HAProxy takes.
+fn config_timeout(
+    v: &Option<String>,
+    var: &'static str,
+    flag: &'static str,
+    default: &str,
+) -> Result<(String, Duration), SettingsError> {
+    let (s, d) = timeout(v, var, flag, default)?;
+    if d > HAPROXY_MAX_TIME {
+        return Err(err(
+            var,
+            flag,
+            &s,
+            "longer than HAProxy's maximum time value, 2147483647ms (about 24.8 days)",
+        ));
+    }
+    Ok((s, d))
+}
+
 impl Settings {
     pub fn from_options(o: &Options) -> Result<Settings, SettingsError> {
         let dom = match &o.dom {
@@ -488,7 +512,7 @@ impl Settings {
                 s.clone()
             }
         };
-        let (hard_stop_after_s, hard_stop_after) = timeout(
+        let (hard_stop_after_s, hard_stop_after) = config_timeout(
             &o.hard_stop_after,
             "HAPROXY_HARD_STOP_AFTER",
             "hard-stop-after",
@@ -538,42 +562,42 @@ impl Settings {
                 1,
                 10_000_000,
             )?,
-            timeout_connect: timeout(
+            timeout_connect: config_timeout(
                 &o.timeout_connect,
                 "HAPROXY_TIMEOUT_CONNECT",
                 "timeout-connect",
                 "3s",
             )?
             .0,
-            timeout_client: timeout(
+            timeout_client: config_timeout(
                 &o.timeout_client,
                 "HAPROXY_TIMEOUT_CLIENT",
                 "timeout-client",
                 "30s",
             )?
             .0,
-            timeout_server: timeout(
+            timeout_server: config_timeout(
                 &o.timeout_server,
                 "HAPROXY_TIMEOUT_SERVER",
                 "timeout-server",
                 "30s",
             )?
             .0,
-            timeout_http_keep_alive: timeout(
+            timeout_http_keep_alive: config_timeout(
                 &o.timeout_http_keep_alive,
                 "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE",
                 "timeout-http-keep-alive",
                 "1s",
             )?
             .0,
-            timeout_http_request: timeout(
+            timeout_http_request: config_timeout(
                 &o.timeout_http_request,
                 "HAPROXY_TIMEOUT_HTTP_REQUEST",
                 "timeout-http-request",
                 "15s",
             )?
             .0,
-            timeout_queue: timeout(
+            timeout_queue: config_timeout(
                 &o.timeout_queue,
                 "HAPROXY_TIMEOUT_QUEUE",
                 "timeout-queue",
@@ -1303,6 +1327,47 @@ mod tests {
         assert_eq!(e.var, "HAPROXY_STATS_PORT");
         let e = with(|o| o.consul = Some("ftp://x".into())).unwrap_err();
         assert_eq!(e.var, "CONSUL_HTTP_ADDR");
+    }
+
+    /// HAProxy refuses a time value over 2147483647 ms ("timer overflow"
+    /// in `haproxy -c`): such a timeout is a bad setting, not a config
+    /// that fails its check.
+    #[test]
+    fn config_time_values_stay_within_haproxys_maximum() {
+        let ok = with(|o| {
+            o.timeout_queue = Some("24d".into());
+            o.hard_stop_after = Some("596h".into());
+        })
+        .unwrap();
+        assert_eq!(ok.vars.timeout_queue, "24d");
+        for (v, set) in [
+            (
+                "HAPROXY_TIMEOUT_CONNECT",
+                (|o: &mut Options| o.timeout_connect = Some("25d".into())) as fn(&mut Options),
+            ),
+            ("HAPROXY_TIMEOUT_CLIENT", |o| {
+                o.timeout_client = Some("999999999d".into())
+            }),
+            ("HAPROXY_TIMEOUT_SERVER", |o| {
+                o.timeout_server = Some("35792m".into())
+            }),
+            ("HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE", |o| {
+                o.timeout_http_keep_alive = Some("597h".into())
+            }),
+            ("HAPROXY_TIMEOUT_HTTP_REQUEST", |o| {
+                o.timeout_http_request = Some("2147484s".into())
+            }),
+            ("HAPROXY_TIMEOUT_QUEUE", |o| {
+                o.timeout_queue = Some("25d".into())
+            }),
+            ("HAPROXY_HARD_STOP_AFTER", |o| {
+                o.hard_stop_after = Some("25d".into())
+            }),
+        ] {
+            let e = with(set).unwrap_err();
+            assert_eq!(e.var, v, "{e}");
+            assert!(e.reason.contains("2147483647ms"), "{e}");
+        }
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub fn is_path(s: &str) -> bool {
 }
 
 /// `host[:port]`, `ip:port`, `[ipv6]:port` or an absolute unix socket path.
+/// An IPv6 address without a port is bracketed: HAProxy reads the part
+/// after the last colon of `::1` as a port (and refuses the address).
 pub fn is_syslog_address(s: &str) -> bool {
     if let Some(p) = s.strip_prefix('/') {
         return !p.is_empty() && is_path(s);
@@ -68,6 +70,9 @@ pub fn is_syslog_address(s: &str) -> bool {
         Some((h, p)) if !h.ends_with(':') && !p.contains(']') => (h, Some(p)),
         _ => (s, None),
     };
+    if port.is_none() && host.contains(':') && !host.starts_with('[') {
+        return false;
+    }
     if let Some(p) = port {
         if !matches!(p.parse::<u32>(), Ok(1..=65535)) {
             return false;
@@ -75,4 +80,39 @@ pub fn is_syslog_address(s: &str) -> bool {
     }
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() || hostname(host).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As `haproxy -c` (2.6) takes them in `log <address> local0`.
+    #[test]
+    fn syslog_addresses_are_those_haproxy_reads() {
+        for ok in [
+            "127.0.0.1",
+            "127.0.0.1:514",
+            "localhost",
+            "localhost:514",
+            "[::1]",
+            "[::1]:514",
+            "fd00::1:514",
+            "[fd00::1]:514",
+            "/dev/log",
+        ] {
+            assert!(is_syslog_address(ok), "{ok:?}");
+        }
+        for bad in [
+            "::1",
+            "fd00::1",
+            "",
+            "/",
+            "host:0",
+            "host:65536",
+            "a b",
+            "127.0.0.1:514 local0",
+        ] {
+            assert!(!is_syslog_address(bad), "{bad:?}");
+        }
+    }
 }

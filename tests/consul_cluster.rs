@@ -337,7 +337,7 @@ fn the_leader_killed_under_load_fails_no_request_and_later_changes_reach_routing
     let sup = spawn(&cluster.client.url(), &[]);
     until_routed(&sup, "web-1", Instant::now());
     let load = Load::start(FRONT, WWW, 8);
-    thread::sleep(Duration::from_millis(500));
+    load.wait_running(T);
 
     let old = cluster.leader().expect("a leader");
     let t0 = Instant::now();
@@ -354,7 +354,8 @@ fn the_leader_killed_under_load_fails_no_request_and_later_changes_reach_routing
     let t1 = Instant::now();
     cluster.register(&cluster.client, "web-2", b2.port());
     let routed = until_routed(&sup, "web-2", t1);
-    thread::sleep(Duration::from_millis(300));
+    // The requests in flight through the change complete.
+    load.wait_answered_since(&load.progress(), T);
     let report = load.stop();
     eprintln!(
         "leader server-{} killed; server-{} elected after {election:?}; web-2 registered then routed in {routed:?}; load: {report}",
@@ -382,12 +383,13 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
     let sup = spawn(&cluster.client.url(), &[("HAPROXY_CONSUL_MAX_STALE", "2s")]);
     until_routed(&sup, "web-1", Instant::now());
     let load = Load::start(FRONT, WWW, 8);
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
 
     cluster.client.kill();
     wait_event(&sup, Event::ConsulError, "after the agent died", |_| true);
     // Changed while the agent is away: not seen, the last catalog serves.
     cluster.register(&cluster.servers[0], "web-2", b2.port());
+    // Not a wait: 2 s in which web-2 must not be routed (asserted below).
     thread::sleep(Duration::from_secs(2));
     assert!(routes_to("web-1"));
     assert!(!routes_to("web-2"), "web-2 routed without an agent?");
@@ -399,7 +401,8 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
         cluster.client.leader().is_some()
     });
     let recovered = until_routed(&sup, "web-2", back);
-    thread::sleep(Duration::from_millis(300));
+    // The requests in flight through the change complete.
+    load.wait_answered_since(&load.progress(), T);
     let report = load.stop();
     eprintln!("client agent back; web-2 routed {recovered:?} after its return; load: {report}");
     assert!(
@@ -426,7 +429,7 @@ fn an_address_list_fails_over_to_the_next_agent_and_back() {
     let sup = spawn(&format!("{first}, {second}"), &[]);
     until_routed(&sup, "web-1", Instant::now());
     let load = Load::start(FRONT, WWW, 8);
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
 
     let t0 = Instant::now();
     cluster.client.kill();
@@ -456,7 +459,8 @@ fn an_address_list_fails_over_to_the_next_agent_and_back() {
     let t2 = Instant::now();
     cluster.register(&cluster.client, "web-3", backends[2].port());
     let via_first = until_routed(&sup, "web-3", t2);
-    thread::sleep(Duration::from_millis(300));
+    // The requests in flight through the change complete.
+    load.wait_answered_since(&load.progress(), T);
     let report = load.stop();
     eprintln!(
         "failover logged {failover:?} after the kill; a change routed via the second address in {via_second:?}; \
@@ -760,6 +764,8 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
     //    sessions): refused, named by CONSUL_CLIENT_CERT.
     let now = Instant::now();
     assert!(now < expiry, "the steps before expiry took too long");
+    // Waits for the clock, the one condition here: the certificate's
+    // notAfter, a second past.
     thread::sleep(expiry + Duration::from_secs(1) - now);
     agent.kill();
     agent.start();
@@ -775,7 +781,8 @@ acl {{ enabled = true default_policy = "deny" down_policy = "extend-cache" token
         },
     );
     eprintln!("client certificate expired: {}", e["error"]);
-    thread::sleep(Duration::from_millis(500));
+    // The requests in flight through the refusal complete.
+    load.wait_answered_since(&load.progress(), T);
     let report = load.stop();
     eprintln!("load through token loss, a wrong CA and an expired client certificate: {report}");
     assert_eq!(report.failed(), 0, "failed requests: {report}");

@@ -64,6 +64,7 @@ fn time_until(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration
         if t0.elapsed() > timeout {
             return None;
         }
+        // The poll interval of this wait (deadline: timeout).
         thread::sleep(Duration::from_millis(2));
     }
 }
@@ -449,6 +450,7 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
             "haproxy stopped serving web while consul was away: {:?}",
             get("web.example.com")
         );
+        // Pacing: the checks above hold all the while Consul is away.
         thread::sleep(Duration::from_millis(100));
     }
 

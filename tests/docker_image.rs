@@ -1030,7 +1030,10 @@ fn check_variant(v: &Variant) {
     let count = |code: &str| -> usize {
         codes
             .lines()
-            .filter_map(|l| l.split_once(char::is_whitespace).map(|(n, c)| (n.trim(), c.trim())))
+            .filter_map(|l| {
+                l.split_once(char::is_whitespace)
+                    .map(|(n, c)| (n.trim(), c.trim()))
+            })
             .filter(|(_, c)| *c == code)
             .map(|(n, _)| n.parse::<usize>().unwrap_or(0))
             .sum()
@@ -1042,7 +1045,10 @@ fn check_variant(v: &Variant) {
          {refused} refused, {reset} reset (in flight), curl exit codes: {:?}",
         codes.split_whitespace().collect::<Vec<_>>()
     );
-    assert_eq!(refused, 0, "connections refused while HAProxy restarted: {codes}");
+    assert_eq!(
+        refused, 0,
+        "connections refused while HAProxy restarted: {codes}"
+    );
     assert!(ok > 50, "too few answers during the kills: {codes}");
     let back = wait_for(Duration::from_secs(30), || {
         (c.get(WWW_HOST).0 == 200).then_some(())

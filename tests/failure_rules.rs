@@ -45,7 +45,7 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
     let sup = spawn_serving(&files.render_args(), &envs());
 
     let load = Load::start(FRONT, WWW, 10);
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
     // www, api, and `bad` on TCP port 19000 (held) with `bad_tags` more.
     let with_bad = |bad_tags: &[&str]| {
         let mut tags = vec!["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=19000"];
@@ -65,6 +65,8 @@ fn a_refused_registration_is_left_out_and_the_rest_applies() {
         "api serves",
         || matches!(http_get(FRONT, "api.example.com", "/", Duration::from_secs(2)), Ok((200, b)) if b.trim_end() == "api-1"),
     );
+    // Not a wait: the load goes on 500 ms after api serves, the window in
+    // which a hurt serving haproxy would show in the report.
     thread::sleep(Duration::from_millis(500));
     let report = load.stop();
     eprintln!("www during the refused start: {report}");
@@ -147,7 +149,8 @@ fn a_failed_write_heals_by_itself() {
         ],
     );
     assert!(wait_for(&sup, Event::ReloadRetry));
-    // Several attempts, one error.
+    // Several attempts, one error. Not a wait: the retries go on for 1.5 s
+    // and the test asserts that they logged one error all that time.
     thread::sleep(Duration::from_millis(1500));
     assert!(matches!(get(WWW), Ok((200, _))), "www keeps serving");
     assert_eq!(sup.events(Event::ReloadRetry).len(), 1);
@@ -255,6 +258,8 @@ fn sighup_rereads_the_template_and_the_catalog_file() {
     std::fs::write(&template, "{% if %}broken").unwrap();
     sup.signal(Signal::SIGHUP).unwrap();
     assert!(wait_for(&sup, Event::RenderFailed));
+    // Not a wait: nothing may change after the failed render; 300 ms gives
+    // a wrong reload the time to show.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(read(&files.config()), before);
     assert_eq!(haproxies_under(sup.pid()), pids);

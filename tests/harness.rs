@@ -139,7 +139,9 @@ fn load_counts_outcomes_and_bodies() {
     netns::enter();
     let a = Backend::start("web-1");
     let load = Load::start(&a.addr(), "web.example", 8);
-    thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(10), "more than 100 answers", || {
+        load.progress().iter().sum::<u64>() > 100
+    });
     let report = load.stop();
     println!("{report}");
     assert!(report.ok > 100, "{report}");
@@ -148,7 +150,7 @@ fn load_counts_outcomes_and_bodies() {
 
     // Nothing listening: every request is refused.
     let load = Load::start("127.0.0.1:1", "web.example", 2);
-    thread::sleep(Duration::from_millis(100));
+    load.wait_running(Duration::from_secs(10));
     let report = load.stop();
     assert!(
         report.refused > 0 && report.refused == report.failed(),

@@ -161,12 +161,24 @@ fn server_changes_under_load_start_no_haproxy() {
                 consul.register(&instance("web-4", p, 2, &TAGS));
             }
         }
+        // Pacing: a change every 120 ms, the rate the test is about.
         thread::sleep(Duration::from_millis(120));
         seen.extend(serving_haproxies(&sup));
     }
     let changes_took = t0.elapsed();
-    // Let the last change arrive.
-    thread::sleep(Duration::from_millis(800));
+    // Where Consul ended: the passing instances and their weights.
+    let mut want: BTreeMap<String, u32> = BTreeMap::new();
+    let mut want_bodies = BTreeSet::new();
+    for e in consul.passing("www") {
+        let id = e["Service"]["ID"].as_str().unwrap().to_string();
+        let p = e["Service"]["Port"].as_u64().unwrap() as u16;
+        let w = e["Service"]["Weights"]["Passing"].as_u64().unwrap() as u32;
+        want.insert(id, w);
+        let b = backends.iter().find(|b| b.port() == p).unwrap();
+        want_bodies.insert(b.name().to_string());
+    }
+    // Let the last change arrive (the assertion below says what if not).
+    poll_until(T, || in_rotation(&servers_state(&sup, "www")) == want);
     let report = load.stop();
     eprintln!("100 changes in {changes_took:?}; load: {report}");
     let live = count(&sup, Event::LiveApplied);
@@ -192,17 +204,6 @@ fn server_changes_under_load_start_no_haproxy() {
     );
     assert_eq!(report.failed(), 0, "failed requests: {report}");
 
-    // Where Consul ended: the passing instances and their weights.
-    let mut want: BTreeMap<String, u32> = BTreeMap::new();
-    let mut want_bodies = BTreeSet::new();
-    for e in consul.passing("www") {
-        let id = e["Service"]["ID"].as_str().unwrap().to_string();
-        let p = e["Service"]["Port"].as_u64().unwrap() as u16;
-        let w = e["Service"]["Weights"]["Passing"].as_u64().unwrap() as u32;
-        want.insert(id, w);
-        let b = backends.iter().find(|b| b.port() == p).unwrap();
-        want_bodies.insert(b.name().to_string());
-    }
     eprintln!("consul's final passing instances: {want:?}");
     assert_eq!(in_rotation(&servers_state(&sup, "www")), want);
     assert_eq!(bodies(WWW, 60), want_bodies, "routing");

@@ -131,6 +131,7 @@ impl SlowBackend {
                         }
                     }
                     counter.fetch_add(1, Ordering::SeqCst);
+                    // The point: a backend that answers slowly.
                     thread::sleep(delay);
                     let _ = conn.write_all(
                         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nslow\n",
@@ -166,7 +167,7 @@ fn pid1_sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
     let ns = sup.wrapper_pid().expect("unshare pid");
 
     let load = Load::start(FRONT, WWW, 20);
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
     const SLOW: usize = 5;
     let in_flight: Vec<_> = (0..SLOW)
         .map(|_| {

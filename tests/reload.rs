@@ -66,18 +66,12 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
     wait_serving(WWW, T);
     assert!(our_rules().is_empty(), "{:?}", our_rules());
 
-    let stop_load: Box<dyn FnOnce() -> LoadReport> = match conn {
-        Conn::PerRequest => {
-            let l = Load::start(FRONT, WWW, CLIENTS);
-            Box::new(move || l.stop())
-        }
-        Conn::KeepAlive => {
-            let l = KeepAliveLoad::start(FRONT, WWW, CLIENTS);
-            Box::new(move || l.stop())
-        }
+    let load = match conn {
+        Conn::PerRequest => Load::start(FRONT, WWW, CLIENTS),
+        Conn::KeepAlive => KeepAliveLoad::start(FRONT, WWW, CLIENTS).into_load(),
     };
     // Let every client get going before the first reload.
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
     let started = Instant::now();
     for i in 0..RELOADS {
         let before = done_count(&sup);
@@ -97,12 +91,13 @@ fn reloads_under(strategy: &str, pause: Duration, conn: Conn) -> Run {
                 i + 1
             );
         }
+        // Pacing: the pause between reloads the test is run with.
         thread::sleep(pause);
     }
     let took = started.elapsed();
     // Requests in flight during the last reload complete.
-    thread::sleep(Duration::from_millis(300));
-    let report = stop_load();
+    load.wait_answered_since(&load.progress(), T);
+    let report = load.stop();
     let reloads = reloads(&sup);
     let failed = sup.events(Event::ReloadFailed).len();
     assert_eq!(failed, 0, "failed reloads; log:\n{}", sup.log());
@@ -376,7 +371,7 @@ fn new_consul_service_answers_within_two_seconds_without_failed_requests() {
     );
 
     let load = Load::start(FRONT, WWW, CLIENTS);
-    thread::sleep(Duration::from_millis(300));
+    load.wait_running(T);
     let before = done_count(&sup);
     let registered = Instant::now();
     register("api-1", "api", api.port());
@@ -389,7 +384,9 @@ fn new_consul_service_answers_within_two_seconds_without_failed_requests() {
     });
     let took = registered.elapsed();
     // Let the reload's old process finish with the load still on.
-    thread::sleep(Duration::from_millis(500));
+    wait_until(T, "the old haproxy has exited", || {
+        haproxies_under(sup.pid()).len() == 1
+    });
     let report = load.stop();
     println!("new service answered after {took:.2?}; www during the reload: {report}");
     assert!(

@@ -307,6 +307,8 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     wait_until(T, "consul lists alpha-2", || {
         consul.passing("alpha").len() == 2
     });
+    // Not a wait: the route must not move; 1.5 s gives a wrong change
+    // (live or a reload) the time to show.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         served_by("shared.example.com", "/app").as_deref(),
@@ -338,6 +340,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
             "the route moved while its holder was failing: {r:?}; log:\n{}",
             sup.log()
         );
+        // Pacing: 20 probes over a second, each asserting the route held.
         std::thread::sleep(Duration::from_millis(50));
     }
     // And a restart while it fails does not hand the route over either.

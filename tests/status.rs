@@ -212,6 +212,7 @@ fn readiness_follows_consul_and_status_shows_what_was_left_out() {
         assert_eq!(code, 503, "{body}");
         body.contains("discovery has not answered")
     });
+    // Not a wait: it stays not ready while Consul is away (500 ms of it).
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status_get("/readyz").0, 503);
     assert_eq!(status_get("/healthz").0, 200);

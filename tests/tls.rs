@@ -581,7 +581,7 @@ fn a_certificate_replaced_under_load_is_served_within_a_second_without_a_process
             }
         }));
     }
-    thread::sleep(Duration::from_secs(1));
+    wait_until(T, "the load runs", || ok.load(Ordering::Relaxed) > 50);
     let ok_before = ok.load(Ordering::Relaxed);
     assert!(
         ok_before > 50,
@@ -597,6 +597,8 @@ fn a_certificate_replaced_under_load_is_served_within_a_second_without_a_process
     let probe_took = replaced_at.elapsed();
     let mut pid_sets = vec![haproxies_under(sup.pid())];
     for _ in 0..10 {
+        // Pacing: ten samples of the processes over a second after the
+        // change, which the test asserts stay the same.
         thread::sleep(Duration::from_millis(100));
         pid_sets.push(haproxies_under(sup.pid()));
     }
@@ -802,6 +804,8 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
             .ends_with("/certs"),
         "{e}"
     );
+    // Not a wait: the certificates stay served while the directory is
+    // gone (500 ms of it).
     thread::sleep(Duration::from_millis(500));
     still_served("the directory disappeared");
     assert_eq!(served_cert("old.test").unwrap(), old.der);

@@ -992,6 +992,44 @@ fn instances_of(entries: Vec<ServiceEntry>) -> (Vec<Instance>, Option<u64>, usiz
     (instances, created, merged)
 }
 
+/// Tags per service of `/v1/catalog/services` (`null` tags: none), sorted
+/// and deduplicated.
+fn catalog_tags(body: BTreeMap<String, Option<Vec<String>>>) -> BTreeMap<String, Vec<String>> {
+    body.into_iter()
+        .map(|(k, v)| {
+            let mut v = v.unwrap_or_default();
+            v.sort();
+            v.dedup();
+            (k, v)
+        })
+        .collect()
+}
+
+/// The body of `/v1/catalog/services` decoded as the watcher decodes it
+/// (the same type and `serde_json` call, then [`catalog_tags`]). This and
+/// the two below exist for the fuzz targets (tests/fuzz.rs): Consul's
+/// answers are input from outside.
+pub fn decode_catalog_services(
+    body: &[u8],
+) -> Result<BTreeMap<String, Vec<String>>, serde_json::Error> {
+    serde_json::from_slice(body).map(catalog_tags)
+}
+
+/// The body of `/v1/health/state/any` decoded as the watcher decodes it,
+/// then reduced to its check fingerprint per service.
+pub fn decode_health_state(body: &[u8]) -> Result<HashMap<String, u64>, serde_json::Error> {
+    serde_json::from_slice::<Vec<HealthCheck>>(body).map(|c| fingerprints(&c))
+}
+
+/// The body of `/v1/health/service/<name>` decoded as the watcher decodes
+/// it: the instances (exact duplicates merged), the lowest `CreateIndex`,
+/// and how many duplicates were merged.
+pub fn decode_health_service(
+    body: &[u8],
+) -> Result<(Vec<Instance>, Option<u64>, usize), serde_json::Error> {
+    serde_json::from_slice::<Vec<ServiceEntry>>(body).map(instances_of)
+}
+
 /// Percent-encodes a path segment (service names are untrusted).
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -1297,12 +1335,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
                             );
                         }
                     }
-                    let tags: BTreeMap<String, Vec<String>> = a.body.into_iter().map(|(k, v)| {
-                        let mut v = v.unwrap_or_default();
-                        v.sort();
-                        v.dedup();
-                        (k, v)
-                    }).collect();
+                    let tags = catalog_tags(a.body);
                     // Consul 1.8 does not move the index when an ACL
                     // policy changes what the token may see: the answer
                     // (at the end of the wait) differs under the same one.

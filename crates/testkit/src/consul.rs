@@ -139,6 +139,7 @@ impl Consul {
                     file_tail(&self.log, 8192)
                 );
             }
+            // The poll interval of this wait for a leader (deadline above).
             thread::sleep(Duration::from_millis(50));
         }
     }

@@ -169,6 +169,7 @@ impl HaproxySampler {
             .stack_size(256 * 1024)
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    // Pacing: the sampling period, not a wait for a condition.
                     thread::sleep(every);
                     sample_once(parent, &mut kinds, &mut sampled);
                 }

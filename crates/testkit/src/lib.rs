@@ -146,6 +146,7 @@ pub fn poll_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         if now >= deadline {
             return false;
         }
+        // The poll interval of the wait itself.
         thread::sleep(Duration::from_millis(20).min(deadline - now));
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -179,6 +179,8 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<LoadReport>>,
     started: Instant,
+    /// Requests each client has finished so far, whatever their outcome.
+    progress: Arc<Vec<AtomicU64>>,
 }
 
 impl Load {
@@ -197,15 +199,18 @@ impl Load {
         } else {
             "load"
         };
+        let progress: Arc<Vec<AtomicU64>> =
+            Arc::new((0..options.clients).map(|_| AtomicU64::new(0)).collect());
         let threads = (0..options.clients)
             .map(|i| {
                 let stop = Arc::clone(&stop);
+                let progress = Arc::clone(&progress);
                 let host = host.to_string();
                 let options = options.clone();
                 thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .stack_size(options.stack_size)
-                    .spawn(move || client(addr, &host, &options, started, &stop))
+                    .spawn(move || client(addr, &host, &options, started, &stop, &progress[i]))
                     .expect("spawn load client")
             })
             .collect();
@@ -213,7 +218,36 @@ impl Load {
             stop,
             threads,
             started,
+            progress,
         }
+    }
+
+    /// How many requests each client has finished so far (any outcome).
+    pub fn progress(&self) -> Vec<u64> {
+        self.progress
+            .iter()
+            .map(|p| p.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    /// Waits until every client has finished another request since `since`
+    /// (a [`Load::progress`]) was taken: the requests in flight then are
+    /// over. Panics after `timeout`.
+    pub fn wait_answered_since(&self, since: &[u64], timeout: Duration) {
+        crate::wait_until(timeout, "every load client answered again", || {
+            self.progress()
+                .iter()
+                .zip(since)
+                .all(|(now, then)| now > then)
+        });
+    }
+
+    /// Waits until every client has finished a request (any outcome): the
+    /// load is going. Panics after `timeout`.
+    pub fn wait_running(&self, timeout: Duration) {
+        crate::wait_until(timeout, "every load client has an answer", || {
+            self.progress().iter().all(|n| *n > 0)
+        });
     }
 
     /// When the load started (bucket 0 begins here).
@@ -255,6 +289,26 @@ impl KeepAliveLoad {
     pub fn stop(self) -> LoadReport {
         self.0.stop()
     }
+
+    /// The [`Load`] it is (to hold either kind as one type).
+    pub fn into_load(self) -> Load {
+        self.0
+    }
+
+    /// See [`Load::progress`].
+    pub fn progress(&self) -> Vec<u64> {
+        self.0.progress()
+    }
+
+    /// See [`Load::wait_answered_since`].
+    pub fn wait_answered_since(&self, since: &[u64], timeout: Duration) {
+        self.0.wait_answered_since(since, timeout)
+    }
+
+    /// See [`Load::wait_running`].
+    pub fn wait_running(&self, timeout: Duration) {
+        self.0.wait_running(timeout)
+    }
 }
 
 fn resolve(addr: &str) -> SocketAddr {
@@ -271,6 +325,7 @@ fn client(
     options: &LoadOptions,
     started: Instant,
     stop: &AtomicBool,
+    progress: &AtomicU64,
 ) -> LoadReport {
     let mut r = LoadReport {
         lat_us: Vec::with_capacity(1 << 16),
@@ -287,9 +342,13 @@ fn client(
         };
         let end = Instant::now();
         let bucket = (end.saturating_duration_since(started).as_nanos() / bucket_ns) as usize;
-        if r.tally(result, end - start, bucket) {
+        let ok = r.tally(result, end - start, bucket);
+        progress.fetch_add(1, Ordering::SeqCst);
+        if ok {
             continue;
         }
+        // Pacing, not a wait: after a failure the client pauses before its
+        // next request rather than spinning on a refused port.
         thread::sleep(Duration::from_millis(5));
     }
     r.connections = conn.opened;

@@ -46,6 +46,7 @@ pub fn child_wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitSt
         if now >= deadline {
             return None;
         }
+        // The poll interval of this wait for the exit, which has a deadline.
         thread::sleep(Duration::from_millis(10).min(deadline - now));
     }
 }
@@ -408,6 +409,7 @@ impl Proc {
                     tail(&text, 3000)
                 ));
             }
+            // The poll interval of this wait for the log line (deadline above).
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -423,6 +425,7 @@ impl Proc {
             if self.exited() {
                 return;
             }
+            // The poll interval of this wait for the exit (deadline: grace).
             thread::sleep(Duration::from_millis(10));
         }
         let _ = self.child.kill();

@@ -61,7 +61,10 @@ fn real_main(args: Args) -> Result<(), String> {
     for r in &rows {
         let mut g = r.gaps_ms.clone();
         g.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let q = |p: f64| g.get(((g.len() as f64 - 1.0) * p).round() as usize).copied();
+        let q = |p: f64| {
+            g.get(((g.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+        };
         println!(
             "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:?} |",
             r.strategy,
@@ -72,7 +75,10 @@ fn real_main(args: Args) -> Result<(), String> {
             r.report.timeout + r.report.other + r.report.non_2xx,
             q(0.5).unwrap_or(f64::NAN),
             q(1.0).unwrap_or(f64::NAN),
-            r.gaps_ms.iter().map(|x| x.round() as u64).collect::<Vec<_>>()
+            r.gaps_ms
+                .iter()
+                .map(|x| x.round() as u64)
+                .collect::<Vec<_>>()
         );
     }
     if let (Some(i), Some(s)) = (
@@ -82,7 +88,11 @@ fn real_main(args: Args) -> Result<(), String> {
         println!(
             "\n- inherit: 0 refused → {} ({}); seamless in the same run: {} refused",
             i.report.refused,
-            if i.report.refused == 0 { "met" } else { "NOT met" },
+            if i.report.refused == 0 {
+                "met"
+            } else {
+                "NOT met"
+            },
             s.report.refused
         );
         let max = i.gaps_ms.iter().copied().fold(0.0, f64::max);

@@ -1838,6 +1838,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
                 | "plain"
                 | "syn-drop"
                 | "seamless"
+                | "inherit"
                 | "bare"
                 | "master-worker"
         ) {
