@@ -304,15 +304,6 @@ fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
         _ => return None,
     };
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-    // An admin socket left by a root HAProxy (an earlier run, another
-    // strategy) could not be replaced by this user in the sticky dir.
-    let sock = settings.admin_socket();
-    if let Ok(m) = std::fs::symlink_metadata(&sock) {
-        use std::os::unix::fs::MetadataExt;
-        if m.uid() != uid {
-            let _ = std::fs::remove_file(&sock);
-        }
-    }
     render::share_with_group(gid);
     if let Err(e) = render::share_dir(&settings.run_dir, 0o1770) {
         tracing::warn!(event = %Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
@@ -1675,6 +1666,18 @@ impl Supervisor {
             run_as,
             json_logs: self.settings.log_format == crate::settings::LogFormat::Json,
         };
+        if let Some((uid, _)) = run_as {
+            // An admin socket a root HAProxy left (an earlier run, a
+            // generation that bound by itself) cannot be replaced by the
+            // user in the sticky run dir: HAProxy would refuse to start.
+            let sock = self.settings.admin_socket();
+            if let Ok(m) = std::fs::symlink_metadata(&sock) {
+                use std::os::unix::fs::MetadataExt;
+                if m.uid() != uid {
+                    let _ = std::fs::remove_file(&sock);
+                }
+            }
+        }
         let (pid, mut exited, stderr) = haproxy::start(&self.reaper, &spec)?;
         let id = self.gens.spawned(pid, Instant::now());
         // Recorded before it serves: if we are killed during this reload,
