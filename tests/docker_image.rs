@@ -1019,7 +1019,7 @@ fn check_variant(v: &Variant) {
     // HAProxy runs, the kernel queues connections for the next generation.
     // curl's exit code per request: 0 answered, 7 refused, 52/56 reset (in
     // flight on the killed process), 28 timed out.
-    let kills = 5;
+    let kills = 20;
     let codes = c.sh(&format!(
         "rm -f /tmp/crash.stop /tmp/crash.codes; \
          ( while [ ! -e /tmp/crash.stop ]; do curl -s -o /dev/null -m 5 -H 'Host: {WWW_HOST}' {HTTP}; \
