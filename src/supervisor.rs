@@ -298,17 +298,26 @@ fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
     {
         return None;
     }
+    // Only root can start a process as another user.
+    if !nix::unistd::Uid::effective().is_root() {
+        return None;
+    }
     let name = settings.vars.user.as_deref()?;
     let user = match nix::unistd::User::from_name(name) {
         Ok(Some(u)) => u,
         _ => return None,
     };
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
-    render::share_with_group(gid);
-    if let Err(e) = render::share_dir(&settings.run_dir, 0o1770) {
+    let run_dir = || -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(&settings.run_dir, None, Some(gid))?;
+        std::fs::set_permissions(&settings.run_dir, std::fs::Permissions::from_mode(0o1770))
+    };
+    if let Err(e) = run_dir() {
         tracing::warn!(event = %Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
         return None;
     }
+    render::share_with_group(gid);
     Some((uid, gid))
 }
 

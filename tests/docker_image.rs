@@ -1031,7 +1031,8 @@ fn check_variant(v: &Variant) {
         codes
             .lines()
             .filter_map(|l| {
-                l.split_once(char::is_whitespace)
+                l.trim()
+                    .split_once(char::is_whitespace)
                     .map(|(n, c)| (n.trim(), c.trim()))
             })
             .filter(|(_, c)| *c == code)

@@ -338,26 +338,6 @@ fn pid1_signal_table() {
     }
 }
 
-/// The gaps, from the supervisor's log, between each `generation_died` and
-/// the `reload_done` of the restart after it (ms).
-fn death_to_serving_ms(sup: &Supervisor) -> Vec<f64> {
-    let lines = json_lines(&sup.log());
-    let mut gaps = Vec::new();
-    let mut died: Option<f64> = None;
-    for l in &lines {
-        match l.event {
-            Some(Event::GenerationDied) => died = died.or(Some(l.at)),
-            Some(Event::ReloadDone) if l.fields["trigger"] == "restart" => {
-                if let Some(d) = died.take() {
-                    gaps.push((l.at - d) * 1000.0);
-                }
-            }
-            _ => {}
-        }
-    }
-    gaps
-}
-
 /// `HAPROXY_RELOAD_STRATEGY=inherit` (the default): the supervisor holds the
 /// listening sockets and every generation inherits them. Under load (a new
 /// connection per request), every HAProxy process SIGKILLed 20 times, 1 s

@@ -452,3 +452,23 @@ pub fn parse_rfc3339(s: &str) -> Option<f64> {
     let days = era * 146097 + doe - 719468;
     Some((days * 86400 + h * 3600 + min * 60) as f64 + sec)
 }
+
+/// The gaps, from the supervisor's log, between each `generation_died` and
+/// the `reload_done` of the restart after it (ms).
+pub fn death_to_serving_ms(sup: &Supervisor) -> Vec<f64> {
+    let lines = json_lines(&sup.log());
+    let mut gaps = Vec::new();
+    let mut died: Option<f64> = None;
+    for l in &lines {
+        match l.event {
+            Some(Event::GenerationDied) => died = died.or(Some(l.at)),
+            Some(Event::ReloadDone) if l.fields["trigger"] == "restart" => {
+                if let Some(d) = died.take() {
+                    gaps.push((l.at - d) * 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+    gaps
+}

@@ -129,22 +129,3 @@ fn run(args: &Args, strategy: &str) -> Result<Row, String> {
         gaps_ms,
     })
 }
-
-/// From the supervisor's log: each `generation_died` to the next restart's
-/// `reload_done` (ms).
-fn death_to_serving_ms(sup: &Supervisor) -> Vec<f64> {
-    let mut gaps = Vec::new();
-    let mut died: Option<f64> = None;
-    for l in json_lines(&sup.log()) {
-        match l.event {
-            Some(Event::GenerationDied) => died = died.or(Some(l.at)),
-            Some(Event::ReloadDone) if l.fields["trigger"] == "restart" => {
-                if let Some(d) = died.take() {
-                    gaps.push((l.at - d) * 1000.0);
-                }
-            }
-            _ => {}
-        }
-    }
-    gaps
-}
