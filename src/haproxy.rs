@@ -367,25 +367,25 @@ pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
     out
 }
 
-/// The ports a config binds, from its `bind` lines (`bind *:8080`,
-/// `bind 127.0.0.1:9000,[::]:9000 ...`). Unix sockets and ranges are ignored.
-pub fn bind_ports(config: &str) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
-    for line in config.lines() {
+/// Every address of `config`'s `bind` lines (`bind *:8080`, `bind
+/// 127.0.0.1:9000,[::]:9000 ...`, `bind fd@7`), in order.
+pub fn bind_addresses(config: &str) -> impl Iterator<Item = &str> {
+    config.lines().flat_map(|line| {
         let mut words = line.split_whitespace();
-        if words.next() != Some("bind") {
-            continue;
-        }
-        let Some(addrs) = words.next() else { continue };
-        for addr in addrs.split(',') {
-            if let Some((_, p)) = addr.rsplit_once(':') {
-                if let Ok(p) = p.parse::<u16>() {
-                    ports.insert(p);
-                }
-            }
-        }
-    }
-    ports
+        let addrs = match words.next() {
+            Some("bind") => words.next().unwrap_or(""),
+            _ => "",
+        };
+        addrs.split(',').filter(|a| !a.is_empty())
+    })
+}
+
+/// The ports a config binds, from its `bind` lines. Unix sockets, ranges
+/// and inherited descriptors (`fd@<n>`) are ignored.
+pub fn bind_ports(config: &str) -> BTreeSet<u16> {
+    bind_addresses(config)
+        .filter_map(|a| a.rsplit_once(':')?.1.parse::<u16>().ok())
+        .collect()
 }
 
 /// Inodes of TCP sockets listening on `ports` in this network namespace.

@@ -91,20 +91,9 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 
 /// The `fd@<n>` descriptors `config`'s bind lines name.
 pub fn named_fds(config: &str) -> BTreeSet<RawFd> {
-    let mut out = BTreeSet::new();
-    for line in config.lines() {
-        let mut words = line.split_whitespace();
-        if words.next() != Some("bind") {
-            continue;
-        }
-        let Some(addrs) = words.next() else { continue };
-        for a in addrs.split(',') {
-            if let Some(n) = a.strip_prefix("fd@").and_then(|n| n.parse().ok()) {
-                out.insert(n);
-            }
-        }
-    }
-    out
+    crate::haproxy::bind_addresses(config)
+        .filter_map(|a| a.strip_prefix("fd@")?.parse().ok())
+        .collect()
 }
 
 impl Listeners {
