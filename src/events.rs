@@ -10,6 +10,25 @@
 //! The names are part of the interface: a renamed event is a breaking
 //! change. `tests` in this module check every log call in `src/` names one.
 
+/// Logs one line of the event contract: `log!(level, Event::X, fields..., "message")`.
+/// The second argument must be an [`Event`] (the compiler checks it), and
+/// it becomes the `event` field; the rest is what `tracing::<level>!` takes.
+///
+/// ```
+/// use haproxy_supervisor::{events::Event, log};
+/// log!(info, Event::ReloadDone, generation = 3, "haproxy reload done");
+/// ```
+#[macro_export]
+macro_rules! log {
+    ($level:ident, $event:expr, $($rest:tt)+) => {{
+        let event: $crate::events::Event = $event;
+        #[allow(clippy::disallowed_macros)]
+        {
+            ::tracing::$level!(event = %event, $($rest)+)
+        }
+    }};
+}
+
 /// What happened. [`Event::as_str`] is the value of the `event` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Event {

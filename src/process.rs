@@ -176,7 +176,7 @@ impl Reaper {
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    tracing::error!(event = %Event::ReapFailed, error = %e, "waitpid failed");
+                    crate::log!(error, Event::ReapFailed, error = %e, "waitpid failed");
                     break;
                 }
             }
@@ -196,7 +196,7 @@ impl Reaper {
                 let _ = tx.send(exit);
             }
             None => {
-                tracing::debug!(event = %Event::OrphanReaped, pid = pid.as_raw(), %exit, "reaped an orphan")
+                crate::log!(debug, Event::OrphanReaped, pid = pid.as_raw(), %exit, "reaped an orphan")
             }
         }
     }
