@@ -69,6 +69,7 @@ pub mod runtime;
 pub mod settings;
 pub mod signals;
 pub mod status;
+pub mod step;
 pub mod supervisor;
 pub mod syntax;
 pub mod tls;

@@ -644,6 +644,11 @@ impl Tls {
         self.store.frontend(&self.served)
     }
 
+    /// The sets the directory gives, for the loop to wait on.
+    pub fn subscribe(&self) -> watch::Receiver<CertSet> {
+        self.rx.clone()
+    }
+
     /// The crt-list path (what a rendered config names).
     pub fn crt_list(&self) -> &Path {
         &self.store.crt_list
