@@ -788,6 +788,14 @@ impl State {
                         self.sync_refused = Some(s.config().to_string());
                     }
                 }
+                match self.busy.take() {
+                    Some(Busy::Reload(ep))
+                        if ep.trigger == Trigger::Restart && ep.candidate.is_none() =>
+                    {
+                        self.restart_from_disk(ep, &mut out)
+                    }
+                    other => self.busy = other,
+                }
             }
         }
         if self.busy.is_none() && self.stopping.is_none() {
@@ -921,25 +929,12 @@ impl State {
             if self.gens.serving().is_none() {
                 self.counters.restarts += 1;
                 out.push(Action::Restarted);
-                self.flush(out);
-                let mut ep = Episode::new(Trigger::Restart);
-                ep.candidate = match &self.applied.on_disk {
-                    OnDisk::Checked(c) => Some(c.clone()),
-                    OnDisk::Earlier(t) => Some(Checked {
-                        rendered: Rendered {
-                            config: t.clone(),
-                            maps: BTreeMap::new(),
-                        },
-                        layout: None,
-                        fingerprints: BTreeMap::new(),
-                    }),
-                    OnDisk::Nothing => None,
-                };
-                if let Some(c) = &ep.candidate {
-                    out.push(Action::Probe {
-                        config: c.config().to_string(),
-                    });
+                let ep = Episode::new(Trigger::Restart);
+                if self.flush(out) {
+                    // It starts from what the write leaves on disk.
                     self.busy = Some(Busy::Reload(ep));
+                } else {
+                    self.restart_from_disk(ep, out);
                 }
                 return;
             }
@@ -1011,20 +1006,40 @@ impl State {
     }
 
     /// Writes what serves (applied live) to disk now: before a restart,
-    /// and at stop.
-    fn flush(&mut self, out: &mut Vec<Action>) {
-        if self.needs_sync() {
-            if let Some(s) = self.applied.unsynced().cloned() {
-                self.last_sync = None;
-                self.sync_in_flight = true;
-                self.syncing = Some(s.clone());
-                out.push(Action::Sync {
-                    checked: s,
-                    epoch: self.epoch,
-                    wait: true,
-                });
-            }
+    /// and at stop. True when it asked for a write.
+    fn flush(&mut self, out: &mut Vec<Action>) -> bool {
+        if !self.needs_sync() {
+            return false;
         }
+        let Some(s) = self.applied.unsynced().cloned() else {
+            return false;
+        };
+        self.last_sync = None;
+        self.sync_in_flight = true;
+        self.syncing = Some(s.clone());
+        out.push(Action::Sync {
+            checked: s,
+            epoch: self.epoch,
+            wait: true,
+        });
+        true
+    }
+
+    /// A restart starts the running file as it is.
+    fn restart_from_disk(&mut self, mut ep: Episode, out: &mut Vec<Action>) {
+        ep.candidate = match &self.applied.on_disk {
+            OnDisk::Checked(c) => Some(c.clone()),
+            OnDisk::Earlier(t) => Some(Checked {
+                rendered: Rendered {
+                    config: t.clone(),
+                    maps: BTreeMap::new(),
+                },
+                layout: None,
+                fingerprints: BTreeMap::new(),
+            }),
+            OnDisk::Nothing => None,
+        };
+        self.start(ep, out);
     }
 
     /// The catalog to render: the latest answer, unless the mass-removal
@@ -1714,7 +1729,7 @@ impl State {
             out.push(Action::Kill(g.pid, Signal::SIGUSR1));
         }
         // What ran, applied live, is what the next start reproduces.
-        self.flush(out);
+        let _ = self.flush(out);
         let (stop, step) = Stop::begin(graceful, now, self.facts.stop_timeout);
         self.busy = None;
         self.stopping = Some(Stopping {
@@ -1827,3 +1842,6 @@ impl State {
         out.push(Action::Exit(code));
     }
 }
+
+#[cfg(test)]
+mod tests;
