@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::wire::{catalog_tags, fingerprints, HealthCheck};
 use super::{probe, Answer, Client, ConsulConfig, ConsulError};
-use crate::discovery::{publish, Backoff, CatalogTx};
+use crate::discovery::{publish, Backoff, CatalogTx, Health};
 use crate::events::Event;
 use crate::model::{enabled, is_service_name, Catalog, CatalogService, Instance};
 
@@ -201,8 +201,13 @@ fn query<T: serde::de::DeserializeOwned + Send + 'static>(
     })
 }
 
-/// Watches Consul and publishes catalogs until `tx` is closed.
-pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> {
+/// Watches Consul and publishes catalogs until `tx` is closed; each answer
+/// and error is counted in `health`.
+pub async fn watch(
+    cfg: ConsulConfig,
+    tx: CatalogTx,
+    health: Arc<Health>,
+) -> Result<(), ConsulError> {
     let client = Client::new(&cfg)?;
     let mut again = client.ep.again.subscribe();
     let prober = tokio::spawn(probe(client.clone(), cfg.probe_interval));
@@ -243,7 +248,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
     let (mut cat_ok, mut health_ok) = (true, true);
     loop {
         let mut report = |e: &ConsulError, st: &mut State| {
-            crate::discovery::HEALTH.error(e);
+            health.error(e);
             // Once per error per episode, however often it is retried and
             // whichever query meets it in between.
             if logged.len() < MAX_LOGGED && logged.insert(e.log_key()) {
@@ -269,7 +274,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             }
             r = &mut cat_q => match r {
                 Ok(a) => {
-                    crate::discovery::HEALTH.ok();
+                    health.ok();
                     cat_backoff.reset();
                     cat_ok = true;
                     st.recovering |= a.failed_over;
@@ -306,7 +311,7 @@ pub async fn watch(cfg: ConsulConfig, tx: CatalogTx) -> Result<(), ConsulError> 
             },
             r = &mut health_q => match r {
                 Ok(a) => {
-                    crate::discovery::HEALTH.ok();
+                    health.ok();
                     health_backoff.reset();
                     health_ok = true;
                     st.recovering |= a.failed_over;
