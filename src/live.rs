@@ -784,41 +784,82 @@ impl Running {
 /// old state (the traps of haproxy issues 1412, 2103, 3296). Servers in
 /// `unconfirmed` (a live operation on them failed or timed out: a stalled
 /// process may still run it after we gave up) start from the new config,
-/// not from whatever the old process ended up with.
+/// not from whatever the old process ended up with. The answer is read
+/// with [`crate::runtime::parse_servers_state`]; one it refuses carries
+/// nothing.
 pub fn carry_state(dump: &str, new: &Layout, unconfirmed: &BTreeSet<(String, String)>) -> String {
     let mut out = String::from("1\n");
-    for line in dump.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if line.starts_with('#') {
-            out.push_str(line);
-            out.push('\n');
+    // An answer that is not `show servers state` carries nothing.
+    let Some(state) = crate::runtime::parse_servers_state(dump) else {
+        return out;
+    };
+    // HAProxy reads the state file by position: an answer whose columns
+    // are elsewhere cannot be written back.
+    if !state.columns().take(STATE_COLUMNS.len()).eq(STATE_COLUMNS) {
+        return out;
+    }
+    // srv_uweight and srv_iweight.
+    let (uweight, iweight) = (7, 8);
+    out.push_str(&one_space(state.header.split_whitespace()));
+    out.push('\n');
+    for row in &state.rows {
+        if unconfirmed.contains(&(row.backend.clone(), row.server.clone())) {
             continue;
         }
-        // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state
-        // srv_uweight srv_iweight ... srv_fqdn(17) srv_port(18) ...
-        if f.len() < 19 {
-            continue;
-        }
-        if unconfirmed.contains(&(f[1].to_string(), f[3].to_string())) {
-            continue;
-        }
-        let Some(s) = new.backends.get(f[1]).and_then(|b| b.servers.get(f[3])) else {
+        let Some(s) = new
+            .backends
+            .get(&row.backend)
+            .and_then(|b| b.servers.get(&row.server))
+        else {
             continue;
         };
-        let same_place = s
-            .ip_port
-            .is_some_and(|(ip, port)| ip.to_string() == f[4] && port.to_string() == f[18]);
+        let same_place = s.ip_port.is_some_and(|(ip, port)| {
+            row.addr.as_deref() == Some(ip.to_string().as_str()) && row.port == port
+        });
         if !same_place {
             continue;
         }
         let w = s.weight.to_string();
-        let mut g = f.clone();
-        g[7] = &w;
-        g[8] = &w;
-        out.push_str(&g.join(" "));
+        let fields = row.raw.split_whitespace().enumerate().map(|(i, f)| {
+            if i == uweight || i == iweight {
+                w.as_str()
+            } else {
+                f
+            }
+        });
+        out.push_str(&one_space(fields));
         out.push('\n');
     }
     out
+}
+
+/// The first columns of `show servers state` (format version 1), where
+/// HAProxy reads them back from a `server-state-file`.
+const STATE_COLUMNS: [&str; 19] = [
+    "be_id",
+    "be_name",
+    "srv_id",
+    "srv_name",
+    "srv_addr",
+    "srv_op_state",
+    "srv_admin_state",
+    "srv_uweight",
+    "srv_iweight",
+    "srv_time_since_last_change",
+    "srv_check_status",
+    "srv_check_result",
+    "srv_check_health",
+    "srv_check_state",
+    "srv_agent_state",
+    "bk_f_forced_id",
+    "srv_f_forced_id",
+    "srv_fqdn",
+    "srv_port",
+];
+
+/// Fields separated by one space, as a state file's lines are written.
+fn one_space<'a>(fields: impl Iterator<Item = &'a str>) -> String {
+    fields.collect::<Vec<_>>().join(" ")
 }
 
 impl Layout {

@@ -154,6 +154,14 @@ impl ServersState {
             .find(|r| r.backend == backend && r.server == server)
     }
 
+    /// The column names of the header, in order.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.header
+            .strip_prefix("# ")
+            .unwrap_or_default()
+            .split_whitespace()
+    }
+
     /// The text of a `server-state-file`: version, header, raw rows.
     pub fn to_file(&self) -> String {
         let mut s = format!("{}\n{}\n", self.version, self.header);

@@ -1,5 +1,5 @@
-//! Tests of the shared test harness (`tests/common`) and of `demo-backend`.
-//! Run as root: `cargo test --test harness`.
+//! Tests of the test kit (this crate) and of `demo-backend`.
+//! Run as root: `cargo test --release -p testkit --test harness`.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
