@@ -18,15 +18,65 @@
 /// use haproxy_supervisor::{events::Event, log};
 /// log!(info, Event::ReloadDone, generation = 3, "haproxy reload done");
 /// ```
+///
+/// The tracing level macros are disallowed in `clippy.toml`, so this is
+/// the product's only way to log. It expands to `tracing::event!` with the
+/// level spelled out rather than to `tracing::<level>!` under an
+/// `#[allow(clippy::disallowed_macros)]`: clippy reports a disallowed macro
+/// whose expansion holds an attribute (tracing's do) at the crate root,
+/// where no allow inside the crate reaches (rust-clippy#14017).
 #[macro_export]
 macro_rules! log {
-    ($level:ident, $event:expr, $($rest:tt)+) => {{
+    (trace, $($rest:tt)+) => { $crate::log!(@ TRACE, $($rest)+) };
+    (debug, $($rest:tt)+) => { $crate::log!(@ DEBUG, $($rest)+) };
+    (info, $($rest:tt)+) => { $crate::log!(@ INFO, $($rest)+) };
+    (warn, $($rest:tt)+) => { $crate::log!(@ WARN, $($rest)+) };
+    (error, $($rest:tt)+) => { $crate::log!(@ ERROR, $($rest)+) };
+    (@ $level:ident, $event:expr $(,)?) => {{
         let event: $crate::events::Event = $event;
-        #[allow(clippy::disallowed_macros)]
-        {
-            ::tracing::$level!(event = %event, $($rest)+)
-        }
+        $crate::events::__tracing::event!($crate::events::__tracing::Level::$level, event = %event)
     }};
+    (@ $level:ident, $event:expr, $($rest:tt)+) => {{
+        let event: $crate::events::Event = $event;
+        $crate::events::__tracing::event!($crate::events::__tracing::Level::$level, event = %event, $($rest)+)
+    }};
+}
+
+#[doc(hidden)]
+pub use tracing as __tracing;
+
+/// Logs with the old `tracing::<level>!(event = %Event::X, ...)` syntax,
+/// for a module not yet written with [`log!`](crate::log): `use
+/// crate::events::legacy as tracing;` at its top turns its calls into
+/// `log!` calls (so their event is still checked to be an [`Event`]). A
+/// migration aid, to be removed once no module imports it.
+#[doc(hidden)]
+pub mod legacy {
+    #[allow(unused_macros)]
+    macro_rules! legacy_trace {
+        (event = %$event:expr, $($rest:tt)+) => { $crate::log!(trace, $event, $($rest)+) };
+    }
+    #[allow(unused_macros)]
+    macro_rules! legacy_debug {
+        (event = %$event:expr, $($rest:tt)+) => { $crate::log!(debug, $event, $($rest)+) };
+    }
+    #[allow(unused_macros)]
+    macro_rules! legacy_info {
+        (event = %$event:expr, $($rest:tt)+) => { $crate::log!(info, $event, $($rest)+) };
+    }
+    #[allow(unused_macros)]
+    macro_rules! legacy_warn {
+        (event = %$event:expr, $($rest:tt)+) => { $crate::log!(warn, $event, $($rest)+) };
+    }
+    #[allow(unused_macros)]
+    macro_rules! legacy_error {
+        (event = %$event:expr, $($rest:tt)+) => { $crate::log!(error, $event, $($rest)+) };
+    }
+    #[allow(unused_imports)]
+    pub(crate) use {
+        legacy_debug as debug, legacy_error as error, legacy_info as info, legacy_trace as trace,
+        legacy_warn as warn,
+    };
 }
 
 /// What happened. [`Event::as_str`] is the value of the `event` field.
@@ -100,8 +150,11 @@ pub enum Event {
     /// Reloads work again after an episode of failures. Field: `after`.
     ReloadsHealed,
     /// The config that serves was put back on disk after a failed start.
-    /// Fields: `file`, `error` (when that failed too).
+    /// Field: `file`.
     RolledBack,
+    /// The config that serves could not be put back on disk after a failed
+    /// start: the file holds the refused config. Fields: `file`, `error`.
+    RollbackFailed,
     /// Nothing serves; a start is scheduled. Field: `delay`.
     RestartScheduled,
     /// An old generation exited after draining. Fields: `pid`, `exit`.
@@ -118,6 +171,10 @@ pub enum Event {
     /// the config applied live) could not be written. Fields: `file`,
     /// `error`.
     WriteFailed,
+    /// What the supervisor reads back from HAProxy to carry over (the
+    /// server state, `show servers state`) could not be read; the new
+    /// generation starts without it. Field: `error`.
+    ReadFailed,
     /// Removing SYN-drop rules failed. Field: `error`.
     SynDropCleanupFailed,
 
@@ -131,9 +188,12 @@ pub enum Event {
     /// The change cannot go live; a reload follows the reload wait.
     /// Field: `reason`.
     StructuralChange,
-    /// A server taken out live was deleted. Fields: `backend`, `server`,
-    /// `error` (when it cannot be yet).
+    /// A server taken out live was deleted. Fields: `backend`, `server`.
     ParkedDeleted,
+    /// A server taken out live cannot be deleted yet; it stays parked (in
+    /// maintenance) and is tried again. Fields: `backend`, `server`,
+    /// `error`.
+    ParkedKept,
     /// A catalog answer that removes more than HAPROXY_REMOVAL_GUARD of
     /// the serving instances is held: the last catalog keeps serving.
     /// Fields: `removed`, `serving`, `services`, `grace_ms`.
@@ -244,17 +304,20 @@ impl Event {
         Event::ReloadRetry,
         Event::ReloadsHealed,
         Event::RolledBack,
+        Event::RollbackFailed,
         Event::RestartScheduled,
         Event::GenerationDrained,
         Event::ListenersReleased,
         Event::ListenerFailed,
         Event::GenerationDied,
         Event::WriteFailed,
+        Event::ReadFailed,
         Event::SynDropCleanupFailed,
         Event::LiveApplied,
         Event::LiveFailed,
         Event::StructuralChange,
         Event::ParkedDeleted,
+        Event::ParkedKept,
         Event::RemovalHeld,
         Event::RemovalApplied,
         Event::ServiceLeftOut,
@@ -312,17 +375,20 @@ impl Event {
             Event::ReloadRetry => "reload_retry",
             Event::ReloadsHealed => "reloads_healed",
             Event::RolledBack => "rolled_back",
+            Event::RollbackFailed => "rollback_failed",
             Event::RestartScheduled => "restart_scheduled",
             Event::GenerationDrained => "generation_drained",
             Event::ListenersReleased => "listeners_released",
             Event::ListenerFailed => "listener_failed",
             Event::GenerationDied => "generation_died",
             Event::WriteFailed => "write_failed",
+            Event::ReadFailed => "read_failed",
             Event::SynDropCleanupFailed => "syn_drop_cleanup_failed",
             Event::LiveApplied => "live_applied",
             Event::LiveFailed => "live_failed",
             Event::StructuralChange => "structural_change",
             Event::ParkedDeleted => "parked_deleted",
+            Event::ParkedKept => "parked_kept",
             Event::RemovalHeld => "removal_held",
             Event::RemovalApplied => "removal_applied",
             Event::ServiceLeftOut => "service_left_out",
@@ -382,10 +448,8 @@ mod tests {
         }
     }
 
-    /// Every `tracing::…!` call in the product names its event, and every
-    /// event is emitted somewhere: the contract is what the code does.
-    #[test]
-    fn every_log_call_in_src_names_an_event() {
+    /// The product's `.rs` files, with their text.
+    fn sources() -> Vec<(std::path::PathBuf, String)> {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
         let mut files = Vec::new();
         let mut stack = vec![std::path::PathBuf::from(dir)];
@@ -395,61 +459,63 @@ mod tests {
                 if p.is_dir() {
                     stack.push(p);
                 } else if p.extension().is_some_and(|x| x == "rs") {
-                    files.push(p);
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    files.push((p, text));
                 }
             }
         }
-        let mut used = BTreeSet::new();
-        let mut missing = Vec::new();
-        for f in &files {
-            let text = std::fs::read_to_string(f).unwrap();
-            for (at, _) in text.match_indices("tracing::") {
-                let rest = &text[at + "tracing::".len()..];
-                let Some(level) = ["error!(", "warn!(", "info!(", "debug!("]
-                    .iter()
-                    .find(|l| rest.starts_with(**l))
-                else {
-                    continue;
-                };
-                let call = &rest[level.len()..];
-                // The call's text up to its closing parenthesis.
-                let mut depth = 1;
-                let end = call
-                    .char_indices()
-                    .find(|(_, c)| {
-                        match c {
-                            '(' => depth += 1,
-                            ')' => depth -= 1,
-                            _ => {}
-                        }
-                        depth == 0
+        files
+    }
+
+    /// Events the supervisor's rewrite logs (they name what its current
+    /// code logs under an older event). Each entry must be removed once it
+    /// is logged: the test fails when one is.
+    const NOT_YET_LOGGED: &[Event] = &[Event::ParkedKept, Event::ReadFailed, Event::RollbackFailed];
+
+    /// Every event is logged somewhere: the contract is what the code does.
+    /// (That each log line names an `Event` is the compiler's job: the
+    /// tracing level macros are disallowed in clippy.toml, and `log!`
+    /// takes an `Event`.)
+    #[test]
+    fn every_event_is_logged_somewhere() {
+        let sources = sources();
+        let used = |e: &Event| {
+            let name = format!("Event::{e:?}");
+            sources
+                .iter()
+                .filter(|(p, _)| !p.ends_with("events.rs"))
+                .any(|(_, text)| {
+                    text.match_indices(&name).any(|(at, _)| {
+                        !text[at + name.len()..].starts_with(|c: char| c.is_alphanumeric())
                     })
-                    .map_or(call.len(), |(i, _)| i);
-                let call = &call[..end];
-                match call
-                    .split("Event::")
-                    .nth(1)
-                    .and_then(|s| s.split(|c: char| !c.is_alphanumeric()).next())
-                {
-                    Some(name) if call.trim_start().starts_with("event =") => {
-                        used.insert(name.to_string());
-                    }
-                    _ => {
-                        let line = text[..at].lines().count() + 1;
-                        missing.push(format!("{}:{line}", f.display()));
-                    }
-                }
-            }
-        }
-        assert!(
-            missing.is_empty(),
-            "log calls without `event = Event::…` first: {missing:?}"
-        );
-        let unused: Vec<String> = Event::ALL
+                })
+        };
+        let unused: Vec<&Event> = Event::ALL
             .iter()
-            .map(|e| format!("{e:?}"))
-            .filter(|n| !used.contains(n))
+            .filter(|e| !used(e) && !NOT_YET_LOGGED.contains(e))
             .collect();
-        assert!(unused.is_empty(), "events never emitted: {unused:?}");
+        assert!(unused.is_empty(), "events never logged: {unused:?}");
+        let logged: Vec<&Event> = NOT_YET_LOGGED.iter().filter(|e| used(e)).collect();
+        assert!(
+            logged.is_empty(),
+            "logged now, remove from NOT_YET_LOGGED: {logged:?}"
+        );
+    }
+
+    /// `tracing::event!` is what `log!` expands to, so clippy.toml cannot
+    /// disallow it (see there): this keeps it out of the product.
+    #[test]
+    fn no_direct_tracing_event() {
+        let direct: Vec<String> = sources()
+            .iter()
+            .filter(|(p, _)| !p.ends_with("events.rs"))
+            .flat_map(|(p, text)| {
+                text.lines()
+                    .enumerate()
+                    .filter(|(_, l)| l.contains("tracing::event!"))
+                    .map(move |(i, _)| format!("{}:{}", p.display(), i + 1))
+            })
+            .collect();
+        assert!(direct.is_empty(), "log with crate::log!: {direct:?}");
     }
 }

@@ -8,6 +8,7 @@
 //! that loop, so they are serialized by construction, and signals that
 //! arrive during one merge into a single follow-up.
 
+use crate::events::legacy as tracing; // until this module logs with crate::log! (clippy.toml)
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
