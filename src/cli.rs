@@ -49,7 +49,8 @@ pub async fn load_catalog(settings: &Settings) -> Result<Catalog, CliError> {
             // A bad CA, certificate, key or token file: said now, by name.
             discovery::consul::Client::new(cfg)?;
             let (tx, mut rx) = watch::channel(None::<Arc<Catalog>>);
-            let task = tokio::spawn(discovery::consul::watch(cfg.clone(), tx));
+            let health = Arc::new(discovery::Health::default());
+            let task = tokio::spawn(discovery::consul::watch(cfg.clone(), tx, health.clone()));
             let got = tokio::time::timeout(FIRST_ANSWER, rx.wait_for(|c| c.is_some())).await;
             task.abort();
             match got {
@@ -57,7 +58,7 @@ pub async fn load_catalog(settings: &Settings) -> Result<Catalog, CliError> {
                 _ => Err(CliError::NoConsulAnswer {
                     urls: cfg.urls.join(", "),
                     waited: FIRST_ANSWER,
-                    last_error: discovery::HEALTH
+                    last_error: health
                         .last_error()
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default(),

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::discovery::Health;
 use crate::events::Event;
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -114,6 +115,8 @@ struct Events {
 
 /// Shared between the loop (writes) and the status server (reads).
 pub struct Status {
+    /// The discovery source's answers and errors, written by its watcher.
+    discovery: Arc<Health>,
     registry: Registry,
     m: Metrics,
     snapshot: Mutex<Snapshot>,
@@ -128,7 +131,9 @@ fn now_unix() -> f64 {
 }
 
 impl Status {
-    pub fn new() -> Arc<Status> {
+    /// The status of a supervisor whose discovery source reports into
+    /// `discovery` (the same value its watcher is given).
+    pub fn new(discovery: Arc<Health>) -> Arc<Status> {
         let m = Metrics {
             reloads: Family::default(),
             live_ops: Family::default(),
@@ -211,6 +216,7 @@ impl Status {
             m.syn_drop_rules.clone(),
         );
         Arc::new(Status {
+            discovery,
             registry: r,
             m,
             snapshot: Mutex::new(Snapshot {
@@ -292,8 +298,8 @@ impl Status {
     /// whose counter families are named without `_total` and which ends in
     /// `# EOF`.
     fn metrics_text(&self) -> String {
-        // The discovery watchers count into discovery::HEALTH.
-        let h = &crate::discovery::HEALTH;
+        // The discovery watcher counts into its Health.
+        let h = &self.discovery;
         let counted = self.m.discovery_errors.get();
         if h.errors() > counted {
             self.m.discovery_errors.inc_by(h.errors() - counted);
@@ -361,9 +367,9 @@ impl Status {
             "left_out": s.left_out,
             "removal_held": s.removal_held,
             "discovery": {
-                "last_success_unix": crate::discovery::HEALTH.last_ok(),
-                "errors": crate::discovery::HEALTH.errors(),
-                "last_error": crate::discovery::HEALTH.last_error(),
+                "last_success_unix": self.discovery.last_ok(),
+                "errors": self.discovery.errors(),
+                "last_error": self.discovery.last_error(),
             },
         })
         .to_string()
@@ -466,7 +472,7 @@ mod tests {
 
     #[test]
     fn metrics_are_prefixed_and_counters_end_in_total() {
-        let s = Status::new();
+        let s = Status::new(Default::default());
         s.reload("sighup", "seamless", Duration::from_millis(80), None);
         s.live_op("add_server", true);
         let text = s.metrics_text();
@@ -480,7 +486,7 @@ mod tests {
 
     #[test]
     fn readiness_and_unknown_paths() {
-        let s = Status::new();
+        let s = Status::new(Default::default());
         s.publish(Snapshot {
             not_ready: Some("no checked config serves yet".into()),
             ..Snapshot::default()

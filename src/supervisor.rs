@@ -336,7 +336,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         tracing::warn!(event = %Event::Degraded, what = "subreaper", error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
     // The status server: its port taken is a start-up error naming it.
-    let status = Status::new();
+    let health = Arc::new(discovery::Health::default());
+    let status = Status::new(health.clone());
     let listener = status::bind(std::net::SocketAddr::from((
         [0, 0, 0, 0],
         settings.status_port,
@@ -396,13 +397,18 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             match source.clone() {
                 SourceSettings::File(path) => {
                     catalog_file = Some((path.clone(), tx.clone()));
-                    tokio::spawn(discovery::file::watch(path, Duration::from_millis(20), tx));
+                    tokio::spawn(discovery::file::watch(
+                        path,
+                        Duration::from_millis(20),
+                        tx,
+                        health,
+                    ));
                 }
                 SourceSettings::Consul(cfg) => {
                     // Fail now on a bad CA file rather than in the task.
                     discovery::consul::Client::new(&cfg)?;
                     tokio::spawn(async move {
-                        if let Err(e) = discovery::consul::watch(cfg, tx).await {
+                        if let Err(e) = discovery::consul::watch(cfg, tx, health).await {
                             tracing::error!(event = %Event::DiscoveryStopped, error = %e, "consul watcher stopped");
                         }
                     });

@@ -3,9 +3,10 @@
 //! running without Consul, and for tests and benchmarks that do not need it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{publish, CatalogTx};
+use super::{publish, CatalogTx, Health};
 use crate::events::Event;
 use crate::model::Catalog;
 
@@ -45,8 +46,8 @@ fn stamp(path: &std::path::Path) -> Option<(u64, u64, i64, i64)> {
 /// Watches `path` (its metadata every `interval`, its content when that
 /// changed, and at least every 2 s) and publishes each new valid catalog. A
 /// read or parse error is logged once per distinct error and the last good
-/// catalog stays.
-pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
+/// catalog stays. Each answer and error is counted in `health`.
+pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx, health: Arc<Health>) {
     let mut last_bytes: Option<Vec<u8>> = None;
     let mut last_error: Option<String> = None;
     let mut last_stamp = None;
@@ -73,13 +74,13 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                     .and_then(|t| Catalog::parse_file(t).map_err(|e| e.to_string()))
                 {
                     Ok(c) => {
-                        super::HEALTH.ok();
+                        health.ok();
                         tracing::info!(event = %Event::CatalogFileRead, path = %path.display(), services = c.services.len(), "catalog file read");
                         publish(&tx, c);
                         last_error = None;
                     }
                     Err(e) => {
-                        super::HEALTH.error(&e);
+                        health.error(&e);
                         if last_error.as_ref() != Some(&e) {
                             tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
                             last_error = Some(e);
@@ -88,9 +89,9 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx) {
                 }
                 last_bytes = Some(bytes);
             }
-            Ok(_) => super::HEALTH.ok(),
+            Ok(_) => health.ok(),
             Err(e) => {
-                super::HEALTH.error(&e);
+                health.error(&e);
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
                     tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");

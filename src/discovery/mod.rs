@@ -30,19 +30,15 @@ pub(crate) fn publish(tx: &CatalogTx, catalog: Catalog) -> bool {
 }
 
 /// How the discovery source is doing, for the status server: the time of
-/// its last good answer and its errors. Written by the watchers.
+/// its last good answer and its errors. Written by the watcher it is given
+/// to, read by the status server (one value per source, passed in; no
+/// global).
+#[derive(Default)]
 pub struct Health {
     last_ok_ms: std::sync::atomic::AtomicU64,
     errors: std::sync::atomic::AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
 }
-
-/// The process's one discovery source.
-pub static HEALTH: Health = Health {
-    last_ok_ms: std::sync::atomic::AtomicU64::new(0),
-    errors: std::sync::atomic::AtomicU64::new(0),
-    last_error: std::sync::Mutex::new(None),
-};
 
 impl Health {
     /// The source answered.

@@ -248,7 +248,7 @@ async fn measure(
         let mut cfg = ConsulConfig::new(http(SERVERS[i % SERVERS.len()]));
         cfg.consistency = consistency;
         let (tx, mut rx) = tokio::sync::watch::channel(None);
-        tasks.push(tokio::spawn(consul::watch(cfg, tx)));
+        tasks.push(tokio::spawn(consul::watch(cfg, tx, Default::default())));
         let updates = updates.clone();
         // Counts the catalogs each watcher publishes.
         receivers.push(tokio::spawn(async move {
