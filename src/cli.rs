@@ -98,7 +98,7 @@ pub(crate) fn render_catalog(
     let (mut desired, warnings) = Desired::build(catalog, &Context::from(&settings.vars));
     desired.tls = tls;
     for w in &warnings {
-        crate::log!(warn, Event::Warning, "{w}");
+        w.log();
     }
     let mut vars = settings.vars.clone();
     if fit {

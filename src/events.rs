@@ -121,9 +121,15 @@ pub enum Event {
     /// The template failed to render or load; nothing changed. Field: `error`.
     RenderFailed,
     /// A catalog entry or setting the model refuses or adjusts (a tag
-    /// value, a port clash, a fitted maxconn). Fields: `service`, `warning`;
-    /// for Consul entries merged (an instance listed twice): `service`,
-    /// `reason`, `duplicates`.
+    /// value, a port clash, a fitted maxconn). Fields: `service` (escaped
+    /// as by Rust's `escape_debug`), `tag` (the tag or field at fault, also
+    /// escaped: `HAPROXY.BACKEND.MAXCONN`, `instance id`, ...), `reason`
+    /// (what is wrong, for people), `left_out` (the service is not in the
+    /// config) — logged by [`crate::model::Warning::log`]; for Consul
+    /// entries merged (an instance listed twice) `duplicates` too; for a
+    /// setting no `service`, `tag` is the variable (`HAPROXY_MAXCONN_GLOBAL`)
+    /// and `open_files_limit` (with `servers` and `maxconn` when the
+    /// supervisor fits it to the servers).
     Warning,
     /// The catalog file was read. Fields: `path`, `services`.
     CatalogFileRead,
@@ -257,7 +263,12 @@ pub enum Event {
     /// A stale read was older than the maximum staleness and is asked of the
     /// leader. Fields: `last_contact_ms`, `max_stale_ms`.
     ConsulStaleRetry,
-    /// Consul refuses the token, or its ACLs hide the catalog. Field: `error`.
+    /// Consul refuses the token, or its ACLs hide the catalog. Fields:
+    /// `token_source` (where the token came from: `token` for
+    /// `CONSUL_HTTP_TOKEN` / `--consul-token`, `token_file` for
+    /// `CONSUL_HTTP_TOKEN_FILE` / `--consul-token-file`, `none`); for a
+    /// refusal (403) `url`, `status`, `body` (Consul's answer), `error`;
+    /// for a catalog the ACLs hide, `reason` (`empty_catalog`).
     ConsulDenied,
     /// Consul answers again after an outage.
     ConsulRecovered,

@@ -34,7 +34,14 @@ fn main() -> ExitCode {
     }
     if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
         if let Some(w) = settings.fit_fd_limit(limit) {
-            haproxy_supervisor::log!(warn, Event::Warning, "{w}");
+            haproxy_supervisor::log!(
+                warn,
+                Event::Warning,
+                tag = "HAPROXY_MAXCONN_GLOBAL",
+                reason = %w,
+                open_files_limit = limit,
+                "{w}"
+            );
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
