@@ -143,7 +143,7 @@ pub async fn render(settings: &Settings) -> i32 {
             0
         }
         Err(e) => {
-            crate::log!(error, Event::Fatal, "{e}");
+            crate::log!(error, Event::Fatal, error = %e, "{e}");
             1
         }
     }
@@ -157,6 +157,7 @@ pub async fn check(settings: &Settings) -> i32 {
             crate::log!(
                 error,
                 Event::Fatal,
+                error = %e,
                 "cannot create a temporary directory: {e}"
             );
             return 1;

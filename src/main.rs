@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             Command::Run => match supervisor::run(settings).await {
                 Ok(code) => code,
                 Err(e) => {
-                    haproxy_supervisor::log!(error, Event::Fatal, "{e}");
+                    haproxy_supervisor::log!(error, Event::Fatal, error = %e, "{e}");
                     1
                 }
             },
