@@ -98,7 +98,7 @@ pub(crate) fn render_catalog(
     let (mut desired, warnings) = Desired::build(catalog, &Context::from(&settings.vars));
     desired.tls = tls;
     for w in &warnings {
-        tracing::warn!(event = %Event::Warning, "{w}");
+        w.log();
     }
     let mut vars = settings.vars.clone();
     if fit {
@@ -137,13 +137,13 @@ pub async fn render(settings: &Settings) -> i32 {
                 Ok(())
             });
             if let Err(e) = write {
-                tracing::warn!(event = %Event::WriteFailed, dir = %dir.display(), error = %e, "cannot write the map files");
+                crate::log!(warn, Event::WriteFailed, dir = %dir.display(), error = %e, "cannot write the map files");
             }
             print!("{}", r.config);
             0
         }
         Err(e) => {
-            tracing::error!(event = %Event::Fatal, "{e}");
+            crate::log!(error, Event::Fatal, error = %e, "{e}");
             1
         }
     }
@@ -154,7 +154,12 @@ pub async fn check(settings: &Settings) -> i32 {
     let dir = match tempdir() {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(event = %Event::Fatal, "cannot create a temporary directory: {e}");
+            crate::log!(
+                error,
+                Event::Fatal,
+                error = %e,
+                "cannot create a temporary directory: {e}"
+            );
             return 1;
         }
     };

@@ -749,7 +749,7 @@ impl SynDropGuard {
 impl Drop for SynDropGuard {
     fn drop(&mut self) {
         if let Err(e) = self.remove_all() {
-            tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "could not remove SYN-drop rules");
+            crate::log!(error, Event::SynDropCleanupFailed, error = %e, "could not remove SYN-drop rules");
         }
     }
 }

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     }
     match settings.resolve_user() {
         Ok(None) => {}
-        Ok(Some(note)) => tracing::warn!(event = %Event::Degraded, what = "user", "{note}"),
+        Ok(Some(note)) => haproxy_supervisor::log!(warn, Event::Degraded, what = "user", "{note}"),
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
             return ExitCode::from(bad_settings(args.command));
@@ -34,7 +34,14 @@ fn main() -> ExitCode {
     }
     if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
         if let Some(w) = settings.fit_fd_limit(limit) {
-            tracing::warn!(event = %Event::Warning, "{w}");
+            haproxy_supervisor::log!(
+                warn,
+                Event::Warning,
+                tag = "HAPROXY_MAXCONN_GLOBAL",
+                reason = %w,
+                open_files_limit = limit,
+                "{w}"
+            );
         }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +60,7 @@ fn main() -> ExitCode {
             Command::Run => match supervisor::run(settings).await {
                 Ok(code) => code,
                 Err(e) => {
-                    tracing::error!(event = %Event::Fatal, "{e}");
+                    haproxy_supervisor::log!(error, Event::Fatal, error = %e, "{e}");
                     1
                 }
             },

@@ -158,7 +158,28 @@ pub struct Warning {
     pub service: String,
     /// The tag or field at fault (`HAPROXY.BACKEND.MAXCONN`, `instance id`, ...).
     pub tag: String,
+    /// What is wrong, and what was done instead when the service stays.
     pub message: String,
+    /// The service is left out of the config (it stays otherwise, adjusted
+    /// or without what the tag asked for).
+    pub left_out: bool,
+}
+
+impl Warning {
+    /// Logs it: event [`Event::Warning`](crate::events::Event::Warning)
+    /// with the fields `service`, `tag` (both escaped, so a hostile name
+    /// cannot forge a log line), `reason` (the message) and `left_out`.
+    pub fn log(&self) {
+        crate::log!(
+            warn,
+            crate::events::Event::Warning,
+            service = %self.service.escape_debug(),
+            tag = %self.tag.escape_debug(),
+            reason = %self.message,
+            left_out = self.left_out,
+            "{self}"
+        );
+    }
 }
 
 impl fmt::Display for Warning {
@@ -167,10 +188,15 @@ impl fmt::Display for Warning {
         // newline in it cannot forge a log line.
         write!(
             f,
-            "service {:?}: {}: {}",
+            "service {:?}: {}: {}{}",
             self.service,
             self.tag.escape_debug(),
-            self.message
+            self.message,
+            if self.left_out {
+                "; service left out"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -288,19 +314,21 @@ impl Desired {
                         message: format!(
                             "{t:?}: only HAPROXY.ENABLE=true exposes a service; not exposed"
                         ),
+                        left_out: false,
                     });
                 }
                 continue;
             }
-            let mut warn = |tag: &str, message: String| {
+            let mut warn = |tag: &str, message: String, left_out: bool| {
                 warnings.push(Warning {
                     service: name.clone(),
                     tag: tag.to_string(),
                     message,
+                    left_out,
                 })
             };
-            match build_service(name, cs, ctx, &mut warn) {
-                Err(e) => warn(&e.tag, format!("{}; service left out", e.message)),
+            match build_service(name, cs, ctx, &mut |tag, message| warn(tag, message, false)) {
+                Err(e) => warn(&e.tag, e.message, true),
                 Ok(svc) => valid.push((cs.created, svc)),
             }
         }
@@ -317,7 +345,8 @@ impl Desired {
                 warnings.push(Warning {
                     service: svc.name.clone(),
                     tag: tag.to_string(),
-                    message: format!("{message}; service left out"),
+                    message,
+                    left_out: true,
                 })
             };
             if let Some(p) = svc.frontend_port {
@@ -849,12 +878,15 @@ mod tests {
         assert_eq!(w.len(), 2, "{w:?}");
         let alpha = w.iter().find(|w| w.service == "alpha").unwrap();
         assert!(
-            alpha.message.contains("\"zeta\"") && alpha.message.contains("left out"),
+            alpha.message.contains("\"zeta\"") && alpha.left_out,
             "{alpha}"
         );
         let beta = w.iter().find(|w| w.service == "beta").unwrap();
         assert_eq!(beta.tag, "HAPROXY.FRONTEND.PORT");
-        assert!(beta.message.contains("\"omega\""), "{beta}");
+        assert!(
+            beta.message.contains("\"omega\"") && beta.left_out,
+            "{beta}"
+        );
 
         // Consul: the lowest CreateIndex holds, whatever the names.
         let mut c = c;

@@ -143,7 +143,7 @@ pub async fn run(settings: &Settings, format: PlanFormat) -> i32 {
                 PlanFormat::Json => match serde_json::to_string_pretty(&r) {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
-                        tracing::error!(event = %Event::Fatal, "cannot encode the plan: {e}");
+                        crate::log!(error, Event::Fatal, error = %e, "cannot encode the plan: {e}");
                         return 1;
                     }
                 },
@@ -151,7 +151,7 @@ pub async fn run(settings: &Settings, format: PlanFormat) -> i32 {
             r.exit_code
         }
         Err(e) => {
-            tracing::error!(event = %Event::Fatal, "{e}");
+            crate::log!(error, Event::Fatal, error = %e, "{e}");
             1
         }
     }

@@ -445,7 +445,7 @@ pub async fn serve(listener: tokio::net::TcpListener, status: Arc<Status>) {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(event = %Event::StatusAcceptFailed, error = %e, "status server: accept failed");
+                crate::log!(warn, Event::StatusAcceptFailed, error = %e, "status server: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

@@ -165,7 +165,7 @@ fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
         std::fs::set_permissions(&settings.run_dir, std::fs::Permissions::from_mode(0o1770))
     };
     if let Err(e) = run_dir() {
-        tracing::warn!(event = %Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
+        crate::log!(warn, Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
         return None;
     }
     render::share_with_group(gid);
@@ -183,7 +183,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
     // PID 1 gets no default signal actions: install every handler first.
     let sigs = signals::listen().map_err(SupervisorError::Signals)?;
     if let Err(e) = process::become_subreaper() {
-        tracing::warn!(event = %Event::Degraded, what = "subreaper", error = %e, "cannot become a child subreaper; orphans may not be reaped here");
+        crate::log!(warn, Event::Degraded, what = "subreaper", error = %e, "cannot become a child subreaper; orphans may not be reaped here");
     }
     // The status server: its port taken is a start-up error naming it.
     let health = Arc::new(discovery::Health::default());
@@ -215,20 +215,25 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             match reaper.hold_off(haproxy::remove_stale_rules).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => {
-                    tracing::warn!(event = %Event::StaleRulesRemoved, rules = n, "removed SYN-drop rules left by an earlier run")
+                    crate::log!(
+                        warn,
+                        Event::StaleRulesRemoved,
+                        rules = n,
+                        "removed SYN-drop rules left by an earlier run"
+                    )
                 }
                 Ok(Err(e)) => {
-                    tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
+                    crate::log!(error, Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
                 }
                 Err(e) => {
-                    tracing::error!(event = %Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
+                    crate::log!(error, Event::SynDropCleanupFailed, error = %e, "cannot remove stale SYN-drop rules")
                 }
             }
             true
         }
         (Err(e), ReloadStrategy::SynDrop) => return Err(SupervisorError::SynDropUnavailable(e)),
         (Err(e), ReloadStrategy::Seamless) => {
-            tracing::warn!(event = %Event::Degraded, what = "iptables", error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
+            crate::log!(warn, Event::Degraded, what = "iptables", error = %e, "iptables unavailable: seamless reloads cannot fall back to syn-drop");
             false
         }
         (Err(_), ReloadStrategy::Plain | ReloadStrategy::Inherit) => false,
@@ -259,7 +264,7 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
                     discovery::consul::Client::new(&cfg)?;
                     tokio::spawn(async move {
                         if let Err(e) = discovery::consul::watch(cfg, tx, health).await {
-                            tracing::error!(event = %Event::DiscoveryStopped, error = %e, "consul watcher stopped");
+                            crate::log!(error, Event::DiscoveryStopped, error = %e, "consul watcher stopped");
                         }
                     });
                 }
@@ -276,8 +281,9 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
             Duration::from_millis(100),
         )),
         (Some(_), None) => {
-            tracing::warn!(
-                event = %Event::Degraded,
+            crate::log!(
+                warn,
+                Event::Degraded,
                 what = "certs_dir",
                 "HAPROXY_CERTS_DIR is ignored with --no-render: the external config decides"
             );
@@ -768,7 +774,7 @@ impl Executor {
             match self.runtime.command("show servers state").await {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    log!(warn, Event::WriteFailed, error = %e, "cannot read the server state; the new haproxy starts without it");
+                    log!(warn, Event::ReadFailed, error = %e, "cannot read the server state; the new haproxy starts without it");
                     None
                 }
             }
@@ -973,7 +979,7 @@ impl Executor {
                 Input::RolledBack { ok: true }
             }
             Err(e) => {
-                log!(error, Event::RolledBack, file = %self.running_file.display(), error = %e, "cannot roll back to the config that serves");
+                log!(error, Event::RollbackFailed, file = %self.running_file.display(), error = %e, "cannot roll back to the config that serves");
                 Input::RolledBack { ok: false }
             }
         }
@@ -1028,7 +1034,7 @@ impl Executor {
                 }
                 Err(RuntimeError::Busy { .. }) => {}
                 Err(e) => {
-                    log!(debug, Event::ParkedDeleted, backend, server, error = %e, "cannot delete a parked server yet")
+                    log!(debug, Event::ParkedKept, backend, server, error = %e, "cannot delete a parked server yet")
                 }
             }
         }
@@ -1153,7 +1159,9 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
         .map(Pid::from_raw)
         .collect();
     if !pids.is_empty() {
-        tracing::warn!(event = %Event::LeftoversAdopted,
+        crate::log!(
+            warn,
+            Event::LeftoversAdopted,
             ?pids,
             "found haproxy processes of an earlier run; the new one will take over from them"
         );

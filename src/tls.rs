@@ -335,14 +335,14 @@ impl Scanner {
             Err(e) => {
                 let e = e.to_string();
                 if self.dir_error.as_ref() != Some(&e) {
-                    tracing::error!(event = %Event::CertDirError, dir = %self.dir.display(), error = %e, serving = self.current.len(), "cannot read HAPROXY_CERTS_DIR; the certificates served stay");
+                    crate::log!(error, Event::CertDirError, dir = %self.dir.display(), error = %e, serving = self.current.len(), "cannot read HAPROXY_CERTS_DIR; the certificates served stay");
                     self.dir_error = Some(e);
                 }
                 return None;
             }
         };
         if self.dir_error.take().is_some() {
-            tracing::info!(event = %Event::CertDirOk, dir = %self.dir.display(), "HAPROXY_CERTS_DIR is readable again");
+            crate::log!(info, Event::CertDirOk, dir = %self.dir.display(), "HAPROXY_CERTS_DIR is readable again");
         }
         let mut seen = BTreeMap::new();
         for name in names {
@@ -381,13 +381,12 @@ impl Scanner {
             match load_bundle(&path) {
                 Ok(b) => {
                     if b.expired {
-                        tracing::warn!(event = %Event::CertExpired, file = %path.display(), not_after = %b.not_after, subject = %b.subject, "certificate expired; served anyway");
+                        crate::log!(warn, Event::CertExpired, file = %path.display(), not_after = %b.not_after, subject = %b.subject, "certificate expired; served anyway");
                     }
                     f.good = Some(b);
                 }
                 Err(e) => {
-                    tracing::error!(
-                        event = %Event::CertRejected,
+                    crate::log!(error, Event::CertRejected,
                         file = %path.display(),
                         error = %e.reason,
                         keeps_previous = f.good.is_some(),
@@ -612,16 +611,17 @@ impl Tls {
             rx,
         };
         if let Err(e) = tls.store.write(&initial) {
-            tracing::error!(event = %Event::CertStoreError, store = %tls.store.dir.display(), error = %e, "cannot write the certificate store");
+            crate::log!(error, Event::CertStoreError, store = %tls.store.dir.display(), error = %e, "cannot write the certificate store");
         } else {
             tls.served = initial;
         }
         for b in tls.served.values() {
-            tracing::info!(event = %Event::CertLoaded, file = %tls.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, names = ?b.dns_names, "certificate served");
+            crate::log!(info, Event::CertLoaded, file = %tls.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, names = ?b.dns_names, "certificate served");
         }
         if tls.served.is_empty() {
-            tracing::warn!(
-                event = %Event::CertNone,
+            crate::log!(
+                warn,
+                Event::CertNone,
                 "HAPROXY_CERTS_DIR holds no usable bundle: no HTTPS bind until one is added"
             );
         }
@@ -673,7 +673,7 @@ impl Tls {
             return TlsOutcome::Unchanged;
         }
         if let Err(e) = self.store.write(&new) {
-            tracing::error!(event = %Event::CertStoreError, store = %self.store.dir.display(), error = %e, "cannot write the certificate store; the certificates served stay");
+            crate::log!(error, Event::CertStoreError, store = %self.store.dir.display(), error = %e, "cannot write the certificate store; the certificates served stay");
             let _ = self.store.write(&self.served);
             return TlsOutcome::Unchanged;
         }
@@ -687,18 +687,18 @@ impl Tls {
         } = diff_certs(&old, new, live);
         let log_all = |live: bool| {
             for b in &added {
-                tracing::info!(event = %Event::CertAdded, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate added");
+                crate::log!(info, Event::CertAdded, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate added");
             }
             for b in &replaced {
-                tracing::info!(event = %Event::CertUpdated, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate replaced");
+                crate::log!(info, Event::CertUpdated, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate replaced");
             }
             for b in &removed {
-                tracing::info!(event = %Event::CertRemoved, file = %self.dir.join(&b.name).display(), live, "certificate removed");
+                crate::log!(info, Event::CertRemoved, file = %self.dir.join(&b.name).display(), live, "certificate removed");
             }
         };
         if let Some(reason) = reason {
             log_all(false);
-            tracing::info!(event = %Event::CertReload, reason = %reason, "certificates change by a reload");
+            crate::log!(info, Event::CertReload, reason = %reason, "certificates change by a reload");
             return TlsOutcome::Reload(reason);
         }
         let list = self.store.crt_list.display().to_string();
@@ -725,7 +725,7 @@ impl Tls {
             }
             Err(e) => {
                 log_all(false);
-                tracing::error!(event = %Event::CertLiveFailed, error = %e, "a certificate change failed live; reloading instead");
+                crate::log!(error, Event::CertLiveFailed, error = %e, "a certificate change failed live; reloading instead");
                 TlsOutcome::Reload(format!("runtime API: {e}"))
             }
         }

@@ -343,6 +343,36 @@ fn assert_warned(log: &str, cases: &[Case]) {
     }
 }
 
+/// The `warning` events of a JSON log, their fields.
+fn warnings(log: &str) -> Vec<Value> {
+    json_log(log)
+        .into_iter()
+        .map(|v| v["fields"].clone())
+        .filter(|f| f["event"] == Event::Warning.as_str())
+        .collect()
+}
+
+/// The warning for `service` (its name as logged: escaped) whose tag
+/// starts with `tag`.
+fn warning_for<'a>(warnings: &'a [Value], service: &str, tag: &str) -> Option<&'a Value> {
+    let service = service.escape_debug().to_string();
+    warnings.iter().find(|w| {
+        w["service"] == service.as_str() && w["tag"].as_str().is_some_and(|t| t.starts_with(tag))
+    })
+}
+
+/// Asserts the JSON `log` has, for each case, a warning naming its service
+/// and tag that leaves it out.
+fn assert_warned_fields(log: &str, cases: &[Case]) {
+    let ws = warnings(log);
+    for c in cases {
+        assert!(
+            warning_for(&ws, &c.service, c.tag).is_some_and(|w| w["left_out"] == true),
+            "no warning leaving out {c:?}; log:\n{log}"
+        );
+    }
+}
+
 /// No log line was forged by the hostile tag of `typo2`.
 fn assert_no_forged_line(log: &str) {
     assert!(
@@ -419,18 +449,36 @@ fn hostile_catalog_file_entries_are_left_out_with_warnings() {
     assert!(config_map_path(&config, "paths").is_none(), "{config}");
     assert_clean(&rendered_files(&cfg));
 
-    // Each hostile service is named in a warning with its tag.
+    // No log line forged in the text log.
+    assert!(
+        !out.stderr.lines().any(|l| l.starts_with("2099-01-01")),
+        "a tag forged a log line:\n{}",
+        out.stderr
+    );
+    // Each hostile service is named in a warning with its tag (JSON log).
+    let mut json_envs = envs.to_vec();
+    json_envs.push(("HAPROXY_LOG_FORMAT", "json"));
+    let out = run_once(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        &json_envs,
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "render: {}", out.stderr);
     let log = out.stderr;
-    assert_warned(&log, &cases);
-    assert!(
-        log.contains(r#"service "typo": HAPROXY.BACKEND.MAXCON: unknown HAPROXY tag"#),
-        "{log}"
-    );
-    assert!(
-        log.contains(r#"service "heavy": instance weight: "#),
-        "{log}"
-    );
-    assert_no_forged_line(&log);
+    assert_warned_fields(&log, &cases);
+    let ws = warnings(&log);
+    // Kept, with what is wrong said: an unknown tag, a capped weight, and
+    // the forging tag (escaped).
+    for (service, tag) in [
+        ("typo", "HAPROXY.BACKEND.MAXCON"),
+        ("heavy", "instance weight"),
+        ("typo2", r"HAPROXY.X\n2099-01-01"),
+    ] {
+        assert!(
+            warning_for(&ws, service, tag).is_some_and(|w| w["left_out"] == false),
+            "no warning for {service} {tag}; log:\n{log}"
+        );
+    }
 
     // The config is valid, by `haproxy -c` directly and by `check`.
     let (valid, msg) = haproxy_check(&cfg);

@@ -316,7 +316,11 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
 
     let addr = consul.addr();
     let spawn = |token: Option<&str>| {
-        let mut envs = vec![("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")];
+        let mut envs = vec![
+            ("HAPROXY_DOM", "example.com"),
+            ("NO_COLOR", "1"),
+            ("HAPROXY_LOG_FORMAT", "json"),
+        ];
         if let Some(t) = token {
             envs.push(("CONSUL_HTTP_TOKEN", t));
         }
@@ -327,10 +331,13 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
     let sup = spawn(Some(TOKEN));
     sup.wait_for_event(Event::ConsulDenied, T);
     let log = sup.log();
+    let denied = sup.events(Event::ConsulDenied);
+    let f = &denied[0]["fields"];
     assert!(
-        log.contains("403")
-            && log.contains("ACL not found")
-            && log.contains("the token from CONSUL_HTTP_TOKEN / --consul-token"),
+        f["status"] == 403
+            && f["token_source"] == "token"
+            // Consul's own answer
+            && f["body"].as_str().is_some_and(|b| b.contains("ACL not found")),
         "{log}"
     );
     assert!(!sup.has_event(Event::ConsulError), "{log}");
@@ -342,7 +349,12 @@ fn a_consul_acl_denial_is_an_authorization_error_naming_the_token_source() {
     let sup = spawn(None);
     sup.wait_for_event(Event::ConsulDenied, T);
     let log = sup.log();
-    assert!(log.contains("no token (CONSUL_HTTP_TOKEN"), "{log}");
+    let denied = sup.events(Event::ConsulDenied);
+    assert!(
+        denied[0]["fields"]["token_source"] == "none"
+            && denied[0]["fields"]["reason"] == "empty_catalog",
+        "{log}"
+    );
     assert!(!sup.has_event(Event::ConsulError), "{log}");
     sup.stop();
 

@@ -75,14 +75,14 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx, health: Arc
                 {
                     Ok(c) => {
                         health.ok();
-                        tracing::info!(event = %Event::CatalogFileRead, path = %path.display(), services = c.services.len(), "catalog file read");
+                        crate::log!(info, Event::CatalogFileRead, path = %path.display(), services = c.services.len(), "catalog file read");
                         publish(&tx, c);
                         last_error = None;
                     }
                     Err(e) => {
                         health.error(&e);
                         if last_error.as_ref() != Some(&e) {
-                            tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
+                            crate::log!(error, Event::CatalogFileRejected, path = %path.display(), error = %e, "invalid catalog file; keeping the last good catalog");
                             last_error = Some(e);
                         }
                     }
@@ -94,7 +94,7 @@ pub async fn watch(path: PathBuf, interval: Duration, tx: CatalogTx, health: Arc
                 health.error(&e);
                 let e = e.to_string();
                 if last_error.as_ref() != Some(&e) {
-                    tracing::error!(event = %Event::CatalogFileRejected, path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");
+                    crate::log!(error, Event::CatalogFileRejected, path = %path.display(), error = %e, "cannot read catalog file; keeping the last good catalog");
                     last_error = Some(e);
                 }
                 last_bytes = None;

@@ -1145,7 +1145,7 @@ impl State {
         let now: BTreeSet<String> = warnings.iter().map(|w| w.to_string()).collect();
         for w in warnings {
             if !self.warned.contains(&w.to_string()) {
-                log_warning(w);
+                w.log();
             }
         }
         self.warned = now;
@@ -1172,7 +1172,8 @@ impl State {
                     servers,
                     open_files_limit = limit,
                     maxconn = fit,
-                    reason = "fd_limit",
+                    tag = "HAPROXY_MAXCONN_GLOBAL",
+                    reason = "the open-files limit cannot hold every connection and checked server",
                     "HAPROXY_MAXCONN_GLOBAL={} and one descriptor per checked server do not fit the open-files limit; using a lower global maxconn{}",
                     vars.maxconn_global,
                     if limit < 1000 + servers + 2 { " (too many servers: haproxy will refuse to start)" } else { "" }
@@ -1304,11 +1305,6 @@ impl State {
             }
         }
     }
-}
-
-/// Logs a model warning with its fields.
-fn log_warning(w: &Warning) {
-    log!(warn, Event::Warning, service = %w.service, tag = %w.tag, reason = %w.message, "{w}");
 }
 
 /// A start that failed, as the executor reports it.

@@ -325,9 +325,7 @@ pub fn check_rendered(
         let cs = catalog.services.get(&s.name);
         prop_assert!(cs.is_some_and(|cs| enabled(&cs.tags)));
         prop_assert!(
-            !warnings
-                .iter()
-                .any(|w| w.service == s.name && w.message.contains("left out")),
+            !warnings.iter().any(|w| w.service == s.name && w.left_out),
             "accepted {:?} yet warned as left out: {:?}",
             s.name,
             warnings
@@ -345,9 +343,7 @@ pub fn check_rendered(
     for (name, cs) in &catalog.services {
         if enabled(&cs.tags) && !accepted.contains(name.as_str()) {
             prop_assert!(
-                warnings
-                    .iter()
-                    .any(|w| &w.service == name && w.message.contains("service left out")),
+                warnings.iter().any(|w| &w.service == name && w.left_out),
                 "{:?} silently dropped; warnings {:?}",
                 name,
                 warnings

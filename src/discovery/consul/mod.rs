@@ -264,6 +264,18 @@ impl Token {
         }
     }
 
+    /// Where the token came from, as the `token_source` field of a
+    /// denial: `token` (`CONSUL_HTTP_TOKEN` / `--consul-token`),
+    /// `token_file` (`CONSUL_HTTP_TOKEN_FILE` / `--consul-token-file`) or
+    /// `none` (Consul's anonymous token).
+    pub fn source_field(&self) -> &'static str {
+        match self {
+            Token::Value(_) => "token",
+            Token::File(_) => "token_file",
+            Token::None => "none",
+        }
+    }
+
     /// The token's value now.
     pub fn read(&self) -> Result<Option<String>, ConsulError> {
         match self {
@@ -550,8 +562,9 @@ impl Client {
             let mut r = self.get_at(i, path, index, stale).await;
             if let (Ok((_, Some(ms))), Consistency::Stale { max_stale }) = (&r, self.consistency) {
                 if too_stale(Some(*ms), max_stale) {
-                    tracing::debug!(
-                        event = %Event::ConsulStaleRetry,
+                    crate::log!(
+                        debug,
+                        Event::ConsulStaleRetry,
                         last_contact_ms = ms,
                         "stale answer older than the maximum staleness; asking the leader"
                     );
@@ -583,8 +596,7 @@ impl Client {
                         // Said once per outage: while every address fails
                         // each retry walks the list again.
                         if !self.ep.failing.load(Ordering::SeqCst) {
-                            tracing::warn!(
-                                event = %Event::ConsulFailover,
+                            crate::log!(warn, Event::ConsulFailover,
                                 from = %self.ep.urls[i],
                                 to = %self.ep.urls[next],
                                 setting = self.ep.urls_from,
@@ -854,15 +866,13 @@ async fn probe(client: Client, interval: Duration) {
                     .is_ok()
             {
                 if i == 0 {
-                    tracing::info!(
-                        event = %Event::ConsulFailback,
+                    crate::log!(info, Event::ConsulFailback,
                         from = %ep.urls[cur],
                         to = %ep.urls[0],
                         "the first consul address answers again; moving back to it"
                     );
                 } else {
-                    tracing::warn!(
-                        event = %Event::ConsulFailover,
+                    crate::log!(warn, Event::ConsulFailover,
                         from = %ep.urls[cur],
                         to = %ep.urls[i],
                         setting = ep.urls_from,

@@ -140,9 +140,9 @@ impl State {
                     if merged == 0 {
                         self.merged.remove(&name);
                     } else if self.merged.insert(name.clone()) {
-                        tracing::warn!(
-                            event = %Event::Warning,
+                        crate::log!(warn, Event::Warning,
                             service = %name.escape_debug(),
+                            tag = "instance id",
                             reason = "duplicate instance entries",
                             duplicates = merged,
                             "consul lists instances of this service more than once (same node, service ID and port); each is one server"
@@ -158,7 +158,7 @@ impl State {
                     first_err.get_or_insert(e);
                 }
                 Err(e) => {
-                    tracing::error!(event = %Event::ConsulError, error = %e, "consul fetch task failed")
+                    crate::log!(error, Event::ConsulError, error = %e, "consul fetch task failed")
                 }
             }
         }
@@ -253,12 +253,12 @@ pub async fn watch(
             // whichever query meets it in between.
             if logged.len() < MAX_LOGGED && logged.insert(e.log_key()) {
                 let text = e.to_string();
-                if matches!(e, ConsulError::Denied { .. }) {
-                    tracing::error!(event = %Event::ConsulDenied, error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
+                if let ConsulError::Denied { url, body, .. } = e {
+                    crate::log!(error, Event::ConsulDenied, token_source = st.cfg.token.source_field(), url = %url, status = 403, body = %body, error = %text, "consul denied access (ACL); keeping the last good catalog and retrying");
                 } else if e.agent_away() {
-                    tracing::warn!(event = %Event::ConsulError, error = %text, away = true, "consul unavailable; keeping the last good catalog and retrying");
+                    crate::log!(warn, Event::ConsulError, error = %text, away = true, "consul unavailable; keeping the last good catalog and retrying");
                 } else {
-                    tracing::error!(event = %Event::ConsulError, error = %text, away = false, "consul cannot be read; keeping the last good catalog and retrying");
+                    crate::log!(error, Event::ConsulError, error = %text, away = false, "consul cannot be read; keeping the last good catalog and retrying");
                 }
             }
             st.recovering = true;
@@ -284,7 +284,9 @@ pub async fn watch(
                     if a.body.is_empty() != warned_empty {
                         warned_empty = a.body.is_empty();
                         if warned_empty {
-                            tracing::warn!(event = %Event::ConsulDenied,
+                            crate::log!(warn, Event::ConsulDenied,
+                                token_source = st.cfg.token.source_field(),
+                                reason = "empty_catalog",
                                 "consul authorization: the catalog lists no service, not even consul's own; ACLs most likely hide them from {}, which needs service:read and node:read",
                                 st.cfg.token.source()
                             );
@@ -347,7 +349,7 @@ pub async fn watch(
                 fetch_backoff.reset();
                 if !logged.is_empty() {
                     logged.clear();
-                    tracing::info!(event = %Event::ConsulRecovered, url = %client.current_url(), "consul reachable again");
+                    crate::log!(info, Event::ConsulRecovered, url = %client.current_url(), "consul reachable again");
                 }
                 let was_empty = tx.borrow().as_ref().is_none_or(|c| c.services.is_empty());
                 if catalog.services.is_empty() && !was_empty && st.recovering {
@@ -355,7 +357,7 @@ pub async fn watch(
                     let since = *st.empty_since.get_or_insert_with(Instant::now);
                     if since.elapsed() < st.cfg.empty_grace {
                         if first {
-                            tracing::warn!(event = %Event::ConsulEmptyAfterOutage,
+                            crate::log!(warn, Event::ConsulEmptyAfterOutage,
                                 grace = ?st.cfg.empty_grace,
                                 "consul answers with no services after an outage; keeping the last good catalog for now"
                             );
@@ -371,7 +373,12 @@ pub async fn watch(
                 st.recovering = false;
                 let n = catalog.services.len();
                 if publish(&tx, catalog) {
-                    tracing::debug!(event = %Event::ConsulChanged, services = n, "consul catalog changed");
+                    crate::log!(
+                        debug,
+                        Event::ConsulChanged,
+                        services = n,
+                        "consul catalog changed"
+                    );
                 }
             }
             Err(e) => {
