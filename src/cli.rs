@@ -109,7 +109,9 @@ pub(crate) fn render_catalog(
         if let Ok((limit, _)) =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         {
-            if let Some(m) = crate::policy::fitted_maxconn(vars.maxconn_global, servers, limit) {
+            if let Some(m) =
+                crate::policy::fitted_maxconn(vars.maxconn_global, Some(servers), limit)
+            {
                 vars.maxconn_global = m;
             }
         }

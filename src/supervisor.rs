@@ -24,6 +24,7 @@ use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
 use crate::listeners::Listeners;
 use crate::live::{self, Layout, Op, Plan, Running};
 use crate::model::{Catalog, Context, Desired};
+use crate::policy::ReloadStrategy;
 use crate::policy::{
     self, AfterStructural, Due, Ended, Exclusion, Generations, Pending, Retries, Stop, StopStep,
     Trigger, Waits,
@@ -31,7 +32,7 @@ use crate::policy::{
 use crate::process::{self, Exit, Reaper};
 use crate::render::{self, Rendered, Renderer};
 use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
-use crate::settings::{ReloadStrategy, Settings, SourceSettings};
+use crate::settings::{Settings, SourceSettings};
 use crate::signals;
 use crate::status::{self, LeftOut, Snapshot, Status};
 use crate::tls::{Tls, TlsOutcome};
@@ -869,7 +870,7 @@ impl Supervisor {
             .iter()
             .map(|s| s.servers.len() as u64)
             .sum();
-        let fitted = policy::fitted_maxconn(vars.maxconn_global, servers, limit);
+        let fitted = policy::fitted_maxconn(vars.maxconn_global, Some(servers), limit);
         if fitted != self.fd_fit {
             if let Some(fit) = fitted {
                 tracing::warn!(event = %Event::Warning,
