@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::discovery;
 use crate::events::Event;
+use crate::files;
 use crate::haproxy;
 use crate::model::{Catalog, Context, Desired};
 use crate::render::{self, Rendered, Renderer};
@@ -127,12 +128,12 @@ pub(crate) fn render_catalog(
 pub async fn render(settings: &Settings) -> i32 {
     match render_once(settings).await {
         Ok(r) => {
-            let dir = render::maps_dir(&settings.config_file);
+            let dir = files::maps_dir(&settings.config_file);
             let write = std::fs::create_dir_all(&dir).and_then(|_| {
                 for (name, text) in &r.maps {
                     let p = dir.join(name);
                     if !p.exists() {
-                        render::write_atomic(&p, text.as_bytes())?;
+                        files::write_atomic(&p, text.as_bytes())?;
                     }
                 }
                 Ok(())
@@ -164,7 +165,7 @@ pub async fn check(settings: &Settings) -> i32 {
     s.config_file = cfg.clone();
     let result = async {
         let r = render_once(&s).await?;
-        let staged = render::stage(&cfg, &r).map_err(CliError::Stage)?;
+        let staged = files::stage(&cfg, &r).map_err(CliError::Stage)?;
         let checked =
             haproxy::check_sync(&s.haproxy_bin, &staged.candidate).map_err(CliError::from);
         staged.abort();

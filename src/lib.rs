@@ -56,6 +56,7 @@ pub mod cli;
 pub mod discovery;
 pub mod duration;
 pub mod events;
+pub mod files;
 pub mod haproxy;
 pub mod listeners;
 pub mod live;

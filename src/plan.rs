@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::cli::{self, CliError};
 use crate::events::Event;
+use crate::files;
 use crate::live::{proxy_name, Caps, Layout, Op, Plan, Running, SectionChange, Structural};
 use crate::render::{self, Rendered};
 use crate::settings::{PlanFormat, Settings};
@@ -231,9 +232,7 @@ pub async fn report(settings: &Settings) -> Result<Report, PlanError> {
         verdict,
         reason,
         exit_code,
-        serving_config: render::absolute(&settings.config_file)
-            .display()
-            .to_string(),
+        serving_config: files::absolute(&settings.config_file).display().to_string(),
         haproxy_pids: pids(&settings.run_dir),
         changes,
     })

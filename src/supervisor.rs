@@ -20,6 +20,7 @@ use tokio::time::sleep_until;
 
 use crate::discovery::{self, CatalogRx};
 use crate::events::Event;
+use crate::files;
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
 use crate::listeners::Listeners;
 use crate::live::{self, Layout, Op, Plan, Running};
@@ -257,7 +258,7 @@ async fn sync_job(job: SyncJob, rendered: Rendered, layout: Layout) -> SyncDone 
     }
     let on_disk = std::fs::read_to_string(&file).ok();
     if on_disk.as_deref() != Some(rendered.config.as_str()) {
-        let staged = match render::stage(&file, &rendered) {
+        let staged = match files::stage(&file, &rendered) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(event = %Event::WriteFailed, error = %e, "cannot write the config applied live");
@@ -290,7 +291,7 @@ const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// With held sockets and `HAPROXY_USER`, HAProxy needs no privilege at
 /// all: it is started as that user (uid, gid), and the files it reads are
-/// shared with the user's group ([`render::share_with_group`]); the run
+/// shared with the user's group ([`files::share_with_group`]); the run
 /// dir, where it creates its admin socket, is group-writable and sticky (it
 /// cannot replace the supervisor's own files there).
 fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
@@ -318,7 +319,7 @@ fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
         tracing::warn!(event = %Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
         return None;
     }
-    render::share_with_group(gid);
+    files::share_with_group(gid);
     Some((uid, gid))
 }
 
@@ -769,7 +770,7 @@ impl Supervisor {
         if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
             return; // as at spawn: nothing to write at "reload done"
         }
-        if let Err(e) = render::write_replace(&path, text.as_bytes()) {
+        if let Err(e) = files::write_replace(&path, text.as_bytes()) {
             tracing::warn!(event = %Event::WriteFailed, error = %e, "cannot write the pid file");
         }
     }
@@ -844,7 +845,7 @@ impl Supervisor {
             tracing::info!(event = %Event::ListenersReleased, ports = ?released, "released the listening sockets of ports no longer served");
         }
         let path = self.settings.run_dir.join("listeners");
-        if let Err(e) = render::write_replace(&path, l.file_text().as_bytes()) {
+        if let Err(e) = files::write_replace(&path, l.file_text().as_bytes()) {
             tracing::warn!(event = %Event::WriteFailed, file = %path.display(), error = %e, "cannot write the listeners file");
         }
     }
@@ -962,7 +963,7 @@ impl Supervisor {
                     config: text,
                 });
             }
-            render::write_atomic(&self.running_file, text.as_bytes()).map_err(|source| {
+            files::write_atomic(&self.running_file, text.as_bytes()).map_err(|source| {
                 PrepareError::Transient(FileStep::Write {
                     path: self.running_file.clone(),
                     source,
@@ -1019,7 +1020,7 @@ impl Supervisor {
             // In place but not checked by this run (a previous run wrote it).
             return Ok(Some(rendered.config));
         }
-        let staged = render::stage(&self.running_file, &rendered)
+        let staged = files::stage(&self.running_file, &rendered)
             .map_err(|e| PrepareError::Transient(FileStep::Stage(e)))?;
         if let Err(e) = haproxy::check(&self.reaper, &bin, &staged.candidate, &fds).await {
             self.status.check_failed();
@@ -1118,9 +1119,9 @@ impl Supervisor {
         let disk = self.disk.clone();
         let _guard = disk.lock().await;
         let written = if cfg.maps.is_empty() {
-            render::write_atomic(&self.running_file, cfg.config.as_bytes())
+            files::write_atomic(&self.running_file, cfg.config.as_bytes())
         } else {
-            render::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
+            files::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
         };
         match written {
             Ok(()) => {
@@ -1633,7 +1634,7 @@ impl Supervisor {
     /// serving one knows of servers the new config keeps in place (health,
     /// maintenance), or an empty state when nothing serves.
     async fn write_server_state(&self, text: &str) {
-        let path = render::server_state_path(&self.settings.admin_socket());
+        let path = files::server_state_path(&self.settings.admin_socket());
         let dump = match self.serving() {
             Some(_) => match self.runtime.command("show servers state").await {
                 Ok(d) => Some(d),
@@ -1654,7 +1655,7 @@ impl Supervisor {
             }
             None => "1\n".to_string(),
         };
-        if let Err(e) = render::write_replace(&path, content.as_bytes()) {
+        if let Err(e) = files::write_replace(&path, content.as_bytes()) {
             tracing::warn!(event = %Event::WriteFailed, file = %path.display(), error = %e, "cannot write the server state");
         }
     }

@@ -433,7 +433,7 @@ pub enum TlsOutcome {
 
 /// The store beside the config: `<config dir>/certs`.
 pub fn store_dir(config_file: &Path) -> PathBuf {
-    crate::render::absolute(
+    crate::files::absolute(
         &config_file
             .parent()
             .unwrap_or_else(|| Path::new("."))
@@ -486,14 +486,14 @@ impl Store {
                 .mode(0o700)
                 .create(&self.dir)?;
         }
-        crate::render::share_dir(&self.dir, 0o750)?;
+        crate::files::share_dir(&self.dir, 0o750)?;
         for b in set.values() {
             let p = self.path_of(&b.name);
             if std::fs::read(&p).ok().as_deref() != Some(b.pem.as_bytes()) {
-                crate::render::write_atomic(&p, b.pem.as_bytes())?;
+                crate::files::write_atomic(&p, b.pem.as_bytes())?;
             }
         }
-        crate::render::write_atomic(&self.crt_list, self.crt_list_text(set).as_bytes())?;
+        crate::files::write_atomic(&self.crt_list, self.crt_list_text(set).as_bytes())?;
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name != "crt-list" && !name.starts_with('.') && !set.contains_key(&name) {

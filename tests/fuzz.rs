@@ -286,7 +286,7 @@ fn haproxy_accepts<W: std::fmt::Debug>(target: &str, cases: &[(W, Catalog, Hapro
     for (what, catalog, vars) in cases {
         let (desired, _) = Desired::build(catalog, &Context::from(vars));
         let rendered = r.render(&desired, vars).unwrap();
-        let staged = haproxy_supervisor::render::stage(&cfg, &rendered).expect("stage");
+        let staged = haproxy_supervisor::files::stage(&cfg, &rendered).expect("stage");
         let (valid, msg) = testkit::haproxy_check(&staged.candidate);
         staged.abort();
         assert!(valid, "{what:?}: haproxy -c: {msg}\n{}", rendered.config);

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use haproxy_supervisor::files;
 use haproxy_supervisor::model::{
     enabled, Catalog, CatalogFile, CatalogFileService, Context, Desired, Instance,
 };
@@ -294,7 +295,7 @@ fn any_catalog_renders_a_config_haproxy_accepts() {
         .run(&(catalog(), vars()), |(catalog, vars)| {
             let (desired, _) = Desired::build(&catalog, &Context::from(&vars));
             let rendered = r.render(&desired, &vars).unwrap();
-            let staged = render::stage(&cfg, &rendered).expect("stage");
+            let staged = files::stage(&cfg, &rendered).expect("stage");
             let (valid, msg) = testkit::haproxy_check(&staged.candidate);
             staged.abort();
             prop_assert!(valid, "haproxy -c: {}\n{}", msg, rendered.config);
