@@ -86,7 +86,7 @@ async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
 pub(crate) fn render_catalog(
     settings: &Settings,
     catalog: &Catalog,
-    tls: Option<crate::tls::TlsFrontend>,
+    tls: Option<crate::model::TlsFrontend>,
     fit: bool,
     binds: &crate::listeners::Binds,
 ) -> Result<(Rendered, String), CliError> {

@@ -22,7 +22,7 @@ use crate::cli::{self, CliError};
 use crate::events::Event;
 use crate::files;
 use crate::live::{proxy_name, Caps, Layout, Op, Plan, Running, SectionChange, Structural};
-use crate::render::{self, Rendered};
+use crate::render::Rendered;
 use crate::settings::{PlanFormat, Settings};
 
 /// Nothing to do.
@@ -548,9 +548,9 @@ fn entry(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HaproxyVars;
     use crate::model::{Catalog, Context, Desired};
     use crate::render::Renderer;
-    use crate::settings::HaproxyVars;
 
     const V26: Caps = Caps {
         dynamic_cookie: false,

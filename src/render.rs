@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -19,8 +19,8 @@ use crate::listeners::Binds;
 use sha2::{Digest, Sha256};
 
 use crate::files::{absolute, maps_dir, server_state_path, Output};
+use crate::model::HaproxyVars;
 use crate::model::{Desired, Mode, Service};
-use crate::settings::HaproxyVars;
 
 /// The built-in template, compiled into the binary.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy.cfg.tera");
@@ -77,7 +77,7 @@ struct TemplateContext<'a> {
     /// the supervisor holds, else `*:<port>` ([`crate::listeners`]).
     binds: BindAddrs,
     /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
-    tls: Option<&'a crate::tls::TlsFrontend>,
+    tls: Option<&'a crate::model::TlsFrontend>,
 }
 
 #[derive(Serialize)]
@@ -335,7 +335,7 @@ mod tests {
                 .count(),
             2
         );
-        d.tls = Some(crate::tls::TlsFrontend {
+        d.tls = Some(crate::model::TlsFrontend {
             crt_list: "/etc/haproxy/certs/crt-list".into(),
         });
         let tls = r.render(&d, &vars).unwrap().config;

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::discovery::consul::{Consistency, ConsulConfig, TlsConfig, Token};
 use crate::duration;
+use crate::model::{HaproxyVars, Secret};
 use crate::policy::{fitted_maxconn, ReloadStrategy, FD_RESERVE};
 
 /// Command line of `haproxy-supervisor`.
@@ -310,73 +311,6 @@ macro_rules! names {
 /// out of the environment its children inherit.
 pub fn secret_vars() -> [&'static str; 2] {
     [names!(consul_token).var, names!(consul_token_file).var]
-}
-
-/// Values that end up in the rendered config. Every field is validated so it
-/// can be written verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct HaproxyVars {
-    pub dom: Option<String>,
-    pub maxconn_global: u32,
-    pub spread_checks: u32,
-    pub max_spread_checks: u32,
-    pub retries: u32,
-    pub backlog: u32,
-    pub maxconn: u32,
-    pub timeout_connect: String,
-    pub timeout_client: String,
-    pub timeout_server: String,
-    pub timeout_http_keep_alive: String,
-    pub timeout_http_request: String,
-    pub timeout_queue: String,
-    pub hard_stop_after: String,
-    /// `log` target: `stdout format raw` or a syslog address
-    /// (`stdout format priority` with JSON logs: the supervisor reads the
-    /// level from the prefix).
-    pub log_target: String,
-    /// `HAPROXY_LOG_FORMAT=json`: HAProxy's access logs are JSON objects.
-    pub log_json: bool,
-    pub http_port: u16,
-    pub stats_port: u16,
-    /// The HTTPS port: set only with `HAPROXY_CERTS_DIR`.
-    pub https_port: Option<u16>,
-    /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
-    pub hsts_max_age: Option<u32>,
-    /// Address part of the stats listener's `bind`: `*`, an IPv4 address
-    /// or a bracketed IPv6 address.
-    pub stats_bind: String,
-    /// `stats auth` credentials (`user:password`).
-    pub stats_auth: Option<Secret>,
-    /// `user` and `group` in `global`: whom HAProxy serves as once bound.
-    /// Filled by [`Settings::resolve_user`] from the machine's users.
-    pub user: Option<String>,
-    pub group: Option<String>,
-}
-
-/// A value that goes into the config but never into a log: `Debug` hides
-/// it; it serializes (for the template) as itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<hidden>)")
-    }
-}
-
-impl serde::Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
 }
 
 /// `HAPROXY_USER`: whom HAProxy drops to after binding.

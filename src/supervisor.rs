@@ -794,7 +794,7 @@ impl Supervisor {
     fn hold_ports(
         &mut self,
         desired: &Desired,
-        vars: &crate::settings::HaproxyVars,
+        vars: &crate::model::HaproxyVars,
     ) -> crate::listeners::Binds {
         let Some(l) = &mut self.listeners else {
             return crate::listeners::Binds::default();
@@ -858,7 +858,7 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
-    fn fit_fd_limit(&mut self, desired: &Desired) -> crate::settings::HaproxyVars {
+    fn fit_fd_limit(&mut self, desired: &Desired) -> crate::model::HaproxyVars {
         const RESERVE: u64 = 1000;
         let mut vars = self.settings.vars.clone();
         let Ok((limit, _)) =
@@ -1545,7 +1545,7 @@ impl Supervisor {
                 message: "no config to start from".into(),
             });
         };
-        let ports = haproxy::bind_ports(&text);
+        let ports = crate::listeners::bind_ports(&text);
         let mut old: Vec<Pid> = self.gens.to_hand_over();
         old.extend(self.adopted.iter().copied());
         let socket = self.settings.admin_socket();

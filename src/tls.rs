@@ -50,10 +50,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::Event;
+use crate::model::TlsFrontend;
 use crate::runtime::{RuntimeApi, RuntimeError};
 
 /// A validated certificate bundle: certificate chain (leaf first) and key.
@@ -410,14 +410,6 @@ impl Scanner {
             None
         }
     }
-}
-
-/// What the template needs for the HTTPS bind (rendered only when at least
-/// one bundle is served: HAProxy does not start an `ssl` bind without one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TlsFrontend {
-    /// Absolute path of the crt-list the bind loads.
-    pub crt_list: String,
 }
 
 /// What became of a new certificate set.

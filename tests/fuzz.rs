@@ -29,8 +29,9 @@ use haproxy_supervisor::model::{
     Catalog, CatalogFile, CatalogFileService, CatalogService, Context, Desired, Instance, BALANCES,
     KNOWN_TAGS,
 };
+use haproxy_supervisor::model::{HaproxyVars, Secret};
 use haproxy_supervisor::runtime;
-use haproxy_supervisor::settings::{Cli, HaproxyVars, Secret, Settings};
+use haproxy_supervisor::settings::{Cli, Settings};
 use haproxy_supervisor::tls;
 
 mod render_check;

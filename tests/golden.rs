@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 
 use haproxy_supervisor::files;
+use haproxy_supervisor::model::HaproxyVars;
 use haproxy_supervisor::model::{Catalog, Context, Desired};
-use haproxy_supervisor::render::{self, Rendered, Renderer};
-use haproxy_supervisor::settings::HaproxyVars;
+use haproxy_supervisor::render::{Rendered, Renderer};
 
 const CONFIG: &str = "/etc/haproxy/haproxy.cfg";
 const SOCKET: &str = "/run/haproxy-supervisor/admin.sock";

@@ -11,11 +11,10 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use haproxy_supervisor::files;
+use haproxy_supervisor::model::HaproxyVars;
 use haproxy_supervisor::model::{
     enabled, Catalog, CatalogFile, CatalogFileService, Context, Desired, Instance,
 };
-use haproxy_supervisor::render;
-use haproxy_supervisor::settings::HaproxyVars;
 use proptest::prelude::*;
 
 mod render_check;
