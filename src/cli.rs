@@ -8,6 +8,7 @@ use tokio::sync::watch;
 
 use crate::discovery;
 use crate::events::Event;
+use crate::files;
 use crate::haproxy;
 use crate::model::{Catalog, Context, Desired};
 use crate::render::{self, Rendered, Renderer};
@@ -86,7 +87,7 @@ async fn render_once(settings: &Settings) -> Result<Rendered, CliError> {
 pub(crate) fn render_catalog(
     settings: &Settings,
     catalog: &Catalog,
-    tls: Option<crate::tls::TlsFrontend>,
+    tls: Option<crate::model::TlsFrontend>,
     fit: bool,
     binds: &crate::listeners::Binds,
 ) -> Result<(Rendered, String), CliError> {
@@ -110,7 +111,9 @@ pub(crate) fn render_catalog(
         if let Ok((limit, _)) =
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         {
-            if let Some(m) = crate::policy::fitted_maxconn(vars.maxconn_global, servers, limit) {
+            if let Some(m) =
+                crate::policy::fitted_maxconn(vars.maxconn_global, Some(servers), limit)
+            {
                 vars.maxconn_global = m;
             }
         }
@@ -126,12 +129,12 @@ pub(crate) fn render_catalog(
 pub async fn render(settings: &Settings) -> i32 {
     match render_once(settings).await {
         Ok(r) => {
-            let dir = render::maps_dir(&settings.config_file);
+            let dir = files::maps_dir(&settings.config_file);
             let write = std::fs::create_dir_all(&dir).and_then(|_| {
                 for (name, text) in &r.maps {
                     let p = dir.join(name);
                     if !p.exists() {
-                        render::write_atomic(&p, text.as_bytes())?;
+                        files::write_atomic(&p, text.as_bytes())?;
                     }
                 }
                 Ok(())
@@ -168,7 +171,7 @@ pub async fn check(settings: &Settings) -> i32 {
     s.config_file = cfg.clone();
     let result = async {
         let r = render_once(&s).await?;
-        let staged = render::stage(&cfg, &r).map_err(CliError::Stage)?;
+        let staged = files::stage(&cfg, &r).map_err(CliError::Stage)?;
         let checked =
             haproxy::check_sync(&s.haproxy_bin, &staged.candidate).map_err(CliError::from);
         staged.abort();

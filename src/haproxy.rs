@@ -367,27 +367,6 @@ pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
     out
 }
 
-/// Every address of `config`'s `bind` lines (`bind *:8080`, `bind
-/// 127.0.0.1:9000,[::]:9000 ...`, `bind fd@7`), in order.
-pub fn bind_addresses(config: &str) -> impl Iterator<Item = &str> {
-    config.lines().flat_map(|line| {
-        let mut words = line.split_whitespace();
-        let addrs = match words.next() {
-            Some("bind") => words.next().unwrap_or(""),
-            _ => "",
-        };
-        addrs.split(',').filter(|a| !a.is_empty())
-    })
-}
-
-/// The ports a config binds, from its `bind` lines. Unix sockets, ranges
-/// and inherited descriptors (`fd@<n>`) are ignored.
-pub fn bind_ports(config: &str) -> BTreeSet<u16> {
-    bind_addresses(config)
-        .filter_map(|a| a.rsplit_once(':')?.1.parse::<u16>().ok())
-        .collect()
-}
-
 /// Inodes of TCP sockets listening on `ports` in this network namespace.
 ///
 /// Asks the kernel for listening sockets only (sock_diag netlink, as `ss -l`
@@ -797,14 +776,5 @@ mod tests {
         // A connected (non-listening) socket is not reported.
         let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         assert_eq!(listening_inodes(&ports).len(), 1);
-    }
-
-    #[test]
-    fn parses_bind_ports() {
-        let cfg = "frontend a\n    bind *:8080\n  bind 127.0.0.1:9000,[::]:9001 ssl\n    bind /run/x.sock\n# bind *:1\nlisten s\n    bind :4444\n";
-        assert_eq!(
-            bind_ports(cfg).into_iter().collect::<Vec<_>>(),
-            [4444, 8080, 9000, 9001]
-        );
     }
 }

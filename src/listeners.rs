@@ -91,7 +91,7 @@ pub fn parse_ip(s: &str) -> Option<IpAddr> {
 
 /// The `fd@<n>` descriptors `config`'s bind lines name.
 pub fn named_fds(config: &str) -> BTreeSet<RawFd> {
-    crate::haproxy::bind_addresses(config)
+    bind_addresses(config)
         .filter_map(|a| a.strip_prefix("fd@")?.parse().ok())
         .collect()
 }
@@ -197,7 +197,7 @@ impl Listeners {
     pub fn covers(&self, config: &str) -> bool {
         let named = named_fds(config);
         !named.is_empty()
-            && crate::haproxy::bind_ports(config).is_empty()
+            && bind_ports(config).is_empty()
             && named
                 .iter()
                 .all(|fd| self.held.values().any(|h| h.fd.as_raw_fd() == *fd))
@@ -309,9 +309,39 @@ pub fn inherit_in_child(fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// Every address of `config`'s `bind` lines (`bind *:8080`, `bind
+/// 127.0.0.1:9000,[::]:9000 ...`, `bind fd@7`), in order.
+pub fn bind_addresses(config: &str) -> impl Iterator<Item = &str> {
+    config.lines().flat_map(|line| {
+        let mut words = line.split_whitespace();
+        let addrs = match words.next() {
+            Some("bind") => words.next().unwrap_or(""),
+            _ => "",
+        };
+        addrs.split(',').filter(|a| !a.is_empty())
+    })
+}
+
+/// The ports a config binds, from its `bind` lines. Unix sockets, ranges
+/// and inherited descriptors (`fd@<n>`) are ignored.
+pub fn bind_ports(config: &str) -> BTreeSet<u16> {
+    bind_addresses(config)
+        .filter_map(|a| a.rsplit_once(':')?.1.parse::<u16>().ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_bind_ports() {
+        let cfg = "frontend a\n    bind *:8080\n  bind 127.0.0.1:9000,[::]:9001 ssl\n    bind /run/x.sock\n# bind *:1\nlisten s\n    bind :4444\n";
+        assert_eq!(
+            bind_ports(cfg).into_iter().collect::<Vec<_>>(),
+            [4444, 8080, 9000, 9001]
+        );
+    }
 
     fn want(ports: &[u16]) -> BTreeMap<u16, IpAddr> {
         ports

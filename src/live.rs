@@ -873,9 +873,9 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HaproxyVars;
     use crate::model::{Catalog, Context, Desired};
     use crate::render::Renderer;
-    use crate::settings::HaproxyVars;
     use std::path::Path;
 
     const DIR: &str = "/etc/haproxy/maps";

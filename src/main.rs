@@ -5,12 +5,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use haproxy_supervisor::events::Event;
-use haproxy_supervisor::settings::{Cli, Command, LogFormat, Settings};
+use haproxy_supervisor::settings::{self, Cli, Command, Facts, LogFormat, Settings};
 use haproxy_supervisor::{cli, plan, supervisor};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let mut settings = match Settings::from_options(&args.options) {
+    // What the machine says: the open-files limit (raised as far as it
+    // goes) and the user HAProxy is to run as.
+    let facts = Facts::read(&args.options, haproxy_supervisor::process::raise_fd_limit());
+    let (settings, notes) = match Settings::build(&args.options, &facts) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("haproxy-supervisor: {e}");
@@ -21,28 +24,21 @@ fn main() -> ExitCode {
     // The Consul token is ours alone: HAProxy, haproxy -c and every other
     // child start without it (their environment is inherited from ours).
     // Still single-threaded here, so changing the environment is sound.
-    for var in ["CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE"] {
+    for var in settings::secret_vars() {
         std::env::remove_var(var);
     }
-    match settings.resolve_user() {
-        Ok(None) => {}
-        Ok(Some(note)) => haproxy_supervisor::log!(warn, Event::Degraded, what = "user", "{note}"),
-        Err(e) => {
-            eprintln!("haproxy-supervisor: {e}");
-            return ExitCode::from(bad_settings(args.command));
-        }
+    match notes.user {
+        None => {}
+        Some(note) => haproxy_supervisor::log!(warn, Event::Degraded, what = "user", "{note}"),
     }
-    if let Some(limit) = haproxy_supervisor::process::raise_fd_limit() {
-        if let Some(w) = settings.fit_fd_limit(limit) {
-            haproxy_supervisor::log!(
-                warn,
-                Event::Warning,
-                tag = "HAPROXY_MAXCONN_GLOBAL",
-                reason = %w,
-                open_files_limit = limit,
-                "{w}"
-            );
-        }
+    if let Some(w) = notes.fd_fit {
+        haproxy_supervisor::log!(
+            warn,
+            Event::Warning,
+            tag = "HAPROXY_MAXCONN_GLOBAL",
+            reason = %w,
+            "{w}"
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

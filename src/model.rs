@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::HaproxyVars;
 pub use crate::syntax::{
     hostname, is_path, is_server_name, is_service_name, is_syslog_address, MAX_NAME,
 };
@@ -208,7 +207,7 @@ pub struct Desired {
     pub services: Vec<Service>,
     /// The HTTPS bind, when certificates are served (filled by the
     /// supervisor from [`crate::tls`], not from the catalog).
-    pub tls: Option<crate::tls::TlsFrontend>,
+    pub tls: Option<TlsFrontend>,
 }
 
 pub const TAG_PREFIX: &str = "HAPROXY.";
@@ -670,6 +669,85 @@ fn parse_tags<'a>(
         }
     }
     Ok(Tags { values })
+}
+
+// ---------------------------------------------------------------------------
+// Values of the config that come from the supervisor, not the catalog
+// ---------------------------------------------------------------------------
+
+/// Values that end up in the rendered config. Every field is validated so it
+/// can be written verbatim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HaproxyVars {
+    pub dom: Option<String>,
+    pub maxconn_global: u32,
+    pub spread_checks: u32,
+    pub max_spread_checks: u32,
+    pub retries: u32,
+    pub backlog: u32,
+    pub maxconn: u32,
+    pub timeout_connect: String,
+    pub timeout_client: String,
+    pub timeout_server: String,
+    pub timeout_http_keep_alive: String,
+    pub timeout_http_request: String,
+    pub timeout_queue: String,
+    pub hard_stop_after: String,
+    /// `log` target: `stdout format raw` or a syslog address
+    /// (`stdout format priority` with JSON logs: the supervisor reads the
+    /// level from the prefix).
+    pub log_target: String,
+    /// `HAPROXY_LOG_FORMAT=json`: HAProxy's access logs are JSON objects.
+    pub log_json: bool,
+    pub http_port: u16,
+    pub stats_port: u16,
+    /// The HTTPS port: set only with `HAPROXY_CERTS_DIR`.
+    pub https_port: Option<u16>,
+    /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
+    pub hsts_max_age: Option<u32>,
+    /// Address part of the stats listener's `bind`: `*`, an IPv4 address
+    /// or a bracketed IPv6 address.
+    pub stats_bind: String,
+    /// `stats auth` credentials (`user:password`).
+    pub stats_auth: Option<Secret>,
+    /// `user` and `group` in `global`: whom HAProxy serves as once bound.
+    /// Resolved by `settings::Settings::build` from the machine's users.
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+/// A value that goes into the config but never into a log: `Debug` hides
+/// it; it serializes (for the template) as itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<hidden>)")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// What the template needs for the HTTPS bind (rendered only when at least
+/// one bundle is served: HAProxy does not start an `ssl` bind without one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFrontend {
+    /// Absolute path of the crt-list the bind loads.
+    pub crt_list: String,
 }
 
 #[cfg(test)]

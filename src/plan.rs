@@ -20,8 +20,9 @@ use serde::Serialize;
 
 use crate::cli::{self, CliError};
 use crate::events::Event;
+use crate::files;
 use crate::live::{proxy_name, Caps, Layout, Op, Plan, Running, SectionChange, Structural};
-use crate::render::{self, Rendered};
+use crate::render::Rendered;
 use crate::settings::{PlanFormat, Settings};
 
 /// Nothing to do.
@@ -231,9 +232,7 @@ pub async fn report(settings: &Settings) -> Result<Report, PlanError> {
         verdict,
         reason,
         exit_code,
-        serving_config: render::absolute(&settings.config_file)
-            .display()
-            .to_string(),
+        serving_config: files::absolute(&settings.config_file).display().to_string(),
         haproxy_pids: pids(&settings.run_dir),
         changes,
     })
@@ -549,9 +548,9 @@ fn entry(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::HaproxyVars;
     use crate::model::{Catalog, Context, Desired};
     use crate::render::Renderer;
-    use crate::settings::HaproxyVars;
 
     const V26: Caps = Caps {
         dynamic_cookie: false,

@@ -16,7 +16,32 @@ use nix::unistd::Pid;
 use rand::Rng;
 
 use crate::process::Exit;
-use crate::settings::ReloadStrategy;
+
+/// How a reload hands traffic from the old HAProxy to the new one (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadStrategy {
+    /// The supervisor holds the listening sockets and every generation
+    /// inherits them (`bind fd@<n>`): nothing is ever refused, not even
+    /// while no HAProxy runs ([`crate::listeners`]).
+    Inherit,
+    /// `-x <admin socket> -sf old`: the listening sockets are transferred.
+    Seamless,
+    /// Drop SYNs with iptables while the new process binds, `-sf old`.
+    SynDrop,
+    /// `-sf old` and nothing else: connections may be reset.
+    Plain,
+}
+
+impl ReloadStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadStrategy::Inherit => "inherit",
+            ReloadStrategy::Seamless => "seamless",
+            ReloadStrategy::SynDrop => "syn-drop",
+            ReloadStrategy::Plain => "plain",
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Backoff
@@ -771,16 +796,22 @@ pub fn exit_code(serving_exit: Option<Exit>) -> i32 {
     }
 }
 
-/// The global maxconn lowered so that `servers` health-checked servers fit
-/// the open-files `limit` too (HAProxy reserves one descriptor per checked
-/// server on top of two per connection); `None` when `maxconn_global` fits.
-/// Servers count in steps of 1,000: a server added or removed live must not
-/// change the global maxconn (a structural change), and the step leaves
-/// descriptors for the checks of servers added live.
-pub fn fitted_maxconn(maxconn_global: u32, servers: u64, limit: u64) -> Option<u32> {
-    const RESERVE: u64 = 1000;
-    let budget = servers.div_ceil(1000).max(1) * 1000;
-    let fit = (limit.saturating_sub(RESERVE + budget) / 2).clamp(1, u32::MAX as u64) as u32;
+/// Descriptors HAProxy needs besides two per connection and those of the
+/// health checks.
+pub const FD_RESERVE: u64 = 1000;
+
+/// The global maxconn lowered to fit the open-files `limit`; `None` when
+/// `maxconn_global` fits. HAProxy refuses to start when it cannot get two
+/// descriptors per connection of the global maxconn plus [`FD_RESERVE`],
+/// plus one per health-checked server: `servers` counts those, in steps of
+/// 1,000 (a server added or removed live must not change the global
+/// maxconn, a structural change, and the step leaves descriptors for the
+/// checks of servers added live). `servers` is `None` at start-up, before
+/// any catalog: no descriptors are set aside for checks yet. The one copy
+/// of this arithmetic (settings at start-up, every render after).
+pub fn fitted_maxconn(maxconn_global: u32, servers: Option<u64>, limit: u64) -> Option<u32> {
+    let checks = servers.map_or(0, |s| s.div_ceil(1000).max(1) * 1000);
+    let fit = (limit.saturating_sub(FD_RESERVE + checks) / 2).clamp(1, u32::MAX as u64) as u32;
     (maxconn_global > fit).then_some(fit)
 }
 
@@ -788,6 +819,26 @@ pub fn fitted_maxconn(maxconn_global: u32, servers: u64, limit: u64) -> Option<u
 mod tests {
     use super::*;
     use crate::signals::Action;
+
+    #[test]
+    fn the_global_maxconn_fits_the_open_files_limit() {
+        // Start-up: two per connection and the reserve.
+        assert_eq!(fitted_maxconn(50000, None, 1 << 20), None);
+        assert_eq!(fitted_maxconn(50000, None, 101_000), None);
+        assert_eq!(fitted_maxconn(50000, None, 100_999), Some(49_999));
+        assert_eq!(fitted_maxconn(50000, None, 20000), Some(9500));
+        // A limit below the reserve still leaves one connection.
+        assert_eq!(fitted_maxconn(50000, None, 10), Some(1));
+        // With a catalog: one descriptor per checked server, in steps of
+        // 1,000, at least one step.
+        assert_eq!(fitted_maxconn(50000, Some(0), 20000), Some(9000));
+        assert_eq!(fitted_maxconn(50000, Some(1), 20000), Some(9000));
+        assert_eq!(fitted_maxconn(50000, Some(1000), 20000), Some(9000));
+        assert_eq!(fitted_maxconn(50000, Some(1001), 20000), Some(8500));
+        assert_eq!(fitted_maxconn(9000, Some(999), 20000), None);
+        assert_eq!(fitted_maxconn(50000, Some(5000), 102_000), Some(48_000));
+        assert_eq!(fitted_maxconn(50000, Some(5000), 106_000), None);
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -1,5 +1,5 @@
-//! Rendering the desired state into haproxy.cfg plus map files, and writing
-//! them atomically.
+//! Rendering the desired state into haproxy.cfg plus map files (written by
+//! [`crate::files`]).
 //!
 //! Map files are named by a hash of their content (`maps/hosts-<hash>.map`)
 //! so a candidate config never changes a file the running config refers to:
@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -18,8 +18,9 @@ use serde::Serialize;
 use crate::listeners::Binds;
 use sha2::{Digest, Sha256};
 
+use crate::files::{absolute, maps_dir, server_state_path, Output};
+use crate::model::HaproxyVars;
 use crate::model::{Desired, Mode, Service};
-use crate::settings::HaproxyVars;
 
 /// The built-in template, compiled into the binary.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy.cfg.tera");
@@ -76,7 +77,7 @@ struct TemplateContext<'a> {
     /// the supervisor holds, else `*:<port>` ([`crate::listeners`]).
     binds: BindAddrs,
     /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
-    tls: Option<&'a crate::tls::TlsFrontend>,
+    tls: Option<&'a crate::model::TlsFrontend>,
 }
 
 #[derive(Serialize)]
@@ -99,31 +100,6 @@ pub struct Renderer {
     name: String,
     maps_dir: PathBuf,
     admin_socket: PathBuf,
-}
-
-/// The server-state file of the generations using `admin_socket`.
-pub fn server_state_path(admin_socket: &Path) -> PathBuf {
-    admin_socket.with_file_name("server-state")
-}
-
-/// The directory map files live in, beside the config.
-pub fn maps_dir(config_path: &Path) -> PathBuf {
-    config_path
-        .parent()
-        .unwrap_or_else(|| Path::new("."))
-        .join("maps")
-}
-
-/// `p` made absolute against the working directory (HAProxy and its
-/// runtime API know files by the path the config names).
-pub(crate) fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
 }
 
 fn short_hash(s: &str) -> String {
@@ -263,167 +239,11 @@ impl Renderer {
     }
 }
 
-/// The group HAProxy reads our files as, when it starts unprivileged.
-static READER_GID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-
-/// HAProxy starts as an unprivileged user from its first instant
-/// (`HAPROXY_RELOAD_STRATEGY=inherit` with `HAPROXY_USER`): every file we
-/// write for it from now on is `0640 root:<gid>` instead of `0600`, and the
-/// directories it reads `0750`.
-pub fn share_with_group(gid: u32) {
-    let _ = READER_GID.set(gid);
-}
-
-/// Gives an open file we wrote to the reader group, if any.
-fn share(f: &fs::File) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(gid) = READER_GID.get() {
-        std::os::unix::fs::fchown(f, None, Some(*gid))?;
-        f.set_permissions(fs::Permissions::from_mode(0o640))?;
-    }
-    Ok(())
-}
-
-/// Gives a directory HAProxy reads to the reader group, if any: `0750`, or
-/// `mode` for one it writes in too (the run dir: its admin socket).
-pub fn share_dir(dir: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(gid) = READER_GID.get() {
-        std::os::unix::fs::chown(dir, None, Some(*gid))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_path(path);
-    write_synced(&tmp, bytes)?;
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })?;
-    sync_dir(path)
-}
-
-/// Replaces `path` with `bytes` (temporary file and rename, no fsync): for
-/// files that need to be whole but need not survive a power loss (the pid
-/// file, the server state). Each fsync costs tens of milliseconds on a busy
-/// disk, and a reload would wait on them.
-pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = tmp_path(path);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        share(&f)?;
-        f.write_all(bytes)?;
-    }
-    fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Files we write are for HAProxy, which reads them as root before it drops
-/// privileges: owner only (the config may hold the stats password).
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    share(&f)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn sync_dir(path: &Path) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
-/// A candidate written to disk but not yet in place.
-#[derive(Debug)]
-pub struct Staged {
-    /// The candidate config; pass it to `haproxy -c`.
-    pub candidate: PathBuf,
-    target: PathBuf,
-    /// Map files this staging created (removed again on abort).
-    new_maps: Vec<PathBuf>,
-}
-
-/// Writes the maps (new names only) and a candidate config beside `target`.
-pub fn stage(target: &Path, rendered: &Rendered) -> io::Result<Staged> {
-    let dir = maps_dir(target);
-    fs::create_dir_all(&dir)?;
-    share_dir(&dir, 0o750)?;
-    let mut new_maps = Vec::new();
-    for (name, text) in &rendered.maps {
-        let p = dir.join(name);
-        if fs::read(&p).ok().as_deref() != Some(text.as_bytes()) {
-            write_atomic(&p, text.as_bytes())?;
-            new_maps.push(p);
-        }
-    }
-    let candidate = target.with_file_name(format!(
-        "{}.candidate",
-        target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    write_synced(&candidate, rendered.config.as_bytes())?;
-    Ok(Staged {
-        candidate,
-        target: target.to_path_buf(),
-        new_maps,
-    })
-}
-
-impl Staged {
-    /// Puts the candidate in place (one rename) and removes map files that
-    /// no longer belong to it. The running HAProxy loaded its maps at start,
-    /// so removing their files does not affect it.
-    pub fn commit(self, rendered: &Rendered) -> io::Result<()> {
-        fs::rename(&self.candidate, &self.target)?;
-        sync_dir(&self.target)?;
-        if let Ok(entries) = fs::read_dir(maps_dir(&self.target)) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".map") && !rendered.maps.contains_key(&name) {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes the candidate and the maps only it used; the file in place is untouched.
-    pub fn abort(self) {
-        let _ = fs::remove_file(&self.candidate);
-        for m in &self.new_maps {
-            let _ = fs::remove_file(m);
+impl<'a> From<&'a Rendered> for Output<'a> {
+    fn from(r: &'a Rendered) -> Output<'a> {
+        Output {
+            config: &r.config,
+            maps: &r.maps,
         }
     }
 }
@@ -431,6 +251,7 @@ impl Staged {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::stage;
     use crate::model::{Catalog, Context};
 
     fn rendered(catalog: &str) -> Rendered {
@@ -514,7 +335,7 @@ mod tests {
                 .count(),
             2
         );
-        d.tls = Some(crate::tls::TlsFrontend {
+        d.tls = Some(crate::model::TlsFrontend {
             crt_list: "/etc/haproxy/certs/crt-list".into(),
         });
         let tls = r.render(&d, &vars).unwrap().config;

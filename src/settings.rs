@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::discovery::consul::{Consistency, ConsulConfig, TlsConfig, Token};
 use crate::duration;
+use crate::model::{HaproxyVars, Secret};
+use crate::policy::{fitted_maxconn, ReloadStrategy, FD_RESERVE};
 
 /// Command line of `haproxy-supervisor`.
 #[derive(Debug, Parser)]
@@ -59,32 +61,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// How a reload hands traffic from the old HAProxy to the new one (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadStrategy {
-    /// The supervisor holds the listening sockets and every generation
-    /// inherits them (`bind fd@<n>`): nothing is ever refused, not even
-    /// while no HAProxy runs ([`crate::listeners`]).
-    Inherit,
-    /// `-x <admin socket> -sf old`: the listening sockets are transferred.
-    Seamless,
-    /// Drop SYNs with iptables while the new process binds, `-sf old`.
-    SynDrop,
-    /// `-sf old` and nothing else: connections may be reset.
-    Plain,
-}
-
-impl ReloadStrategy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReloadStrategy::Inherit => "inherit",
-            ReloadStrategy::Seamless => "seamless",
-            ReloadStrategy::SynDrop => "syn-drop",
-            ReloadStrategy::Plain => "plain",
-        }
-    }
 }
 
 /// Raw options as given by flags or the environment; validated by
@@ -271,71 +247,70 @@ pub struct SettingsError {
     pub reason: String,
 }
 
-/// Values that end up in the rendered config. Every field is validated so it
-/// can be written verbatim.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct HaproxyVars {
-    pub dom: Option<String>,
-    pub maxconn_global: u32,
-    pub spread_checks: u32,
-    pub max_spread_checks: u32,
-    pub retries: u32,
-    pub backlog: u32,
-    pub maxconn: u32,
-    pub timeout_connect: String,
-    pub timeout_client: String,
-    pub timeout_server: String,
-    pub timeout_http_keep_alive: String,
-    pub timeout_http_request: String,
-    pub timeout_queue: String,
-    pub hard_stop_after: String,
-    /// `log` target: `stdout format raw` or a syslog address
-    /// (`stdout format priority` with JSON logs: the supervisor reads the
-    /// level from the prefix).
-    pub log_target: String,
-    /// `HAPROXY_LOG_FORMAT=json`: HAProxy's access logs are JSON objects.
-    pub log_json: bool,
-    pub http_port: u16,
-    pub stats_port: u16,
-    /// The HTTPS port: set only with `HAPROXY_CERTS_DIR`.
-    pub https_port: Option<u16>,
-    /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
-    pub hsts_max_age: Option<u32>,
-    /// Address part of the stats listener's `bind`: `*`, an IPv4 address
-    /// or a bracketed IPv6 address.
-    pub stats_bind: String,
-    /// `stats auth` credentials (`user:password`).
-    pub stats_auth: Option<Secret>,
-    /// `user` and `group` in `global`: whom HAProxy serves as once bound.
-    /// Filled by [`Settings::resolve_user`] from the machine's users.
-    pub user: Option<String>,
-    pub group: Option<String>,
+/// A setting's names, as clap's definition of [`Options`] gives them: the
+/// only place a variable or a flag is named. `names!` takes them by the
+/// field of [`Options`], checked by the compiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Names {
+    /// The environment variable, e.g. `HAPROXY_DOM`.
+    pub var: &'static str,
+    /// The flag without its dashes, e.g. `dom`.
+    pub flag: &'static str,
+    /// Both as messages name a setting: `HAPROXY_DOM / --dom`.
+    pub both: &'static str,
 }
 
-/// A value that goes into the config but never into a log: `Debug` hides
-/// it; it serializes (for the template) as itself.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// Every argument of [`Options`] by its id (the field's name), read once
+/// from clap.
+static NAMES: std::sync::LazyLock<std::collections::BTreeMap<&'static str, Names>> =
+    std::sync::LazyLock::new(|| {
+        // Built once per process from clap's own definition; kept for the
+        // life of the process.
+        let keep = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        Options::augment_args(clap::Command::new("options"))
+            .get_arguments()
+            .filter_map(|a| {
+                let var = a.get_env()?.to_str()?.to_string();
+                let flag = a.get_long()?.to_string();
+                let both = format!("{var} / --{flag}");
+                Some((
+                    keep(a.get_id().to_string()),
+                    Names {
+                        var: keep(var),
+                        flag: keep(flag),
+                        both: keep(both),
+                    },
+                ))
+            })
+            .collect()
+    });
 
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
+impl Names {
+    /// The names of the argument whose id is `id`. Panics when there is no
+    /// such argument with a variable and a flag (a unit test covers every
+    /// argument); use `names!`, which checks the field exists.
+    pub fn of(id: &str) -> Names {
+        *NAMES
+            .get(id)
+            .unwrap_or_else(|| panic!("no option {id:?} with a variable and a flag"))
     }
 }
 
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<hidden>)")
-    }
+/// The [`Names`] of a field of [`Options`]: `names!(maxconn_global)`
+/// (the compiler checks the field exists).
+macro_rules! names {
+    ($field:ident) => {{
+        let _ = |o: &Options| {
+            let _ = &o.$field;
+        };
+        Names::of(stringify!($field))
+    }};
 }
 
-impl serde::Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
+/// The variables that hold the Consul token: the supervisor's alone, taken
+/// out of the environment its children inherit.
+pub fn secret_vars() -> [&'static str; 2] {
+    [names!(consul_token).var, names!(consul_token_file).var]
 }
 
 /// `HAPROXY_USER`: whom HAProxy drops to after binding.
@@ -404,15 +379,10 @@ pub struct Settings {
     pub certs_dir: Option<PathBuf>,
 }
 
-fn err(
-    var: &'static str,
-    flag: &'static str,
-    value: &str,
-    reason: impl Into<String>,
-) -> SettingsError {
+fn err(n: Names, value: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError {
-        var,
-        flag,
+        var: n.var,
+        flag: n.flag,
         value: value.to_string(),
         reason: reason.into(),
     }
@@ -420,40 +390,33 @@ fn err(
 
 fn int(
     v: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
+    n: Names,
     default: u32,
     min: u32,
     max: u32,
 ) -> Result<u32, SettingsError> {
     let Some(s) = v else { return Ok(default) };
-    let n: u32 = s
+    let i: u32 = s
         .parse()
-        .map_err(|_| err(var, flag, s, format!("expected an integer {min}..={max}")))?;
-    if n < min || n > max {
-        return Err(err(var, flag, s, format!("must be in {min}..={max}")));
+        .map_err(|_| err(n, s, format!("expected an integer {min}..={max}")))?;
+    if i < min || i > max {
+        return Err(err(n, s, format!("must be in {min}..={max}")));
     }
-    Ok(n)
+    Ok(i)
 }
 
-fn port(
-    v: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
-    default: u16,
-) -> Result<u16, SettingsError> {
-    Ok(int(v, var, flag, default as u32, 1, 65535)? as u16)
+fn port(v: &Option<String>, n: Names, default: u16) -> Result<u16, SettingsError> {
+    Ok(int(v, n, default as u32, 1, 65535)? as u16)
 }
 
 /// A duration written into the config verbatim: validated, then kept as text.
 fn timeout(
     v: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
+    n: Names,
     default: &str,
 ) -> Result<(String, Duration), SettingsError> {
     let s = v.as_deref().unwrap_or(default);
-    let d = duration::parse(s).map_err(|e| err(var, flag, s, e.to_string()))?;
+    let d = duration::parse(s).map_err(|e| err(n, s, e.to_string()))?;
     Ok((s.to_string(), d))
 }
 
@@ -465,15 +428,13 @@ const HAPROXY_MAX_TIME: Duration = Duration::from_millis(i32::MAX as u64);
 /// longer than HAProxy takes.
 fn config_timeout(
     v: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
+    n: Names,
     default: &str,
 ) -> Result<(String, Duration), SettingsError> {
-    let (s, d) = timeout(v, var, flag, default)?;
+    let (s, d) = timeout(v, n, default)?;
     if d > HAPROXY_MAX_TIME {
         return Err(err(
-            var,
-            flag,
+            n,
             &s,
             "longer than HAProxy's maximum time value, 2147483647ms (about 24.8 days)",
         ));
@@ -488,7 +449,7 @@ impl Settings {
             Some(d) if d.is_empty() => None,
             Some(d) => Some(
                 crate::syntax::hostname(d)
-                    .ok_or_else(|| err("HAPROXY_DOM", "dom", d, "not a DNS domain name"))?,
+                    .ok_or_else(|| err(names!(dom), d, "not a DNS domain name"))?,
             ),
         };
         let log_json = o.log_format == LogFormat::Json;
@@ -503,8 +464,7 @@ impl Settings {
             Some(s) => {
                 if !crate::syntax::is_syslog_address(s) {
                     return Err(err(
-                        "LOCAL_SYSLOG",
-                        "local-syslog",
+                        names!(local_syslog),
                         s,
                         "expected host[:port], ip:port or an absolute unix socket path",
                     ));
@@ -512,120 +472,61 @@ impl Settings {
                 s.clone()
             }
         };
-        let (hard_stop_after_s, hard_stop_after) = config_timeout(
-            &o.hard_stop_after,
-            "HAPROXY_HARD_STOP_AFTER",
-            "hard-stop-after",
-            "60s",
-        )?;
+        let (hard_stop_after_s, hard_stop_after) =
+            config_timeout(&o.hard_stop_after, names!(hard_stop_after), "60s")?;
         let certs_dir = o.certs_dir.clone().filter(|p| !p.as_os_str().is_empty());
         let vars = HaproxyVars {
             dom,
             maxconn_global: int(
                 &o.maxconn_global,
-                "HAPROXY_MAXCONN_GLOBAL",
-                "maxconn-global",
+                names!(maxconn_global),
                 50000,
                 1,
                 10_000_000,
             )?,
-            spread_checks: int(
-                &o.spread_checks,
-                "HAPROXY_SPREAD_CHECKS",
-                "spread-checks",
-                5,
-                0,
-                50,
-            )?,
+            spread_checks: int(&o.spread_checks, names!(spread_checks), 5, 0, 50)?,
             max_spread_checks: int(
                 &o.max_spread_checks,
-                "HAPROXY_MAX_SPREAD_CHECKS",
-                "max-spread-checks",
+                names!(max_spread_checks),
                 15000,
                 0,
                 3_600_000,
             )?,
-            retries: int(&o.retries, "HAPROXY_RETRIES", "retries", 3, 0, 100)?,
-            backlog: int(
-                &o.backlog,
-                "HAPROXY_BACKLOG",
-                "backlog",
-                10000,
-                1,
-                10_000_000,
-            )?,
-            maxconn: int(
-                &o.maxconn,
-                "HAPROXY_MAXCONN",
-                "maxconn",
-                10000,
-                1,
-                10_000_000,
-            )?,
-            timeout_connect: config_timeout(
-                &o.timeout_connect,
-                "HAPROXY_TIMEOUT_CONNECT",
-                "timeout-connect",
-                "3s",
-            )?
-            .0,
-            timeout_client: config_timeout(
-                &o.timeout_client,
-                "HAPROXY_TIMEOUT_CLIENT",
-                "timeout-client",
-                "30s",
-            )?
-            .0,
-            timeout_server: config_timeout(
-                &o.timeout_server,
-                "HAPROXY_TIMEOUT_SERVER",
-                "timeout-server",
-                "30s",
-            )?
-            .0,
+            retries: int(&o.retries, names!(retries), 3, 0, 100)?,
+            backlog: int(&o.backlog, names!(backlog), 10000, 1, 10_000_000)?,
+            maxconn: int(&o.maxconn, names!(maxconn), 10000, 1, 10_000_000)?,
+            timeout_connect: config_timeout(&o.timeout_connect, names!(timeout_connect), "3s")?.0,
+            timeout_client: config_timeout(&o.timeout_client, names!(timeout_client), "30s")?.0,
+            timeout_server: config_timeout(&o.timeout_server, names!(timeout_server), "30s")?.0,
             timeout_http_keep_alive: config_timeout(
                 &o.timeout_http_keep_alive,
-                "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE",
-                "timeout-http-keep-alive",
+                names!(timeout_http_keep_alive),
                 "1s",
             )?
             .0,
             timeout_http_request: config_timeout(
                 &o.timeout_http_request,
-                "HAPROXY_TIMEOUT_HTTP_REQUEST",
-                "timeout-http-request",
+                names!(timeout_http_request),
                 "15s",
             )?
             .0,
-            timeout_queue: config_timeout(
-                &o.timeout_queue,
-                "HAPROXY_TIMEOUT_QUEUE",
-                "timeout-queue",
-                "30s",
-            )?
-            .0,
+            timeout_queue: config_timeout(&o.timeout_queue, names!(timeout_queue), "30s")?.0,
             hard_stop_after: hard_stop_after_s,
             log_target,
             log_json,
-            http_port: port(&o.http_port, "HAPROXY_HTTP_PORT", "http-port", 8080)?,
-            stats_port: port(&o.stats_port, "HAPROXY_STATS_PORT", "stats-port", 4444)?,
+            http_port: port(&o.http_port, names!(http_port), 8080)?,
+            stats_port: port(&o.stats_port, names!(stats_port), 4444)?,
             stats_bind: stats_bind(o.stats_bind.as_deref())?,
             stats_auth: stats_auth(o.stats_auth.as_deref())?,
             https_port: match &certs_dir {
-                Some(_) => Some(port(
-                    &o.https_port,
-                    "HAPROXY_HTTPS_PORT",
-                    "https-port",
-                    8443,
-                )?),
+                Some(_) => Some(port(&o.https_port, names!(https_port), 8443)?),
                 None => None,
             },
             hsts_max_age: match o.hsts_max_age.as_deref() {
                 None | Some("") => None,
                 v => Some(int(
                     &v.map(str::to_string),
-                    "HAPROXY_HSTS_MAX_AGE",
-                    "hsts-max-age",
+                    names!(hsts_max_age),
                     0,
                     0,
                     i32::MAX as u32,
@@ -637,19 +538,21 @@ impl Settings {
         if let Some(p) = vars.https_port {
             if p == vars.http_port || p == vars.stats_port {
                 return Err(err(
-                    "HAPROXY_HTTPS_PORT",
-                    "https-port",
+                    names!(https_port),
                     &p.to_string(),
-                    "must differ from HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT",
+                    format!(
+                        "must differ from {} and {}",
+                        names!(http_port).var,
+                        names!(stats_port).var
+                    ),
                 ));
             }
         }
         if vars.http_port == vars.stats_port {
             return Err(err(
-                "HAPROXY_STATS_PORT",
-                "stats-port",
+                names!(stats_port),
                 &vars.stats_port.to_string(),
-                "must differ from HAPROXY_HTTP_PORT",
+                format!("must differ from {}", names!(http_port).var),
             ));
         }
 
@@ -660,8 +563,7 @@ impl Settings {
             Some("plain") => ReloadStrategy::Plain,
             Some(s) => {
                 return Err(err(
-                    "HAPROXY_RELOAD_STRATEGY",
-                    "reload-strategy",
+                    names!(reload_strategy),
                     s,
                     "expected inherit, seamless, syn-drop or plain",
                 ))
@@ -672,20 +574,14 @@ impl Settings {
             Some((a, b)) => (a, b),
             None => (wait, wait),
         };
-        let bad_wait = |reason: String| err("HAPROXY_RELOAD_WAIT", "reload-wait", wait, reason);
+        let bad_wait = |reason: String| err(names!(reload_wait), wait, reason);
         let reload_wait_min = duration::parse(min_s).map_err(|e| bad_wait(e.to_string()))?;
         let reload_wait_max = duration::parse(max_s).map_err(|e| bad_wait(e.to_string()))?;
         if reload_wait_max < reload_wait_min {
             return Err(bad_wait("max must not be below min".into()));
         }
-        let live_wait = timeout(&o.live_wait, "HAPROXY_LIVE_WAIT", "live-wait", "10ms")?.1;
-        let stop_timeout = timeout(
-            &o.stop_timeout,
-            "HAPROXY_STOP_TIMEOUT",
-            "stop-timeout",
-            "8s",
-        )?
-        .1;
+        let live_wait = timeout(&o.live_wait, names!(live_wait), "10ms")?.1;
+        let stop_timeout = timeout(&o.stop_timeout, names!(stop_timeout), "8s")?.1;
 
         let guard = o.removal_guard.as_deref().unwrap_or("50%");
         let removal_guard_percent = match guard {
@@ -696,22 +592,10 @@ impl Settings {
                 .parse::<u32>()
                 .ok()
                 .filter(|p| (1..=100).contains(p))
-                .ok_or_else(|| {
-                    err(
-                        "HAPROXY_REMOVAL_GUARD",
-                        "removal-guard",
-                        g,
-                        "a share from 1% to 100%, or off",
-                    )
-                })?,
+                .ok_or_else(|| err(names!(removal_guard), g, "a share from 1% to 100%, or off"))?,
         };
-        let removal_guard_grace = timeout(
-            &o.removal_guard_grace,
-            "HAPROXY_REMOVAL_GUARD_GRACE",
-            "removal-guard-grace",
-            "30s",
-        )?
-        .1;
+        let removal_guard_grace =
+            timeout(&o.removal_guard_grace, names!(removal_guard_grace), "30s")?.1;
 
         let source = if o.no_render {
             SourceSettings::External
@@ -742,7 +626,7 @@ impl Settings {
             reload_wait_min,
             reload_wait_max,
             live_wait: live_wait.min(reload_wait_max),
-            status_port: port(&o.status_port, "HAPROXY_STATUS_PORT", "status-port", 4445)?,
+            status_port: port(&o.status_port, names!(status_port), 4445)?,
             live_changes: !o.no_live,
             hard_stop_after,
             stop_timeout,
@@ -753,82 +637,169 @@ impl Settings {
         })
     }
 
-    /// Resolves `HAPROXY_USER` against the machine's user database and
-    /// fills `vars.user` / `vars.group` (the user's primary group). The
-    /// default picks [`DEFAULT_HAPROXY_USER`] when it exists and we are
-    /// root (only root can switch); otherwise HAProxy keeps our user, and
-    /// the returned note says so when that user is root. A named user that
-    /// does not exist is an error.
-    pub fn resolve_user(&mut self) -> Result<Option<String>, SettingsError> {
-        use nix::unistd::{Group, Uid, User};
-        let root = Uid::effective().is_root();
-        let (name, explicit) = match &self.haproxy_user {
-            HaproxyUser::Off => {
-                self.vars.user = None;
-                self.vars.group = None;
-                return Ok(root.then(|| "HAPROXY_USER is empty: HAProxy runs as root".to_string()));
-            }
-            HaproxyUser::Default => (DEFAULT_HAPROXY_USER.to_string(), false),
-            HaproxyUser::Named(n) => (n.clone(), true),
+    /// The settings for this machine: [`Settings::from_options`], with
+    /// `HAPROXY_USER` resolved against the user `facts` looked up and the
+    /// global maxconn fitted to the open-files limit. Pure: `facts` are read
+    /// by the caller ([`Facts::read`]); the notes are for the log.
+    pub fn build(o: &Options, facts: &Facts) -> Result<(Settings, Notes), SettingsError> {
+        let s = Settings::from_options(o)?;
+        let (account, user_note) = resolve_user(&s.haproxy_user, facts)?;
+        let fit = facts.fd_limit.and_then(|limit| {
+            fitted_maxconn(s.vars.maxconn_global, None, limit).map(|m| (m, limit))
+        });
+        let fd_note = fit.map(|(fit, limit)| {
+            format!(
+                "{}={} needs about {} open files but the limit is {limit}; using maxconn {fit}",
+                names!(maxconn_global).var,
+                s.vars.maxconn_global,
+                2 * s.vars.maxconn_global as u64 + FD_RESERVE,
+            )
+        });
+        let (user, group) = account.unzip();
+        let vars = HaproxyVars {
+            user,
+            group,
+            maxconn_global: fit.map_or(s.vars.maxconn_global, |(m, _)| m),
+            ..s.vars
         };
-        let bad = |reason: String| err("HAPROXY_USER", "haproxy-user", &name, reason);
-        let user = match User::from_name(&name) {
-            Ok(Some(u)) => u,
-            Ok(None) if explicit => return Err(bad("no such user on this machine".into())),
-            Err(e) if explicit => return Err(bad(format!("cannot look the user up: {e}"))),
-            _ => {
-                self.vars.user = None;
-                self.vars.group = None;
-                return Ok(root.then(|| {
-                    format!(
-                        "no {DEFAULT_HAPROXY_USER:?} user on this machine: HAProxy runs as root (set HAPROXY_USER to an unprivileged user)"
-                    )
-                }));
-            }
-        };
-        if !explicit && !root {
-            // Not root: HAProxy could not switch users, and needs not.
-            self.vars.user = None;
-            self.vars.group = None;
-            return Ok(None);
-        }
-        let group = match Group::from_gid(user.gid) {
-            Ok(Some(g)) if is_account_name(&g.name) => g.name,
-            _ => {
-                return Err(bad(format!(
-                    "the user's primary group {} has no usable name",
-                    user.gid
-                )))
-            }
-        };
-        self.vars.user = Some(name);
-        self.vars.group = Some(group);
-        Ok(None)
-    }
-
-    /// HAProxy refuses to start when it cannot get about two descriptors per
-    /// connection of the global maxconn. Where the open-files limit cannot
-    /// be raised that far (no CAP_SYS_RESOURCE), lower the global maxconn
-    /// to what fits rather than fail; returns a warning saying so.
-    pub fn fit_fd_limit(&mut self, fd_limit: u64) -> Option<String> {
-        const RESERVE: u64 = 1000;
-        let need = 2 * self.vars.maxconn_global as u64 + RESERVE;
-        if fd_limit >= need {
-            return None;
-        }
-        let fit = (fd_limit.saturating_sub(RESERVE) / 2).max(1) as u32;
-        let warning = format!(
-            "HAPROXY_MAXCONN_GLOBAL={} needs about {need} open files but the limit is {fd_limit}; using maxconn {fit}",
-            self.vars.maxconn_global
-        );
-        self.vars.maxconn_global = fit;
-        Some(warning)
+        Ok((
+            Settings { vars, ..s },
+            Notes {
+                user: user_note,
+                fd_fit: fd_note,
+            },
+        ))
     }
 
     /// The admin socket HAProxy exposes its listeners on (for `-x`).
     pub fn admin_socket(&self) -> PathBuf {
         self.run_dir.join("admin.sock")
     }
+}
+
+/// What the machine says that the settings depend on, read once at
+/// start-up ([`Facts::read`]) and passed to [`Settings::build`]; a test
+/// passes its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// The open-files limit in force, once raised; `None`: unknown.
+    pub fd_limit: Option<u64>,
+    /// Whether the supervisor runs as root (only root can switch users).
+    pub root: bool,
+    /// The user `HAPROXY_USER` names (or [`DEFAULT_HAPROXY_USER`]), as the
+    /// user database answered.
+    pub user: UserLookup,
+}
+
+/// The user database's answer for the user HAProxy is to run as.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UserLookup {
+    /// Not asked: `HAPROXY_USER` is empty (or not a user name).
+    #[default]
+    NotAsked,
+    /// The user exists; `group` is its primary group's name, when it has
+    /// one (`gid` names it otherwise).
+    Found { group: Option<String>, gid: u32 },
+    /// No such user.
+    Missing,
+    /// The database could not be read.
+    Failed(String),
+}
+
+impl Facts {
+    /// Reads the user database for the user `o` asks for, and whether we
+    /// are root; `fd_limit` is the caller's (it raises the limit first:
+    /// [`crate::process::raise_fd_limit`]).
+    pub fn read(o: &Options, fd_limit: Option<u64>) -> Facts {
+        use nix::unistd::{Group, Uid, User};
+        let name = match haproxy_user(o.haproxy_user.as_deref()) {
+            Ok(HaproxyUser::Default) => Some(DEFAULT_HAPROXY_USER.to_string()),
+            Ok(HaproxyUser::Named(n)) => Some(n),
+            Ok(HaproxyUser::Off) | Err(_) => None,
+        };
+        let user = match name.map(|n| User::from_name(&n)) {
+            None => UserLookup::NotAsked,
+            Some(Ok(Some(u))) => UserLookup::Found {
+                group: Group::from_gid(u.gid).ok().flatten().map(|g| g.name),
+                gid: u.gid.as_raw(),
+            },
+            Some(Ok(None)) => UserLookup::Missing,
+            Some(Err(e)) => UserLookup::Failed(e.to_string()),
+        };
+        Facts {
+            fd_limit,
+            root: Uid::effective().is_root(),
+            user,
+        }
+    }
+}
+
+/// What building the settings has to say, logged once logging is set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// HAProxy will run as root, and why.
+    pub user: Option<String>,
+    /// The global maxconn was lowered to fit the open-files limit.
+    pub fd_fit: Option<String>,
+}
+
+/// The `user` and `group` HAProxy serves as.
+type Account = (String, String);
+
+/// `HAPROXY_USER` against the machine's users: the `user` / `group` HAProxy
+/// drops to (the user's primary group). The default picks
+/// [`DEFAULT_HAPROXY_USER`] when it exists and we are root (only root can
+/// switch); otherwise HAProxy keeps our user, and the note says so when that
+/// user is root. A named user that does not exist is an error.
+fn resolve_user(
+    setting: &HaproxyUser,
+    facts: &Facts,
+) -> Result<(Option<Account>, Option<String>), SettingsError> {
+    let n = names!(haproxy_user);
+    let (name, explicit) = match setting {
+        HaproxyUser::Off => {
+            return Ok((
+                None,
+                facts
+                    .root
+                    .then(|| format!("{} is empty: HAProxy runs as root", n.var)),
+            ));
+        }
+        HaproxyUser::Default => (DEFAULT_HAPROXY_USER, false),
+        HaproxyUser::Named(name) => (name.as_str(), true),
+    };
+    let bad = |reason: String| err(n, name, reason);
+    let group = match &facts.user {
+        UserLookup::Found { group, gid } => (group, gid),
+        UserLookup::Missing if explicit => return Err(bad("no such user on this machine".into())),
+        UserLookup::Failed(e) if explicit => {
+            return Err(bad(format!("cannot look the user up: {e}")))
+        }
+        _ => {
+            return Ok((
+                None,
+                facts.root.then(|| {
+                    format!(
+                        "no {DEFAULT_HAPROXY_USER:?} user on this machine: HAProxy runs as root (set {} to an unprivileged user)",
+                        n.var
+                    )
+                }),
+            ));
+        }
+    };
+    if !explicit && !facts.root {
+        // Not root: HAProxy could not switch users, and needs not.
+        return Ok((None, None));
+    }
+    let group = match group {
+        (Some(g), _) if is_account_name(g) => g.clone(),
+        (_, gid) => {
+            return Err(bad(format!(
+                "the user's primary group {gid} has no usable name"
+            )))
+        }
+    };
+    Ok((Some((name.to_string(), group)), None))
 }
 
 /// A user or group name HAProxy's `user` / `group` can carry verbatim.
@@ -847,8 +818,7 @@ fn haproxy_user(v: Option<&str>) -> Result<HaproxyUser, SettingsError> {
         Some("") => Ok(HaproxyUser::Off),
         Some(n) if is_account_name(n) => Ok(HaproxyUser::Named(n.to_string())),
         Some(n) => Err(err(
-            "HAPROXY_USER",
-            "haproxy-user",
+            names!(haproxy_user),
             n,
             "expected a user name (letters, digits, '.', '_', '-') or nothing",
         )),
@@ -863,8 +833,7 @@ fn stats_bind(v: Option<&str>) -> Result<String, SettingsError> {
             Ok(std::net::IpAddr::V4(a)) => Ok(a.to_string()),
             Ok(std::net::IpAddr::V6(a)) => Ok(format!("[{a}]")),
             Err(_) => Err(err(
-                "HAPROXY_STATS_BIND",
-                "stats-bind",
+                names!(stats_bind),
                 s,
                 "expected an IP address such as 127.0.0.1 or ::1",
             )),
@@ -879,7 +848,7 @@ fn stats_auth(v: Option<&str>) -> Result<Option<Secret>, SettingsError> {
     let Some(s) = v.filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let bad = |reason: &str| err("HAPROXY_STATS_AUTH", "stats-auth", "<hidden>", reason);
+    let bad = |reason: &str| err(names!(stats_auth), "<hidden>", reason);
     if s.len() > 256 {
         return Err(bad("longer than 256 characters"));
     }
@@ -898,17 +867,12 @@ fn stats_auth(v: Option<&str>) -> Result<Option<Secret>, SettingsError> {
 }
 
 /// A boolean as Consul's variables take it (Go's `strconv.ParseBool`).
-fn consul_bool(
-    v: &Option<String>,
-    var: &'static str,
-    flag: &'static str,
-    default: bool,
-) -> Result<bool, SettingsError> {
+fn consul_bool(v: &Option<String>, n: Names, default: bool) -> Result<bool, SettingsError> {
     match v.as_deref() {
         None | Some("") => Ok(default),
         Some("1" | "t" | "T" | "true" | "TRUE" | "True") => Ok(true),
         Some("0" | "f" | "F" | "false" | "FALSE" | "False") => Ok(false),
-        Some(s) => Err(err(var, flag, s, "expected true or false")),
+        Some(s) => Err(err(n, s, "expected true or false")),
     }
 }
 
@@ -919,15 +883,14 @@ fn nonempty_path(p: &Option<PathBuf>) -> Option<PathBuf> {
 /// The Consul source's settings: addresses, token, TLS, datacenter and
 /// consistency, each checked here and named when wrong.
 fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
-    let https = consul_bool(&o.consul_ssl, "CONSUL_HTTP_SSL", "consul-ssl", false)?;
+    let https = consul_bool(&o.consul_ssl, names!(consul_ssl), false)?;
     let (urls, urls_from) = match (&o.consul, &o.consul_server) {
-        (Some(u), _) if !u.trim().is_empty() => (
-            consul_urls(u, "CONSUL_HTTP_ADDR", "consul", https)?,
-            "CONSUL_HTTP_ADDR / --consul",
-        ),
+        (Some(u), _) if !u.trim().is_empty() => {
+            (consul_urls(u, names!(consul), https)?, names!(consul).both)
+        }
         (_, Some(s)) if !s.trim().is_empty() => (
-            consul_urls(s, "CONSUL_SERVER", "consul-server", https)?,
-            "CONSUL_SERVER / --consul-server",
+            consul_urls(s, names!(consul_server), https)?,
+            names!(consul_server).both,
         ),
         _ => (
             vec![if https {
@@ -950,8 +913,7 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
     if let Token::Value(t) = &cfg.token {
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(err(
-                "CONSUL_HTTP_TOKEN",
-                "consul-token",
+                names!(consul_token),
                 "<hidden>",
                 "expected one line of printable ASCII",
             ));
@@ -961,32 +923,27 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
         cacert: nonempty_path(&o.consul_cacert),
         client_cert: nonempty_path(&o.consul_client_cert),
         client_key: nonempty_path(&o.consul_client_key),
-        skip_verify: !consul_bool(
-            &o.consul_ssl_verify,
-            "CONSUL_HTTP_SSL_VERIFY",
-            "consul-ssl-verify",
-            true,
-        )?,
+        skip_verify: !consul_bool(&o.consul_ssl_verify, names!(consul_ssl_verify), true)?,
     };
     match (&cfg.tls.client_cert, &cfg.tls.client_key) {
         (Some(c), None) => {
             return Err(err(
-                "CONSUL_CLIENT_KEY",
-                "consul-client-key",
+                names!(consul_client_key),
                 "",
                 format!(
-                    "CONSUL_CLIENT_CERT ({}) is set: its private key is needed too",
+                    "{} ({}) is set: its private key is needed too",
+                    names!(consul_client_cert).var,
                     c.display()
                 ),
             ))
         }
         (None, Some(k)) => {
             return Err(err(
-                "CONSUL_CLIENT_CERT",
-                "consul-client-cert",
+                names!(consul_client_cert),
                 "",
                 format!(
-                    "CONSUL_CLIENT_KEY ({}) is set: the certificate is needed too",
+                    "{} ({}) is set: the certificate is needed too",
+                    names!(consul_client_key).var,
                     k.display()
                 ),
             ))
@@ -1005,17 +962,14 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
         }
         Some(dc) => {
             return Err(err(
-                "CONSUL_DATACENTER",
-                "consul-datacenter",
+                names!(consul_datacenter),
                 dc,
                 "expected a datacenter name (letters, digits, '_', '-', '.')",
             ))
         }
     };
     if let Some(ns) = o.consul_namespace.as_deref().filter(|n| !n.is_empty()) {
-        return Err(err(
-            "CONSUL_NAMESPACE",
-            "consul-namespace",
+        return Err(err(names!(consul_namespace),
             ns,
             "namespaces are a Consul Enterprise feature this supervisor does not support; unset it to read the default namespace",
         ));
@@ -1023,14 +977,8 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
     cfg.consistency = match o.consul_max_stale.as_deref() {
         None | Some("") => Consistency::Default,
         Some(s) => {
-            let d = duration::parse(s).map_err(|e| {
-                err(
-                    "HAPROXY_CONSUL_MAX_STALE",
-                    "consul-max-stale",
-                    s,
-                    e.to_string(),
-                )
-            })?;
+            let d =
+                duration::parse(s).map_err(|e| err(names!(consul_max_stale), s, e.to_string()))?;
             if d.is_zero() {
                 Consistency::Default
             } else {
@@ -1043,20 +991,17 @@ fn consul_config(o: &Options) -> Result<ConsulConfig, SettingsError> {
             .filter(|n| (MIN_ANSWER..=MAX_ANSWER).contains(n))
             .ok_or_else(|| {
                 err(
-                    "HAPROXY_CONSUL_MAX_ANSWER",
-                    "consul-max-answer",
+                    names!(consul_max_answer),
                     s,
                     "a size from 64KiB to 4GiB: bytes, or a number with KiB, MiB or GiB",
                 )
             })?;
     }
     if let Some(s) = o.consul_wait.as_deref().filter(|s| !s.is_empty()) {
-        let d = duration::parse(s)
-            .map_err(|e| err("HAPROXY_CONSUL_WAIT", "consul-wait", s, e.to_string()))?;
+        let d = duration::parse(s).map_err(|e| err(names!(consul_wait), s, e.to_string()))?;
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&d) {
             return Err(err(
-                "HAPROXY_CONSUL_WAIT",
-                "consul-wait",
+                names!(consul_wait),
                 s,
                 "must be from 1s to 10m (Consul caps a blocking wait at 10m)",
             ));
@@ -1090,20 +1035,15 @@ fn byte_size(s: &str) -> Option<u64> {
 }
 
 /// A comma-separated list of Consul addresses, each as [`consul_url`].
-fn consul_urls(
-    s: &str,
-    var: &'static str,
-    flag: &'static str,
-    https: bool,
-) -> Result<Vec<String>, SettingsError> {
+fn consul_urls(s: &str, n: Names, https: bool) -> Result<Vec<String>, SettingsError> {
     let mut urls = Vec::new();
     for part in s.split(',').map(str::trim) {
         if part.is_empty() {
-            return Err(err(var, flag, s, "an empty address in the list"));
+            return Err(err(n, s, "an empty address in the list"));
         }
-        let u = consul_url(part, var, flag, https)?;
+        let u = consul_url(part, n, https)?;
         if urls.contains(&u) {
-            return Err(err(var, flag, s, format!("{u} is listed twice")));
+            return Err(err(n, s, format!("{u} is listed twice")));
         }
         urls.push(u);
     }
@@ -1112,12 +1052,7 @@ fn consul_urls(
 
 /// Accepts `http(s)://host:port[/]` or a bare `host:port` (https when
 /// `CONSUL_HTTP_SSL` is true).
-fn consul_url(
-    s: &str,
-    var: &'static str,
-    flag: &'static str,
-    https: bool,
-) -> Result<String, SettingsError> {
+fn consul_url(s: &str, n: Names, https: bool) -> Result<String, SettingsError> {
     let with_scheme = if s.contains("://") {
         s.to_string()
     } else if https {
@@ -1125,11 +1060,10 @@ fn consul_url(
     } else {
         format!("http://{s}")
     };
-    let url = reqwest::Url::parse(&with_scheme).map_err(|e| err(var, flag, s, e.to_string()))?;
+    let url = reqwest::Url::parse(&with_scheme).map_err(|e| err(n, s, e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(err(
-            var,
-            flag,
+            n,
             s,
             "expected http://host:port, https://host:port or host:port",
         ));
@@ -1440,18 +1374,23 @@ mod tests {
         assert_eq!(e.var, "HAPROXY_USER");
 
         // Resolution against this machine's users.
-        let mut s = with(|o| o.haproxy_user = Some("no-such-user-here".into())).unwrap();
-        assert_eq!(s.resolve_user().unwrap_err().var, "HAPROXY_USER");
-        let mut s = with(|o| o.haproxy_user = Some(String::new())).unwrap();
-        s.resolve_user().unwrap();
-        assert_eq!(s.vars.user, None);
-        let mut s = with(|o| o.haproxy_user = Some("root".into())).unwrap();
-        s.resolve_user().unwrap();
+        let build = |v: Option<&str>| {
+            let o = Options {
+                haproxy_user: v.map(str::to_string),
+                ..Options::default()
+            };
+            Settings::build(&o, &Facts::read(&o, None)).map(|(s, _)| s)
+        };
+        assert_eq!(
+            build(Some("no-such-user-here")).unwrap_err().var,
+            "HAPROXY_USER"
+        );
+        assert_eq!(build(Some("")).unwrap().vars.user, None);
+        let s = build(Some("root")).unwrap();
         assert_eq!(s.vars.user.as_deref(), Some("root"));
         assert_eq!(s.vars.group.as_deref(), Some("root"));
         // The default: the haproxy user when it exists and we are root.
-        let mut s = with(|_| {}).unwrap();
-        s.resolve_user().unwrap();
+        let s = build(None).unwrap();
         let exists = nix::unistd::User::from_name(DEFAULT_HAPROXY_USER)
             .ok()
             .flatten()
@@ -1462,5 +1401,180 @@ mod tests {
             (exists && root).then_some(DEFAULT_HAPROXY_USER)
         );
         assert_eq!(s.vars.group.is_some(), s.vars.user.is_some());
+    }
+
+    fn build(
+        f: impl FnOnce(&mut Options),
+        facts: Facts,
+    ) -> Result<(Settings, Notes), SettingsError> {
+        let mut o = Options::default();
+        f(&mut o);
+        Settings::build(&o, &facts)
+    }
+
+    fn found(group: &str) -> UserLookup {
+        UserLookup::Found {
+            group: Some(group.into()),
+            gid: 7,
+        }
+    }
+
+    /// The user HAProxy runs as, decided from facts passed in: no machine
+    /// needed.
+    #[test]
+    fn the_user_is_resolved_from_the_facts() {
+        let root = |user| Facts {
+            root: true,
+            user,
+            fd_limit: None,
+        };
+        let user = |s: &Settings| (s.vars.user.clone(), s.vars.group.clone());
+        let pair = |u: &str, g: &str| (Some(u.to_string()), Some(g.to_string()));
+        // The default user, when it exists and we are root.
+        let (s, n) = build(|_| {}, root(found("haproxy"))).unwrap();
+        assert_eq!((user(&s), n.user), (pair("haproxy", "haproxy"), None));
+        // Not root: HAProxy keeps our user, silently.
+        let (s, n) = build(
+            |_| {},
+            Facts {
+                root: false,
+                ..root(found("haproxy"))
+            },
+        )
+        .unwrap();
+        assert_eq!((user(&s), n.user), ((None, None), None));
+        // No such default user: root, with a note naming the variable.
+        let (s, n) = build(|_| {}, root(UserLookup::Missing)).unwrap();
+        assert_eq!(user(&s), (None, None));
+        assert!(n
+            .user
+            .unwrap()
+            .contains("set HAPROXY_USER to an unprivileged user"));
+        let (_, n) = build(|_| {}, root(UserLookup::Failed("EIO".into()))).unwrap();
+        assert!(n.user.is_some());
+        // Empty: root, said so; not root: nothing to say.
+        let off = |o: &mut Options| o.haproxy_user = Some(String::new());
+        let (s, n) = build(off, root(UserLookup::NotAsked)).unwrap();
+        assert_eq!(user(&s), (None, None));
+        assert_eq!(
+            n.user.as_deref(),
+            Some("HAPROXY_USER is empty: HAProxy runs as root")
+        );
+        let (_, n) = build(off, Facts::default()).unwrap();
+        assert_eq!(n.user, None);
+        // Named: it must exist, with a usable group, root or not.
+        let www = |o: &mut Options| o.haproxy_user = Some("www-data".into());
+        let (s, _) = build(
+            www,
+            Facts {
+                root: false,
+                ..root(found("www-data"))
+            },
+        )
+        .unwrap();
+        assert_eq!(user(&s), pair("www-data", "www-data"));
+        let e = build(www, root(UserLookup::Missing)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid HAPROXY_USER (--haproxy-user) = \"www-data\": no such user on this machine"
+        );
+        let e = build(www, root(UserLookup::Failed("EIO: I/O error".into()))).unwrap_err();
+        assert_eq!(e.reason, "cannot look the user up: EIO: I/O error");
+        let nameless = UserLookup::Found {
+            group: None,
+            gid: 4242,
+        };
+        let e = build(www, root(nameless)).unwrap_err();
+        assert_eq!(e.reason, "the user's primary group 4242 has no usable name");
+        let e = build(www, root(found("bad group"))).unwrap_err();
+        assert_eq!(e.var, "HAPROXY_USER");
+    }
+
+    /// The global maxconn fitted to the open-files limit at build time, as
+    /// [`fitted_maxconn`] without servers.
+    #[test]
+    fn the_global_maxconn_is_fitted_when_built() {
+        let limit = |fd_limit| Facts {
+            fd_limit,
+            ..Facts::default()
+        };
+        let (s, n) = build(|_| {}, limit(None)).unwrap();
+        assert_eq!((s.vars.maxconn_global, n.fd_fit), (50000, None));
+        let (s, n) = build(|_| {}, limit(Some(101_000))).unwrap();
+        assert_eq!((s.vars.maxconn_global, n.fd_fit), (50000, None));
+        let (s, n) = build(|_| {}, limit(Some(20000))).unwrap();
+        assert_eq!(s.vars.maxconn_global, 9500);
+        assert_eq!(
+            n.fd_fit.as_deref(),
+            Some("HAPROXY_MAXCONN_GLOBAL=50000 needs about 101000 open files but the limit is 20000; using maxconn 9500")
+        );
+        let (s, _) = build(
+            |o| o.maxconn_global = Some("100".into()),
+            limit(Some(20000)),
+        )
+        .unwrap();
+        assert_eq!(s.vars.maxconn_global, 100);
+        // The rest is what from_options builds.
+        let (s, _) = build(|_| {}, limit(Some(20000))).unwrap();
+        let plain = with(|_| {}).unwrap();
+        assert_eq!(
+            HaproxyVars {
+                maxconn_global: 50000,
+                ..s.vars
+            },
+            plain.vars
+        );
+    }
+
+    /// Every argument has its variable and its flag, taken from clap; no
+    /// two share one.
+    #[test]
+    fn every_option_has_a_variable_and_a_flag() {
+        let cmd = Options::augment_args(clap::Command::new("options"));
+        let mut vars = std::collections::BTreeSet::new();
+        let mut flags = std::collections::BTreeSet::new();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            let env = a.get_env().and_then(|e| e.to_str());
+            assert!(env.is_some(), "--{id} has no environment variable");
+            assert!(a.get_long().is_some(), "{id} has no flag");
+            let n = Names::of(id);
+            assert_eq!(Some(n.var), env);
+            assert_eq!(n.both, format!("{} / --{}", n.var, n.flag));
+            assert!(vars.insert(n.var), "{} twice", n.var);
+            assert!(flags.insert(n.flag), "--{} twice", n.flag);
+        }
+        assert_eq!(NAMES.len(), cmd.get_arguments().count());
+        assert_eq!(
+            secret_vars(),
+            ["CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE"]
+        );
+    }
+
+    /// The errors name the variable and the flag of the field that is wrong,
+    /// in the same words as before the names came from clap.
+    #[test]
+    fn every_error_names_its_variable_and_flag() {
+        type Set = fn(&mut Options);
+        let cases: [(Set, &str); 10] = [
+            (|o| o.dom = Some("bad domain".into()), "invalid HAPROXY_DOM (--dom) = \"bad domain\": not a DNS domain name"),
+            (|o| o.maxconn_global = Some("x".into()), "invalid HAPROXY_MAXCONN_GLOBAL (--maxconn-global) = \"x\": expected an integer 1..=10000000"),
+            (|o| o.timeout_http_keep_alive = Some("25d".into()), "invalid HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE (--timeout-http-keep-alive) = \"25d\": longer than HAProxy's maximum time value, 2147483647ms (about 24.8 days)"),
+            (|o| o.stats_port = Some("8080".into()), "invalid HAPROXY_STATS_PORT (--stats-port) = \"8080\": must differ from HAPROXY_HTTP_PORT"),
+            (|o| { o.certs_dir = Some("/c".into()); o.https_port = Some("4444".into()) }, "invalid HAPROXY_HTTPS_PORT (--https-port) = \"4444\": must differ from HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT"),
+            (|o| o.reload_wait = Some("1s:1ms".into()), "invalid HAPROXY_RELOAD_WAIT (--reload-wait) = \"1s:1ms\": max must not be below min"),
+            (|o| o.stats_auth = Some("nocolon".into()), "invalid HAPROXY_STATS_AUTH (--stats-auth) = \"<hidden>\": expected user:password"),
+            (|o| o.consul_server = Some("a:1,a:1".into()), "invalid CONSUL_SERVER (--consul-server) = \"a:1,a:1\": http://a:1 is listed twice"),
+            (|o| o.consul_client_cert = Some("c.pem".into()), "invalid CONSUL_CLIENT_KEY (--consul-client-key) = \"\": CONSUL_CLIENT_CERT (c.pem) is set: its private key is needed too"),
+            (|o| o.consul_ssl_verify = Some("nope".into()), "invalid CONSUL_HTTP_SSL_VERIFY (--consul-ssl-verify) = \"nope\": expected true or false"),
+        ];
+        for (set, message) in cases {
+            assert_eq!(with(set).unwrap_err().to_string(), message);
+        }
+        // The source a Consul address came from, named the same way.
+        let s = with(|o| o.consul_server = Some("c:8500".into())).unwrap();
+        assert_eq!(consul(&s).urls_from, "CONSUL_SERVER / --consul-server");
+        let s = with(|o| o.consul = Some("c:8500".into())).unwrap();
+        assert_eq!(consul(&s).urls_from, "CONSUL_HTTP_ADDR / --consul");
     }
 }

@@ -23,15 +23,18 @@ use tokio::sync::{mpsc, watch};
 
 use crate::discovery::{self, CatalogRx};
 use crate::events::Event;
+use crate::files;
 use crate::haproxy::{self, HaproxyError, StartSpec, SynDropGuard};
 use crate::listeners::Listeners;
 use crate::live::{self, Layout, Op};
 use crate::log;
+use crate::model::HaproxyVars;
 use crate::model::{Catalog, Desired};
+use crate::policy::ReloadStrategy;
 use crate::process::{self, Reaper};
 use crate::render::{self, Rendered, Renderer};
 use crate::runtime::{AdminState, RuntimeApi, RuntimeError};
-use crate::settings::{HaproxyVars, ReloadStrategy, Settings, SourceSettings};
+use crate::settings::{Settings, SourceSettings};
 use crate::signals;
 use crate::status::{self, Status};
 use crate::step::{Action, CheckError, CheckHow, Facts, Input, LiveFailure, OnDisk, State};
@@ -116,7 +119,7 @@ async fn sync_job(job: SyncJob, rendered: Rendered) -> bool {
     }
     let on_disk = std::fs::read_to_string(&file).ok();
     if on_disk.as_deref() != Some(rendered.config.as_str()) {
-        let staged = match render::stage(&file, &rendered) {
+        let staged = match files::stage(&file, &rendered) {
             Ok(s) => s,
             Err(e) => {
                 log!(error, Event::WriteFailed, error = %e, "cannot write the config applied live");
@@ -140,7 +143,7 @@ async fn sync_job(job: SyncJob, rendered: Rendered) -> bool {
 
 /// With held sockets and `HAPROXY_USER`, HAProxy needs no privilege at
 /// all: it is started as that user (uid, gid), and the files it reads are
-/// shared with the user's group ([`render::share_with_group`]); the run
+/// shared with the user's group ([`files::share_with_group`]); the run
 /// dir, where it creates its admin socket, is group-writable and sticky (it
 /// cannot replace the supervisor's own files there).
 fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
@@ -168,7 +171,7 @@ fn unprivileged_start(settings: &Settings) -> Option<(u32, u32)> {
         crate::log!(warn, Event::Degraded, what = "user", dir = %settings.run_dir.display(), error = %e, "cannot give the run dir to HAProxy's group; HAProxy starts as root and drops to HAPROXY_USER");
         return None;
     }
-    render::share_with_group(gid);
+    files::share_with_group(gid);
     Some((uid, gid))
 }
 
@@ -621,7 +624,7 @@ impl Executor {
         if std::fs::read_to_string(&path).is_ok_and(|t| t == text) {
             return; // as at spawn: nothing to write at "reload done"
         }
-        if let Err(e) = render::write_replace(&path, text.as_bytes()) {
+        if let Err(e) = crate::files::write_replace(&path, text.as_bytes()) {
             log!(warn, Event::WriteFailed, error = %e, "cannot write the pid file");
         }
     }
@@ -710,7 +713,7 @@ impl Executor {
                 result: Err(CheckError::Invalid(e.to_string())),
             };
         }
-        if let Err(source) = render::write_atomic(&self.running_file, text.as_bytes()) {
+        if let Err(source) = crate::files::write_atomic(&self.running_file, text.as_bytes()) {
             return transient(FileStep::Write {
                 path: self.running_file.clone(),
                 source,
@@ -734,7 +737,7 @@ impl Executor {
             CheckHow::InPlace => haproxy::check(&self.reaper, &bin, &self.running_file, &fds)
                 .await
                 .map_err(|e| CheckError::Invalid(e.to_string())),
-            CheckHow::Staged => match render::stage(&self.running_file, &candidate) {
+            CheckHow::Staged => match crate::files::stage(&self.running_file, &candidate) {
                 Err(e) => Err(CheckError::Transient(FileStep::Stage(e).to_string())),
                 Ok(staged) => {
                     match haproxy::check(&self.reaper, &bin, &staged.candidate, &fds).await {
@@ -769,7 +772,7 @@ impl Executor {
         carry: bool,
         unconfirmed: &BTreeSet<(String, String)>,
     ) {
-        let path = render::server_state_path(&self.settings.admin_socket());
+        let path = crate::files::server_state_path(&self.settings.admin_socket());
         let dump = if carry {
             match self.runtime.command("show servers state").await {
                 Ok(d) => Some(d),
@@ -788,7 +791,7 @@ impl Executor {
             }
             None => "1\n".to_string(),
         };
-        if let Err(e) = render::write_replace(&path, content.as_bytes()) {
+        if let Err(e) = crate::files::write_replace(&path, content.as_bytes()) {
             log!(warn, Event::WriteFailed, file = %path.display(), error = %e, "cannot write the server state");
         }
     }
@@ -810,7 +813,7 @@ impl Executor {
         if strategy == ReloadStrategy::SynDrop {
             // The seed's reload: drop SYNs to every bound port while the
             // new process starts and the old ones unbind.
-            let ports = haproxy::bind_ports(config);
+            let ports = crate::listeners::bind_ports(config);
             let p = ports.clone();
             match self.reaper.hold_off(move || SynDropGuard::insert(&p)).await {
                 Ok(Ok(guard)) => {
@@ -870,7 +873,7 @@ impl Executor {
                 error: "no generation starting".into(),
             };
         };
-        let ports = haproxy::bind_ports(config);
+        let ports = crate::listeners::bind_ports(config);
         let admin = self.settings.admin_socket();
         let r = haproxy::wait_listening(
             pid,
@@ -969,9 +972,9 @@ impl Executor {
         let mut written = disk.lock().await;
         *written = epoch;
         let result = if cfg.maps.is_empty() {
-            render::write_atomic(&self.running_file, cfg.config.as_bytes())
+            crate::files::write_atomic(&self.running_file, cfg.config.as_bytes())
         } else {
-            render::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
+            crate::files::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
         };
         match result {
             Ok(()) => {
@@ -1063,7 +1066,7 @@ impl Executor {
             log!(info, Event::ListenersReleased, ports = ?released, "released the listening sockets of ports no longer served");
         }
         let path = self.settings.run_dir.join("listeners");
-        if let Err(e) = render::write_replace(&path, l.file_text().as_bytes()) {
+        if let Err(e) = crate::files::write_replace(&path, l.file_text().as_bytes()) {
             log!(warn, Event::WriteFailed, file = %path.display(), error = %e, "cannot write the listeners file");
         }
     }

@@ -50,10 +50,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::events::Event;
+use crate::model::TlsFrontend;
 use crate::runtime::{RuntimeApi, RuntimeError};
 
 /// A validated certificate bundle: certificate chain (leaf first) and key.
@@ -411,14 +411,6 @@ impl Scanner {
     }
 }
 
-/// What the template needs for the HTTPS bind (rendered only when at least
-/// one bundle is served: HAProxy does not start an `ssl` bind without one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TlsFrontend {
-    /// Absolute path of the crt-list the bind loads.
-    pub crt_list: String,
-}
-
 /// What became of a new certificate set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsOutcome {
@@ -432,7 +424,7 @@ pub enum TlsOutcome {
 
 /// The store beside the config: `<config dir>/certs`.
 pub fn store_dir(config_file: &Path) -> PathBuf {
-    crate::render::absolute(
+    crate::files::absolute(
         &config_file
             .parent()
             .unwrap_or_else(|| Path::new("."))
@@ -485,14 +477,14 @@ impl Store {
                 .mode(0o700)
                 .create(&self.dir)?;
         }
-        crate::render::share_dir(&self.dir, 0o750)?;
+        crate::files::share_dir(&self.dir, 0o750)?;
         for b in set.values() {
             let p = self.path_of(&b.name);
             if std::fs::read(&p).ok().as_deref() != Some(b.pem.as_bytes()) {
-                crate::render::write_atomic(&p, b.pem.as_bytes())?;
+                crate::files::write_atomic(&p, b.pem.as_bytes())?;
             }
         }
-        crate::render::write_atomic(&self.crt_list, self.crt_list_text(set).as_bytes())?;
+        crate::files::write_atomic(&self.crt_list, self.crt_list_text(set).as_bytes())?;
         for e in std::fs::read_dir(&self.dir)?.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name != "crt-list" && !name.starts_with('.') && !set.contains_key(&name) {

@@ -29,8 +29,9 @@ use haproxy_supervisor::model::{
     Catalog, CatalogFile, CatalogFileService, CatalogService, Context, Desired, Instance, BALANCES,
     KNOWN_TAGS,
 };
+use haproxy_supervisor::model::{HaproxyVars, Secret};
 use haproxy_supervisor::runtime;
-use haproxy_supervisor::settings::{Cli, HaproxyVars, Secret, Settings};
+use haproxy_supervisor::settings::{Cli, Settings};
 use haproxy_supervisor::tls;
 
 mod render_check;
@@ -286,7 +287,7 @@ fn haproxy_accepts<W: std::fmt::Debug>(target: &str, cases: &[(W, Catalog, Hapro
     for (what, catalog, vars) in cases {
         let (desired, _) = Desired::build(catalog, &Context::from(vars));
         let rendered = r.render(&desired, vars).unwrap();
-        let staged = haproxy_supervisor::render::stage(&cfg, &rendered).expect("stage");
+        let staged = haproxy_supervisor::files::stage(&cfg, &rendered).expect("stage");
         let (valid, msg) = testkit::haproxy_check(&staged.candidate);
         staged.abort();
         assert!(valid, "{what:?}: haproxy -c: {msg}\n{}", rendered.config);

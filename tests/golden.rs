@@ -9,9 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
+use haproxy_supervisor::files;
+use haproxy_supervisor::model::HaproxyVars;
 use haproxy_supervisor::model::{Catalog, Context, Desired};
-use haproxy_supervisor::render::{self, Rendered, Renderer};
-use haproxy_supervisor::settings::HaproxyVars;
+use haproxy_supervisor::render::{Rendered, Renderer};
 
 const CONFIG: &str = "/etc/haproxy/haproxy.cfg";
 const SOCKET: &str = "/run/haproxy-supervisor/admin.sock";
@@ -160,7 +161,7 @@ fn golden_with(case: &str, catalog: &str, vars: &HaproxyVars) {
         "only the paths differ"
     );
     assert_eq!(here.maps, r.maps);
-    render::stage(&cfg, &here).unwrap().commit(&here).unwrap();
+    files::stage(&cfg, &here).unwrap().commit(&here).unwrap();
     let (valid, msg) = testkit::haproxy_check(&cfg);
     assert!(
         valid,

@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use haproxy_supervisor::files;
+use haproxy_supervisor::model::HaproxyVars;
 use haproxy_supervisor::model::{
     enabled, Catalog, CatalogFile, CatalogFileService, Context, Desired, Instance,
 };
-use haproxy_supervisor::render;
-use haproxy_supervisor::settings::HaproxyVars;
 use proptest::prelude::*;
 
 mod render_check;
@@ -294,7 +294,7 @@ fn any_catalog_renders_a_config_haproxy_accepts() {
         .run(&(catalog(), vars()), |(catalog, vars)| {
             let (desired, _) = Desired::build(&catalog, &Context::from(&vars));
             let rendered = r.render(&desired, &vars).unwrap();
-            let staged = render::stage(&cfg, &rendered).expect("stage");
+            let staged = files::stage(&cfg, &rendered).expect("stage");
             let (valid, msg) = testkit::haproxy_check(&staged.candidate);
             staged.abort();
             prop_assert!(valid, "haproxy -c: {}\n{}", msg, rendered.config);

@@ -26,14 +26,15 @@ use nix::unistd::Pid;
 use crate::events::Event;
 use crate::live::{self, Layout, Op, Plan, Running};
 use crate::log;
+use crate::model::HaproxyVars;
 use crate::model::{Catalog, CatalogService, Context, Desired, Warning};
+use crate::policy::ReloadStrategy;
 use crate::policy::{
     self, AfterStructural, Due, Ended, Exclusion, Generations, Pending, Removal, RemovalGuard,
     Restarts, Retries, Stop, StopStep, Trigger, Waits,
 };
 use crate::process::Exit;
 use crate::render::Rendered;
-use crate::settings::{HaproxyVars, ReloadStrategy};
 use crate::signals;
 use crate::status::{LeftOut, RemovalHeld, Snapshot};
 
@@ -154,6 +155,8 @@ pub enum CheckHow {
 }
 
 /// What the executor is asked to do.
+// A few actions live at a time: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Hold the ports `desired` binds, render, settle the held sockets;
@@ -1165,7 +1168,7 @@ impl State {
             .iter()
             .map(|s| s.servers.len() as u64)
             .sum();
-        let fitted = policy::fitted_maxconn(vars.maxconn_global, servers, limit);
+        let fitted = policy::fitted_maxconn(vars.maxconn_global, Some(servers), limit);
         if fitted != self.fd_fit {
             if let Some(fit) = fitted {
                 log!(warn, Event::Warning,
@@ -1176,7 +1179,7 @@ impl State {
                     reason = "the open-files limit cannot hold every connection and checked server",
                     "HAPROXY_MAXCONN_GLOBAL={} and one descriptor per checked server do not fit the open-files limit; using a lower global maxconn{}",
                     vars.maxconn_global,
-                    if limit < 1000 + servers + 2 { " (too many servers: haproxy will refuse to start)" } else { "" }
+                    if limit < policy::FD_RESERVE + servers + 2 { " (too many servers: haproxy will refuse to start)" } else { "" }
                 );
             }
             self.fd_fit = fitted;

@@ -10,7 +10,10 @@ use std::collections::VecDeque;
 
 const MS: Duration = Duration::from_millis(1);
 
-fn catalog(services: &[(&str, &[(&str, u16)], &[&str])]) -> Arc<Catalog> {
+/// A service: its name, its instances (id, port) and its tags.
+type Svc<'a> = (&'a str, &'a [(&'a str, u16)], &'a [&'a str]);
+
+fn catalog(services: &[Svc]) -> Arc<Catalog> {
     let mut c = Catalog::default();
     for (i, (name, instances, tags)) in services.iter().enumerate() {
         let mut t: Vec<String> = vec!["HAPROXY.ENABLE=true".into()];
@@ -778,7 +781,7 @@ fn one_episode_stops_after_eight_attempts() {
     let mut s = Sim::started(www(&[("web-1", 9001)]));
     s.cleared();
     let names: Vec<String> = (0..10).map(|i| format!("svc{i}")).collect();
-    let mut services: Vec<(&str, &[(&str, u16)], &[&str])> = vec![("www", &[("web-1", 9001)], &[])];
+    let mut services: Vec<Svc> = vec![("www", &[("web-1", 9001)], &[])];
     let insts: Vec<[(&str, u16); 1]> = (0..10).map(|i| [("x-1", 9200 + i as u16)]).collect();
     let ports: Vec<String> = (0..10)
         .map(|i| format!("HAPROXY.FRONTEND.PORT={}", 7000 + i))
@@ -1191,7 +1194,7 @@ fn the_global_maxconn_is_fitted_to_the_open_files_limit() {
     });
     assert_eq!(
         fitted,
-        policy::fitted_maxconn(s.st.facts.vars.maxconn_global, 1, 4096)
+        policy::fitted_maxconn(s.st.facts.vars.maxconn_global, Some(1), 4096)
     );
     assert!(fitted.unwrap() < s.st.facts.vars.maxconn_global);
 }

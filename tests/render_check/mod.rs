@@ -12,11 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
+use haproxy_supervisor::model::HaproxyVars;
 use haproxy_supervisor::model::{
     enabled, hostname, is_path, is_server_name, is_service_name, Catalog, Context, Desired,
 };
 use haproxy_supervisor::render::{self, Rendered, Renderer};
-use haproxy_supervisor::settings::HaproxyVars;
 use proptest::prelude::*;
 
 pub fn renderer(config: &Path, socket: &Path) -> Renderer {
