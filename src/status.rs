@@ -273,6 +273,14 @@ impl Status {
         self.m.syn_drop_rules.set(n as i64);
     }
 
+    /// What the loop published last.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The loop's view after a step.
     pub fn publish(&self, s: Snapshot) {
         for (state, n) in [

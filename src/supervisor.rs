@@ -1171,3 +1171,329 @@ fn adopt_leftovers(settings: &Settings, running_file: &std::path::Path) -> Vec<P
     }
     pids
 }
+
+/// The loop against a fake HAProxy and a fake discovery: real channels,
+/// real timers, no process, no file, no root.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{CatalogService, Instance};
+    use crate::process::Exit;
+    use std::sync::Mutex;
+
+    /// Answers like HAProxy would; records what it was asked.
+    struct Fake {
+        renderer: Renderer,
+        next_pid: i32,
+        done: Arc<Mutex<Vec<Action>>>,
+        results: mpsc::UnboundedSender<Input>,
+        /// How long a check takes (a reload under way meanwhile).
+        check_takes: Duration,
+        /// Generations exit when told to finish (SIGUSR1) or stop.
+        gens: Vec<(u64, Pid)>,
+    }
+
+    impl Perform for Fake {
+        async fn perform(&mut self, a: Action) -> Option<Input> {
+            self.done.lock().unwrap().push(a.clone());
+            match a {
+                Action::Render { desired, vars } => Some(Input::Rendered(
+                    self.renderer
+                        .render(&desired, &vars)
+                        .map(|r| {
+                            let l = Layout::new(&r, &self.renderer.maps_dir_str());
+                            (r, l)
+                        })
+                        .map_err(|e| e.to_string()),
+                )),
+                Action::Check { .. } => {
+                    tokio::time::sleep(self.check_takes).await;
+                    Some(Input::Checked {
+                        candidate: None,
+                        result: Ok(()),
+                    })
+                }
+                Action::Probe { .. } => Some(Input::Probed {
+                    socket_answers: true,
+                    held_covers: false,
+                }),
+                Action::Spawn { .. } => {
+                    self.next_pid += 1;
+                    Some(Input::Spawned {
+                        pid: Pid::from_raw(self.next_pid),
+                    })
+                }
+                Action::AwaitListening { id, pid, old, .. } => {
+                    // The old ones finish once it serves.
+                    for (gid, gpid) in self.gens.clone() {
+                        if old.contains(&gpid) {
+                            self.exit(gid, gpid, Exit::Code(0));
+                        }
+                    }
+                    self.gens.push((id, pid));
+                    Some(Input::Listening { id })
+                }
+                Action::Kill(pid, sig) => {
+                    if matches!(sig, Signal::SIGUSR1 | Signal::SIGTERM | Signal::SIGKILL) {
+                        if let Some((id, _)) = self.gens.iter().find(|(_, p)| *p == pid).copied() {
+                            self.exit(id, pid, Exit::Code(0));
+                        }
+                    }
+                    None
+                }
+                Action::ApplyLive { .. } => Some(Input::LiveDone(Ok(()))),
+                Action::Sync { epoch, wait, .. } => {
+                    if wait {
+                        Some(Input::Synced { epoch, ok: true })
+                    } else {
+                        let _ = self.results.send(Input::Synced { epoch, ok: true });
+                        None
+                    }
+                }
+                Action::Reread => Some(Input::Reread {
+                    template_ok: true,
+                    catalog: None,
+                }),
+                Action::RollBack { .. } => Some(Input::RolledBack { ok: true }),
+                Action::DeleteParked { servers } => Some(Input::ParkedDone { deleted: servers }),
+                _ => None,
+            }
+        }
+    }
+
+    impl Fake {
+        fn exit(&mut self, id: u64, pid: Pid, exit: Exit) {
+            self.gens.retain(|(g, _)| *g != id);
+            let _ = self.results.send(Input::Exited { id, pid, exit });
+        }
+    }
+
+    fn www(ports: &[u16]) -> Option<Arc<Catalog>> {
+        with_api(ports, false)
+    }
+
+    /// `www` on `ports`, and a service `api` (another backend) if `api`.
+    fn with_api(ports: &[u16], api: bool) -> Option<Arc<Catalog>> {
+        let mut c = Catalog::default();
+        let names: &[&str] = if api { &["www", "api"] } else { &["www"] };
+        for name in names {
+            let tags: Vec<String> = vec![
+                "HAPROXY.ENABLE=true".into(),
+                format!("HAPROXY.VHOST={name}.example.com"),
+            ];
+            c.services.insert(
+                name.to_string(),
+                CatalogService {
+                    tags: tags.clone(),
+                    instances: ports
+                        .iter()
+                        .map(|p| Instance {
+                            id: format!("web-{p}"),
+                            address: "127.0.0.1".into(),
+                            port: *p as i64,
+                            tags: tags.clone(),
+                            weight: 1,
+                            passing: true,
+                        })
+                        .collect(),
+                    created: 0,
+                },
+            );
+        }
+        Some(Arc::new(c))
+    }
+
+    struct Edges {
+        catalog: discovery::CatalogTx,
+        signals: mpsc::UnboundedSender<Signal>,
+        results: mpsc::UnboundedSender<Input>,
+        done: Arc<Mutex<Vec<Action>>>,
+    }
+
+    impl Edges {
+        fn count(&self, f: impl Fn(&Action) -> bool) -> usize {
+            self.done.lock().unwrap().iter().filter(|a| f(a)).count()
+        }
+
+        fn spawns(&self) -> usize {
+            self.count(|a| matches!(a, Action::Spawn { .. }))
+        }
+
+        async fn until(&self, what: &str, f: impl Fn(&Edges) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !f(self) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
+
+    fn setup(check_takes: Duration) -> (State, Fake, Sources, Edges, Arc<Status>) {
+        let settings = Settings::from_options(&Default::default()).unwrap();
+        let facts = Facts {
+            strategy: ReloadStrategy::Seamless,
+            renders: true,
+            discovery: true,
+            live_changes: true,
+            waits: crate::policy::Waits {
+                live: Duration::from_millis(5),
+                reload_min: Duration::from_millis(20),
+                reload_max: Duration::from_millis(200),
+            },
+            stop_timeout: Duration::from_millis(300),
+            syn_drop: false,
+            fd_limit: None,
+            vars: settings.vars,
+            caps: live::Caps::from_version("HAProxy version 2.6.12"),
+            crt_list: None,
+            run_as_user: false,
+            admin_socket: "/run/admin.sock".into(),
+            guard_percent: 50,
+            guard_grace: Duration::from_secs(30),
+        };
+        let (catalog, catalog_rx) = watch::channel(None);
+        let (signals, signals_rx) = mpsc::unbounded_channel();
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let fake = Fake {
+            renderer: Renderer::new(
+                None,
+                std::path::Path::new("/etc/haproxy/haproxy.cfg"),
+                std::path::Path::new("/run/admin.sock"),
+            )
+            .unwrap(),
+            next_pid: 100,
+            done: done.clone(),
+            results: results.clone(),
+            check_takes,
+            gens: Vec::new(),
+        };
+        let sources = Sources {
+            catalog: Some(catalog_rx),
+            certs: None,
+            signals: signals_rx,
+            results: results_rx,
+        };
+        let edges = Edges {
+            catalog,
+            signals,
+            results,
+            done,
+        };
+        let status = Status::new(Arc::new(discovery::Health::default()));
+        (
+            State::new(facts, OnDisk::Nothing, Vec::new()),
+            fake,
+            sources,
+            edges,
+            status,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_loop_serves_the_first_catalog_and_stops_on_sigterm() {
+        let (state, mut fake, sources, edges, status) = setup(Duration::ZERO);
+        let script = async {
+            edges.catalog.send_replace(www(&[9001]));
+            edges.until("a generation", |e| e.spawns() == 1).await;
+            edges.signals.send(Signal::SIGTERM).unwrap();
+        };
+        let (code, ()) = tokio::join!(drive(state, &mut fake, sources, &status), script);
+        assert_eq!(code, 0);
+        assert_eq!(
+            edges.count(|a| matches!(a, Action::Kill(_, Signal::SIGUSR1))),
+            1
+        );
+        assert_eq!(edges.count(|a| matches!(a, Action::Exit(0))), 1);
+    }
+
+    #[tokio::test]
+    async fn catalog_changes_during_a_slow_reload_give_one_follow_up() {
+        let (state, mut fake, sources, edges, status) = setup(Duration::from_millis(100));
+        let script = async {
+            edges.catalog.send_replace(www(&[9001]));
+            edges.until("a generation", |e| e.spawns() == 1).await;
+            // A structural change: a reload whose check takes 100 ms.
+            edges.catalog.send_replace(with_api(&[9001], true));
+            edges
+                .until("the reload's check", |e| {
+                    e.count(|a| matches!(a, Action::Check { .. })) == 2
+                })
+                .await;
+            for p in [9002, 9003, 9004] {
+                edges.catalog.send_replace(with_api(&[9001, p], true));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            edges
+                .until("the follow-up", |e| {
+                    e.count(|a| matches!(a, Action::ApplyLive { .. })) >= 1
+                })
+                .await;
+            // Nothing more comes of them.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            edges.signals.send(Signal::SIGTERM).unwrap();
+        };
+        let (code, ()) = tokio::join!(drive(state, &mut fake, sources, &status), script);
+        assert_eq!(code, 0);
+        assert_eq!(edges.spawns(), 2, "the start and the new service");
+        assert_eq!(
+            edges.count(|a| matches!(a, Action::ApplyLive { .. })),
+            1,
+            "three changes during the reload: one follow-up"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_crash_is_restarted_and_a_second_sigterm_forces() {
+        let (state, mut fake, sources, edges, status) = setup(Duration::ZERO);
+        let script = async {
+            edges.catalog.send_replace(www(&[9001]));
+            edges.until("a generation", |e| e.spawns() == 1).await;
+            // The serving HAProxy dies.
+            edges
+                .results
+                .send(Input::Exited {
+                    id: 1,
+                    pid: Pid::from_raw(101),
+                    exit: Exit::Signal(9),
+                })
+                .unwrap();
+            edges.until("a restart", |e| e.spawns() == 2).await;
+            assert_eq!(edges.count(|a| *a == Action::Restarted), 1);
+            assert_eq!(status.snapshot().restarts, 1);
+            edges.signals.send(Signal::SIGTERM).unwrap();
+            edges.signals.send(Signal::SIGTERM).unwrap();
+        };
+        let (code, ()) = tokio::join!(drive(state, &mut fake, sources, &status), script);
+        assert_eq!(code, 0);
+        assert!(edges.count(|a| matches!(a, Action::Kill(_, Signal::SIGUSR1))) >= 1);
+    }
+
+    #[tokio::test]
+    async fn discovery_going_away_keeps_what_serves() {
+        let (state, mut fake, sources, edges, status) = setup(Duration::ZERO);
+        let Edges {
+            catalog,
+            signals,
+            results: _r,
+            done,
+        } = edges;
+        let edges2 = Edges {
+            catalog: watch::channel(None).0,
+            signals: signals.clone(),
+            results: _r.clone(),
+            done: done.clone(),
+        };
+        let script = async {
+            catalog.send_replace(www(&[9001]));
+            edges2.until("a generation", |e| e.spawns() == 1).await;
+            drop(catalog);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(status.snapshot().serving_pid.is_some());
+            signals.send(Signal::SIGTERM).unwrap();
+        };
+        let (code, ()) = tokio::join!(drive(state, &mut fake, sources, &status), script);
+        assert_eq!(code, 0);
+        assert_eq!(edges2.spawns(), 1);
+    }
+}

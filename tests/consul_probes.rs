@@ -562,7 +562,8 @@ fn an_instance_listed_twice_is_one_server_with_one_warning() {
     let warned = || -> Vec<Value> {
         sup.events(Event::Warning)
             .into_iter()
-            .filter(|e| e["fields"]["reason"].is_string())
+            // Warnings about a service (not the settings' fd fit).
+            .filter(|e| e["fields"]["service"].is_string())
             .collect()
     };
     let w = warned();
