@@ -116,6 +116,17 @@ pub enum Op {
         path: String,
         entries: Vec<(String, String)>,
     },
+    /// A certificate bundle replaced in place (`set ssl cert`, `commit
+    /// ssl cert`): `path` is its file in the store.
+    SetCert { path: String, pem: String },
+    /// A new bundle: `new ssl cert`, set, commit, `add ssl crt-list`.
+    AddCert {
+        list: String,
+        path: String,
+        pem: String,
+    },
+    /// A bundle gone: `del ssl crt-list`, `del ssl cert`.
+    DelCert { list: String, path: String },
 }
 
 impl Op {
@@ -128,6 +139,9 @@ impl Op {
             Op::Ready { .. } => "ready",
             Op::Park { .. } => "park",
             Op::ReplaceMap { .. } => "replace_map",
+            Op::SetCert { .. } => "set_cert",
+            Op::AddCert { .. } => "add_cert",
+            Op::DelCert { .. } => "del_cert",
         }
     }
 
@@ -145,7 +159,10 @@ impl Op {
             }
             | Op::Ready { backend, server }
             | Op::Park { backend, server } => Some((backend.clone(), server.clone())),
-            Op::ReplaceMap { .. } => None,
+            Op::ReplaceMap { .. }
+            | Op::SetCert { .. }
+            | Op::AddCert { .. }
+            | Op::DelCert { .. } => None,
         }
     }
 }

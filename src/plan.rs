@@ -409,6 +409,8 @@ pub fn items(running: &Running, new: &Layout, caps: Caps) -> Vec<Item> {
                     address(old, backend, server)
                 ),
             ),
+            // Certificates are not in a catalog's diff.
+            Op::SetCert { .. } | Op::AddCert { .. } | Op::DelCert { .. } => continue,
             Op::ReplaceMap { path, .. } => {
                 // One line per entry added or removed.
                 let Some((role, om)) = old.maps.iter().find(|(_, m)| &m.path == path) else {

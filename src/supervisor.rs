@@ -38,7 +38,7 @@ use crate::settings::{Settings, SourceSettings};
 use crate::signals;
 use crate::status::{self, Status};
 use crate::step::{Action, CheckError, CheckHow, Facts, Input, LiveFailure, OnDisk, State};
-use crate::tls::{Tls, TlsOutcome};
+use crate::tls::Tls;
 
 /// A file step of a reload that failed (a full disk, a read-only mount):
 /// it may heal, so the reload is retried.
@@ -339,6 +339,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         vars: settings.vars.clone(),
         caps,
         crt_list: tls.as_ref().map(|t| t.crt_list().display().to_string()),
+        cert_store: tls.as_ref().map(|t| t.store_dir().to_path_buf()),
+        certs_dir: tls.as_ref().map(|t| t.dir().to_path_buf()),
         run_as_user: run_as.is_some(),
         admin_socket: settings.admin_socket().display().to_string(),
         guard_percent: settings.removal_guard_percent,
@@ -349,7 +351,8 @@ pub async fn run(settings: Settings) -> Result<i32, SupervisorError> {
         _ => OnDisk::Nothing,
     };
     let adopted = adopt_leftovers(&settings, &running_file);
-    let state = State::new(facts, on_disk, adopted);
+    let mut state = State::new(facts, on_disk, adopted);
+    state.certs = tls.as_ref().map(|t| t.served().clone()).unwrap_or_default();
     let sources = Sources {
         catalog,
         certs: tls.as_ref().map(Tls::subscribe),
@@ -452,6 +455,7 @@ async fn next_input(state: &State, src: &mut Sources) -> Input {
                 if rx.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
+                rx.borrow_and_update().clone()
             }
             None => std::future::pending().await,
         }
@@ -462,7 +466,7 @@ async fn next_input(state: &State, src: &mut Sources) -> Input {
             Some(c) => Input::Catalog(c),
             None => Input::DiscoveryStopped,
         },
-        () = certs => Input::CertsChanged,
+        set = certs => Input::Certs(set),
         Some(i) = src.results.recv() => i,
         _ = tokio::time::sleep_until(deadline) => Input::Tick,
     }
@@ -569,13 +573,9 @@ impl Perform for Executor {
                     None
                 }
             }
-            Action::ApplyCerts { live } => {
-                let tls = self.tls.as_mut()?;
-                let reload = match tls.apply(&self.runtime, live).await {
-                    TlsOutcome::Reload(r) => Some(r),
-                    _ => None,
-                };
-                Some(Input::CertsApplied { reload })
+            Action::StoreCerts { set } => {
+                let ok = self.tls.as_mut().is_some_and(|t| t.store_set(&set));
+                Some(Input::CertsStored { ok })
             }
             Action::Reread => Some(self.reread()),
             Action::ReleaseListeners { keep } => {
@@ -1016,6 +1016,9 @@ impl Executor {
             Op::Ready { backend, server } => rt.set_state(backend, server, AdminState::Ready).await,
             Op::Park { backend, server } => rt.set_state(backend, server, AdminState::Maint).await,
             Op::ReplaceMap { path, entries } => rt.replace_map(path, entries).await,
+            Op::SetCert { path, pem } => rt.replace_ssl_cert(path, pem).await,
+            Op::AddCert { list, path, pem } => rt.add_ssl_cert(list, path, pem).await,
+            Op::DelCert { list, path } => rt.del_ssl_cert(list, path).await,
         }
     }
 
@@ -1346,6 +1349,8 @@ mod tests {
             vars: settings.vars,
             caps: live::Caps::from_version("HAProxy version 2.6.12"),
             crt_list: None,
+            cert_store: None,
+            certs_dir: None,
             run_as_user: false,
             admin_socket: "/run/admin.sock".into(),
             guard_percent: 50,

@@ -54,7 +54,6 @@ use tokio::sync::watch;
 
 use crate::events::Event;
 use crate::model::TlsFrontend;
-use crate::runtime::{RuntimeApi, RuntimeError};
 
 /// A validated certificate bundle: certificate chain (leaf first) and key.
 #[derive(Clone, PartialEq, Eq)]
@@ -411,17 +410,6 @@ impl Scanner {
     }
 }
 
-/// What became of a new certificate set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsOutcome {
-    /// Nothing the serving HAProxy would notice.
-    Unchanged,
-    /// Applied through the runtime API.
-    Applied,
-    /// Written to the store; needs a checked reload (the reason says why).
-    Reload(String),
-}
-
 /// The store beside the config: `<config dir>/certs`.
 pub fn store_dir(config_file: &Path) -> PathBuf {
     crate::files::absolute(
@@ -646,81 +634,32 @@ impl Tls {
         &self.store.crt_list
     }
 
-    /// Resolves when the directory gave a new set (pending forever once
-    /// the watcher stopped).
-    pub async fn changed(&mut self) {
-        if self.rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+    /// The set served: what the store holds.
+    pub fn served(&self) -> &CertSet {
+        &self.served
     }
 
-    /// Applies the directory's newest set: the store first, then the
-    /// serving HAProxy through `rt` when `live` (a serving generation whose
-    /// config loads our crt-list, live changes on), else a reload is asked.
-    /// A failed runtime operation asks for a reload too (the store already
-    /// holds the new set, so the reload applies it).
-    pub async fn apply(&mut self, rt: &RuntimeApi, live: bool) -> TlsOutcome {
-        let new = self.rx.borrow_and_update().clone();
-        if new == self.served {
-            return TlsOutcome::Unchanged;
-        }
-        if let Err(e) = self.store.write(&new) {
+    /// `HAPROXY_CERTS_DIR` (certificates are logged by their file there).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The store's directory (the files HAProxy loads, named in live
+    /// operations).
+    pub fn store_dir(&self) -> &Path {
+        &self.store.dir
+    }
+
+    /// Writes `set` to the store: what a render and HAProxy load from now
+    /// on. On an error the store goes back to the set served (false).
+    pub fn store_set(&mut self, set: &CertSet) -> bool {
+        if let Err(e) = self.store.write(set) {
             crate::log!(error, Event::CertStoreError, store = %self.store.dir.display(), error = %e, "cannot write the certificate store; the certificates served stay");
             let _ = self.store.write(&self.served);
-            return TlsOutcome::Unchanged;
+            return false;
         }
-        let old = std::mem::replace(&mut self.served, new);
-        let new = &self.served;
-        let CertDiff {
-            added,
-            replaced,
-            removed,
-            reload: reason,
-        } = diff_certs(&old, new, live);
-        let log_all = |live: bool| {
-            for b in &added {
-                crate::log!(info, Event::CertAdded, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate added");
-            }
-            for b in &replaced {
-                crate::log!(info, Event::CertUpdated, file = %self.dir.join(&b.name).display(), subject = %b.subject, serial = %b.serial, live, "certificate replaced");
-            }
-            for b in &removed {
-                crate::log!(info, Event::CertRemoved, file = %self.dir.join(&b.name).display(), live, "certificate removed");
-            }
-        };
-        if let Some(reason) = reason {
-            log_all(false);
-            crate::log!(info, Event::CertReload, reason = %reason, "certificates change by a reload");
-            return TlsOutcome::Reload(reason);
-        }
-        let list = self.store.crt_list.display().to_string();
-        let result: Result<(), RuntimeError> = async {
-            for b in &replaced {
-                rt.replace_ssl_cert(&self.store.path_of(&b.name).display().to_string(), &b.pem)
-                    .await?;
-            }
-            for b in &added {
-                let path = self.store.path_of(&b.name).display().to_string();
-                rt.add_ssl_cert(&list, &path, &b.pem).await?;
-            }
-            for b in &removed {
-                let path = self.store.path_of(&b.name).display().to_string();
-                rt.del_ssl_cert(&list, &path).await?;
-            }
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                log_all(true);
-                TlsOutcome::Applied
-            }
-            Err(e) => {
-                log_all(false);
-                crate::log!(error, Event::CertLiveFailed, error = %e, "a certificate change failed live; reloading instead");
-                TlsOutcome::Reload(format!("runtime API: {e}"))
-            }
-        }
+        self.served = set.clone();
+        true
     }
 }
 

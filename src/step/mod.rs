@@ -37,6 +37,7 @@ use crate::process::Exit;
 use crate::render::Rendered;
 use crate::signals;
 use crate::status::{LeftOut, RemovalHeld, Snapshot};
+use crate::tls::{self, CertSet};
 
 /// Attempts of one reload episode: each one leaves out the services
 /// HAProxy blamed in the one before.
@@ -73,6 +74,10 @@ pub struct Facts {
     /// The crt-list our certificate store writes (a config that loads it
     /// can take certificate changes live).
     pub crt_list: Option<String>,
+    /// The certificate store's directory (the files HAProxy loads) and
+    /// `HAPROXY_CERTS_DIR` (certificates are logged by their file there).
+    pub cert_store: Option<std::path::PathBuf>,
+    pub certs_dir: Option<std::path::PathBuf>,
     /// HAProxy is started as `HAPROXY_USER` (held sockets, root).
     pub run_as_user: bool,
     /// The admin socket (named in logs).
@@ -225,11 +230,10 @@ pub enum Action {
         epoch: u64,
         wait: bool,
     },
-    /// The certificate directory changed: write the store and apply the
-    /// change live (`live`) or report that it needs a reload; answers
-    /// [`Input::CertsApplied`].
-    ApplyCerts {
-        live: bool,
+    /// Write the certificate store with `set` (what renders and HAProxy
+    /// load from now on); answers [`Input::CertsStored`].
+    StoreCerts {
+        set: CertSet,
     },
     /// SIGHUP: load the template again and re-read the catalog file;
     /// answers [`Input::Reread`].
@@ -271,8 +275,8 @@ pub enum Input {
     /// A discovery answer.
     Catalog(Arc<Catalog>),
     DiscoveryStopped,
-    /// The certificate directory changed.
-    CertsChanged,
+    /// The certificate directory gave a new set (bundles that validated).
+    Certs(CertSet),
     Signal(Signal),
     Exited {
         id: u64,
@@ -319,9 +323,9 @@ pub enum Input {
         epoch: u64,
         ok: bool,
     },
-    CertsApplied {
-        /// `Some(reason)`: the change needs a reload.
-        reload: Option<String>,
+    /// The store holds the set asked (`ok`), or still the one served.
+    CertsStored {
+        ok: bool,
     },
     Reread {
         template_ok: bool,
@@ -354,8 +358,16 @@ pub enum Busy {
         started: Instant,
     },
     Reload(Episode),
-    /// Applying a certificate change.
-    Certs,
+    /// Writing the certificate store for `set`; `live`: a change that
+    /// needs no reload can go live.
+    CertStore {
+        set: CertSet,
+        live: bool,
+    },
+    /// Applying certificate changes through the runtime API.
+    CertOps {
+        logs: Vec<CertLog>,
+    },
     /// SIGHUP: re-reading the template and the catalog file.
     Reread,
 }
@@ -428,6 +440,10 @@ pub struct State {
     pub busy: Option<Busy>,
     /// A SIGHUP or certificate change that arrived during an episode.
     pub follow_up: Option<Trigger>,
+    /// The certificate set served (what the store holds), and one that
+    /// arrived during an episode.
+    pub certs: CertSet,
+    pub certs_waiting: Option<CertSet>,
     pub pending: Option<Pending>,
     pub restarts: Restarts,
     pub restart_at: Option<Instant>,
@@ -508,6 +524,8 @@ impl State {
             counters: Counters::default(),
             busy: None,
             follow_up: None,
+            certs: CertSet::new(),
+            certs_waiting: None,
             pending: None,
             restarts: Restarts::new(Duration::from_secs(10)),
             restart_at: None,
@@ -649,25 +667,19 @@ impl State {
                 );
                 self.discovery_open = false;
             }
-            Input::CertsChanged => {
+            Input::Certs(set) => {
                 if self.busy.is_some() {
+                    self.certs_waiting = Some(set);
                     self.follow_up = Some(Trigger::Certs);
                 } else {
-                    let live = self.live_possible()
-                        && self.facts.crt_list.as_deref().is_some_and(|l| {
-                            self.applied
-                                .serving
-                                .as_ref()
-                                .is_some_and(|s| s.config().contains(l))
-                        });
-                    self.busy = Some(Busy::Certs);
-                    out.push(Action::ApplyCerts { live });
+                    self.certs_changed(set, &mut out);
                 }
             }
-            Input::CertsApplied { reload } => {
-                self.busy = None;
-                if reload.is_some() {
-                    self.begin_reload(Trigger::Certs, now, &mut out);
+            Input::CertsStored { ok } => {
+                if let Some(Busy::CertStore { set, live }) = self.busy.take() {
+                    if ok {
+                        self.certs_stored(set, live, now, &mut out);
+                    }
                 }
             }
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
@@ -758,7 +770,11 @@ impl State {
                 }
             }
             Input::LiveDone(r) => {
-                if let Some(Busy::LiveOps {
+                if let Some(Busy::CertOps { logs }) = &self.busy {
+                    let logs = logs.clone();
+                    self.busy = None;
+                    self.certs_live_done(logs, r, now, &mut out);
+                } else if let Some(Busy::LiveOps {
                     candidate,
                     next,
                     ops,
@@ -810,7 +826,11 @@ impl State {
     /// Between episodes: a follow-up waits, or nothing serves.
     fn after_episode(&mut self, now: Instant, out: &mut Vec<Action>) {
         match self.follow_up.take() {
-            Some(Trigger::Certs) => self.step_into(Input::CertsChanged, now, out),
+            Some(Trigger::Certs) => {
+                if let Some(set) = self.certs_waiting.take() {
+                    self.step_into(Input::Certs(set), now, out);
+                }
+            }
             Some(Trigger::Sighup) => {
                 self.busy = Some(Busy::Reread);
                 out.push(Action::Reread);
@@ -1844,3 +1864,125 @@ impl State {
 
 #[cfg(test)]
 mod tests;
+
+/// A certificate change, logged once it is applied (live or by a reload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertLog {
+    pub event: Event,
+    pub file: String,
+    pub subject: String,
+    pub serial: String,
+}
+
+/// Certificates: ordinary state with ordinary operations. The watcher
+/// reports a set; the store is written first; the diff gives live
+/// operations (the one executor of [`Action::ApplyLive`]) or a reload, and
+/// a failed operation falls back to a reload like any other.
+impl State {
+    fn certs_changed(&mut self, set: CertSet, out: &mut Vec<Action>) {
+        if set == self.certs {
+            return;
+        }
+        let live = self.live_possible()
+            && self.facts.crt_list.as_deref().is_some_and(|l| {
+                self.applied
+                    .serving
+                    .as_ref()
+                    .is_some_and(|s| s.config().contains(l))
+            });
+        out.push(Action::StoreCerts { set: set.clone() });
+        self.busy = Some(Busy::CertStore { set, live });
+    }
+
+    fn certs_stored(&mut self, set: CertSet, live: bool, now: Instant, out: &mut Vec<Action>) {
+        let old = std::mem::replace(&mut self.certs, set);
+        let diff = tls::diff_certs(&old, &self.certs, live);
+        let in_dir = |dir: &Option<std::path::PathBuf>, name: &str| {
+            dir.as_ref()
+                .map_or_else(|| name.to_string(), |d| d.join(name).display().to_string())
+        };
+        let file = |name: &str| in_dir(&self.facts.certs_dir, name);
+        let stored = |name: &str| in_dir(&self.facts.cert_store, name);
+        let list = self.facts.crt_list.clone().unwrap_or_default();
+        let mut logs = Vec::new();
+        let mut ops = Vec::new();
+        for b in &diff.replaced {
+            logs.push(CertLog {
+                event: Event::CertUpdated,
+                file: file(&b.name),
+                subject: b.subject.clone(),
+                serial: b.serial.clone(),
+            });
+            ops.push(Op::SetCert {
+                path: stored(&b.name),
+                pem: b.pem.clone(),
+            });
+        }
+        for b in &diff.added {
+            logs.push(CertLog {
+                event: Event::CertAdded,
+                file: file(&b.name),
+                subject: b.subject.clone(),
+                serial: b.serial.clone(),
+            });
+            ops.push(Op::AddCert {
+                list: list.clone(),
+                path: stored(&b.name),
+                pem: b.pem.clone(),
+            });
+        }
+        for b in &diff.removed {
+            logs.push(CertLog {
+                event: Event::CertRemoved,
+                file: file(&b.name),
+                subject: String::new(),
+                serial: String::new(),
+            });
+            ops.push(Op::DelCert {
+                list: list.clone(),
+                path: stored(&b.name),
+            });
+        }
+        if let Some(reason) = diff.reload {
+            log_certs(&logs, false);
+            log!(info, Event::CertReload, reason = %reason, "certificates change by a reload");
+            self.begin_reload(Trigger::Certs, now, out);
+            return;
+        }
+        out.push(Action::ApplyLive { ops });
+        self.busy = Some(Busy::CertOps { logs });
+    }
+
+    fn certs_live_done(
+        &mut self,
+        logs: Vec<CertLog>,
+        r: Result<(), LiveFailure>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match r {
+            Ok(()) => log_certs(&logs, true),
+            Err(f) => {
+                log_certs(&logs, false);
+                log!(error, Event::CertLiveFailed, error = %f.error, "a certificate change failed live; reloading instead");
+                self.begin_reload(Trigger::Certs, now, out);
+            }
+        }
+    }
+}
+
+fn log_certs(logs: &[CertLog], live: bool) {
+    for l in logs {
+        match l.event {
+            Event::CertRemoved => {
+                log!(info, Event::CertRemoved, file = %l.file, live, "certificate removed")
+            }
+            Event::CertAdded => {
+                log!(info, Event::CertAdded, file = %l.file, subject = %l.subject, serial = %l.serial, live, "certificate added")
+            }
+            _ => {
+                log!(info, Event::CertUpdated, file = %l.file, subject = %l.subject, serial = %l.serial, live, "certificate replaced")
+            }
+        }
+    }
+}

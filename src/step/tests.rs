@@ -68,6 +68,8 @@ fn facts() -> Facts {
         vars: settings.vars,
         caps: live::Caps::from_version("HAProxy version 2.6.12"),
         crt_list: Some("/etc/haproxy/certs.list".into()),
+        cert_store: Some("/etc/haproxy/certs".into()),
+        certs_dir: Some("/certs".into()),
         run_as_user: false,
         admin_socket: "/run/admin.sock".into(),
         guard_percent: 50,
@@ -91,8 +93,6 @@ struct Script {
     socket_answers: bool,
     held_covers: bool,
     template_broken: bool,
-    /// A certificate change needs a reload.
-    certs_need_reload: bool,
 }
 
 struct Sim {
@@ -258,12 +258,7 @@ impl Sim {
                 let _ = wait;
                 Some(Input::Synced { epoch, ok: true })
             }
-            Action::ApplyCerts { .. } => Some(Input::CertsApplied {
-                reload: self
-                    .script
-                    .certs_need_reload
-                    .then(|| "a new default certificate".to_string()),
-            }),
+            Action::StoreCerts { .. } => Some(Input::CertsStored { ok: true }),
             Action::Reread => Some(Input::Reread {
                 template_ok: !self.script.template_broken,
                 catalog: None,
@@ -1061,32 +1056,86 @@ fn stopping_writes_what_was_applied_live() {
 
 // --- certificates --------------------------------------------------------------
 
-#[test]
-fn a_certificate_replaced_live_starts_nothing() {
+fn bundle(name: &str, serial: &str) -> crate::tls::Bundle {
+    crate::tls::Bundle {
+        name: name.into(),
+        pem: format!("-----PEM {serial}-----"),
+        subject: format!("CN={name}"),
+        serial: serial.into(),
+        dns_names: vec![name.into()],
+        not_after: "2099-01-01".into(),
+        expired: false,
+    }
+}
+
+fn certs(bundles: &[(&str, &str)]) -> CertSet {
+    bundles
+        .iter()
+        .map(|(n, s)| (n.to_string(), bundle(n, s)))
+        .collect()
+}
+
+/// Serving, with our crt-list loaded and bundle `a.pem` served.
+fn serving_tls() -> Sim {
     let mut s = Sim::started(www(&[("web-1", 9001)]));
-    // The serving config loads our crt-list.
+    s.st.certs = certs(&[("a.pem", "1")]);
     if let Some(c) = &mut s.st.applied.serving {
         c.rendered
             .config
-            .push_str("bind :8443 ssl crt-list /etc/haproxy/certs.list\n");
+            .push_str("    bind :8443 ssl crt-list /etc/haproxy/certs.list\n");
     }
     s.cleared();
-    s.feed(Input::CertsChanged);
-    assert_eq!(s.done, [Action::ApplyCerts { live: true }]);
+    s
+}
+
+#[test]
+fn a_certificate_replaced_live_is_one_more_live_operation() {
+    let mut s = serving_tls();
+    s.feed(Input::Certs(certs(&[("a.pem", "2")])));
+    assert!(
+        matches!(s.done[0], Action::StoreCerts { .. }),
+        "the store first"
+    );
+    let ops = s.done.iter().find_map(|a| match a {
+        Action::ApplyLive { ops } => Some(ops.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        ops,
+        Some(vec![Op::SetCert {
+            path: "/etc/haproxy/certs/a.pem".into(),
+            pem: "-----PEM 2-----".into(),
+        }])
+    );
+    assert_eq!(s.spawns(), 0);
+    assert_eq!(s.st.certs, certs(&[("a.pem", "2")]));
+}
+
+#[test]
+fn a_certificate_added_and_one_removed_go_live_in_the_same_diff() {
+    let mut s = serving_tls();
+    s.st.certs = certs(&[("a.pem", "1"), ("b.pem", "1")]);
+    s.feed(Input::Certs(certs(&[("a.pem", "1"), ("c.pem", "1")])));
+    let kinds: Vec<&str> = s
+        .done
+        .iter()
+        .filter_map(|a| match a {
+            Action::ApplyLive { ops } => Some(ops.iter().map(Op::kind).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(kinds, ["add_cert", "del_cert"]);
     assert_eq!(s.spawns(), 0);
 }
 
 #[test]
 fn a_certificate_change_that_needs_a_reload_checks_and_starts() {
     let mut s = Sim::started(www(&[("web-1", 9001)]));
-    s.script.certs_need_reload = true;
     s.cleared();
-    s.feed(Input::CertsChanged);
-    assert_eq!(
-        s.done[0],
-        Action::ApplyCerts { live: false },
-        "our crt-list is not loaded"
-    );
+    // The first bundle: the HTTPS bind appears, by a reload.
+    s.feed(Input::Certs(certs(&[("a.pem", "1")])));
+    assert!(matches!(s.done[0], Action::StoreCerts { .. }));
     assert_eq!(
         s.checks(),
         1,
@@ -1097,17 +1146,36 @@ fn a_certificate_change_that_needs_a_reload_checks_and_starts() {
 }
 
 #[test]
+fn a_certificate_operation_that_fails_falls_back_to_a_reload() {
+    let mut s = serving_tls();
+    s.script.live_fails_at = Some(0);
+    s.feed(Input::Certs(certs(&[("a.pem", "2")])));
+    assert_eq!(s.spawns(), 1);
+    assert_eq!(s.st.counters.reloads, 1);
+}
+
+#[test]
+fn the_same_certificates_change_nothing() {
+    let mut s = serving_tls();
+    s.feed(Input::Certs(certs(&[("a.pem", "1")])));
+    assert!(s.done.is_empty());
+}
+
+#[test]
 fn a_certificate_change_during_a_reload_follows_it() {
-    let mut s = Sim::started(www(&[("web-1", 9001)]));
-    s.cleared();
+    let mut s = serving_tls();
     let first = s.st.step(Input::Signal(Signal::SIGHUP), s.now);
     assert_eq!(first, [Action::Reread]);
-    assert!(s.st.step(Input::CertsChanged, s.now).is_empty());
+    assert!(s
+        .st
+        .step(Input::Certs(certs(&[("a.pem", "2")])), s.now)
+        .is_empty());
     s.feed(Input::Reread {
         template_ok: true,
         catalog: None,
     });
-    assert_eq!(s.count(|a| matches!(a, Action::ApplyCerts { .. })), 1);
+    assert_eq!(s.count(|a| matches!(a, Action::StoreCerts { .. })), 1);
+    assert_eq!(s.st.certs, certs(&[("a.pem", "2")]));
 }
 
 // --- strategies ---------------------------------------------------------------
