@@ -11,6 +11,7 @@ use crate::events::Event;
 use crate::files;
 use crate::haproxy;
 use crate::model::{Catalog, Context, Desired};
+use crate::pipeline::{self, StageError, Then};
 use crate::render::{self, Rendered, Renderer};
 use crate::settings::{Settings, SourceSettings};
 
@@ -118,10 +119,8 @@ pub(crate) fn render_catalog(
             }
         }
     }
-    Ok((
-        renderer.render_with(&desired, &vars, binds)?,
-        renderer.maps_dir_str(),
-    ))
+    let (rendered, _) = crate::pipeline::render(&renderer, &desired, &vars, binds)?;
+    Ok((rendered, renderer.maps_dir_str()))
 }
 
 /// `render`: prints the config to stdout; the maps it names are written
@@ -171,11 +170,15 @@ pub async fn check(settings: &Settings) -> i32 {
     s.config_file = cfg.clone();
     let result = async {
         let r = render_once(&s).await?;
-        let staged = files::stage(&cfg, &r).map_err(CliError::Stage)?;
-        let checked =
-            haproxy::check_sync(&s.haproxy_bin, &staged.candidate).map_err(CliError::from);
-        staged.abort();
-        checked
+        let bin = s.haproxy_bin.clone();
+        pipeline::stage_and_check(&cfg, &r, Then::Discard, |staged| async move {
+            haproxy::check_sync(&bin, &staged)
+        })
+        .await
+        .map_err(|e| match e {
+            StageError::Invalid(e) => CliError::Check(e),
+            StageError::Stage(e) | StageError::Commit(e) => CliError::Stage(e),
+        })
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -17,6 +17,7 @@
 //!   → files (atomic write, staging, paths) → render, tls, listeners
 //!   → live, policy (pure decisions) → discovery (Consul, file) → settings
 //!   → process, haproxy (check, spawn, reload strategies)
+//!   → pipeline (the one render-and-check path)
 //!   → cli, plan, status → step (the rules: one pure step)
 //!   → supervisor (PID 1: the loop and the executor that performs)
 //! ```
@@ -60,6 +61,9 @@
 //! - [`process`]: the one reaper of child processes.
 //! - [`haproxy`]: `haproxy -c`, spawning generations, reload strategies and
 //!   the iptables guard.
+//! - [`pipeline`]: the one render-and-check pipeline shared by `render`,
+//!   `check`, `plan` and `run`: render into a config and its layout; stage
+//!   beside the running file, `haproxy -c`, put in place or remove.
 //! - [`status`]: `/metrics`, `/healthz`, `/readyz`, `/status` (SPEC §14).
 //! - [`cli`]: the one-shot `render` and `check` subcommands.
 //! - [`plan`]: the one-shot `plan` subcommand: what the running supervisor
@@ -82,6 +86,7 @@ pub mod listeners;
 pub mod live;
 pub mod logjson;
 pub mod model;
+pub mod pipeline;
 pub mod plan;
 pub mod policy;
 pub mod process;

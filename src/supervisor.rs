@@ -30,6 +30,7 @@ use crate::live::{self, Layout, Op};
 use crate::log;
 use crate::model::HaproxyVars;
 use crate::model::{Catalog, Desired};
+use crate::pipeline::{self, StageError, Then};
 use crate::policy::ReloadStrategy;
 use crate::process::{self, Reaper};
 use crate::render::{self, Rendered, Renderer};
@@ -54,10 +55,6 @@ enum FileStep {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot write the candidate config: {0}")]
-    Stage(#[source] std::io::Error),
-    #[error("cannot put the new config in place: {0}")]
-    Commit(#[source] std::io::Error),
 }
 
 /// Why the supervisor could not start (exit code 1); each names the
@@ -119,23 +116,23 @@ async fn sync_job(job: SyncJob, rendered: Rendered) -> bool {
     }
     let on_disk = std::fs::read_to_string(&file).ok();
     if on_disk.as_deref() != Some(rendered.config.as_str()) {
-        let staged = match files::stage(&file, &rendered) {
-            Ok(s) => s,
+        let checked =
+            pipeline::stage_and_check(&file, &rendered, Then::Commit, |staged| async move {
+                haproxy::check_niced(&reaper, &bin, &staged, &fds).await
+            })
+            .await;
+        match checked {
+            Ok(()) => {}
+            Err(StageError::Invalid(e)) => {
+                // Cannot happen with validated server lines; if it does,
+                // the file keeps the last checked config.
+                log!(error, Event::ConfigInvalid, error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
+                return false;
+            }
             Err(e) => {
                 log!(error, Event::WriteFailed, error = %e, "cannot write the config applied live");
                 return false;
             }
-        };
-        if let Err(e) = haproxy::check_niced(&reaper, &bin, &staged.candidate, &fds).await {
-            // Cannot happen with validated server lines; if it does, the
-            // file keeps the last checked config.
-            log!(error, Event::ConfigInvalid, error = %e, "the config applied live does not pass haproxy -c; the file on disk is not updated");
-            staged.abort();
-            return false;
-        }
-        if let Err(e) = staged.commit(&rendered) {
-            log!(error, Event::WriteFailed, error = %e, "cannot put the config applied live in place");
-            return false;
         }
     }
     true
@@ -669,10 +666,8 @@ impl Executor {
         self.services = desired.services.len();
         let binds = self.hold_ports(&desired, vars);
         let renderer = self.renderer.as_ref().ok_or("no renderer")?;
-        let rendered = renderer
-            .render_with(&desired, vars, &binds)
-            .map_err(|e| e.to_string())?;
-        let layout = Layout::new(&rendered, &renderer.maps_dir_str());
+        let (rendered, layout) =
+            pipeline::render(renderer, &desired, vars, &binds).map_err(|e| e.to_string())?;
         if let Some(l) = &mut self.listeners {
             if let Err(e) = l.settle(&rendered.config) {
                 log!(error, Event::ListenerFailed, error = %e, "cannot listen on a held socket");
@@ -737,24 +732,24 @@ impl Executor {
             CheckHow::InPlace => haproxy::check(&self.reaper, &bin, &self.running_file, &fds)
                 .await
                 .map_err(|e| CheckError::Invalid(e.to_string())),
-            CheckHow::Staged => match crate::files::stage(&self.running_file, &candidate) {
-                Err(e) => Err(CheckError::Transient(FileStep::Stage(e).to_string())),
-                Ok(staged) => {
-                    match haproxy::check(&self.reaper, &bin, &staged.candidate, &fds).await {
-                        Err(e) => {
-                            staged.abort();
-                            Err(CheckError::Invalid(e.to_string()))
-                        }
-                        Ok(()) => match staged.commit(&candidate) {
-                            Err(e) => Err(CheckError::Transient(FileStep::Commit(e).to_string())),
-                            Ok(()) => {
-                                log!(info, Event::ConfigWritten, services = self.services, file = %self.running_file.display(), "config written");
-                                Ok(())
-                            }
-                        },
+            CheckHow::Staged => {
+                let (reaper, file) = (&self.reaper, &self.running_file);
+                let checked = pipeline::stage_and_check(
+                    file,
+                    &candidate,
+                    Then::Commit,
+                    |staged| async move { haproxy::check(reaper, &bin, &staged, &fds).await },
+                )
+                .await;
+                match checked {
+                    Ok(()) => {
+                        log!(info, Event::ConfigWritten, services = self.services, file = %self.running_file.display(), "config written");
+                        Ok(())
                     }
+                    Err(StageError::Invalid(e)) => Err(CheckError::Invalid(e.to_string())),
+                    Err(e) => Err(CheckError::Transient(e.to_string())),
                 }
-            },
+            }
         };
         Input::Checked {
             candidate: None,
