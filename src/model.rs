@@ -162,13 +162,18 @@ pub struct Warning {
     /// The service is left out of the config (it stays otherwise, adjusted
     /// or without what the tag asked for).
     pub left_out: bool,
+    /// For a contested route or port: the service that holds it (which
+    /// claimed it first).
+    pub held_by: Option<String>,
 }
 
 impl Warning {
     /// Logs it: event [`Event::Warning`](crate::events::Event::Warning)
     /// with the fields `service`, `tag` (both escaped, so a hostile name
-    /// cannot forge a log line), `reason` (the message) and `left_out`.
+    /// cannot forge a log line), `reason` (the message) and `left_out`;
+    /// for a contested route or port, `held_by` (the holder, escaped too).
     pub fn log(&self) {
+        let held_by = self.held_by.as_ref().map(|s| s.escape_debug().to_string());
         crate::log!(
             warn,
             crate::events::Event::Warning,
@@ -176,6 +181,7 @@ impl Warning {
             tag = %self.tag.escape_debug(),
             reason = %self.message,
             left_out = self.left_out,
+            held_by = held_by.as_deref(),
             "{self}"
         );
     }
@@ -314,6 +320,7 @@ impl Desired {
                             "{t:?}: only HAPROXY.ENABLE=true exposes a service; not exposed"
                         ),
                         left_out: false,
+                        held_by: None,
                     });
                 }
                 continue;
@@ -324,6 +331,7 @@ impl Desired {
                     tag: tag.to_string(),
                     message,
                     left_out,
+                    held_by: None,
                 })
             };
             match build_service(name, cs, ctx, &mut |tag, message| warn(tag, message, false)) {
@@ -340,12 +348,13 @@ impl Desired {
         let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut services = Vec::with_capacity(valid.len());
         for (_, svc) in valid {
-            let mut refuse = |tag: &str, message: String| {
+            let mut refuse = |tag: &str, message: String, held_by: Option<&String>| {
                 warnings.push(Warning {
                     service: svc.name.clone(),
                     tag: tag.to_string(),
                     message,
                     left_out: true,
+                    held_by: held_by.cloned(),
                 })
             };
             if let Some(p) = svc.frontend_port {
@@ -355,6 +364,7 @@ impl Desired {
                         refuse(
                             "HAPROXY.FRONTEND.PORT",
                             format!("port {p} is bound by the HTTP frontend or the stats listener"),
+                            None,
                         );
                         continue;
                     }
@@ -364,6 +374,7 @@ impl Desired {
                             format!(
                                 "port {p} is held by service {owner:?}, which claimed it first"
                             ),
+                            Some(owner),
                         );
                         continue;
                     }
@@ -387,6 +398,7 @@ impl Desired {
                         "route {}{} is held by service {owner:?}, which claimed it first",
                         r.0, r.1
                     ),
+                    Some(owner),
                 );
                 continue;
             }

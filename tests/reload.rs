@@ -673,8 +673,8 @@ fn syn_drop_without_net_admin_fails_at_start_up() {
     assert!(!status.success(), "exit {status}; log:\n{log}");
     assert_eq!(status.code(), Some(1), "log:\n{log}");
     assert!(
-        log.contains("NET_ADMIN") && log.contains("syn-drop"),
-        "the error does not say what is missing:\n{log}"
+        fatal_error(&log).is_some_and(|e| e.contains("NET_ADMIN") && e.contains("syn-drop")),
+        "no fatal event saying what is missing:\n{log}"
     );
     assert!(in_my_netns("haproxy").is_empty());
     assert!(matches!(get(WWW), Err(HttpError::Refused(_))));

@@ -42,8 +42,32 @@ fn write_catalog(path: &Path, services: &[Value]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-fn envs() -> [(&'static str, &'static str); 2] {
-    [("HAPROXY_DOM", "example.com"), ("NO_COLOR", "1")]
+fn envs() -> [(&'static str, &'static str); 3] {
+    [
+        ("HAPROXY_DOM", "example.com"),
+        ("NO_COLOR", "1"),
+        ("HAPROXY_LOG_FORMAT", "json"),
+    ]
+}
+
+/// Who holds what `service` claimed over `tag`: the `held_by` field of a
+/// `warning` event leaving `service` out (None: no such warning yet).
+fn held_by(sup: &Supervisor, service: &str, tag: &str) -> Option<String> {
+    sup.events(Event::Warning).into_iter().find_map(|e| {
+        let f = &e["fields"];
+        (f["service"] == service && f["tag"] == tag && f["left_out"] == true)
+            .then(|| f["held_by"].as_str().unwrap_or("(no held_by)").to_string())
+    })
+}
+
+/// Waits until a warning leaves `service` out over `tag`; panics with the
+/// log on timeout.
+fn wait_left_out(sup: &Supervisor, service: &str, tag: &str) {
+    wait_until(
+        T,
+        &format!("a warning leaving {service} out ({tag})"),
+        || held_by(sup, service, tag).is_some(),
+    );
 }
 
 /// `GET path` with the raw `host` header value (None: no Host header, as
@@ -211,19 +235,17 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
         &["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9100"],
     ));
     write_catalog(&catalog, &all);
-    sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
+    wait_left_out(&sup, "alpha-tcp", "HAPROXY.FRONTEND.PORT");
     let check = |sup: &Supervisor| {
         let log = sup.log();
-        assert!(
-            log.contains(
-                r#"service "alpha": HAPROXY.VHOST: route shared.example.com is held by service "zeta", which claimed it first; service left out"#
-            ),
+        assert_eq!(
+            held_by(sup, "alpha", "HAPROXY.VHOST").as_deref(),
+            Some("zeta"),
             "{log}"
         );
-        assert!(
-            log.contains(
-                r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT: port 9100 is held by service "zeta-tcp", which claimed it first; service left out"#
-            ),
+        assert_eq!(
+            held_by(sup, "alpha-tcp", "HAPROXY.FRONTEND.PORT").as_deref(),
+            Some("zeta-tcp"),
             "{log}"
         );
         assert_eq!(
@@ -245,7 +267,7 @@ fn the_service_listed_first_in_the_catalog_file_keeps_its_host_and_port() {
     // After a restart, the same owners.
     sup.stop();
     let sup = Supervisor::spawn_run(&["--catalog-file", &cat], &envs());
-    sup.wait_for_log(r#"service "alpha-tcp": HAPROXY.FRONTEND.PORT"#, T);
+    wait_left_out(&sup, "alpha-tcp", "HAPROXY.FRONTEND.PORT");
     wait_served("shared.example.com", "/", "zeta", &sup, T);
     check(&sup);
 
@@ -290,8 +312,17 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
         new.port(),
         &["HAPROXY.VHOST=shared.example.com.", "HAPROXY.PATH=/app/"],
     ));
-    let warning = r#"service "alpha": HAPROXY.VHOST: route shared.example.com/app is held by service "zeta", which claimed it first; service left out"#;
-    sup.wait_for_log(warning, T);
+    // The warning leaves alpha out and names zeta as the holder.
+    let warned = |sup: &Supervisor| {
+        wait_left_out(sup, "alpha", "HAPROXY.VHOST");
+        assert_eq!(
+            held_by(sup, "alpha", "HAPROXY.VHOST").as_deref(),
+            Some("zeta"),
+            "{}",
+            sup.log()
+        );
+    };
+    warned(&sup);
     assert_eq!(
         served_by("shared.example.com", "/app").as_deref(),
         Some("zeta")
@@ -318,7 +349,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     // A restarted supervisor agrees.
     sup.stop();
     let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
-    sup.wait_for_log(warning, T);
+    warned(&sup);
     wait_served("shared.example.com", "/app", "zeta", &sup, T);
 
     // zeta's only instance fails its check: zeta keeps the route and
@@ -346,7 +377,7 @@ fn the_earliest_consul_registration_keeps_its_host_across_restarts_and_failing_c
     // And a restart while it fails does not hand the route over either.
     sup.stop();
     let sup = Supervisor::spawn_run(&["--consul", &addr], &envs());
-    sup.wait_for_log(warning, T);
+    warned(&sup);
     wait_until(T, "zeta answers 503 after the restart", || {
         matches!(
             http_get(FRONT, "shared.example.com", "/app", REQ),

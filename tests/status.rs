@@ -265,6 +265,7 @@ fn readiness_follows_consul_and_status_shows_what_was_left_out() {
         &[
             ("HAPROXY_HTTP_PORT", "8081"),
             ("HAPROXY_STATS_PORT", "4446"),
+            ("HAPROXY_LOG_FORMAT", "json"),
         ],
     );
     let st = other
@@ -272,8 +273,9 @@ fn readiness_follows_consul_and_status_shows_what_was_left_out() {
         .expect("the second supervisor exits");
     assert!(!st.success());
     assert!(
-        other.log().contains("HAPROXY_STATUS_PORT") && other.log().contains("4445"),
-        "{}",
+        fatal_error(&other.log())
+            .is_some_and(|e| e.contains("HAPROXY_STATUS_PORT") && e.contains("4445")),
+        "no fatal event naming the status port: {}",
         other.log()
     );
     drop(sup);

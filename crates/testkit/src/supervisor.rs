@@ -388,6 +388,25 @@ pub fn json_log(text: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The fields (`event`, `message` and the event's own) of every line of
+/// event `event` in the JSON log `text` (see [`json_log`]): for a one-shot
+/// run's stderr ([`RunOutput`]) or a log read once.
+pub fn events_in(text: &str, event: Event) -> Vec<Value> {
+    json_log(text)
+        .into_iter()
+        .map(|v| v["fields"].clone())
+        .filter(|f| f["event"] == event.as_str())
+        .collect()
+}
+
+/// The `error` field of the first `fatal` event in the JSON log `text`
+/// (a start-up step failed), if there is one.
+pub fn fatal_error(text: &str) -> Option<String> {
+    events_in(text, Event::Fatal)
+        .first()
+        .and_then(|f| f["error"].as_str().map(str::to_string))
+}
+
 /// Whether `line` is a log line of event `event`: its `event` field, in
 /// the JSON format (`"event":"reload_done"`) or the text one
 /// (`event=reload_done`).
