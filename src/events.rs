@@ -95,7 +95,8 @@ pub enum Event {
     /// entries merged (an instance listed twice) `duplicates` too; for a
     /// setting no `service`, `tag` is the variable (`HAPROXY_MAXCONN_GLOBAL`)
     /// and `open_files_limit` (with `servers` and `maxconn` when the
-    /// supervisor fits it to the servers).
+    /// supervisor fits it to the servers); for a route or frontend port
+    /// another service holds, `held_by` (that service).
     Warning,
     /// The catalog file was read. Fields: `path`, `services`.
     CatalogFileRead,
