@@ -101,7 +101,8 @@ struct SyncJob {
 /// checked by `haproxy -c` at nice 19, swapped in. Holds the disk lock;
 /// does nothing if a reload wrote the file since `epoch` (that reload's
 /// step supersedes this one). False when the write or the check failed.
-async fn sync_job(job: SyncJob, rendered: Rendered) -> bool {
+async fn sync_job(job: SyncJob, checked: Arc<crate::step::Checked>) -> bool {
+    let rendered = &checked.rendered;
     let SyncJob {
         disk,
         epoch,
@@ -117,7 +118,7 @@ async fn sync_job(job: SyncJob, rendered: Rendered) -> bool {
     let on_disk = std::fs::read_to_string(&file).ok();
     if on_disk.as_deref() != Some(rendered.config.as_str()) {
         let checked =
-            pipeline::stage_and_check(&file, &rendered, Then::Commit, |staged| async move {
+            pipeline::stage_and_check(&file, rendered, Then::Commit, |staged| async move {
                 haproxy::check_niced(&reaper, &bin, &staged, &fds).await
             })
             .await;
@@ -510,25 +511,32 @@ impl Perform for Executor {
                 candidate,
                 how,
                 epoch,
-            } => Some(self.check(candidate, how, epoch).await),
+            } => Some(self.check(&candidate.rendered, how, epoch).await),
             Action::Probe { config } => Some(Input::Probed {
                 socket_answers: std::os::unix::net::UnixStream::connect(
                     self.settings.admin_socket(),
                 )
                 .is_ok(),
-                held_covers: self.listeners.as_ref().is_some_and(|l| l.covers(&config)),
+                held_covers: self
+                    .listeners
+                    .as_ref()
+                    .is_some_and(|l| l.covers(config.config())),
             }),
             Action::Spawn {
                 strategy,
                 config,
-                layout,
                 carry_state,
                 unconfirmed,
                 run_as_user,
             } => {
-                self.write_server_state(&config, layout, carry_state, &unconfirmed)
-                    .await;
-                Some(self.spawn(strategy, &config, run_as_user).await)
+                self.write_server_state(
+                    config.config(),
+                    config.layout.as_ref(),
+                    carry_state,
+                    &unconfirmed,
+                )
+                .await;
+                Some(self.spawn(strategy, config.config(), run_as_user).await)
             }
             Action::AwaitListening {
                 id,
@@ -536,7 +544,7 @@ impl Perform for Executor {
                 config,
                 strategy: _,
                 old,
-            } => Some(self.await_listening(id, pid, &config, &old).await),
+            } => Some(self.await_listening(id, pid, config.config(), &old).await),
             Action::RollBack { config, epoch } => Some(self.roll_back(config, epoch).await),
             Action::ApplyLive { ops } => {
                 for (i, op) in ops.iter().enumerate() {
@@ -557,14 +565,14 @@ impl Perform for Executor {
                 epoch,
                 wait,
             } => {
-                let job = self.sync_job(&checked.rendered.config, epoch);
+                let job = self.sync_job(checked.config(), epoch);
                 if wait {
-                    let ok = sync_job(job, checked.rendered).await;
+                    let ok = sync_job(job, checked).await;
                     Some(Input::Synced { epoch, ok })
                 } else {
                     let tx = self.results.clone();
                     tokio::spawn(async move {
-                        let ok = sync_job(job, checked.rendered).await;
+                        let ok = sync_job(job, checked).await;
                         let _ = tx.send(Input::Synced { epoch, ok });
                     });
                     None
@@ -722,7 +730,7 @@ impl Executor {
 
     /// Checks `candidate` and puts it in place (under the disk lock: a
     /// write of what was applied live finishes first).
-    async fn check(&mut self, candidate: Rendered, how: CheckHow, epoch: u64) -> Input {
+    async fn check(&mut self, candidate: &Rendered, how: CheckHow, epoch: u64) -> Input {
         let disk = self.disk.clone();
         let mut written = disk.lock().await;
         *written = epoch;
@@ -734,13 +742,11 @@ impl Executor {
                 .map_err(|e| CheckError::Invalid(e.to_string())),
             CheckHow::Staged => {
                 let (reaper, file) = (&self.reaper, &self.running_file);
-                let checked = pipeline::stage_and_check(
-                    file,
-                    &candidate,
-                    Then::Commit,
-                    |staged| async move { haproxy::check(reaper, &bin, &staged, &fds).await },
-                )
-                .await;
+                let checked =
+                    pipeline::stage_and_check(file, candidate, Then::Commit, |staged| async move {
+                        haproxy::check(reaper, &bin, &staged, &fds).await
+                    })
+                    .await;
                 match checked {
                     Ok(()) => {
                         log!(info, Event::ConfigWritten, services = self.services, file = %self.running_file.display(), "config written");
@@ -763,7 +769,7 @@ impl Executor {
     async fn write_server_state(
         &self,
         config: &str,
-        layout: Option<Layout>,
+        layout: Option<&Layout>,
         carry: bool,
         unconfirmed: &BTreeSet<(String, String)>,
     ) {
@@ -781,8 +787,15 @@ impl Executor {
         };
         let content = match dump {
             Some(d) => {
-                let layout = layout.unwrap_or_else(|| Layout::from_text(config));
-                live::carry_state(&d, &layout, unconfirmed)
+                let parsed;
+                let layout = match layout {
+                    Some(l) => l,
+                    None => {
+                        parsed = Layout::from_text(config);
+                        &parsed
+                    }
+                };
+                live::carry_state(&d, layout, unconfirmed)
             }
             None => "1\n".to_string(),
         };
@@ -962,14 +975,15 @@ impl Executor {
     }
 
     /// Puts the config that served back in the running file.
-    async fn roll_back(&mut self, cfg: Rendered, epoch: u64) -> Input {
+    async fn roll_back(&mut self, checked: Arc<crate::step::Checked>, epoch: u64) -> Input {
+        let cfg = &checked.rendered;
         let disk = self.disk.clone();
         let mut written = disk.lock().await;
         *written = epoch;
         let result = if cfg.maps.is_empty() {
             crate::files::write_atomic(&self.running_file, cfg.config.as_bytes())
         } else {
-            crate::files::stage(&self.running_file, &cfg).and_then(|st| st.commit(&cfg))
+            crate::files::stage(&self.running_file, cfg).and_then(|st| st.commit(cfg))
         };
         match result {
             Ok(()) => {

@@ -110,7 +110,7 @@ pub enum OnDisk {
     /// Written by an earlier run: not checked by this one yet.
     Earlier(String),
     /// Checked and written by this run.
-    Checked(Checked),
+    Checked(Arc<Checked>),
 }
 
 /// What serves and what is on disk, each replaced whole.
@@ -118,7 +118,7 @@ pub enum OnDisk {
 pub struct Applied {
     /// What the serving HAProxy runs (the last config that served, live
     /// changes included; kept when that HAProxy dies: a restart uses it).
-    pub serving: Option<Checked>,
+    pub serving: Option<Arc<Checked>>,
     /// The running file: what a restart starts from.
     pub on_disk: OnDisk,
     /// The serving HAProxy's servers and maps as we know them; `None`
@@ -127,7 +127,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn disk_checked(&self) -> Option<&Checked> {
+    fn disk_checked(&self) -> Option<&Arc<Checked>> {
         match &self.on_disk {
             OnDisk::Checked(c) => Some(c),
             _ => None,
@@ -143,7 +143,7 @@ impl Applied {
     }
 
     /// What serves differs from the file (applied live): write it.
-    fn unsynced(&self) -> Option<&Checked> {
+    fn unsynced(&self) -> Option<&Arc<Checked>> {
         let s = self.serving.as_ref()?;
         (self.disk_text() != Some(s.config()) && s.layout.is_some()).then_some(s)
     }
@@ -178,22 +178,21 @@ pub enum Action {
     },
     /// Check `candidate` and put it in place; answers [`Input::Checked`].
     Check {
-        candidate: Rendered,
+        candidate: Arc<Checked>,
         how: CheckHow,
         epoch: u64,
     },
     /// Find out what the strategy choice needs: does the admin socket
     /// answer, do the held sockets cover `config`; answers [`Input::Probed`].
     Probe {
-        config: String,
+        config: Arc<Checked>,
     },
     /// Write the server state, then spawn HAProxy on the running file;
     /// answers [`Input::Spawned`] or [`Input::StartFailed`].
     Spawn {
         strategy: ReloadStrategy,
-        config: String,
-        /// What the new config keeps, for the carried server state.
-        layout: Option<Layout>,
+        /// What it starts (its layout: what the carried state keeps).
+        config: Arc<Checked>,
         /// A generation serves: carry its server state.
         carry_state: bool,
         /// Servers whose live change failed: their state is not carried.
@@ -205,14 +204,14 @@ pub enum Action {
     AwaitListening {
         id: u64,
         pid: Pid,
-        config: String,
+        config: Arc<Checked>,
         strategy: ReloadStrategy,
         old: Vec<Pid>,
     },
     /// Put `config` (what served) back in the running file; answers
     /// [`Input::RolledBack`].
     RollBack {
-        config: Rendered,
+        config: Arc<Checked>,
         epoch: u64,
     },
     /// Apply live operations in order; answers [`Input::LiveDone`].
@@ -226,7 +225,7 @@ pub enum Action {
     /// Write what serves (applied live) to the running file in the
     /// background (or now, `wait`); answers [`Input::Synced`].
     Sync {
-        checked: Checked,
+        checked: Arc<Checked>,
         epoch: u64,
         wait: bool,
     },
@@ -352,7 +351,7 @@ pub enum Busy {
     },
     /// Applying live operations.
     LiveOps {
-        candidate: Checked,
+        candidate: Arc<Checked>,
         next: Option<Running>,
         ops: Vec<Op>,
         started: Instant,
@@ -378,7 +377,7 @@ pub struct Episode {
     pub trigger: Trigger,
     pub attempt: u32,
     /// The checked (or being checked) candidate.
-    pub candidate: Option<Checked>,
+    pub candidate: Option<Arc<Checked>>,
     /// The catalog fingerprints the candidate renders.
     pub fingerprints: BTreeMap<String, u64>,
     pub strategy: Option<ReloadStrategy>,
@@ -473,7 +472,7 @@ pub struct State {
     pub epoch: u64,
     pub sync_in_flight: bool,
     /// What the write in flight puts on disk.
-    pub syncing: Option<Checked>,
+    pub syncing: Option<Arc<Checked>>,
     pub last_sync: Option<Instant>,
     /// A config applied live that did not pass the check: not tried again.
     pub sync_refused: Option<String>,
@@ -730,11 +729,16 @@ impl State {
                     out.push(Action::AwaitListening {
                         id,
                         pid,
-                        config: ep
-                            .candidate
-                            .as_ref()
-                            .map(|c| c.config().to_string())
-                            .unwrap_or_default(),
+                        config: ep.candidate.clone().unwrap_or_else(|| {
+                            Arc::new(Checked {
+                                rendered: Rendered {
+                                    config: String::new(),
+                                    maps: BTreeMap::new(),
+                                },
+                                layout: None,
+                                fingerprints: BTreeMap::new(),
+                            })
+                        }),
                         strategy: ep.strategy.unwrap_or(self.facts.strategy),
                         old: ep.old.clone(),
                     });
@@ -1052,14 +1056,14 @@ impl State {
     fn restart_from_disk(&mut self, mut ep: Episode, out: &mut Vec<Action>) {
         ep.candidate = match &self.applied.on_disk {
             OnDisk::Checked(c) => Some(c.clone()),
-            OnDisk::Earlier(t) => Some(Checked {
+            OnDisk::Earlier(t) => Some(Arc::new(Checked {
                 rendered: Rendered {
                     config: t.clone(),
                     maps: BTreeMap::new(),
                 },
                 layout: None,
                 fingerprints: BTreeMap::new(),
-            }),
+            })),
             OnDisk::Nothing => None,
         };
         self.start(ep, out);
@@ -1243,11 +1247,11 @@ impl State {
             self.begin_reload(Trigger::Catalog, now, out);
             return;
         };
-        let candidate = Checked {
+        let candidate = Arc::new(Checked {
             rendered,
             layout: Some(layout.clone()),
             fingerprints: fps,
-        };
+        });
         match running.plan(&layout, self.facts.caps) {
             Plan::Reload(why) => {
                 log!(info, Event::StructuralChange, reason = %why, "structural change: reloading after the reload wait");
@@ -1275,7 +1279,7 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     fn live_done(
         &mut self,
-        candidate: Checked,
+        candidate: Arc<Checked>,
         next: Option<Running>,
         ops: Vec<Op>,
         started: Instant,
@@ -1393,11 +1397,11 @@ impl State {
                 return;
             }
         };
-        let candidate = Checked {
+        let candidate = Arc::new(Checked {
             rendered,
             layout: Some(layout),
             fingerprints: ep.fingerprints.clone(),
-        };
+        });
         // The skip-the-check rule: the very text this run checked and put
         // in place needs no second check.
         let checked_here = self
@@ -1428,7 +1432,7 @@ impl State {
             CheckHow::Staged
         };
         out.push(Action::Check {
-            candidate: candidate.rendered.clone(),
+            candidate: candidate.clone(),
             how,
             epoch: self.epoch,
         });
@@ -1445,11 +1449,11 @@ impl State {
         out: &mut Vec<Action>,
     ) {
         if let Some(r) = from_file {
-            ep.candidate = Some(Checked {
+            ep.candidate = Some(Arc::new(Checked {
                 rendered: r,
                 layout: None,
                 fingerprints: BTreeMap::new(),
-            });
+            }));
         }
         if let Err(CheckError::Transient(what)) = result {
             self.counters.failed_reloads += 1;
@@ -1468,7 +1472,7 @@ impl State {
                 // In place but not passing: stage and check it as new.
                 ep.in_place = false;
                 out.push(Action::Check {
-                    candidate: candidate.rendered.clone(),
+                    candidate: candidate.clone(),
                     how: CheckHow::Staged,
                     epoch: self.epoch,
                 });
@@ -1513,9 +1517,7 @@ impl State {
     /// The candidate is in place: find out how it can start.
     fn start(&mut self, ep: Episode, out: &mut Vec<Action>) {
         if let Some(c) = &ep.candidate {
-            out.push(Action::Probe {
-                config: c.config().to_string(),
-            });
+            out.push(Action::Probe { config: c.clone() });
             self.busy = Some(Busy::Reload(ep));
         }
     }
@@ -1550,8 +1552,7 @@ impl State {
         ep.started = Some(now);
         out.push(Action::Spawn {
             strategy: choice.strategy,
-            config: candidate.config().to_string(),
-            layout: candidate.layout.clone(),
+            config: candidate.clone(),
             carry_state: self.gens.serving().is_some(),
             unconfirmed: self.unconfirmed.clone(),
             run_as_user: self.facts.run_as_user && choice.strategy == ReloadStrategy::Inherit,
@@ -1653,7 +1654,7 @@ impl State {
         // restart must use it, never the one that failed).
         if let Some(s) = &self.applied.serving {
             out.push(Action::RollBack {
-                config: s.rendered.clone(),
+                config: s.clone(),
                 epoch: self.epoch,
             });
         }

@@ -197,7 +197,7 @@ impl Sim {
                     .script
                     .refuse
                     .iter()
-                    .filter(|b| candidate.config.contains(&format!("backend {b}\n")))
+                    .filter(|b| candidate.config().contains(&format!("backend {b}\n")))
                     .collect();
                 let result = if self.script.refuse_all {
                     Err(CheckError::Invalid(
@@ -208,7 +208,7 @@ impl Sim {
                         "[ALERT] config : backend '{b}' has a bad server"
                     )))
                 } else {
-                    self.disk = Some(candidate.config.clone());
+                    self.disk = Some(candidate.config().to_string());
                     Ok(())
                 };
                 Some(Input::Checked {
@@ -237,7 +237,7 @@ impl Sim {
                 None => Some(Input::Listening { id }),
             },
             Action::RollBack { config, .. } => {
-                self.disk = Some(config.config);
+                self.disk = Some(config.config().to_string());
                 Some(Input::RolledBack { ok: true })
             }
             Action::ApplyLive { ops } => Some(Input::LiveDone(match self.script.live_fails_at {
@@ -457,7 +457,7 @@ fn a_stale_background_write_does_not_claim_the_disk() {
     let mut s = Sim::started(www(&[("web-1", 9001)]));
     let before = s.st.applied.on_disk.clone();
     s.st.syncing = s.st.applied.serving.clone().map(|mut c| {
-        c.rendered.config.push_str("# older\n");
+        Arc::make_mut(&mut c).rendered.config.push_str("# older\n");
         c
     });
     s.st.sync_in_flight = true;
@@ -721,7 +721,7 @@ fn a_failed_start_rolls_back_blames_and_retries_without_the_service() {
     ])));
     s.wait(300 * MS);
     let rollback = s.done.iter().find_map(|a| match a {
-        Action::RollBack { config, .. } => Some(config.config.clone()),
+        Action::RollBack { config, .. } => Some(config.config().to_string()),
         _ => None,
     });
     assert_eq!(
@@ -1080,7 +1080,8 @@ fn serving_tls() -> Sim {
     let mut s = Sim::started(www(&[("web-1", 9001)]));
     s.st.certs = certs(&[("a.pem", "1")]);
     if let Some(c) = &mut s.st.applied.serving {
-        c.rendered
+        Arc::make_mut(c)
+            .rendered
             .config
             .push_str("    bind :8443 ssl crt-list /etc/haproxy/certs.list\n");
     }

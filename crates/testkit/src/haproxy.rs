@@ -209,7 +209,9 @@ fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) 
                 if comm(pid).as_deref() != Some("haproxy") {
                     continue;
                 }
-                let Some(args) = cmdline(pid) else {
+                // A zombie (a check that exited, not reaped yet) has no
+                // command line: it is nothing.
+                let Some(args) = cmdline(pid).filter(|a| !a.is_empty()) else {
                     continue;
                 };
                 let serving = !args.iter().skip(1).any(|a| a == "-c");
