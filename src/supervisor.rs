@@ -1210,12 +1210,7 @@ mod tests {
             self.done.lock().unwrap().push(a.clone());
             match a {
                 Action::Render { desired, vars } => Some(Input::Rendered(
-                    self.renderer
-                        .render(&desired, &vars)
-                        .map(|r| {
-                            let l = Layout::new(&r, &self.renderer.maps_dir_str());
-                            (r, l)
-                        })
+                    crate::pipeline::render(&self.renderer, &desired, &vars, &Default::default())
                         .map_err(|e| e.to_string()),
                 )),
                 Action::Check { .. } => {
