@@ -307,20 +307,38 @@ fn grow_pipe(fd: &impl std::os::fd::AsRawFd) {
 
 /// The proxies (frontend, backend, listen sections) HAProxy's error
 /// `message` blames for `config`: those it names, and those holding a line
-/// it points at (`[file:line]`).
+/// it points at (`[file:line]`). A line of a named `defaults` section (a
+/// profile) blames the backends made from it (`backend <name> from
+/// <profile>`).
 pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
     let lines: Vec<&str> = config.lines().collect();
-    let section_at = |n: usize| -> Option<String> {
-        lines[..n.min(lines.len())].iter().rev().find_map(|l| {
-            let mut t = l.split_whitespace();
-            match (l.starts_with(char::is_whitespace), t.next(), t.next()) {
-                (false, Some("frontend" | "backend" | "listen"), Some(name)) => {
-                    Some(name.to_string())
-                }
-                (false, Some(_), _) => Some(String::new()), // global, defaults, ...
+    let made_from = |profile: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+                ["backend", name, "from", p, ..] if p == profile => Some(name.to_string()),
                 _ => None,
-            }
-        })
+            })
+            .collect()
+    };
+    let section_at = |n: usize| -> Vec<String> {
+        lines[..n.min(lines.len())]
+            .iter()
+            .rev()
+            .find_map(|l| {
+                let mut t = l.split_whitespace();
+                match (l.starts_with(char::is_whitespace), t.next(), t.next()) {
+                    (false, Some("frontend" | "backend" | "listen"), Some(name)) => {
+                        Some(vec![name.to_string()])
+                    }
+                    (false, Some("defaults"), Some(name)) if name != "from" => {
+                        Some(made_from(name))
+                    }
+                    (false, Some(_), _) => Some(Vec::new()), // global, defaults, ...
+                    _ => None,
+                }
+            })
+            .unwrap_or_default()
     };
     // Only HAProxy's alerts blame (its warnings name proxies too).
     let alerts: Vec<&str> = message.lines().filter(|l| l.contains("[ALERT]")).collect();
@@ -344,9 +362,7 @@ pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
         });
         if let Some((_, n)) = file_line {
             if let Ok(n) = n.parse::<usize>() {
-                if let Some(name) = section_at(n).filter(|s| !s.is_empty()) {
-                    out.insert(name);
-                }
+                out.extend(section_at(n));
             }
         }
     }
@@ -357,8 +373,10 @@ pub fn blamed_proxies(message: &str, config: &str) -> BTreeSet<String> {
             let name: String = rest
                 .trim_start_matches('\'')
                 .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-                .collect();
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+                .collect::<String>()
+                .trim_end_matches(':')
+                .to_string();
             if !name.is_empty() {
                 out.insert(name);
             }

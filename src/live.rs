@@ -41,6 +41,10 @@ pub struct Backend {
     /// inherit them, so they are passed explicitly.
     pub defaults: Vec<String>,
     pub servers: BTreeMap<String, ServerLine>,
+    /// `backend <name> from <profile>` with nothing but servers under it:
+    /// the profile it is made from. Such a backend is data, not part of
+    /// the skeleton: HAProxy 3.4 adds and deletes it at run time.
+    pub profile: Option<String>,
 }
 
 /// A map file the config refers to.
@@ -56,6 +60,9 @@ pub struct MapFile {
 pub struct Layout {
     skeleton: String,
     pub backends: BTreeMap<String, Backend>,
+    /// Named `defaults` sections (profiles), by name: their significant
+    /// lines (no comments, no blank lines).
+    pub profiles: BTreeMap<String, String>,
     /// Map role (`hosts`, `paths`: the file name without its content hash) → file.
     pub maps: BTreeMap<String, MapFile>,
 }
@@ -65,6 +72,9 @@ pub struct Layout {
 pub struct Caps {
     /// `cookie` on `add server` (HAProxy 3.0 and later).
     pub dynamic_cookie: bool,
+    /// `add backend <name> from <defaults>`, `publish backend`, `del
+    /// backend` (HAProxy 3.4 and later).
+    pub dynamic_backends: bool,
 }
 
 impl Caps {
@@ -77,8 +87,10 @@ impl Caps {
             .unwrap_or("");
         let mut it = ver.split(|c: char| !c.is_ascii_digit());
         let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
         Caps {
             dynamic_cookie: major >= 3,
+            dynamic_backends: (major, minor) >= (3, 4),
         }
     }
 }
@@ -111,6 +123,18 @@ pub enum Op {
     /// Out of rotation (maintenance): a server the config no longer has.
     /// It stays in the process, parked, until it can be deleted.
     Park { backend: String, server: String },
+    /// `add backend <backend> from <profile>`: a new backend, not yet
+    /// published (no traffic until [`Op::Publish`]).
+    AddBackend { backend: String, profile: String },
+    /// `publish backend`: its servers are in, traffic may come.
+    Publish { backend: String },
+    /// A backend the config no longer has: `unpublish backend`, then every
+    /// server in maintenance. It stays in the process, parked, until its
+    /// servers and then itself can be deleted (no stream left).
+    ParkBackend {
+        backend: String,
+        servers: Vec<String>,
+    },
     /// Replaces a map's whole content in one atomic commit.
     ReplaceMap {
         path: String,
@@ -138,6 +162,9 @@ impl Op {
             Op::SetWeight { .. } => "set_weight",
             Op::Ready { .. } => "ready",
             Op::Park { .. } => "park",
+            Op::AddBackend { .. } => "add_backend",
+            Op::Publish { .. } => "publish",
+            Op::ParkBackend { .. } => "park_backend",
             Op::ReplaceMap { .. } => "replace_map",
             Op::SetCert { .. } => "set_cert",
             Op::AddCert { .. } => "add_cert",
@@ -160,6 +187,9 @@ impl Op {
             | Op::Ready { backend, server }
             | Op::Park { backend, server } => Some((backend.clone(), server.clone())),
             Op::ReplaceMap { .. }
+            | Op::AddBackend { .. }
+            | Op::Publish { .. }
+            | Op::ParkBackend { .. }
             | Op::SetCert { .. }
             | Op::AddCert { .. }
             | Op::DelCert { .. } => None,
@@ -183,6 +213,21 @@ pub enum Structural {
     StaticBackend { backend: String },
     /// `cookie` on a dynamic server needs HAProxy 3.0.
     Cookie { backend: String, server: String },
+    /// A backend made from a profile was added or removed, and this
+    /// HAProxy cannot add or delete backends (before 3.4).
+    Backend {
+        backend: String,
+        change: SectionChange,
+    },
+    /// A profile (a named `defaults` section) is new or changed: profiles
+    /// are config text HAProxy reads at start. One that is gone is not a
+    /// change: it stays in the process, unused.
+    Profile {
+        profile: String,
+        change: SectionChange,
+    },
+    /// A backend now made from another profile under the same name.
+    Remade { backend: String },
     /// A section of the skeleton (`backend api`, `frontend http`, ...) was
     /// added, removed or changed: what [`Running::changes`] says instead
     /// of [`Structural::Skeleton`].
@@ -234,6 +279,19 @@ impl fmt::Display for Structural {
                     f,
                     "server {backend}/{server} has a cookie (live only on HAProxy 3.0+)"
                 )
+            }
+            Structural::Backend { backend, change } => match change {
+                SectionChange::Removed => {
+                    write!(f, "backend {backend} removed (live only on HAProxy 3.4+)")
+                }
+                _ => write!(f, "new backend {backend} (live only on HAProxy 3.4+)"),
+            },
+            Structural::Profile { profile, change } => match change {
+                SectionChange::Added => write!(f, "new profile `defaults {profile}`"),
+                _ => write!(f, "profile `defaults {profile}` changed"),
+            },
+            Structural::Remade { backend } => {
+                write!(f, "backend {backend} is made from another profile")
             }
             Structural::Section { header, change } => {
                 let header = header.trim();
@@ -374,6 +432,9 @@ pub struct Running {
     /// Servers the config no longer has, kept in the process in
     /// maintenance until they can be deleted: backend → server → line.
     pub parked: BTreeMap<String, BTreeMap<String, ServerLine>>,
+    /// Backends the config no longer has, unpublished and kept until they
+    /// can be deleted (their servers are in `parked`): name → backend.
+    pub parked_backends: BTreeMap<String, Backend>,
 }
 
 fn tokens(line: &str) -> Vec<&str> {
@@ -434,84 +495,196 @@ impl Layout {
     fn split(text: &str, maps: BTreeMap<String, MapFile>) -> Layout {
         let mut skeleton = String::with_capacity(text.len());
         let mut backends: BTreeMap<String, Backend> = BTreeMap::new();
-        let mut defaults_balance: (Option<String>, bool) = (None, false);
-        // (kind, name, balance, hash consistent)
-        let mut section: Option<(String, String)> = None;
-        let mut balance: (Option<String>, bool) = (None, false);
-        let finish = |section: &Option<(String, String)>,
-                      balance: &(Option<String>, bool),
-                      defaults_balance: &mut (Option<String>, bool),
-                      backends: &mut BTreeMap<String, Backend>| {
-            match section {
-                Some((kind, _)) if kind == "defaults" => *defaults_balance = balance.clone(),
-                Some((kind, name)) if kind == "backend" || kind == "listen" => {
-                    let b = backends.entry(name.clone()).or_default();
-                    let algo = balance
-                        .0
-                        .clone()
-                        .or_else(|| defaults_balance.0.clone())
-                        .unwrap_or_else(|| "roundrobin".into());
-                    b.dynamic = dynamic_balance(&algo, balance.1 || defaults_balance.1);
-                }
-                _ => {}
-            }
-        };
-        for line in text.lines() {
-            let t = tokens(line);
-            let indented = line.starts_with(char::is_whitespace);
-            if !indented && !t.is_empty() {
-                finish(&section, &balance, &mut defaults_balance, &mut backends);
-                balance = (None, false);
-                section = Some((t[0].to_string(), t.get(1).unwrap_or(&"").to_string()));
-                skeleton.push_str(line);
-                skeleton.push('\n');
-                continue;
-            }
-            let in_backend = matches!(&section, Some((k, _)) if k == "backend" || k == "listen");
-            match t.first().copied() {
-                Some("balance") => balance.0 = t.get(1).map(|s| s.to_string()),
-                Some("hash-type") => balance.1 = t.get(1) == Some(&"consistent"),
-                _ => {}
-            }
-            if in_backend && t.len() >= 3 && t[0] == "server" {
-                let (_, name) = section.as_ref().expect("in a backend");
-                let mut weight = 1;
-                let mut keywords = Vec::new();
-                let mut i = 3;
-                while i < t.len() {
-                    if t[i] == "weight" && i + 1 < t.len() {
-                        weight = t[i + 1].parse().unwrap_or(1);
-                        i += 2;
+        let mut profiles: BTreeMap<String, String> = BTreeMap::new();
+        // What each defaults section says about servers: the implicit one
+        // (the last seen) and the named ones, by name.
+        let mut implicit = ServerDefaults::default();
+        let mut named: BTreeMap<String, ServerDefaults> = BTreeMap::new();
+        for sec in raw_sections(text) {
+            let t = tokens(sec.header);
+            let kind = t.first().copied().unwrap_or("");
+            let name = t.get(1).copied();
+            let from = match t.as_slice() {
+                [_, _, "from", f, ..] => Some(*f),
+                _ => None,
+            };
+            let inherited = match from {
+                Some(f) => named.get(f).cloned().unwrap_or_default(),
+                None => implicit.clone(),
+            };
+            let own = ServerDefaults::of(&sec.body);
+            let merged = own.over(&inherited);
+            match kind {
+                "defaults" => {
+                    if let Some(n) = name.filter(|n| *n != "from") {
+                        named.insert(n.to_string(), merged.clone());
+                        profiles.insert(n.to_string(), sec.significant());
                     } else {
-                        keywords.push(t[i].to_string());
-                        i += 1;
+                        sec.push_to(&mut skeleton);
                     }
+                    implicit = merged;
+                    continue;
                 }
-                backends.entry(name.clone()).or_default().servers.insert(
-                    t[1].to_string(),
-                    ServerLine {
-                        address: t[2].to_string(),
-                        ip_port: parse_addr(t[2]),
-                        weight,
-                        keywords,
-                    },
-                );
-                continue;
+                "backend" | "listen" => {}
+                _ => {
+                    sec.push_to(&mut skeleton);
+                    continue;
+                }
             }
-            if in_backend && t.first() == Some(&"default-server") {
-                let (_, name) = section.as_ref().expect("in a backend");
-                backends.entry(name.clone()).or_default().defaults =
-                    t[1..].iter().map(|s| s.to_string()).collect();
+            let bname = name.unwrap_or("").to_string();
+            let mut b = Backend {
+                dynamic: dynamic_balance(
+                    merged.balance.as_deref().unwrap_or("roundrobin"),
+                    merged.hash_consistent,
+                ),
+                defaults: merged.default_server.clone(),
+                servers: BTreeMap::new(),
+                profile: None,
+            };
+            // A backend made from a profile that holds nothing but its
+            // servers is data: HAProxy 3.4 adds it from the profile.
+            let only_servers = sec.body.iter().all(|l| {
+                let t = tokens(l);
+                t.is_empty() || (t[0] == "server" && t.len() >= 3)
+            });
+            let data = kind == "backend" && only_servers && from.is_some();
+            if data {
+                b.profile = from.map(String::from);
+            } else {
+                skeleton.push_str(sec.header);
+                skeleton.push('\n');
             }
-            skeleton.push_str(line);
-            skeleton.push('\n');
+            for line in &sec.body {
+                let t = tokens(line);
+                if t.len() >= 3 && t[0] == "server" {
+                    b.servers.insert(t[1].to_string(), server_line(&t));
+                } else if !data {
+                    skeleton.push_str(line);
+                    skeleton.push('\n');
+                }
+            }
+            backends.insert(bname, b);
         }
-        finish(&section, &balance, &mut defaults_balance, &mut backends);
         Layout {
             skeleton,
             backends,
+            profiles,
             maps,
         }
+    }
+}
+
+/// One section of a config: its header line and the lines under it (the
+/// text before the first section has an empty header).
+struct RawSection<'a> {
+    header: &'a str,
+    body: Vec<&'a str>,
+}
+
+impl RawSection<'_> {
+    fn push_to(&self, out: &mut String) {
+        if !self.header.is_empty() {
+            out.push_str(self.header);
+            out.push('\n');
+        }
+        for l in &self.body {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+
+    /// The header and every line that says something (no blank line, no
+    /// comment): what a profile is compared by.
+    fn significant(&self) -> String {
+        let mut out = String::new();
+        for l in std::iter::once(&self.header).chain(&self.body) {
+            let t = tokens(l);
+            if !t.is_empty() {
+                out.push_str(&t.join(" "));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn raw_sections(text: &str) -> Vec<RawSection<'_>> {
+    let mut out = vec![RawSection {
+        header: "",
+        body: Vec::new(),
+    }];
+    for line in text.lines() {
+        let indented = line.starts_with(char::is_whitespace);
+        if !indented && !tokens(line).is_empty() {
+            out.push(RawSection {
+                header: line,
+                body: Vec::new(),
+            });
+        } else if let Some(s) = out.last_mut() {
+            s.body.push(line);
+        }
+    }
+    out
+}
+
+/// What a `defaults` section (or a proxy) says about its servers.
+#[derive(Debug, Clone, Default)]
+struct ServerDefaults {
+    balance: Option<String>,
+    hash_consistent: bool,
+    default_server: Vec<String>,
+}
+
+impl ServerDefaults {
+    fn of(body: &[&str]) -> ServerDefaults {
+        let mut d = ServerDefaults::default();
+        for l in body {
+            let t = tokens(l);
+            match t.first().copied() {
+                Some("balance") => d.balance = t.get(1).map(|s| s.to_string()),
+                Some("hash-type") => d.hash_consistent = t.get(1) == Some(&"consistent"),
+                Some("default-server") => {
+                    d.default_server = t[1..].iter().map(|s| s.to_string()).collect()
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// These settings, with what they leave unset taken from `base`.
+    fn over(&self, base: &ServerDefaults) -> ServerDefaults {
+        ServerDefaults {
+            balance: self.balance.clone().or_else(|| base.balance.clone()),
+            hash_consistent: self.hash_consistent || base.hash_consistent,
+            default_server: if self.default_server.is_empty() {
+                base.default_server.clone()
+            } else {
+                self.default_server.clone()
+            },
+        }
+    }
+}
+
+/// A `server <name> <address> [keywords]` line's tokens, parsed.
+fn server_line(t: &[&str]) -> ServerLine {
+    let mut weight = 1;
+    let mut keywords = Vec::new();
+    let mut i = 3;
+    while i < t.len() {
+        if t[i] == "weight" && i + 1 < t.len() {
+            weight = t[i + 1].parse().unwrap_or(1);
+            i += 2;
+        } else {
+            keywords.push(t[i].to_string());
+            i += 1;
+        }
+    }
+    ServerLine {
+        address: t[2].to_string(),
+        ip_port: parse_addr(t[2]),
+        weight,
+        keywords,
     }
 }
 
@@ -555,6 +728,7 @@ impl Running {
         Running {
             layout,
             parked: BTreeMap::new(),
+            parked_backends: BTreeMap::new(),
         }
     }
 
@@ -594,24 +768,32 @@ impl Running {
     /// otherwise it stops at the first.
     fn diff(&self, new: &Layout, caps: Caps, every: bool) -> Diff {
         let mut reloads = Vec::new();
+        // New backends and servers, then server changes, then publishing,
+        // then maps, then removals: a backend has its servers before it is
+        // published, and is published before a map entry sends traffic to
+        // it; a map entry stops sending traffic before its backend goes.
         let mut adds = Vec::new();
         let mut changes = Vec::new();
+        let mut publishes = Vec::new();
+        let mut map_ops = Vec::new();
         let mut parks = Vec::new();
         let mut next = Running {
             layout: Layout {
                 skeleton: self.layout.skeleton.clone(),
                 backends: BTreeMap::new(),
+                profiles: self.layout.profiles.clone(),
                 maps: self.layout.maps.clone(),
             },
             parked: self.parked.clone(),
+            parked_backends: self.parked_backends.clone(),
         };
         let stop = |reloads: Vec<Structural>| Diff {
             ops: Vec::new(),
             reloads,
             next: self.clone(),
         };
-        // Backends that are new (or gone): their sections explain a
-        // skeleton change, and their servers are not diffed one by one.
+        // Backends that are new (or gone) in the skeleton: their sections
+        // explain the change, and their servers are not diffed one by one.
         let mut new_backends = std::collections::BTreeSet::new();
         if self.layout.skeleton != new.skeleton {
             if !every {
@@ -651,12 +833,72 @@ impl Running {
             }
             reloads.push(Structural::Maps);
         }
+        for (name, text) in &new.profiles {
+            let change = match self.layout.profiles.get(name) {
+                None => SectionChange::Added,
+                Some(t) if t != text => SectionChange::Changed {
+                    line: first_difference(
+                        &t.lines().map(String::from).collect::<Vec<_>>(),
+                        &text.lines().map(String::from).collect::<Vec<_>>(),
+                    )
+                    .unwrap_or_default(),
+                },
+                Some(_) => continue,
+            };
+            let why = Structural::Profile {
+                profile: name.clone(),
+                change,
+            };
+            if !every {
+                return stop(vec![why]);
+            }
+            reloads.push(why);
+        }
         for (bname, nb) in &new.backends {
             if new_backends.contains(bname) {
                 continue;
             }
+            let running = self.layout.backends.get(bname);
+            // A backend removed a moment ago and not deleted yet comes back:
+            // published again, its parked servers back in rotation.
+            let revived = match running {
+                None => self.parked_backends.get(bname),
+                Some(_) => None,
+            };
+            if let Some(profile) = &nb.profile {
+                let why = match running.or(revived) {
+                    Some(ob) if ob.profile != nb.profile => Some(Structural::Remade {
+                        backend: bname.clone(),
+                    }),
+                    None if !caps.dynamic_backends => Some(Structural::Backend {
+                        backend: bname.clone(),
+                        change: SectionChange::Added,
+                    }),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    if !every {
+                        return stop(vec![why]);
+                    }
+                    reloads.push(why);
+                    continue;
+                }
+                if running.is_none() {
+                    if revived.is_some() {
+                        next.parked_backends.remove(bname);
+                    } else {
+                        adds.push(Op::AddBackend {
+                            backend: bname.clone(),
+                            profile: profile.clone(),
+                        });
+                    }
+                    publishes.push(Op::Publish {
+                        backend: bname.clone(),
+                    });
+                }
+            }
             let empty = Backend::default();
-            let ob = self.layout.backends.get(bname).unwrap_or(&empty);
+            let ob = running.unwrap_or(&empty);
             let parked = next.parked.entry(bname.clone()).or_default();
             for (sname, ns) in &nb.servers {
                 let (b, s) = (bname.clone(), sname.clone());
@@ -745,6 +987,40 @@ impl Running {
             }
             next.layout.backends.insert(bname.clone(), nb.clone());
         }
+        for (bname, ob) in &self.layout.backends {
+            if new.backends.contains_key(bname) || ob.profile.is_none() {
+                // A backend of the skeleton is its section's change.
+                continue;
+            }
+            if !caps.dynamic_backends {
+                let why = Structural::Backend {
+                    backend: bname.clone(),
+                    change: SectionChange::Removed,
+                };
+                if !every {
+                    return stop(vec![why]);
+                }
+                reloads.push(why);
+                continue;
+            }
+            let parked = next.parked.entry(bname.clone()).or_default();
+            let mut servers: Vec<String> = ob.servers.keys().cloned().collect();
+            for (s, line) in &ob.servers {
+                parked.insert(s.clone(), line.clone());
+            }
+            servers.sort();
+            parks.push(Op::ParkBackend {
+                backend: bname.clone(),
+                servers,
+            });
+            next.parked_backends.insert(
+                bname.clone(),
+                Backend {
+                    servers: BTreeMap::new(),
+                    ..ob.clone()
+                },
+            );
+        }
         next.parked.retain(|_, p| !p.is_empty());
         for (role, nm) in &new.maps {
             // A map that appeared is Structural::Maps above.
@@ -752,7 +1028,7 @@ impl Running {
                 continue;
             };
             if om.content != nm.content {
-                changes.push(Op::ReplaceMap {
+                map_ops.push(Op::ReplaceMap {
                     path: om.path.clone(),
                     entries: map_entries(&nm.content),
                 });
@@ -766,10 +1042,10 @@ impl Running {
                 );
             }
         }
-        // New servers first, then changes, then removals: capacity is
-        // added before it is taken away.
         let mut ops = adds;
         ops.extend(changes);
+        ops.extend(publishes);
+        ops.extend(map_ops);
         ops.extend(parks);
         Diff { ops, reloads, next }
     }
@@ -782,6 +1058,22 @@ impl Running {
                 self.parked.remove(backend);
             }
         }
+    }
+
+    /// Forgets a parked backend once it was deleted from the process.
+    pub fn backend_deleted(&mut self, backend: &str) {
+        self.parked_backends.remove(backend);
+    }
+
+    /// Parked backends with no parked server left: candidates for `del
+    /// backend` (once their servers are deleted).
+    pub fn parked_backends(&self) -> Vec<String> {
+        self.parked_backends.keys().cloned().collect()
+    }
+
+    /// Whether anything is parked (servers or backends).
+    pub fn has_parked(&self) -> bool {
+        !self.parked.is_empty() || !self.parked_backends.is_empty()
     }
 
     /// Parked servers, as (backend, server): candidates for `del server`.
@@ -898,6 +1190,7 @@ mod tests {
     const DIR: &str = "/etc/haproxy/maps";
     const V26: Caps = Caps {
         dynamic_cookie: false,
+        dynamic_backends: false,
     };
 
     /// Renders a catalog file text with the built-in template.
@@ -954,6 +1247,15 @@ mod tests {
                 &[("api-1", "10.0.1.1:80", 1, true)],
             ),
         ]))
+    }
+
+    /// The backend a service's name maps to (`www` or `www:<hash>`).
+    fn backend_of(l: &Layout, service: &str) -> String {
+        l.backends
+            .keys()
+            .find(|b| *b == service || b.starts_with(&format!("{service}:")))
+            .cloned()
+            .unwrap_or_else(|| panic!("no backend for {service}"))
     }
 
     fn live(p: Plan) -> (Vec<Op>, Running) {
@@ -1132,6 +1434,125 @@ mod tests {
         assert_eq!(next.plan(&b, V26), Plan::Same);
     }
 
+    const V34: Caps = Caps {
+        dynamic_cookie: true,
+        dynamic_backends: true,
+    };
+
+    fn kinds(ops: &[Op]) -> Vec<&'static str> {
+        ops.iter().map(Op::kind).collect()
+    }
+
+    #[test]
+    fn on_3_4_a_new_service_is_a_backend_added_published_then_routed() {
+        let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
+        let more = layout(&catalog(&[
+            ("www", &[], &[("w1", "10.0.0.1:80", 1, true)]),
+            (
+                "api",
+                &["HAPROXY.PATH=/v1"],
+                &[("api-1", "10.0.1.1:80", 1, true)],
+            ),
+            ("new", &[], &[("n1", "10.0.2.1:80", 1, true)]),
+        ]));
+        let (ops, next) = live(run.plan(&more, V34));
+        assert_eq!(
+            kinds(&ops),
+            ["add_backend", "add_server", "publish", "replace_map"]
+        );
+        assert_eq!(
+            ops[0],
+            Op::AddBackend {
+                backend: "new".into(),
+                profile: more.backends["new"].profile.clone().unwrap()
+            }
+        );
+        // The added server takes the profile's default-server keywords.
+        assert!(matches!(&ops[1], Op::AddServer { keywords, .. }
+            if keywords.starts_with(&["inter".to_string(), "10s".into()])));
+        assert_eq!(next.plan(&more, V34), Plan::Same);
+        // Removed again: routed away first, then parked until deletable.
+        let (ops, back) = live(next.plan(&run.layout, V34));
+        assert_eq!(kinds(&ops), ["replace_map", "park_backend"]);
+        assert_eq!(back.parked_backends(), ["new"]);
+        assert_eq!(back.parked(), [("new".to_string(), "n1".to_string())]);
+        assert_eq!(back.plan(&run.layout, V34), Plan::Same);
+        // Back before it was deleted: published again, its server ready.
+        let (ops, again) = live(back.plan(&more, V34));
+        assert_eq!(kinds(&ops), ["ready", "publish", "replace_map"]);
+        assert!(!again.has_parked());
+        assert_eq!(again.plan(&more, V34), Plan::Same);
+        // Deleted: forgotten.
+        let mut gone = back.clone();
+        gone.deleted("new", "n1");
+        gone.backend_deleted("new");
+        assert!(!gone.has_parked());
+        let (ops, _) = live(gone.plan(&more, V34));
+        assert_eq!(kinds(&ops)[0], "add_backend");
+    }
+
+    #[test]
+    fn on_3_4_new_options_are_a_new_backend_switched_to_when_the_profile_runs() {
+        let two = |www_tags: &[&str]| {
+            layout(&catalog(&[
+                ("www", www_tags, &[("w1", "10.0.0.1:80", 1, true)]),
+                (
+                    "api",
+                    &["HAPROXY.BACKEND.BALANCE=leastconn"],
+                    &[("api-1", "10.0.1.1:80", 1, true)],
+                ),
+            ]))
+        };
+        let run = Running::started(two(&[]));
+        let lc = two(&["HAPROXY.BACKEND.BALANCE=leastconn"]);
+        let (ops, next) = live(run.plan(&lc, V34));
+        assert_eq!(
+            kinds(&ops),
+            [
+                "add_backend",
+                "add_server",
+                "publish",
+                "replace_map",
+                "park_backend"
+            ]
+        );
+        let new_name = backend_of(&lc, "www");
+        assert_ne!(new_name, "www");
+        assert!(matches!(&ops[0], Op::AddBackend { backend, .. } if *backend == new_name));
+        assert!(matches!(&ops[4], Op::ParkBackend { backend, .. } if backend == "www"));
+        assert_eq!(next.plan(&lc, V34), Plan::Same);
+        // A profile no backend runs is config text: one reload.
+        let hc = two(&["HAPROXY.BACKEND.HEALTHCHECK=/health"]);
+        assert!(matches!(
+            run.plan(&hc, V34),
+            Plan::Reload(Structural::Profile {
+                change: SectionChange::Added,
+                ..
+            })
+        ));
+        // A profile left unused stays in the process: no reload to drop it,
+        // and it serves a later backend live.
+        let only_www = layout(&catalog(&[("www", &[], &[("w1", "10.0.0.1:80", 1, true)])]));
+        let (ops, alone) = live(run.plan(&only_www, V34));
+        assert!(kinds(&ops).contains(&"park_backend"));
+        let (ops, _) = live(alone.plan(&lc, V34));
+        assert_eq!(kinds(&ops)[0], "add_backend");
+    }
+
+    #[test]
+    fn on_3_4_a_tcp_service_still_reloads_for_its_frontend() {
+        let tcp = |port: &str| {
+            format!(
+                r#"{{"services":[{{"name":"pg","instances":[{{"id":"pg-1","address":"10.0.3.1","port":5432,"tags":["HAPROXY.ENABLE=true","HAPROXY.PROTOCOL=tcp","HAPROXY.FRONTEND.PORT={port}"]}}]}}]}}"#
+            )
+        };
+        let run = Running::started(layout(r#"{"services":[]}"#));
+        assert!(matches!(
+            run.plan(&layout(&tcp("15432")), V34),
+            Plan::Reload(Structural::Skeleton { .. })
+        ));
+    }
+
     #[test]
     fn a_new_service_reloads() {
         let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
@@ -1144,10 +1565,13 @@ mod tests {
             ),
             ("new", &[], &[("n1", "10.0.2.1:80", 1, true)]),
         ]));
-        assert!(matches!(
+        assert_eq!(
             run.plan(&more, V26),
-            Plan::Reload(Structural::Skeleton { .. })
-        ));
+            Plan::Reload(Structural::Backend {
+                backend: "new".into(),
+                change: SectionChange::Added
+            })
+        );
     }
 
     #[test]
@@ -1171,7 +1595,7 @@ mod tests {
         ]));
         assert!(matches!(
             run.plan(&more, V26),
-            Plan::Reload(Structural::Skeleton { .. })
+            Plan::Reload(Structural::Backend { .. })
         ));
         let c = run.changes(&more, V26);
         assert_eq!(
@@ -1180,8 +1604,8 @@ mod tests {
         );
         assert_eq!(
             c.reload,
-            vec![Structural::Section {
-                header: "backend new".into(),
+            vec![Structural::Backend {
+                backend: "new".into(),
                 change: SectionChange::Added
             }]
         );
@@ -1215,7 +1639,7 @@ mod tests {
         assert_eq!(
             c.reload,
             vec![Structural::Cookie {
-                backend: "www".into(),
+                backend: backend_of(&new, "www"),
                 server: "w3".into()
             }]
         );
@@ -1298,9 +1722,13 @@ mod tests {
                 &[("api-1", "10.0.1.1:80", 1, true)],
             ),
         ]));
+        // Another balance is another profile: new config text.
         assert!(matches!(
             run.plan(&lc, V26),
-            Plan::Reload(Structural::Skeleton { .. })
+            Plan::Reload(Structural::Profile {
+                change: SectionChange::Added,
+                ..
+            })
         ));
         let mc = layout(&catalog(&[
             (
@@ -1314,13 +1742,13 @@ mod tests {
                 &[("api-1", "10.0.1.1:80", 1, true)],
             ),
         ]));
-        assert_eq!(
+        assert!(matches!(
             run.plan(&mc, V26),
-            Plan::Reload(Structural::ServerKeywords {
-                backend: "www".into(),
-                server: "w1".into()
+            Plan::Reload(Structural::Profile {
+                change: SectionChange::Added,
+                ..
             })
-        );
+        ));
     }
 
     #[test]
@@ -1342,7 +1770,7 @@ mod tests {
                 V26
             ),
             Plan::Reload(Structural::StaticBackend {
-                backend: "www".into()
+                backend: backend_of(&run.layout, "www")
             })
         );
         // Removing and reweighting work on any algorithm.

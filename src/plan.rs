@@ -409,8 +409,29 @@ pub fn items(running: &Running, new: &Layout, caps: Caps) -> Vec<Item> {
                     address(old, backend, server)
                 ),
             ),
-            // Certificates are not in a catalog's diff.
-            Op::SetCert { .. } | Op::AddCert { .. } | Op::DelCert { .. } => continue,
+            Op::AddBackend { backend, profile } => {
+                let n = servers(new.backends.get(backend).map_or(0, |b| b.servers.len()));
+                item(
+                    '+',
+                    "service",
+                    backend.clone(),
+                    format!("(new backend from {profile}, {n})"),
+                )
+            }
+            Op::ParkBackend {
+                backend,
+                servers: s,
+            } => item(
+                '-',
+                "service",
+                backend.clone(),
+                format!("(backend removed, {}; deleted once idle)", servers(s.len())),
+            ),
+            // Part of the backend's line; certificates are not in a
+            // catalog's diff.
+            Op::Publish { .. } | Op::SetCert { .. } | Op::AddCert { .. } | Op::DelCert { .. } => {
+                continue
+            }
             Op::ReplaceMap { path, .. } => {
                 // One line per entry added or removed.
                 let Some((role, om)) = old.maps.iter().find(|(_, m)| &m.path == path) else {
@@ -443,16 +464,13 @@ pub fn items(running: &Running, new: &Layout, caps: Caps) -> Vec<Item> {
                 };
                 match proxy_name(header) {
                     Some(name) => {
-                        let servers = match sign {
+                        let count = match sign {
                             '+' => new.backends.get(name),
                             _ => old.backends.get(name),
                         }
                         .map(|b| b.servers.len())
                         .unwrap_or(0);
-                        let n = match servers {
-                            1 => "1 server".to_string(),
-                            n => format!("{n} servers"),
-                        };
+                        let n = servers(count);
                         let detail = match change {
                             SectionChange::Added => format!("(new backend, {n})"),
                             SectionChange::Removed => format!("(backend removed, {n})"),
@@ -530,6 +548,27 @@ pub fn items(running: &Running, new: &Layout, caps: Caps) -> Vec<Item> {
                     String::new(),
                 )
             }
+            Structural::Backend { backend, change } => {
+                let (sign, b, what) = match change {
+                    SectionChange::Removed => ('-', old.backends.get(backend), "backend removed"),
+                    _ => ('+', new.backends.get(backend), "new backend"),
+                };
+                let n = servers(b.map_or(0, |b| b.servers.len()));
+                item(sign, "service", backend.clone(), format!("({what}, {n})"))
+            }
+            Structural::Remade { backend } => item(
+                '~',
+                "service",
+                backend.clone(),
+                "(backend options)".to_string(),
+            ),
+            Structural::Profile { profile, change } => {
+                let (sign, detail) = match change {
+                    SectionChange::Added => ('+', "new"),
+                    _ => ('~', "changed"),
+                };
+                item(sign, "profile", profile.clone(), detail.to_string())
+            }
             Structural::Skeleton { .. } => item('~', "section", "(config)".into(), String::new()),
         };
         i.live = false;
@@ -547,6 +586,14 @@ fn entry(line: &str) -> String {
     }
 }
 
+/// "1 server", "3 servers".
+fn servers(n: usize) -> String {
+    match n {
+        1 => "1 server".to_string(),
+        n => format!("{n} servers"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -556,6 +603,7 @@ mod tests {
 
     const V26: Caps = Caps {
         dynamic_cookie: false,
+        dynamic_backends: false,
     };
 
     /// The layout of a catalog file text, rendered with the built-in template.

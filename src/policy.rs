@@ -663,8 +663,11 @@ pub fn culprits(
         .filter(|name| {
             blamed.iter().any(|p| {
                 p == *name
-                    || p.strip_prefix(name.as_str())
-                        .is_some_and(|rest| rest.starts_with("_port_"))
+                    || p.strip_prefix(name.as_str()).is_some_and(|rest| {
+                        // Its TCP frontend, or its backend made from a
+                        // profile (`<service>:<hash>`).
+                        rest.starts_with("_port_") || rest.starts_with(':')
+                    })
             })
         })
         .cloned()

@@ -69,7 +69,11 @@ struct TemplateContext<'a> {
     /// before a reload (beside the admin socket).
     server_state_file: String,
     maps: MapPaths,
-    services: &'a [Service],
+    /// Each service with its backend's name and profile.
+    services: Vec<Routed<'a>>,
+    /// The `defaults` profiles the backends are made from, one per
+    /// distinct combination of backend options in use.
+    profiles: Vec<Profile>,
     /// Services with a dedicated `HAPROXY.FRONTEND.PORT` frontend, each
     /// with its `bind` address.
     tcp_frontends: Vec<TcpFrontend<'a>>,
@@ -83,8 +87,87 @@ struct TemplateContext<'a> {
 #[derive(Serialize)]
 struct TcpFrontend<'a> {
     #[serde(flatten)]
-    service: &'a Service,
+    service: Routed<'a>,
     bind: String,
+}
+
+/// A service as the template sees it: its fields, its backend's name and
+/// the profile the backend is made from.
+#[derive(Serialize, Clone)]
+struct Routed<'a> {
+    #[serde(flatten)]
+    service: &'a Service,
+    backend: String,
+    profile: String,
+}
+
+/// The backend options a `defaults` profile holds: everything about a
+/// backend except its servers (and a TCP stick-table, which no `defaults`
+/// section can hold). Services with the same options share one profile,
+/// so that on HAProxy 3.4 a new backend is `add backend <name> from
+/// <profile>`, a live change.
+#[derive(Serialize, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Profile {
+    pub name: String,
+    pub mode: Mode,
+    pub balance: String,
+    pub healthcheck: Option<String>,
+    /// HTTP stickiness by cookie (`HAPROXY.BACKEND.STICKY` on HTTP).
+    pub cookie: bool,
+    /// Plain HTTP redirected to HTTPS (`HAPROXY.HTTPS_REDIRECT` with TLS on).
+    pub https_redirect: bool,
+    pub maxconn: Option<u32>,
+}
+
+impl Profile {
+    /// The profile of a service. `tls`: whether HTTPS is served (a
+    /// redirect means nothing without it).
+    pub fn of(s: &Service, tls: bool) -> Profile {
+        let mut p = Profile {
+            name: String::new(),
+            mode: s.mode,
+            balance: s.balance.clone(),
+            healthcheck: s.healthcheck.clone(),
+            cookie: s.sticky && s.mode == Mode::Http,
+            https_redirect: tls && s.https_redirect && s.mode == Mode::Http,
+            maxconn: s.maxconn,
+        };
+        let mode = match s.mode {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        };
+        let key = format!(
+            "{mode}|{}|{}|{}|{}|{}",
+            p.balance,
+            p.healthcheck.as_deref().unwrap_or(""),
+            p.cookie,
+            p.https_redirect,
+            p.maxconn.map(|m| m.to_string()).unwrap_or_default()
+        );
+        p.name = format!("be_{mode}_{}", short_hash(&key));
+        p
+    }
+
+    /// Whether a backend made from it keeps the service's own name: the
+    /// options a service has when it sets none. Other backends are named
+    /// `<service>:<hash>`, so that a service whose options change gets a
+    /// new backend beside the old one (switched to, then drained).
+    fn plain(&self) -> bool {
+        self.balance == "roundrobin"
+            && self.healthcheck.is_none()
+            && !self.cookie
+            && !self.https_redirect
+            && self.maxconn.is_none()
+    }
+
+    /// The backend name of a service made from this profile.
+    pub fn backend_name(&self, service: &str) -> String {
+        if self.plain() {
+            service.to_string()
+        } else {
+            format!("{service}:{}", &self.name[self.name.len() - 12..])
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -161,16 +244,34 @@ impl Renderer {
         vars: &HaproxyVars,
         binds: &Binds,
     ) -> Result<Rendered, RenderError> {
+        let tls = desired.tls.is_some();
+        let mut profiles: Vec<Profile> = Vec::new();
+        let routed: Vec<Routed> = desired
+            .services
+            .iter()
+            .map(|s| {
+                let p = Profile::of(s, tls);
+                let r = Routed {
+                    service: s,
+                    backend: p.backend_name(&s.name),
+                    profile: p.name.clone(),
+                };
+                profiles.push(p);
+                r
+            })
+            .collect();
+        profiles.sort();
+        profiles.dedup();
         let mut hosts: Vec<(String, &str)> = Vec::new();
         let mut paths: Vec<(String, &str)> = Vec::new();
-        for s in desired.services.iter().filter(|s| s.mode == Mode::Http) {
-            for h in &s.vhosts {
-                match &s.path {
-                    None => hosts.push((h.clone(), &s.name)),
+        for r in routed.iter().filter(|r| r.service.mode == Mode::Http) {
+            for h in &r.service.vhosts {
+                match &r.service.path {
+                    None => hosts.push((h.clone(), &r.backend)),
                     // The frontend looks up `host + path + "/"`: with the
                     // entry ending in `/`, `/api` matches `/api` and
                     // `/api/...`, never `/apix`.
-                    Some(p) => paths.push((format!("{h}{p}/"), &s.name)),
+                    Some(p) => paths.push((format!("{h}{p}/"), &r.backend)),
                 }
             }
         }
@@ -207,18 +308,18 @@ impl Renderer {
                 hosts: self.maps_dir.join(&hosts_name).display().to_string(),
                 paths: paths_name.map(|n| self.maps_dir.join(n).display().to_string()),
             },
-            services: &desired.services,
-            tcp_frontends: desired
-                .services
+            tcp_frontends: routed
                 .iter()
-                .filter_map(|s| {
-                    let port = s.frontend_port?;
+                .filter_map(|r| {
+                    let port = r.service.frontend_port?;
                     Some(TcpFrontend {
-                        service: s,
+                        service: r.clone(),
                         bind: binds.address("*", port),
                     })
                 })
                 .collect(),
+            services: routed,
+            profiles,
             binds: BindAddrs {
                 http: binds.address("*", vars.http_port),
                 https: vars
@@ -328,12 +429,14 @@ mod tests {
         let plain = r.render(&d, &vars).unwrap().config;
         assert!(!plain.contains("crt-list") && !plain.contains("redirect"));
         assert!(!plain.contains("Strict-Transport-Security"));
-        // Set in either case, never passed through from the client.
+        // Set in either case, never passed through from the client: in
+        // the one profile both services share without TLS (the redirect
+        // means nothing without it), in each of the two with TLS.
         assert_eq!(
             plain
                 .matches("set-header X-Forwarded-Proto %[ssl_fc,iif(https,http)]")
                 .count(),
-            2
+            1
         );
         d.tls = Some(crate::model::TlsFrontend {
             crt_list: "/etc/haproxy/certs/crt-list".into(),

@@ -364,6 +364,40 @@ impl RuntimeApi {
         self.expect_empty(&cmd).await
     }
 
+    /// `add backend <name> from <profile>` (HAProxy 3.4): a backend with
+    /// every setting of the named `defaults` section, unpublished.
+    pub async fn add_backend(&self, name: &str, profile: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("add backend {name} from {profile}");
+        check_tokens(&cmd, &[name, profile])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |t| t == "New backend registered.")
+    }
+
+    /// `publish backend <name>`: eligible for traffic.
+    pub async fn publish_backend(&self, name: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("publish backend {name}");
+        check_tokens(&cmd, &[name])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |t| t == "Backend published.")
+    }
+
+    /// `unpublish backend <name>`: no new traffic; streams in it go on.
+    pub async fn unpublish_backend(&self, name: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("unpublish backend {name}");
+        check_tokens(&cmd, &[name])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |t| t == "Backend unpublished.")
+    }
+
+    /// `del backend <name>`. HAProxy refuses while the backend is
+    /// published, has servers or streams, or is named by a rule.
+    pub async fn del_backend(&self, name: &str) -> Result<(), RuntimeError> {
+        let cmd = format!("del backend {name}");
+        check_tokens(&cmd, &[name])?;
+        let answer = self.command(&cmd).await?;
+        expect(&cmd, &answer, |t| t == "Backend deleted.")
+    }
+
     /// `shutdown sessions server backend/server`: ends every session on the
     /// server now (their clients see an error or a closed connection).
     pub async fn shutdown_sessions(&self, backend: &str, server: &str) -> Result<(), RuntimeError> {

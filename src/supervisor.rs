@@ -559,7 +559,9 @@ impl Perform for Executor {
                 }
                 Some(Input::LiveDone(Ok(())))
             }
-            Action::DeleteParked { servers } => Some(self.delete_parked(servers).await),
+            Action::DeleteParked { servers, backends } => {
+                Some(self.delete_parked(servers, backends).await)
+            }
             Action::Sync {
                 checked,
                 epoch,
@@ -1024,6 +1026,15 @@ impl Executor {
             } => rt.set_weight(backend, server, *weight).await,
             Op::Ready { backend, server } => rt.set_state(backend, server, AdminState::Ready).await,
             Op::Park { backend, server } => rt.set_state(backend, server, AdminState::Maint).await,
+            Op::AddBackend { backend, profile } => rt.add_backend(backend, profile).await,
+            Op::Publish { backend } => rt.publish_backend(backend).await,
+            Op::ParkBackend { backend, servers } => {
+                rt.unpublish_backend(backend).await?;
+                for server in servers {
+                    rt.set_state(backend, server, AdminState::Maint).await?;
+                }
+                Ok(())
+            }
             Op::ReplaceMap { path, entries } => rt.replace_map(path, entries).await,
             Op::SetCert { path, pem } => rt.replace_ssl_cert(path, pem).await,
             Op::AddCert { list, path, pem } => rt.add_ssl_cert(list, path, pem).await,
@@ -1033,8 +1044,13 @@ impl Executor {
 
     /// Deletes parked servers that have no connection left; the others
     /// stay parked (in maintenance) and are tried again later.
-    async fn delete_parked(&mut self, servers: Vec<(String, String)>) -> Input {
+    async fn delete_parked(
+        &mut self,
+        servers: Vec<(String, String)>,
+        backends: Vec<String>,
+    ) -> Input {
         let mut deleted = Vec::new();
+        let mut kept: BTreeSet<String> = BTreeSet::new();
         for (backend, server) in servers {
             match self.runtime.del_server(&backend, &server).await {
                 Ok(()) => {
@@ -1047,13 +1063,36 @@ impl Executor {
                     );
                     deleted.push((backend, server));
                 }
-                Err(RuntimeError::Busy { .. }) => {}
+                Err(RuntimeError::Busy { .. }) => {
+                    kept.insert(backend);
+                }
                 Err(e) => {
-                    log!(debug, Event::ParkedKept, backend, server, error = %e, "cannot delete a parked server yet")
+                    log!(debug, Event::ParkedKept, backend, server, error = %e, "cannot delete a parked server yet");
+                    kept.insert(backend);
                 }
             }
         }
-        Input::ParkedDone { deleted }
+        let mut gone = Vec::new();
+        for backend in backends.into_iter().filter(|b| !kept.contains(b)) {
+            match self.runtime.del_backend(&backend).await {
+                Ok(()) => {
+                    log!(
+                        info,
+                        Event::ParkedDeleted,
+                        backend,
+                        "parked backend deleted"
+                    );
+                    gone.push(backend);
+                }
+                Err(e) => {
+                    log!(debug, Event::ParkedKept, backend, error = %e, "cannot delete a parked backend yet")
+                }
+            }
+        }
+        Input::ParkedDone {
+            deleted,
+            backends: gone,
+        }
     }
 
     fn sync_job(&self, config: &str, epoch: u64) -> SyncJob {
@@ -1262,7 +1301,10 @@ mod tests {
                     catalog: None,
                 }),
                 Action::RollBack { .. } => Some(Input::RolledBack { ok: true }),
-                Action::DeleteParked { servers } => Some(Input::ParkedDone { deleted: servers }),
+                Action::DeleteParked { servers, backends } => Some(Input::ParkedDone {
+                    deleted: servers,
+                    backends,
+                }),
                 _ => None,
             }
         }

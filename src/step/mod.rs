@@ -218,9 +218,11 @@ pub enum Action {
     ApplyLive {
         ops: Vec<Op>,
     },
-    /// Delete parked servers; answers [`Input::ParkedDone`].
+    /// Delete parked servers, then the parked backends none of whose
+    /// servers is left; answers [`Input::ParkedDone`].
     DeleteParked {
         servers: Vec<(String, String)>,
+        backends: Vec<String>,
     },
     /// Write what serves (applied live) to the running file in the
     /// background (or now, `wait`); answers [`Input::Synced`].
@@ -317,6 +319,7 @@ pub enum Input {
     LiveDone(Result<(), LiveFailure>),
     ParkedDone {
         deleted: Vec<(String, String)>,
+        backends: Vec<String>,
     },
     Synced {
         epoch: u64,
@@ -788,17 +791,20 @@ impl State {
                     self.live_done(candidate, next, ops, started, r, now, &mut out);
                 }
             }
-            Input::ParkedDone { deleted } => {
+            Input::ParkedDone { deleted, backends } => {
                 if let Some(l) = &mut self.applied.live {
                     for (b, s) in &deleted {
                         l.deleted(b, s);
+                    }
+                    for b in &backends {
+                        l.backend_deleted(b);
                     }
                 }
                 self.parked_at = self
                     .applied
                     .live
                     .as_ref()
-                    .is_some_and(|l| !l.parked.is_empty())
+                    .is_some_and(|l| l.has_parked())
                     .then(|| now + PARKED_EVERY);
             }
             Input::Synced { epoch, ok } => {
@@ -1024,9 +1030,11 @@ impl State {
         if self.parked_at.is_some_and(|t| t <= now) {
             self.parked_at = None;
             if let Some(l) = &self.applied.live {
-                let servers = l.parked();
-                if !servers.is_empty() {
-                    out.push(Action::DeleteParked { servers });
+                if l.has_parked() {
+                    out.push(Action::DeleteParked {
+                        servers: l.parked(),
+                        backends: l.parked_backends(),
+                    });
                 }
             }
         }
@@ -1309,9 +1317,11 @@ impl State {
                     );
                 }
                 if let Some(l) = &self.applied.live {
-                    let servers = l.parked();
-                    if !servers.is_empty() {
-                        out.push(Action::DeleteParked { servers });
+                    if l.has_parked() {
+                        out.push(Action::DeleteParked {
+                            servers: l.parked(),
+                            backends: l.parked_backends(),
+                        });
                     }
                 }
             }

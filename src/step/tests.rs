@@ -192,7 +192,7 @@ impl Sim {
                     .script
                     .refuse
                     .iter()
-                    .filter(|b| candidate.config().contains(&format!("backend {b}\n")))
+                    .filter(|b| candidate.config().contains(&format!("backend {b} ")))
                     .collect();
                 let result = if self.script.refuse_all {
                     Err(CheckError::Invalid(
@@ -242,7 +242,10 @@ impl Sim {
                 }),
                 _ => Ok(()),
             })),
-            Action::DeleteParked { servers } => Some(Input::ParkedDone { deleted: servers }),
+            Action::DeleteParked { servers, backends } => Some(Input::ParkedDone {
+                deleted: servers,
+                backends,
+            }),
             Action::Sync {
                 checked,
                 epoch,
@@ -576,7 +579,7 @@ fn a_removed_server_is_parked_then_deleted() {
     assert!(s
         .done
         .iter()
-        .any(|a| matches!(a, Action::DeleteParked { servers } if servers.len() == 1)));
+        .any(|a| matches!(a, Action::DeleteParked { servers, .. } if servers.len() == 1)));
     assert!(s.st.applied.live.as_ref().unwrap().parked.is_empty());
 }
 

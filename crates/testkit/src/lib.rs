@@ -118,6 +118,26 @@ pub fn require(cmd: &str) -> PathBuf {
     }
 }
 
+/// Where scripts/setup.sh installs HAProxy 3.4 (a Debian sid+experimental
+/// rootfs run through its own loader by a wrapper script).
+pub const HAPROXY34_DEFAULT: &str = "/opt/haproxy-supervisor/haproxy-3.4/haproxy";
+
+/// HAProxy 3.4 for the tests of what only 3.4 does (dynamic backends):
+/// `HAPROXY34_BIN`, else [`HAPROXY34_DEFAULT`]. Panics when missing: those
+/// tests never skip.
+pub fn haproxy34() -> PathBuf {
+    let p = std::env::var_os("HAPROXY34_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(HAPROXY34_DEFAULT));
+    if !is_executable(&p) {
+        panic!(
+            "HAProxy 3.4 is not installed at {} (HAPROXY34_BIN); run scripts/setup.sh as root",
+            p.display()
+        );
+    }
+    p
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
