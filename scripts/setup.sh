@@ -47,4 +47,34 @@ if ! command -v consul >/dev/null 2>&1; then
   install -m 0755 "$work/root/usr/bin/consul" /usr/local/bin/consul
 fi
 
-echo "setup: haproxy $(haproxy -v | head -1 | awk '{print $3}'), consul $(consul version | head -1 | awk '{print $2}'), $(iptables --version)"
+# HAProxy 3.4 (dynamic backends) for the tests and benchmarks of what only
+# 3.4 does: Debian has it only in experimental, on top of sid. A sid minbase
+# rootfs with haproxy from experimental, built by mmdebstrap from this
+# machine's own apt sources (suite changed), and a wrapper that runs its
+# haproxy through the rootfs's own loader and libraries, so programs built
+# here run it as any other binary (argv[0] stays the wrapper: the
+# master-worker re-exec goes through it too).
+h34=/opt/haproxy-supervisor/haproxy-3.4
+if ! "$h34/haproxy" -v 2>/dev/null | grep -q '^HAProxy version 3\.4\.'; then
+  command -v mmdebstrap >/dev/null 2>&1 || { apt_update; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+  die() { echo "setup: error: $*" >&2; exit 1; }
+  # shellcheck source=lib/debian-sources.sh
+  . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/debian-sources.sh"
+  mkdir -p "$h34"
+  rm -rf "$h34/rootfs.new"
+  t0=$SECONDS
+  rootfs sid+experimental "$h34/rootfs.new" haproxy/experimental >"$h34/mmdebstrap.log" 2>&1 \
+    || { tail -n 30 "$h34/mmdebstrap.log" >&2; die "mmdebstrap sid+experimental failed"; }
+  rm -rf "$h34/rootfs" && mv "$h34/rootfs.new" "$h34/rootfs"
+  cat > "$h34/haproxy" <<'WRAP'
+#!/bin/sh
+# HAProxy 3.4 from the rootfs beside this script (scripts/setup.sh).
+R=$(dirname "$(readlink -f "$0")")/rootfs
+exec "$R/lib64/ld-linux-x86-64.so.2" --library-path "$R/usr/lib/x86_64-linux-gnu" --argv0 "$0" "$R/usr/sbin/haproxy" "$@"
+WRAP
+  chmod 0755 "$h34/haproxy"
+  "$h34/haproxy" -v | grep -q '^HAProxy version 3\.4\.' || die "$h34/haproxy is not HAProxy 3.4"
+  echo "setup: HAProxy 3.4 rootfs built in $((SECONDS - t0)) s"
+fi
+
+echo "setup: haproxy $(haproxy -v | head -1 | awk '{print $3}'), haproxy 3.4 $("$h34/haproxy" -v | head -1 | awk '{print $3}'), consul $(consul version | head -1 | awk '{print $2}'), $(iptables --version)"
