@@ -28,7 +28,10 @@ pub struct ServerLine {
     /// added or moved live (`set server addr` wants an IP).
     pub ip_port: Option<(Ipv4Addr, u16)>,
     pub weight: u32,
-    /// Every keyword of the line except `weight <n>`, in order.
+    /// `maxconn <n>`: changed live (`set maxconn server`) on every version.
+    pub maxconn: Option<u32>,
+    /// Every keyword of the line except `weight <n>` and `maxconn <n>`, in
+    /// order.
     pub keywords: Vec<String>,
 }
 
@@ -118,6 +121,12 @@ pub enum Op {
         server: String,
         weight: u32,
     },
+    /// `set maxconn server`: 0 is no limit.
+    SetMaxconn {
+        backend: String,
+        server: String,
+        maxconn: u32,
+    },
     /// Back into rotation: a parked server the config has again.
     Ready { backend: String, server: String },
     /// Out of rotation (maintenance): a server the config no longer has.
@@ -160,6 +169,7 @@ impl Op {
             Op::AddServer { .. } => "add_server",
             Op::SetAddr { .. } => "set_addr",
             Op::SetWeight { .. } => "set_weight",
+            Op::SetMaxconn { .. } => "set_maxconn",
             Op::Ready { .. } => "ready",
             Op::Park { .. } => "park",
             Op::AddBackend { .. } => "add_backend",
@@ -182,6 +192,9 @@ impl Op {
                 backend, server, ..
             }
             | Op::SetWeight {
+                backend, server, ..
+            }
+            | Op::SetMaxconn {
                 backend, server, ..
             }
             | Op::Ready { backend, server }
@@ -669,11 +682,18 @@ impl ServerDefaults {
 /// A `server <name> <address> [keywords]` line's tokens, parsed.
 fn server_line(t: &[&str]) -> ServerLine {
     let mut weight = 1;
+    let mut maxconn = None;
     let mut keywords = Vec::new();
     let mut i = 3;
     while i < t.len() {
         if t[i] == "weight" && i + 1 < t.len() {
             weight = t[i + 1].parse().unwrap_or(1);
+            i += 2;
+        } else if let Some(m) = (t[i] == "maxconn")
+            .then(|| t.get(i + 1).and_then(|v| v.parse().ok()))
+            .flatten()
+        {
+            maxconn = Some(m);
             i += 2;
         } else {
             keywords.push(t[i].to_string());
@@ -684,6 +704,7 @@ fn server_line(t: &[&str]) -> ServerLine {
         address: t[2].to_string(),
         ip_port: parse_addr(t[2]),
         weight,
+        maxconn,
         keywords,
     }
 }
@@ -707,6 +728,10 @@ fn add_keywords(defaults: &[String], line: &ServerLine) -> Vec<String> {
     };
     push_all(defaults);
     push_all(&line.keywords);
+    if let Some(m) = line.maxconn {
+        out.push("maxconn".into());
+        out.push(m.to_string());
+    }
     out.push("weight".into());
     out.push(line.weight.to_string());
     out
@@ -932,6 +957,13 @@ impl Running {
                                 backend: b.clone(),
                                 server: s.clone(),
                                 weight: ns.weight,
+                            });
+                        }
+                        if os.maxconn != ns.maxconn {
+                            these.push(Op::SetMaxconn {
+                                backend: b.clone(),
+                                server: s.clone(),
+                                maxconn: ns.maxconn.unwrap_or(0),
                             });
                         }
                         if parked.remove(sname).is_some() {
@@ -1742,13 +1774,22 @@ mod tests {
                 &[("api-1", "10.0.1.1:80", 1, true)],
             ),
         ]));
-        assert!(matches!(
-            run.plan(&mc, V26),
-            Plan::Reload(Structural::Profile {
-                change: SectionChange::Added,
-                ..
-            })
-        ));
+        // maxconn is a server keyword, changed live on every version.
+        let (ops, _) = live(run.plan(&mc, V26));
+        assert_eq!(
+            ops,
+            [Op::SetMaxconn {
+                backend: "www".into(),
+                server: "w1".into(),
+                maxconn: 10
+            }]
+        );
+        let (back, _) =
+            live(Running::started(mc).plan(&www(&[("w1", "10.0.0.1:80", 1, true)]), V26));
+        assert!(
+            matches!(&back[..], [Op::SetMaxconn { maxconn: 0, .. }]),
+            "{back:?}"
+        );
     }
 
     #[test]
@@ -1865,8 +1906,8 @@ mod tests {
         );
         let s1 = &l.backends["b"].servers["s1"];
         assert_eq!(
-            (s1.weight, s1.keywords.clone()),
-            (7, vec!["check".into(), "maxconn".into(), "5".into()])
+            (s1.weight, s1.maxconn, s1.keywords.clone()),
+            (7, Some(5), vec!["check".into()])
         );
         assert_eq!(s1.ip_port, Some(("10.0.0.1".parse().unwrap(), 80)));
         assert_eq!(l.backends["b"].servers["s2"].ip_port, None);

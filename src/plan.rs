@@ -394,6 +394,28 @@ pub fn items(running: &Running, new: &Layout, caps: Caps) -> Vec<Item> {
                     format!("weight {was} → {weight}"),
                 )
             }
+            Op::SetMaxconn {
+                backend,
+                server,
+                maxconn,
+            } => {
+                let shown = |m: Option<u32>| m.map_or("none".to_string(), |m| m.to_string());
+                let was = old
+                    .backends
+                    .get(backend)
+                    .and_then(|b| b.servers.get(server))
+                    .map(|s| shown(s.maxconn))
+                    .unwrap_or_default();
+                item(
+                    '~',
+                    "server",
+                    format!("{backend}/{server}"),
+                    format!(
+                        "maxconn {was} → {}",
+                        shown(Some(*maxconn).filter(|m| *m > 0))
+                    ),
+                )
+            }
             Op::Ready { backend, server } => item(
                 '~',
                 "server",

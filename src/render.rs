@@ -116,7 +116,6 @@ pub struct Profile {
     pub cookie: bool,
     /// Plain HTTP redirected to HTTPS (`HAPROXY.HTTPS_REDIRECT` with TLS on).
     pub https_redirect: bool,
-    pub maxconn: Option<u32>,
 }
 
 impl Profile {
@@ -130,19 +129,17 @@ impl Profile {
             healthcheck: s.healthcheck.clone(),
             cookie: s.sticky && s.mode == Mode::Http,
             https_redirect: tls && s.https_redirect && s.mode == Mode::Http,
-            maxconn: s.maxconn,
         };
         let mode = match s.mode {
             Mode::Http => "http",
             Mode::Tcp => "tcp",
         };
         let key = format!(
-            "{mode}|{}|{}|{}|{}|{}",
+            "{mode}|{}|{}|{}|{}",
             p.balance,
             p.healthcheck.as_deref().unwrap_or(""),
             p.cookie,
             p.https_redirect,
-            p.maxconn.map(|m| m.to_string()).unwrap_or_default()
         );
         p.name = format!("be_{mode}_{}", short_hash(&key));
         p
@@ -157,7 +154,6 @@ impl Profile {
             && self.healthcheck.is_none()
             && !self.cookie
             && !self.https_redirect
-            && self.maxconn.is_none()
     }
 
     /// The backend name of a service made from this profile.

@@ -319,6 +319,21 @@ impl RuntimeApi {
         self.expect_empty(&cmd).await
     }
 
+    /// `set maxconn server backend/server <maxconn>` (0: no limit).
+    pub async fn set_maxconn(
+        &self,
+        backend: &str,
+        server: &str,
+        maxconn: u32,
+    ) -> Result<(), RuntimeError> {
+        let cmd = format!(
+            "set maxconn server {} {maxconn}",
+            server_ref(backend, server)
+        );
+        check_tokens(&cmd, &[backend, server])?;
+        self.expect_empty(&cmd).await
+    }
+
     /// `set server backend/server addr <ip> port <port>`. Only servers that
     /// currently have an IP address can be moved.
     pub async fn set_addr(

@@ -1024,6 +1024,11 @@ impl Executor {
                 server,
                 weight,
             } => rt.set_weight(backend, server, *weight).await,
+            Op::SetMaxconn {
+                backend,
+                server,
+                maxconn,
+            } => rt.set_maxconn(backend, server, *maxconn).await,
             Op::Ready { backend, server } => rt.set_state(backend, server, AdminState::Ready).await,
             Op::Park { backend, server } => rt.set_state(backend, server, AdminState::Maint).await,
             Op::AddBackend { backend, profile } => rt.add_backend(backend, profile).await,

@@ -157,8 +157,10 @@ fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
     assert_eq!(out.code, Some(0), "render failed: {}", out.stderr);
     let config = out.stdout;
 
-    let http_backend = |balance: &str, servers: &[&str]| {
-        let mut lines: Vec<String> = [
+    // Each backend holds its servers; its options are the named defaults
+    // section (profile) it is made from.
+    let profile = |balance: &str| -> Vec<String> {
+        [
             "mode http",
             &format!("balance {balance}"),
             "option forwardfor",
@@ -169,27 +171,47 @@ fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
         ]
         .iter()
         .map(|l| format!("    {l}"))
-        .collect();
-        lines.extend(servers.iter().map(|s| format!("    {s}")));
-        lines
+        .collect()
     };
+    let made_from = |backend: &str| -> (Vec<String>, Vec<String>) {
+        let header = config
+            .lines()
+            .find(|l| l.starts_with(&format!("backend {backend} from ")))
+            .unwrap_or_else(|| panic!("no backend {backend} from a profile:\n{config}"));
+        let name = header.rsplit(' ').next().unwrap();
+        (
+            config_section(&config, &format!("defaults {name} from base")).unwrap_or_default(),
+            config_section(&config, header).unwrap_or_default(),
+        )
+    };
+    let servers =
+        |lines: &[&str]| -> Vec<String> { lines.iter().map(|l| format!("    {l}")).collect() };
+    // The seed's tags are the default options: the backend keeps the
+    // service's name.
     assert_eq!(
-        config_section(&config, "backend www"),
-        Some(http_backend(
-            "roundrobin",
-            &[
+        made_from("www"),
+        (
+            profile("roundrobin"),
+            servers(&[
                 "server www-1 10.0.0.1:8081 check weight 1 maxconn 10000",
                 "server www-2 10.0.0.2:8082 check weight 1 maxconn 10000",
-            ]
-        )),
+            ])
+        ),
         "config:\n{config}"
     );
+    // Other options: another profile, the backend named `<service>:<hash>`.
+    let api = config
+        .lines()
+        .find_map(|l| l.strip_prefix("backend api:"))
+        .and_then(|l| l.split(' ').next())
+        .map(|h| format!("api:{h}"))
+        .unwrap_or_else(|| panic!("no backend api:<hash>:\n{config}"));
     assert_eq!(
-        config_section(&config, "backend api"),
-        Some(http_backend(
-            "leastconn",
-            &["server api-1 10.0.1.1:9000 check weight 5 maxconn 10000"]
-        )),
+        made_from(&api),
+        (
+            profile("leastconn"),
+            servers(&["server api-1 10.0.1.1:9000 check weight 5 maxconn 10000"])
+        ),
         "config:\n{config}"
     );
     assert!(
@@ -203,8 +225,9 @@ fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
     let backends: Vec<&str> = config
         .lines()
         .filter_map(|l| l.strip_prefix("backend "))
+        .filter_map(|l| l.split(' ').next())
         .collect();
-    assert_eq!(backends, ["_no_route", "api", "www"]);
+    assert_eq!(backends, ["_no_route", api.as_str(), "www"]);
     let frontend = config_section(&config, "frontend app_http_in").expect("app_http_in");
     assert_eq!(frontend[0], "    bind *:8080");
     assert!(
@@ -220,7 +243,7 @@ fn render_turns_seed_tags_into_backends_that_haproxy_accepts() {
     );
     assert_eq!(
         read(&hosts),
-        "api.example.com api\nwww.example.com www\n",
+        format!("api.example.com {api}\nwww.example.com www\n"),
         "hosts map {}",
         hosts.display()
     );
@@ -284,8 +307,8 @@ fn run_follows_registrations_health_and_deregistrations_within_a_second() {
     // A new service: a backend and a route.
     consul.register(&local("api-1", "api", &c, &SEED_LC));
     assert_follows("registration", &sup, || {
-        read(&cfg).contains("\nbackend api\n")
-            && current_map(&cfg, "hosts").is_some_and(|m| m.contains("api.example.com api\n"))
+        !server_lines(&read(&cfg), "api").is_empty()
+            && current_map(&cfg, "hosts").is_some_and(|m| m.contains("api.example.com api"))
     });
     wait_until(T, "api answers through haproxy", || {
         body_is("api.example.com", "api-c")
@@ -470,7 +493,7 @@ fn consul_outage_keeps_the_last_config_and_the_watcher_recovers() {
     consul.register(&local("web-1", "web", &web, &SEED_RR));
     consul.register(&local("api-1", "api", &api, &SEED_RR));
     wait_until(T, "api rendered after the agent restart", || {
-        read(&cfg).contains("\nbackend api\n")
+        read(&cfg).contains("\nbackend api from ")
     });
     wait_until(T, "api answers", || body_is("api.example.com", "api"));
     assert!(body_is("web.example.com", "web"));

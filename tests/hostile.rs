@@ -322,6 +322,7 @@ fn backends(config: &str) -> Vec<&str> {
     config
         .lines()
         .filter_map(|l| l.strip_prefix("backend "))
+        .filter_map(|l| l.split([' ', ':']).next())
         .collect()
 }
 
@@ -411,7 +412,8 @@ fn hostile_catalog_file_entries_are_left_out_with_warnings() {
         ["_no_route", "good", "good-tcp", "heavy", "typo", "typo2"],
         "config:\n{config}"
     );
-    let good = config_section(&config, "backend good").unwrap();
+    let good = backend_lines(&config, "good");
+    let good_be = backend_name(&config, "good").unwrap();
     assert!(
         good.contains(&"    balance leastconn".to_string()),
         "{good:?}"
@@ -420,11 +422,11 @@ fn hostile_catalog_file_entries_are_left_out_with_warnings() {
         good.contains(&"    server good-1 10.0.0.1:80 check weight 1 maxconn 100".to_string()),
         "{good:?}"
     );
-    assert!(config.contains("\nfrontend good-tcp_port_9000\n    bind *:9000\n"));
+    assert!(config.contains("\nfrontend good-tcp_port_9000 from base\n    bind *:9000\n"));
     assert!(config.contains("    server heavy-1 10.0.0.5:80 check weight 256\n"));
     assert_eq!(
         current_map(&cfg, "hosts").as_deref(),
-        Some("good.example.com good\nheavy.example.com heavy\ntypo.example.com typo\ntypo2.example.com typo2\n")
+        Some(&*format!("good.example.com {good_be}\nheavy.example.com heavy\ntypo.example.com typo\ntypo2.example.com typo2\n"))
     );
     assert!(config_map_path(&config, "paths").is_none(), "{config}");
     assert_clean(&rendered_files(&cfg));

@@ -258,7 +258,7 @@ fn stats_page_takes_credentials_and_binds_only_where_told() {
         .find_map(|l| l.strip_prefix("4444 "))
         .unwrap_or_else(|| panic!("4444 is not held: {held}"));
     assert!(
-        config.contains(&format!("listen _stats\n    bind fd@{fd}\n")),
+        config.contains(&format!("listen _stats from base\n    bind fd@{fd}\n")),
         "{config}"
     );
     assert!(

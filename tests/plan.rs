@@ -163,7 +163,7 @@ fn plan_says_what_would_change_and_changes_nothing() {
         .lines()
         .find(|l| l.starts_with("+ service api "))
         .unwrap_or_else(|| panic!("a line for the service api: {}", out.stdout));
-    assert!(line.contains("reload: new section `backend api`"), "{line}");
+    assert!(line.contains("reload: new backend api "), "{line}");
     assert!(
         out.stdout
             .lines()

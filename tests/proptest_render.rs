@@ -379,7 +379,7 @@ fn checker_rejects_injected_output() {
             "    bind *:8080\n",
             "    bind *:8080\n    use_backend evil\n",
         ),
-        ("\nbackend www\n", "\nbackend evil\n"),
+        ("\nbackend www from ", "\nbackend evil from "),
     ]);
     for (from, to) in swaps {
         assert!(

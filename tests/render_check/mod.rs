@@ -87,7 +87,7 @@ pub fn skeletons(vars: &HaproxyVars) -> [BTreeMap<String, Vec<String>>; 2] {
         sections(&r.config)
             .0
             .into_iter()
-            .filter(|(h, _)| h != "backend p")
+            .filter(|(h, _)| !h.starts_with("backend p ") && !h.starts_with("defaults be_"))
             .map(|(h, lines)| (h, lines.iter().map(|l| normalize_maps(l)).collect()))
             .collect()
     })
@@ -127,27 +127,40 @@ pub fn check_structure(
     // The section headers, in order.
     let mut want: Vec<String> = [
         "global",
-        "defaults",
-        "frontend app_http_in",
-        "backend _no_route",
+        "defaults base",
+        "frontend app_http_in from base",
+        "backend _no_route from base",
         // The stats credentials (HAPROXY_STATS_AUTH) have a section.
         "userlist _stats_users",
-        "listen _stats",
+        "listen _stats from base",
     ]
     .iter()
     .filter(|h| vars.stats_auth.is_some() || **h != "userlist _stats_users")
     .map(|h| h.to_string())
     .collect();
+    want.extend(tcp.iter().map(|s| {
+        format!(
+            "frontend {}_port_{} from base",
+            s.name,
+            s.frontend_port.unwrap()
+        )
+    }));
+    // One profile per distinct combination of backend options, then each
+    // service's backend made from its profile.
+    let tls = desired.tls.is_some();
+    let profile = |s: &haproxy_supervisor::model::Service| render::Profile::of(s, tls);
+    let mut profiles: Vec<render::Profile> = desired.services.iter().map(profile).collect();
+    profiles.sort();
+    profiles.dedup();
     want.extend(
-        tcp.iter()
-            .map(|s| format!("frontend {}_port_{}", s.name, s.frontend_port.unwrap())),
-    );
-    want.extend(
-        desired
-            .services
+        profiles
             .iter()
-            .map(|s| format!("backend {}", s.name)),
+            .map(|p| format!("defaults {} from base", p.name)),
     );
+    want.extend(desired.services.iter().map(|s| {
+        let p = profile(s);
+        format!("backend {} from {}", p.backend_name(&s.name), p.name)
+    }));
     let headers: Vec<&String> = secs.iter().map(|(h, _)| h).collect();
     prop_assert_eq!(headers, want.iter().collect::<Vec<_>>());
 
@@ -155,7 +168,7 @@ pub fn check_structure(
         let norm: Vec<String> = lines.iter().map(|l| normalize_maps(l)).collect();
         if let Some(skel) = plain.get(header) {
             // The template's own sections: exactly as for no service.
-            if header == "frontend app_http_in" {
+            if header == "frontend app_http_in from base" {
                 prop_assert!(
                     &norm == skel || Some(&norm) == with_paths.get(header),
                     "app_http_in differs from the template: {:?}",
@@ -174,10 +187,14 @@ pub fn check_structure(
             } else {
                 prop_assert_eq!(&norm, skel, "section {} differs from the template", header);
             }
-        } else if let Some(s) = tcp
-            .iter()
-            .find(|s| *header == format!("frontend {}_port_{}", s.name, s.frontend_port.unwrap()))
-        {
+        } else if let Some(s) = tcp.iter().find(|s| {
+            *header
+                == format!(
+                    "frontend {}_port_{} from base",
+                    s.name,
+                    s.frontend_port.unwrap()
+                )
+        }) {
             let mode = if s.mode == haproxy_supervisor::model::Mode::Http {
                 "http"
             } else {
@@ -194,14 +211,47 @@ pub fn check_structure(
                     format!("    bind *:{}", s.frontend_port.unwrap()),
                     format!("    mode {mode}"),
                     log,
-                    format!("    default_backend {}", s.name),
+                    format!("    default_backend {}", profile(s).backend_name(&s.name)),
                 ]
             );
+        } else if let Some(p) = profiles
+            .iter()
+            .find(|p| *header == format!("defaults {} from base", p.name))
+        {
+            let default_server = "    default-server inter 10s rise 2 fall 1 init-addr libc,none";
+            let mode = if p.mode == haproxy_supervisor::model::Mode::Http {
+                "http"
+            } else {
+                "tcp"
+            };
+            for l in lines {
+                let ok = literals.contains(l)
+                    || *l == format!("    mode {mode}")
+                    || *l == format!("    balance {}", p.balance)
+                    || *l == default_server
+                    || p.healthcheck
+                        .as_ref()
+                        .is_some_and(|h| *l == format!("    option httpchk GET {h}"))
+                    || (p.https_redirect
+                        && l.starts_with(
+                            "    http-request redirect location https://%[var(txn.host)]",
+                        )
+                        && l.ends_with("%[pathq] code 301 unless { ssl_fc }"));
+                prop_assert!(
+                    ok,
+                    "profile {}: line {:?} is not the template's nor the profile's",
+                    p.name,
+                    l
+                );
+            }
         } else {
             let s = desired
                 .services
                 .iter()
-                .find(|s| *header == format!("backend {}", s.name))
+                .find(|s| {
+                    let p = profile(s);
+                    *header == format!("backend {} from {}", p.backend_name(&s.name), p.name)
+                })
                 .expect("headers checked above");
             let mode = if s.mode == haproxy_supervisor::model::Mode::Http {
                 "http"
@@ -228,12 +278,7 @@ pub fn check_structure(
                 .collect();
             let mut placed = BTreeSet::new();
             for l in lines {
-                let ok = literals.contains(l)
-                    || *l == format!("    mode {mode}")
-                    || *l == format!("    balance {}", s.balance)
-                    || s.healthcheck
-                        .as_ref()
-                        .is_some_and(|h| *l == format!("    option httpchk GET {h}"))
+                let ok = (literals.contains(l) && mode == "tcp" && s.sticky)
                     || (servers.contains(l) && placed.insert(l.clone()));
                 prop_assert!(
                     ok,
@@ -306,15 +351,22 @@ pub fn check_rendered(
         prop_assert!(text.is_empty() || text.ends_with('\n'));
     }
 
-    // One backend per accepted service, plus _no_route.
+    // One backend per accepted service (named after it, `:<hash>` when
+    // it has options), plus _no_route.
     let backend_names: Vec<&str> = r
         .config
         .lines()
         .filter_map(|l| l.strip_prefix("backend "))
+        .filter_map(|l| l.split_whitespace().next())
         .collect();
     prop_assert_eq!(backend_names.len(), 1 + desired.services.len());
-    let mut want: Vec<&str> = vec!["_no_route"];
-    want.extend(desired.services.iter().map(|s| s.name.as_str()));
+    let mut want: Vec<String> = vec!["_no_route".into()];
+    want.extend(
+        desired
+            .services
+            .iter()
+            .map(|s| render::Profile::of(s, desired.tls.is_some()).backend_name(&s.name)),
+    );
     prop_assert_eq!(&backend_names, &want);
 
     // Every accepted service is an enabled catalog service with a valid
@@ -388,12 +440,17 @@ pub fn check_rendered(
         prop_assert!(rest.is_empty(), "extra words in {:?}", line);
     }
 
-    // Map lines: `key backend`, the backend an accepted http service.
+    // Map lines: `key backend`, the backend of an accepted http service.
     for (name, text) in &r.maps {
         for line in text.lines() {
             let w: Vec<&str> = line.split(' ').collect();
             prop_assert_eq!(w.len(), 2, "{}: {:?}", name, line);
-            prop_assert!(accepted.contains(w[1]), "{}: {:?}", name, line);
+            prop_assert!(
+                want.iter().skip(1).any(|b| b == w[1]),
+                "{}: {:?}",
+                name,
+                line
+            );
             let host = w[0].split('/').next().unwrap_or_default();
             prop_assert_eq!(hostname(host), Some(host.to_string()));
         }

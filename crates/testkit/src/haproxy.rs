@@ -229,11 +229,16 @@ fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) 
 }
 
 /// The lines of the section that starts with the line `header` (for example
-/// `backend www`) in a rendered config, header excluded, up to the next
-/// blank line; None if there is no such section.
+/// `backend www`, which also finds `backend www from <profile>`: a section
+/// made from a named defaults) in a rendered config, header excluded, up to
+/// the next blank line; None if there is no such section.
 pub fn config_section(config: &str, header: &str) -> Option<Vec<String>> {
     let mut lines = config.lines();
-    lines.find(|l| *l == header)?;
+    lines.find(|l| {
+        *l == header
+            || l.strip_prefix(header)
+                .is_some_and(|rest| rest.starts_with(" from "))
+    })?;
     Some(
         lines
             .take_while(|l| !l.trim().is_empty())
@@ -242,9 +247,39 @@ pub fn config_section(config: &str, header: &str) -> Option<Vec<String>> {
     )
 }
 
-/// The `server` lines of `backend <backend>` in a rendered config, trimmed.
+/// The backend name of service `service` in a rendered config: `service`,
+/// or `service:<hash>` (a service whose options are not the defaults).
+pub fn backend_name(config: &str, service: &str) -> Option<String> {
+    config.lines().find_map(|l| {
+        let n = l.strip_prefix("backend ")?.split_whitespace().next()?;
+        (n == service || n.strip_prefix(service)?.starts_with(':')).then(|| n.to_string())
+    })
+}
+
+/// Everything the backend of service `service` is made of: the lines of the
+/// profile (`defaults <profile>`) it is made from, then its own lines.
+pub fn backend_lines(config: &str, service: &str) -> Vec<String> {
+    let Some(name) = backend_name(config, service) else {
+        return Vec::new();
+    };
+    let prefix = format!("backend {name} from ");
+    let profile = config
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|p| config_section(config, &format!("defaults {p}")))
+        .unwrap_or_default();
+    profile
+        .into_iter()
+        .chain(config_section(config, &format!("backend {name}")).unwrap_or_default())
+        .collect()
+}
+
+/// The `server` lines of the backend of service `backend` in a rendered
+/// config, trimmed: `backend <backend>`, or `backend <backend>:<hash>` (a
+/// service whose options are not the defaults), made from a profile or not.
 pub fn server_lines(config: &str, backend: &str) -> Vec<String> {
-    config_section(config, &format!("backend {backend}"))
+    backend_name(config, backend)
+        .and_then(|n| config_section(config, &format!("backend {n}")))
         .unwrap_or_default()
         .into_iter()
         .filter(|l| l.trim_start().starts_with("server "))
