@@ -300,7 +300,7 @@ impl RuntimeApi {
             }
         }
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |a| a == "New server registered.")?;
+        expect(&cmd, &answer, |a| final_line(a) == "New server registered.")?;
         if keywords.iter().any(|k| k == "check") {
             self.expect_empty(&format!("enable health {srv}")).await?;
         }
@@ -385,7 +385,9 @@ impl RuntimeApi {
         let cmd = format!("add backend {name} from {profile}");
         check_tokens(&cmd, &[name, profile])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "New backend registered.")
+        expect(&cmd, &answer, |t| {
+            final_line(t) == "New backend registered."
+        })
     }
 
     /// `publish backend <name>`: eligible for traffic.
@@ -393,7 +395,7 @@ impl RuntimeApi {
         let cmd = format!("publish backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "Backend published.")
+        expect(&cmd, &answer, |t| final_line(t) == "Backend published.")
     }
 
     /// `unpublish backend <name>`: no new traffic; streams in it go on.
@@ -401,7 +403,7 @@ impl RuntimeApi {
         let cmd = format!("unpublish backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "Backend unpublished.")
+        expect(&cmd, &answer, |t| final_line(t) == "Backend unpublished.")
     }
 
     /// `del backend <name>`. HAProxy refuses while the backend is
@@ -410,7 +412,7 @@ impl RuntimeApi {
         let cmd = format!("del backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "Backend deleted.")
+        expect(&cmd, &answer, |t| final_line(t) == "Backend deleted.")
     }
 
     /// `shutdown sessions server backend/server`: ends every session on the
@@ -431,7 +433,7 @@ impl RuntimeApi {
         let cmd = format!("del server {srv}");
         check_tokens(&cmd, &[backend, server])?;
         let answer = self.command(&cmd).await?;
-        let text = answer.trim();
+        let text = final_line(&answer);
         if text == "Server deleted." {
             Ok(())
         } else if text.starts_with("Server still has connections attached")
@@ -690,6 +692,19 @@ fn refused(command: &str, answer: &str) -> RuntimeError {
 }
 
 /// Ok when the trimmed answer passes `ok`, else Refused with it.
+/// The last non-empty line of an answer: its result. HAProxy 3.4 puts the
+/// notices the process logged since (a server going down for maintenance,
+/// say) before the result of `del backend` and other commands that
+/// change proxies, one per line.
+fn final_line(answer: &str) -> &str {
+    answer
+        .trim()
+        .lines()
+        .next_back()
+        .map(str::trim)
+        .unwrap_or_default()
+}
+
 fn expect(command: &str, answer: &str, ok: impl Fn(&str) -> bool) -> Result<(), RuntimeError> {
     let text = answer.trim();
     if ok(text) {
@@ -821,6 +836,20 @@ pub fn parse_show_map(answer: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_its_last_line_after_haproxy_3_4_notices() {
+        // `del backend` on HAProxy 3.4.7, as it answered (notices first).
+        let answer = "Server new-0/new-0-1 is UP/READY (leaving forced maintenance).\n\
+            Server new-0/new-0-1 is going DOWN for maintenance. 0 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.\n\
+            Backend deleted.\n\n";
+        assert_eq!(final_line(answer), "Backend deleted.");
+        assert!(expect("del backend new-0", answer, |t| final_line(t)
+            == "Backend deleted.")
+        .is_ok());
+        assert_eq!(final_line("No such backend.\n\n"), "No such backend.");
+        assert_eq!(final_line("\n"), "");
+    }
 
     #[test]
     fn parses_servers_state() {

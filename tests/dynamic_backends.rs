@@ -6,8 +6,6 @@
 //! network namespace. Run as root: `cargo test --release --test
 //! dynamic_backends`.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -30,25 +28,6 @@ fn spawn(consul: &Consul) -> Supervisor {
         ("HAPROXY_BIN", bin.to_str().unwrap()),
     ];
     Supervisor::spawn_on_consul(consul, &envs)
-}
-
-/// One command line on HAProxy's admin socket through socat; its answer.
-fn admin(sock: &Path, line: &str) -> String {
-    let out = Command::new(require("socat"))
-        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{line}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("socat to the admin socket");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The backends the serving HAProxy has (`show backend`).
@@ -181,4 +160,171 @@ fn a_refused_add_backend_falls_back_to_a_reload() {
     assert!(!sup.events(Event::LiveFailed).is_empty());
     wait_served("new.example.com", "/", "new-1", &sup, T);
     wait_served(WWW, "/", "web-1", &sup, T);
+}
+
+/// The supervisor on a catalog file with HAProxy 3.4.
+fn spawn_on_file(files: &Files) -> Supervisor {
+    let bin = haproxy34();
+    let mut envs = env("inherit");
+    envs.push(("HAPROXY_BIN", bin.to_string_lossy().into_owned()));
+    Supervisor::spawn(&strs(&files.render_args()), &env_refs(&envs))
+}
+
+/// The tag sets of the profiles the tests move services between. Each is
+/// held by an anchor service from the start, so every profile runs and a
+/// move between them is live.
+const PROFILES: [&[&str]; 4] = [
+    &[],
+    &["HAPROXY.BACKEND.BALANCE=leastconn"],
+    &["HAPROXY.BACKEND.HEALTHCHECK=/health"],
+    &["HAPROXY.BACKEND.STICKY=true"],
+];
+
+/// An upgraded connection through the HTTP frontend (a WebSocket
+/// handshake; the demo backend answers 101 and echoes).
+struct Tunnel(std::net::TcpStream);
+
+impl Tunnel {
+    fn open(host: &str) -> Tunnel {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(FRONT).expect("connect to the frontend");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut b).expect("101 from the backend"),
+                1,
+                "closed in the handshake"
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        Tunnel(s)
+    }
+
+    /// Sends `msg` and reads it back; an error is a cut.
+    fn echo(&mut self, msg: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        self.0
+            .write_all(msg.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; msg.len()];
+        self.0.read_exact(&mut back).map_err(|e| e.to_string())?;
+        (back == msg.as_bytes())
+            .then_some(())
+            .ok_or_else(|| format!("echoed {:?}", String::from_utf8_lossy(&back)))
+    }
+}
+
+/// Issue #20: 20 long-lived connections (WebSocket-style Upgrade tunnels,
+/// 10 to a service that never changes, 10 to one re-tagged again and
+/// again) across 100 structural changes on 3.4: a new service, one
+/// removed, a balance change, a health check, stickiness, a new vhost.
+/// Every tunnel echoes after every change (0 cut), no process starts.
+#[test]
+fn long_lived_connections_survive_a_hundred_structural_changes() {
+    let (_orphans, [w, t, x], files) = isolated::<3>();
+    // `ws` moves through the profiles; `www` gets vhosts; `new-<i>` come
+    // and go; the anchors keep every profile running.
+    let anchors: Vec<Value> = PROFILES
+        .iter()
+        .enumerate()
+        .map(|(i, tags)| service(&format!("anchor-{i}"), &[&x], tags))
+        .collect();
+    let catalog = |ws: usize, vhost: Option<usize>, new: Option<usize>| {
+        let mut all = anchors.clone();
+        let v = vhost.map(|i| format!("HAPROXY.VHOST=www.example.com,alt-{i}.example.com"));
+        all.push(service(
+            "www",
+            &[&w],
+            &v.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        all.push(service("ws", &[&t], PROFILES[ws]));
+        if let Some(i) = new {
+            all.push(service(&format!("new-{i}"), &[&x], &[]));
+        }
+        all
+    };
+    write_catalog(&files.catalog(), &catalog(0, None, None));
+    let sup = spawn_on_file(&files);
+    wait_done(&sup, 1, Duration::from_secs(20));
+    wait_served(WWW, "/", "web-1", &sup, T);
+    wait_served("ws.example.com", "/", "web-2", &sup, T);
+    let pid = logged_serving_pid(&sup).expect("a serving pid");
+    // The backend the serving HAProxy's hosts map routes `host` to.
+    let hosts = config_map_path(&std::fs::read_to_string(files.config()).unwrap(), "hosts")
+        .expect("a hosts map");
+    let sock = files.run_dir().join("admin.sock");
+    let routed_to = |host: &str| -> Option<String> {
+        admin(&sock, &format!("show map {}", hosts.display()))
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(1) == Some(&host)).then(|| f.get(2).map(|b| b.to_string()))
+            })
+            .flatten()
+    };
+
+    let mut tunnels: Vec<(&str, Tunnel)> = (0..20)
+        .map(|i| {
+            let host = if i % 2 == 0 { WWW } else { "ws.example.com" };
+            (host, Tunnel::open(host))
+        })
+        .collect();
+    let (mut ws, mut vhost, mut new) = (0, None, None);
+    let mut cuts = Vec::new();
+    for i in 0..100 {
+        let kind = match i % 5 {
+            0 => {
+                new = Some(i);
+                "new service"
+            }
+            1 => {
+                new = None;
+                "service removed"
+            }
+            2 => {
+                ws = if ws == 1 { 0 } else { 1 };
+                "balance"
+            }
+            3 => {
+                ws = if ws == 2 { 3 } else { 2 };
+                "health check / sticky"
+            }
+            _ => {
+                vhost = Some(i);
+                "new vhost"
+            }
+        };
+        let ws_was = routed_to("ws.example.com");
+        write_catalog(&files.catalog(), &catalog(ws, vhost, new));
+        wait_until(T, &format!("change {i} ({kind}) applied"), || match i % 5 {
+            0 => served_by(&format!("new-{i}.example.com"), "/").as_deref() == Some("web-3"),
+            1 => get(&format!("new-{}.example.com", i - 1)).is_ok_and(|(s, _)| s == 503),
+            2 | 3 => routed_to("ws.example.com").is_some_and(|b| Some(&b) != ws_was.as_ref()),
+            _ => served_by(&format!("alt-{i}.example.com"), "/").as_deref() == Some("web-1"),
+        });
+        for (n, (host, tunnel)) in tunnels.iter_mut().enumerate() {
+            if let Err(e) = tunnel.echo(&format!("change {i} tunnel {n}\n")) {
+                cuts.push(format!(
+                    "tunnel {n} to {host} after change {i} ({kind}): {e}"
+                ));
+            }
+        }
+    }
+    // What the last changes route is served.
+    wait_served("ws.example.com", "/", "web-2", &sup, T);
+    wait_served("alt-99.example.com", "/", "web-1", &sup, T);
+    assert!(cuts.is_empty(), "{} cut:\n{}", cuts.len(), cuts.join("\n"));
+    assert_eq!(done_count(&sup), 1, "a reload ran; log:\n{}", sup.log());
+    assert_eq!(logged_serving_pid(&sup), Some(pid));
+    assert!(sup.events(Event::LiveFailed).is_empty(), "{}", sup.log());
 }

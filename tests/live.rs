@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,26 +35,6 @@ fn spawn(consul: &Consul, extra: &[(&'static str, &str)]) -> Supervisor {
     ];
     envs.extend_from_slice(extra);
     Supervisor::spawn_on_consul(consul, &envs)
-}
-
-/// One command line on HAProxy's admin socket through socat (not our
-/// client); its answer.
-fn admin(sock: &Path, line: &str) -> String {
-    let out = Command::new(require("socat"))
-        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(format!("{line}\n").as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("socat to the admin socket");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `show servers state <backend>`: server name → (admin state, user weight).

@@ -16,7 +16,10 @@
 //! HTTP/1.0 closes unless `Connection: keep-alive`), pipelined requests are
 //! answered in order with one write per batch, request bodies are skipped by
 //! `Content-Length` (a chunked request body is answered and the connection
-//! closed). Responses are pre-rendered once at start-up, and each connection
+//! closed). A request with `Connection: upgrade` and an `Upgrade` header
+//! (a WebSocket handshake, say) gets `101 Switching Protocols`, and from then
+//! on the connection echoes every byte it receives: a long-lived tunnel, as
+//! HAProxy carries WebSockets. Responses are pre-rendered once at start-up, and each connection
 //! reuses one input and one output buffer, so the hot path does not allocate.
 //! SIGTERM or SIGINT exits with status 0.
 
@@ -141,6 +144,11 @@ struct Request {
     keep_alive: bool,
     content_length: usize,
     chunked: bool,
+    /// `Connection: upgrade` and an `Upgrade` header: answered 101, then
+    /// the connection echoes.
+    upgrade: bool,
+    /// `Sec-WebSocket-Key`, answered with its `Sec-WebSocket-Accept`.
+    ws_key: Option<Vec<u8>>,
 }
 
 /// Position just past the first `\r\n\r\n` in `buf`, searching from `from`.
@@ -196,14 +204,23 @@ fn parse_head(head: &[u8]) -> Option<Request> {
         keep_alive: http11,
         content_length: 0,
         chunked: false,
+        upgrade: false,
+        ws_key: None,
     };
+    let (mut conn_upgrade, mut upgrade_header) = (false, false);
     for line in lines {
         if line.is_empty() {
             break;
         }
         let colon = line.iter().position(|&b| b == b':')?;
         let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade_header = !value.is_empty();
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            req.ws_key = Some(value.to_vec());
+        }
         if name.eq_ignore_ascii_case(b"connection") {
+            conn_upgrade |= has_token(value, b"upgrade");
             if has_token(value, b"close") {
                 req.keep_alive = false;
             } else if has_token(value, b"keep-alive") {
@@ -215,6 +232,7 @@ fn parse_head(head: &[u8]) -> Option<Request> {
             req.chunked = has_token(value, b"chunked");
         }
     }
+    req.upgrade = conn_upgrade && upgrade_header;
     Some(req)
 }
 
@@ -252,6 +270,21 @@ async fn serve(mut stream: TcpStream, responses: Arc<Responses>) -> std::io::Res
                     break;
                 }
             };
+            if resp.upgrade {
+                out.extend_from_slice(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+                );
+                if let Some(key) = &resp.ws_key {
+                    out.extend_from_slice(b"Sec-WebSocket-Accept: ");
+                    out.extend_from_slice(ws_accept(key).as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                // What came after the head is already tunnel traffic.
+                out.extend_from_slice(&buf[head_end..]);
+                stream.write_all(&out).await?;
+                return echo(stream).await;
+            }
             let keep = resp.keep_alive && !resp.chunked;
             let canned = match (resp.health, keep) {
                 (true, true) => &responses.health_keep,
@@ -291,6 +324,24 @@ async fn serve(mut stream: TcpStream, responses: Arc<Responses>) -> std::io::Res
             return Ok(());
         }
     }
+}
+
+/// RFC 6455's `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+fn ws_accept(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// An upgraded connection: every byte read is written back, until the
+/// peer closes.
+async fn echo(mut stream: TcpStream) -> std::io::Result<()> {
+    let (mut r, mut w) = stream.split();
+    tokio::io::copy(&mut r, &mut w).await?;
+    w.shutdown().await
 }
 
 /// After our FIN, reads (and discards) what the client still sends until it
@@ -401,6 +452,27 @@ mod tests {
         assert!(parse_head(b"GET / HTTP/2.0\r\n\r\n").is_none());
         assert!(parse_head(b"GARBAGE\r\n\r\n").is_none());
         assert!(parse_head(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
+        let r = parse_head(
+            b"GET /ws HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.upgrade);
+        // RFC 6455's example.
+        assert_eq!(
+            ws_accept(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        // Either half alone is no upgrade.
+        assert!(
+            !parse_head(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
+        assert!(
+            !parse_head(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n")
+                .unwrap()
+                .upgrade
+        );
     }
 
     #[test]

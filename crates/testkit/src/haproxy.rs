@@ -308,3 +308,23 @@ pub fn current_map(cfg_path: &Path, kind: &str) -> Option<String> {
     let map = config_map_path(&config, kind)?;
     Some(std::fs::read_to_string(map).unwrap_or_default())
 }
+
+/// One command line on HAProxy's admin socket `sock` through socat (not the
+/// product's own client); its answer.
+pub fn admin(sock: &Path, line: &str) -> String {
+    let out = Command::new(crate::require("socat"))
+        .args(["-", &format!("UNIX-CONNECT:{}", sock.display())])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{line}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("socat to the admin socket");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
