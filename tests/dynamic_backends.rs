@@ -6,6 +6,8 @@
 //! network namespace. Run as root: `cargo test --release --test
 //! dynamic_backends`.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -327,4 +329,292 @@ fn long_lived_connections_survive_a_hundred_structural_changes() {
     assert_eq!(done_count(&sup), 1, "a reload ran; log:\n{}", sup.log());
     assert_eq!(logged_serving_pid(&sup), Some(pid));
     assert!(sup.events(Event::LiveFailed).is_empty(), "{}", sup.log());
+}
+
+/// What a HAProxy serves, as the runtime API shows it: its backends, its
+/// servers (backend, server, address, port, admin state, weight) and the
+/// entries of its hosts map.
+#[derive(Debug, PartialEq, Eq)]
+struct Served {
+    backends: Vec<String>,
+    servers: Vec<(String, String, String, u16, u32, u32)>,
+    hosts: Vec<(String, String)>,
+}
+
+fn served(sock: &Path, hosts_map: &Path) -> Served {
+    let mut backends: Vec<String> = admin(sock, "show backend")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.trim().to_string())
+        .collect();
+    backends.sort();
+    let mut servers: Vec<_> =
+        haproxy_supervisor::runtime::parse_servers_state(&admin(sock, "show servers state"))
+            .map(|s| s.rows)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let addr = r.addr.unwrap_or_default();
+                (r.backend, r.server, addr, r.port, r.admin_state, r.weight)
+            })
+            .collect();
+    servers.sort();
+    let mut hosts: Vec<(String, String)> =
+        admin(sock, &format!("show map {}", hosts_map.display()))
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 3).then(|| (f[1].to_string(), f[2].to_string()))
+            })
+            .collect();
+    hosts.sort();
+    Served {
+        backends,
+        servers,
+        hosts,
+    }
+}
+
+/// A change to one of the services the property test moves around.
+#[derive(Debug, Clone)]
+enum Change {
+    /// Added (with a profile and 1 or 2 instances) if absent, else removed.
+    Toggle(usize, usize, usize),
+    /// Moved to another profile.
+    Retag(usize, usize),
+    /// 1 or 2 instances.
+    Instances(usize, usize),
+    /// A second host name, or not.
+    Vhost(usize),
+}
+
+fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..3usize, 0..PROFILES.len(), 1..=2usize).prop_map(|(s, p, n)| Change::Toggle(s, p, n)),
+        (0..3usize, 0..PROFILES.len()).prop_map(|(s, p)| Change::Retag(s, p)),
+        (0..3usize, 1..=2usize).prop_map(|(s, n)| Change::Instances(s, n)),
+        (0..3usize).prop_map(Change::Vhost),
+    ]
+}
+
+/// A service of the property test: profile, instances, second host.
+#[derive(Debug, Clone, Copy)]
+struct Svc {
+    profile: usize,
+    instances: usize,
+    vhost: bool,
+}
+
+/// The on-disk config made fit to start beside the serving HAProxy: its
+/// own admin socket, its binds on 127.0.0.2 (the serving one holds the
+/// ports), no server-state file (a start from nothing but the file).
+fn fresh_config(config: &str, sock: &Path) -> String {
+    let mut port = 20000;
+    config
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("server-state-file"))
+        .map(|l| {
+            let t = l.trim_start();
+            if t.starts_with("stats socket ") {
+                format!("    stats socket {} mode 600 level admin", sock.display())
+            } else if t.starts_with("bind ") {
+                port += 1;
+                format!("    bind 127.0.0.2:{port}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Issue #20's round trip: random sequences of services added, removed,
+/// re-tagged (another profile), scaled and given a second host, applied
+/// live on 3.4 (one process throughout); then a fresh HAProxy started from
+/// the file on disk serves the same backends, servers (`show servers
+/// state`) and hosts map as the one changed live.
+#[test]
+fn what_runs_after_live_changes_is_what_the_file_on_disk_starts() {
+    use proptest::prelude::*;
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let (_orphans, [b1, b2, x], files) = isolated::<3>();
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        // Each shrink step is a supervisor run: a failure reports soon.
+        max_shrink_iters: 8,
+        ..ProptestConfig::default()
+    });
+    let case = std::cell::Cell::new(0);
+    let result = runner.run(&proptest::collection::vec(change(), 3..10), |changes| {
+        case.set(case.get() + 1);
+        let dir = files.path(&format!("case-{}", case.get()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = Files {
+            dir: tempfile::Builder::new().tempdir_in(&dir).unwrap(),
+        };
+        let anchors: Vec<Value> = PROFILES
+            .iter()
+            .enumerate()
+            .map(|(i, tags)| service(&format!("anchor-{i}"), &[&x], tags))
+            .collect();
+        let names = ["s0", "s1", "s2"];
+        let catalog = |state: &[Option<Svc>]| {
+            let mut all = anchors.clone();
+            for (i, s) in state.iter().enumerate() {
+                let Some(s) = s else { continue };
+                let mut tags: Vec<String> =
+                    PROFILES[s.profile].iter().map(|t| t.to_string()).collect();
+                if s.vhost {
+                    tags.push(format!(
+                        "HAPROXY.VHOST={n}.example.com,alt-{n}.example.com",
+                        n = names[i]
+                    ));
+                }
+                let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                all.push(service(names[i], &[&b1, &b2][..s.instances], &tags));
+            }
+            all
+        };
+        let mut state: [Option<Svc>; 3] = [None; 3];
+        write_catalog(&run.catalog(), &catalog(&state));
+        let sup = spawn_on_file(&run);
+        wait_done(&sup, 1, Duration::from_secs(20));
+        let pid = logged_serving_pid(&sup).expect("a serving pid");
+        let started = std::fs::read_to_string(run.config()).unwrap();
+        let hosts = config_map_path(&started, "hosts").expect("a hosts map");
+        let sock = run.run_dir().join("admin.sock");
+        // A profile's backend-name suffix, from the anchor that has it.
+        let suffix = |p: usize| {
+            let a = format!("anchor-{p}");
+            backend_name(&started, &a).unwrap()[a.len()..].to_string()
+        };
+        // The hosts map the serving HAProxy must have for `state`.
+        let want_hosts = |state: &[Option<Svc>]| {
+            let mut h: Vec<(String, String)> = (0..PROFILES.len())
+                .map(|p| {
+                    (
+                        format!("anchor-{p}.example.com"),
+                        format!("anchor-{p}{}", suffix(p)),
+                    )
+                })
+                .collect();
+            for (i, s) in state.iter().enumerate() {
+                let Some(s) = s else { continue };
+                let be = format!("{}{}", names[i], suffix(s.profile));
+                h.push((format!("{}.example.com", names[i]), be.clone()));
+                if s.vhost {
+                    h.push((format!("alt-{}.example.com", names[i]), be));
+                }
+            }
+            h.sort();
+            h
+        };
+
+        for c in &changes {
+            match *c {
+                Change::Toggle(i, p, n) => {
+                    state[i] = match state[i] {
+                        Some(_) => None,
+                        None => Some(Svc {
+                            profile: p,
+                            instances: n,
+                            vhost: false,
+                        }),
+                    }
+                }
+                Change::Retag(i, p) => {
+                    if let Some(s) = &mut state[i] {
+                        s.profile = p;
+                    }
+                }
+                Change::Instances(i, n) => {
+                    if let Some(s) = &mut state[i] {
+                        s.instances = n;
+                    }
+                }
+                Change::Vhost(i) => {
+                    if let Some(s) = &mut state[i] {
+                        s.vhost = !s.vhost;
+                    }
+                }
+            }
+            write_catalog(&run.catalog(), &catalog(&state));
+            let want = want_hosts(&state);
+            let ready = |s: &Served| {
+                s.hosts == want
+                    && state.iter().enumerate().all(|(i, sv)| {
+                        sv.is_none_or(|sv| {
+                            let be = format!("{}{}", names[i], suffix(sv.profile));
+                            let on: Vec<_> =
+                                s.servers.iter().filter(|r| r.0 == be && r.4 == 0).collect();
+                            on.len() == sv.instances
+                        })
+                    })
+            };
+            if !poll_until(T, || ready(&served(&sock, &hosts))) {
+                panic!(
+                    "after {c:?} the serving HAProxy has {:#?}, want hosts {want:#?}; log:\n{}",
+                    served(&sock, &hosts),
+                    sup.log()
+                );
+            }
+        }
+        // The file on disk catches up (written in the background, at most
+        // once a second); a fresh HAProxy starts from it.
+        let want = want_hosts(&state);
+        wait_until(T, "the file on disk holds the last change", || {
+            let cfg = std::fs::read_to_string(run.config()).unwrap_or_default();
+            let map = config_map_path(&cfg, "hosts")
+                .and_then(|m| std::fs::read_to_string(m).ok())
+                .unwrap_or_default();
+            let mut on_disk: Vec<(String, String)> = map
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            on_disk.sort();
+            on_disk == want
+        });
+        let fresh_sock = run.path("fresh.sock");
+        let fresh_cfg = run.path("fresh.cfg");
+        let on_disk = std::fs::read_to_string(run.config()).unwrap();
+        std::fs::write(&fresh_cfg, fresh_config(&on_disk, &fresh_sock)).unwrap();
+        let fresh_hosts = config_map_path(&on_disk, "hosts").unwrap();
+        let mut fresh = Command::new(haproxy34())
+            .args(["-db", "-f"])
+            .arg(&fresh_cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a fresh HAProxy 3.4");
+        wait_until(T, "the fresh HAProxy answers", || {
+            fresh_sock.exists() && !admin(&fresh_sock, "show backend").is_empty()
+        });
+        // Parked backends and servers are deleted once idle: then the two
+        // are the same.
+        let same = poll_until(T, || {
+            served(&sock, &hosts) == served(&fresh_sock, &fresh_hosts)
+        });
+        let (live, started_fresh) = (served(&sock, &hosts), served(&fresh_sock, &fresh_hosts));
+        let _ = fresh.kill();
+        let _ = fresh.wait();
+        prop_assert!(
+            same,
+            "after {changes:?}:\nlive {live:#?}\nfresh {started_fresh:#?}"
+        );
+        prop_assert_eq!(done_count(&sup), 1, "a reload ran; log:\n{}", sup.log());
+        prop_assert_eq!(logged_serving_pid(&sup), Some(pid));
+        drop(sup);
+        kill_haproxies_in_my_netns();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
 }
