@@ -128,6 +128,18 @@ fn services_come_and_go_without_a_process_start() {
     let cfg = std::fs::read_to_string(sup.dir().join("etc/haproxy.cfg")).unwrap();
     assert!(cfg.contains("\nbackend api:"), "{cfg}");
     assert_eq!(bodies_of(WWW), "web-1");
+
+    // Afterwards that profile runs: another service made from it is live.
+    let live_before = live_with(&sup, "add_backend");
+    consul.register(&svc(
+        "lc-2",
+        "hc",
+        l.port(),
+        &["HAPROXY.BACKEND.HEALTHCHECK=/"],
+    ));
+    wait_served("hc.example.com", "/", "lc-1", &sup, T);
+    assert_eq!(live_with(&sup, "add_backend"), live_before + 1);
+    assert_eq!(done_count(&sup), 2, "a second reload; log:\n{}", sup.log());
 }
 
 fn bodies_of(host: &str) -> String {
