@@ -71,6 +71,18 @@
 //!   <file>` lists `0x<id> key value` lines in insertion order.
 //! - **The socket**: several lines sent on one connection run as several
 //!   commands, and a command without a final newline is never run.
+//!
+//! # What 3.4.7 adds
+//!
+//! Backends at run time (Debian 3.4.7-1; the commands and answers are in
+//! docs/reloads.md): `add backend`, `publish`/`unpublish backend` and `del
+//! backend` need no `experimental-mode on` (management.txt still says
+//! they do). `add backend` from a profile whose balance takes no dynamic
+//! server succeeds with a longer answer (`backend_registered`); `del
+//! backend` prints the thread's pending notices before "Backend deleted."
+//! (`backend_deleted`). `add server` with `cookie` is accepted (since
+//! 3.0); static balances answer "Backend does not support dynamic servers
+//! : backend 'b' uses a non dynamic load balancing method.".
 
 use std::fmt;
 use std::net::IpAddr;
@@ -385,7 +397,7 @@ impl RuntimeApi {
         let cmd = format!("add backend {name} from {profile}");
         check_tokens(&cmd, &[name, profile])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "New backend registered.")
+        expect(&cmd, &answer, backend_registered)
     }
 
     /// `publish backend <name>`: eligible for traffic.
@@ -405,12 +417,13 @@ impl RuntimeApi {
     }
 
     /// `del backend <name>`. HAProxy refuses while the backend is
-    /// published, has servers or streams, or is named by a rule.
+    /// published, has servers or streams, has a stick-table, or is named
+    /// by a rule (`default_backend`, `use_backend` with a fixed name).
     pub async fn del_backend(&self, name: &str) -> Result<(), RuntimeError> {
         let cmd = format!("del backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| t == "Backend deleted.")
+        expect(&cmd, &answer, backend_deleted)
     }
 
     /// `shutdown sessions server backend/server`: ends every session on the
@@ -699,6 +712,29 @@ fn expect(command: &str, answer: &str, ok: impl Fn(&str) -> bool) -> Result<(), 
     }
 }
 
+/// `add backend`'s answer when the backend was made: "New backend
+/// registered.", or, from a profile whose balance takes no dynamic server
+/// (static-rr, source or uri without `hash-type consistent`), "New backend
+/// registered (no support for dynamic servers: backend 'b' uses a non
+/// dynamic load balancing method)." (3.4.7): the backend is there, only
+/// `add server` into it is refused.
+fn backend_registered(answer: &str) -> bool {
+    !answer.contains('\n')
+        && (answer == "New backend registered."
+            || answer.starts_with("New backend registered (no support for dynamic servers"))
+}
+
+/// `del backend`'s answer when the backend was deleted: its last line is
+/// "Backend deleted.". 3.4.7 prints before it whatever notices its thread
+/// logged since its last command answered with them (`del backend` does
+/// not clear them first, as `add backend` does): after `set server b/s
+/// state maint` and `del server b/s`, "Server b/s is going DOWN for
+/// maintenance. ...", "backend 'b' has no server available!", "Server
+/// deleted.". A refusal is one line, never that one.
+fn backend_deleted(answer: &str) -> bool {
+    answer.lines().last().map(str::trim_end) == Some("Backend deleted.")
+}
+
 /// Refuses (unsent) a token that is empty or could split or change the
 /// command line: whitespace, `;`, `\` (the CLI's escape) or a control
 /// character.
@@ -856,6 +892,35 @@ mod tests {
         assert_eq!(parse_stat_connections(stat, "be", "s2"), Some(3));
         assert_eq!(parse_stat_connections(stat, "be", "s3"), None);
         assert_eq!(parse_stat_connections("No such proxy.\n", "be", "s1"), None);
+    }
+
+    #[test]
+    fn backend_answers_as_3_4_7_words_them() {
+        assert!(backend_registered("New backend registered."));
+        assert!(backend_registered("New backend registered (no support for dynamic servers: backend 'src:6dad5c8897ba' uses a non dynamic load balancing method)."));
+        for refused in [
+            "Error during backend creation : name is already used by other proxy 'backend www'.",
+            "Cannot find default proxy 'nosuch'.",
+            "'option forwardfor' ignored for backend 'x' as it requires HTTP mode.\nNew backend registered.",
+        ] {
+            assert!(!backend_registered(refused), "{refused}");
+        }
+        assert!(backend_deleted("Backend deleted."));
+        assert!(backend_deleted(
+            "Server a1/s1 is going DOWN for maintenance. 0 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.\nbackend 'a1' has no server available!\nBackend deleted."
+        ));
+        assert!(backend_deleted("Server d1/s1 is UP/READY (leaving forced maintenance).\nServer deleted.\nBackend deleted."));
+        for refused in [
+            "Backend must be unpublished prior to its deletion.",
+            "Only a backend without server can be deleted.",
+            "Backend still has attached streams on it.",
+            "Cannot remove a backend with stick-table.",
+            "This proxy cannot be removed at runtime due to other configuration elements pointing to it.",
+            "Cannot delete a listen section.",
+            "No such backend.",
+        ] {
+            assert!(!backend_deleted(refused), "{refused}");
+        }
     }
 
     #[test]
