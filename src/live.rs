@@ -1585,6 +1585,79 @@ mod tests {
         ));
     }
 
+    /// What 3.4.7 refuses decides: `add backend` from a static-rr,
+    /// source or uri profile is accepted, `add server` into it is not.
+    #[test]
+    fn on_3_4_a_static_balance_takes_a_backend_live_but_no_server() {
+        let src = ["HAPROXY.BACKEND.BALANCE=source"];
+        let run = Running::started(layout(&catalog(&[
+            ("www", &[], &[("w1", "10.0.0.1:80", 1, true)]),
+            ("hashed", &src, &[("h1", "10.0.1.1:80", 1, true)]),
+        ])));
+        let with = |passing: bool| {
+            layout(&catalog(&[
+                ("www", &[], &[("w1", "10.0.0.1:80", 1, true)]),
+                ("hashed", &src, &[("h1", "10.0.1.1:80", 1, true)]),
+                ("ip", &src, &[("i1", "10.0.2.1:80", 1, passing)]),
+            ]))
+        };
+        // No passing instance yet: the backend alone, live.
+        let (ops, next) = live(run.plan(&with(false), V34));
+        assert_eq!(kinds(&ops), ["add_backend", "publish", "replace_map"]);
+        // Its first server: refused by HAProxy, so a reload.
+        let ip = backend_of(&with(true), "ip");
+        assert_eq!(
+            next.plan(&with(true), V34),
+            Plan::Reload(Structural::StaticBackend { backend: ip })
+        );
+        assert!(matches!(
+            run.plan(&with(true), V34),
+            Plan::Reload(Structural::StaticBackend { .. })
+        ));
+        // Removed: unpublished, its servers parked and deleted, live.
+        let (ops, _) = live(Running::started(with(true)).plan(&run.layout, V34));
+        assert_eq!(kinds(&ops), ["replace_map", "park_backend"]);
+    }
+
+    /// A sticky TCP service's stick-table is in its backend (no defaults
+    /// holds one), so the backend is config, never added or deleted live
+    /// (3.4.7: "Cannot remove a backend with stick-table."); its servers
+    /// still change live.
+    #[test]
+    fn on_3_4_a_sticky_tcp_backend_is_config_and_its_servers_live() {
+        let pgs = |insts: &[Inst]| {
+            let tags = [
+                "HAPROXY.PROTOCOL=tcp",
+                "HAPROXY.FRONTEND.PORT=15433",
+                "HAPROXY.BACKEND.STICKY=true",
+            ];
+            layout(&catalog(&[
+                ("www", &[], &[("w1", "10.0.0.1:80", 1, true)]),
+                ("pgs", &tags, insts),
+            ]))
+        };
+        let run = Running::started(pgs(&[("q1", "10.0.3.1:5432", 1, true)]));
+        assert_eq!(run.layout.backends["pgs"].profile, None);
+        let (ops, _) = live(run.plan(
+            &pgs(&[
+                ("q1", "10.0.3.1:5432", 1, true),
+                ("q2", "10.0.3.2:5432", 1, true),
+            ]),
+            V34,
+        ));
+        assert_eq!(kinds(&ops), ["add_server"]);
+        let gone = layout(&catalog(&[("www", &[], &[("w1", "10.0.0.1:80", 1, true)])]));
+        assert!(matches!(
+            run.plan(&gone, V34),
+            Plan::Reload(Structural::Skeleton { .. })
+        ));
+        let c = run.changes(&gone, V34);
+        assert!(c.live.iter().all(|o| o.kind() != "park_backend"), "{c:?}");
+        assert!(c.reload.iter().any(|r| matches!(r,
+            Structural::Section { header, change: SectionChange::Removed }
+                if header.starts_with("backend pgs from "))));
+    }
+
     #[test]
     fn a_new_service_reloads() {
         let run = Running::started(www(&[("w1", "10.0.0.1:80", 1, true)]));
@@ -1896,6 +1969,11 @@ mod tests {
         assert!(!Caps::from_version("HAProxy version 2.6.12-1+deb12u4 2026/10/17").dynamic_cookie);
         assert!(Caps::from_version("HAProxy version 3.0.11-1 2025").dynamic_cookie);
         assert!(!Caps::from_version("garbage").dynamic_cookie);
+        assert!(!Caps::from_version("HAProxy version 3.0.11-1 2025").dynamic_backends);
+        assert_eq!(
+            Caps::from_version("HAProxy version 3.4.7-1 2026/10/14 - https://haproxy.org/"),
+            V34
+        );
     }
 
     #[test]

@@ -71,6 +71,18 @@
 //!   <file>` lists `0x<id> key value` lines in insertion order.
 //! - **The socket**: several lines sent on one connection run as several
 //!   commands, and a command without a final newline is never run.
+//!
+//! # What 3.4.7 adds
+//!
+//! Backends at run time (Debian 3.4.7-1; the commands and answers are in
+//! docs/reloads.md): `add backend`, `publish`/`unpublish backend` and `del
+//! backend` need no `experimental-mode on` (management.txt still says
+//! they do). `add backend` from a profile whose balance takes no dynamic
+//! server succeeds with a longer answer (`backend_registered`); `del
+//! backend` prints the thread's pending notices before "Backend deleted."
+//! (`backend_deleted`). `add server` with `cookie` is accepted (since
+//! 3.0); static balances answer "Backend does not support dynamic servers
+//! : backend 'b' uses a non dynamic load balancing method.".
 
 use std::fmt;
 use std::net::IpAddr;
@@ -300,7 +312,7 @@ impl RuntimeApi {
             }
         }
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |a| final_line(a) == "New server registered.")?;
+        expect(&cmd, &answer, |a| a == "New server registered.")?;
         if keywords.iter().any(|k| k == "check") {
             self.expect_empty(&format!("enable health {srv}")).await?;
         }
@@ -385,9 +397,7 @@ impl RuntimeApi {
         let cmd = format!("add backend {name} from {profile}");
         check_tokens(&cmd, &[name, profile])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| {
-            final_line(t) == "New backend registered."
-        })
+        expect(&cmd, &answer, backend_registered)
     }
 
     /// `publish backend <name>`: eligible for traffic.
@@ -395,7 +405,7 @@ impl RuntimeApi {
         let cmd = format!("publish backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| final_line(t) == "Backend published.")
+        expect(&cmd, &answer, |t| t == "Backend published.")
     }
 
     /// `unpublish backend <name>`: no new traffic; streams in it go on.
@@ -403,16 +413,17 @@ impl RuntimeApi {
         let cmd = format!("unpublish backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| final_line(t) == "Backend unpublished.")
+        expect(&cmd, &answer, |t| t == "Backend unpublished.")
     }
 
     /// `del backend <name>`. HAProxy refuses while the backend is
-    /// published, has servers or streams, or is named by a rule.
+    /// published, has servers or streams, has a stick-table, or is named
+    /// by a rule (`default_backend`, `use_backend` with a fixed name).
     pub async fn del_backend(&self, name: &str) -> Result<(), RuntimeError> {
         let cmd = format!("del backend {name}");
         check_tokens(&cmd, &[name])?;
         let answer = self.command(&cmd).await?;
-        expect(&cmd, &answer, |t| final_line(t) == "Backend deleted.")
+        expect(&cmd, &answer, backend_deleted)
     }
 
     /// `shutdown sessions server backend/server`: ends every session on the
@@ -433,7 +444,7 @@ impl RuntimeApi {
         let cmd = format!("del server {srv}");
         check_tokens(&cmd, &[backend, server])?;
         let answer = self.command(&cmd).await?;
-        let text = final_line(&answer);
+        let text = answer.trim();
         if text == "Server deleted." {
             Ok(())
         } else if text.starts_with("Server still has connections attached")
@@ -692,19 +703,6 @@ fn refused(command: &str, answer: &str) -> RuntimeError {
 }
 
 /// Ok when the trimmed answer passes `ok`, else Refused with it.
-/// The last non-empty line of an answer: its result. HAProxy 3.4 puts the
-/// notices the process logged since (a server going down for maintenance,
-/// say) before the result of `del backend` and other commands that
-/// change proxies, one per line.
-fn final_line(answer: &str) -> &str {
-    answer
-        .trim()
-        .lines()
-        .next_back()
-        .map(str::trim)
-        .unwrap_or_default()
-}
-
 fn expect(command: &str, answer: &str, ok: impl Fn(&str) -> bool) -> Result<(), RuntimeError> {
     let text = answer.trim();
     if ok(text) {
@@ -712,6 +710,29 @@ fn expect(command: &str, answer: &str, ok: impl Fn(&str) -> bool) -> Result<(), 
     } else {
         Err(refused(command, text))
     }
+}
+
+/// `add backend`'s answer when the backend was made: "New backend
+/// registered.", or, from a profile whose balance takes no dynamic server
+/// (static-rr, source or uri without `hash-type consistent`), "New backend
+/// registered (no support for dynamic servers: backend 'b' uses a non
+/// dynamic load balancing method)." (3.4.7): the backend is there, only
+/// `add server` into it is refused.
+fn backend_registered(answer: &str) -> bool {
+    !answer.contains('\n')
+        && (answer == "New backend registered."
+            || answer.starts_with("New backend registered (no support for dynamic servers"))
+}
+
+/// `del backend`'s answer when the backend was deleted: its last line is
+/// "Backend deleted.". 3.4.7 prints before it whatever notices its thread
+/// logged since its last command answered with them (`del backend` does
+/// not clear them first, as `add backend` does): after `set server b/s
+/// state maint` and `del server b/s`, "Server b/s is going DOWN for
+/// maintenance. ...", "backend 'b' has no server available!", "Server
+/// deleted.". A refusal is one line, never that one.
+fn backend_deleted(answer: &str) -> bool {
+    answer.lines().last().map(str::trim_end) == Some("Backend deleted.")
 }
 
 /// Refuses (unsent) a token that is empty or could split or change the
@@ -838,20 +859,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_is_its_last_line_after_haproxy_3_4_notices() {
-        // `del backend` on HAProxy 3.4.7, as it answered (notices first).
-        let answer = "Server new-0/new-0-1 is UP/READY (leaving forced maintenance).\n\
-            Server new-0/new-0-1 is going DOWN for maintenance. 0 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.\n\
-            Backend deleted.\n\n";
-        assert_eq!(final_line(answer), "Backend deleted.");
-        assert!(expect("del backend new-0", answer, |t| final_line(t)
-            == "Backend deleted.")
-        .is_ok());
-        assert_eq!(final_line("No such backend.\n\n"), "No such backend.");
-        assert_eq!(final_line("\n"), "");
-    }
-
-    #[test]
     fn parses_servers_state() {
         let answer = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n\
 3 be_rr 1 s1 127.0.0.1 2 0 1 1 42 1 0 2 0 0 0 0 - 9001 - 0 0 - - 0\n\
@@ -885,6 +892,35 @@ mod tests {
         assert_eq!(parse_stat_connections(stat, "be", "s2"), Some(3));
         assert_eq!(parse_stat_connections(stat, "be", "s3"), None);
         assert_eq!(parse_stat_connections("No such proxy.\n", "be", "s1"), None);
+    }
+
+    #[test]
+    fn backend_answers_as_3_4_7_words_them() {
+        assert!(backend_registered("New backend registered."));
+        assert!(backend_registered("New backend registered (no support for dynamic servers: backend 'src:6dad5c8897ba' uses a non dynamic load balancing method)."));
+        for refused in [
+            "Error during backend creation : name is already used by other proxy 'backend www'.",
+            "Cannot find default proxy 'nosuch'.",
+            "'option forwardfor' ignored for backend 'x' as it requires HTTP mode.\nNew backend registered.",
+        ] {
+            assert!(!backend_registered(refused), "{refused}");
+        }
+        assert!(backend_deleted("Backend deleted."));
+        assert!(backend_deleted(
+            "Server a1/s1 is going DOWN for maintenance. 0 active and 0 backup servers left. 0 sessions active, 0 requeued, 0 remaining in queue.\nbackend 'a1' has no server available!\nBackend deleted."
+        ));
+        assert!(backend_deleted("Server d1/s1 is UP/READY (leaving forced maintenance).\nServer deleted.\nBackend deleted."));
+        for refused in [
+            "Backend must be unpublished prior to its deletion.",
+            "Only a backend without server can be deleted.",
+            "Backend still has attached streams on it.",
+            "Cannot remove a backend with stick-table.",
+            "This proxy cannot be removed at runtime due to other configuration elements pointing to it.",
+            "Cannot delete a listen section.",
+            "No such backend.",
+        ] {
+            assert!(!backend_deleted(refused), "{refused}");
+        }
     }
 
     #[test]
