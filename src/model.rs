@@ -704,6 +704,8 @@ pub struct HaproxyVars {
     pub timeout_http_keep_alive: String,
     pub timeout_http_request: String,
     pub timeout_queue: String,
+    /// `timeout tunnel`: an idle upgraded connection (WebSocket) closes.
+    pub timeout_tunnel: String,
     pub hard_stop_after: String,
     /// `log` target: `stdout format raw` or a syslog address
     /// (`stdout format priority` with JSON logs: the supervisor reads the

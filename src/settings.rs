@@ -176,6 +176,10 @@ pub struct Options {
     /// timeout queue [default: 30s]
     #[arg(long, env = "HAPROXY_TIMEOUT_QUEUE", global = true)]
     pub timeout_queue: Option<String>,
+    /// timeout tunnel: how long an idle WebSocket (or other upgraded or
+    /// CONNECT) connection stays open [default: 1h]
+    #[arg(long, env = "HAPROXY_TIMEOUT_TUNNEL", global = true)]
+    pub timeout_tunnel: Option<String>,
     /// Syslog address for HAProxy's logs [default: unset, HAProxy logs to stdout]
     #[arg(long, env = "LOCAL_SYSLOG", global = true)]
     pub local_syslog: Option<String>,
@@ -511,6 +515,7 @@ impl Settings {
             )?
             .0,
             timeout_queue: config_timeout(&o.timeout_queue, names!(timeout_queue), "30s")?.0,
+            timeout_tunnel: config_timeout(&o.timeout_tunnel, names!(timeout_tunnel), "1h")?.0,
             hard_stop_after: hard_stop_after_s,
             log_target,
             log_json,

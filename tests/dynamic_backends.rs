@@ -194,50 +194,6 @@ const PROFILES: [&[&str]; 4] = [
     &["HAPROXY.BACKEND.STICKY=true"],
 ];
 
-/// An upgraded connection through the HTTP frontend (a WebSocket
-/// handshake; the demo backend answers 101 and echoes).
-struct Tunnel(std::net::TcpStream);
-
-impl Tunnel {
-    fn open(host: &str) -> Tunnel {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(FRONT).expect("connect to the frontend");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            assert_eq!(
-                s.read(&mut b).expect("101 from the backend"),
-                1,
-                "closed in the handshake"
-            );
-            head.push(b[0]);
-        }
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
-        Tunnel(s)
-    }
-
-    /// Sends `msg` and reads it back; an error is a cut.
-    fn echo(&mut self, msg: &str) -> Result<(), String> {
-        use std::io::{Read, Write};
-        self.0
-            .write_all(msg.as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut back = vec![0u8; msg.len()];
-        self.0.read_exact(&mut back).map_err(|e| e.to_string())?;
-        (back == msg.as_bytes())
-            .then_some(())
-            .ok_or_else(|| format!("echoed {:?}", String::from_utf8_lossy(&back)))
-    }
-}
-
 /// Issue #20: 20 long-lived connections (WebSocket-style Upgrade tunnels,
 /// 10 to a service that never changes, 10 to one re-tagged again and
 /// again) across 100 structural changes on 3.4: a new service, one

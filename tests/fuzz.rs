@@ -766,6 +766,7 @@ fn reference(vars: &HaproxyVars) -> HaproxyVars {
         &mut r.timeout_http_keep_alive,
         &mut r.timeout_http_request,
         &mut r.timeout_queue,
+        &mut r.timeout_tunnel,
         &mut r.hard_stop_after,
     ] {
         *t = "1s".into();

@@ -430,3 +430,74 @@ fn read_chunked(
         pos += size + 2;
     }
 }
+
+/// An upgraded connection through the HTTP frontend (a WebSocket
+/// handshake; the demo backend answers 101 and echoes every byte).
+pub struct Tunnel(pub std::net::TcpStream);
+
+impl Tunnel {
+    /// Opens one through the frontend at [`FRONT`](crate::FRONT) for `host`;
+    /// panics unless the answer is 101.
+    pub fn open(host: &str) -> Tunnel {
+        Tunnel::open_at(crate::FRONT, host)
+    }
+
+    /// [`Tunnel::open`] through the frontend at `front`.
+    pub fn open_at(front: &str, host: &str) -> Tunnel {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(front).expect("connect to the frontend");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                s.read(&mut b).expect("101 from the backend"),
+                1,
+                "closed in the handshake"
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+        Tunnel(s)
+    }
+
+    /// Sends `msg` and reads it back; an error is a cut.
+    pub fn echo(&mut self, msg: &str) -> Result<(), String> {
+        use std::io::{Read, Write};
+        self.0
+            .write_all(msg.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut back = vec![0u8; msg.len()];
+        self.0.read_exact(&mut back).map_err(|e| e.to_string())?;
+        (back == msg.as_bytes())
+            .then_some(())
+            .ok_or_else(|| format!("echoed {:?}", String::from_utf8_lossy(&back)))
+    }
+
+    /// Whether the proxy closed it: a read sees the end (or an error)
+    /// within `within`.
+    pub fn closed_within(&mut self, within: std::time::Duration) -> bool {
+        use std::io::Read;
+        self.0.set_read_timeout(Some(within)).unwrap();
+        let mut b = [0u8; 1];
+        let closed = match self.0.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        };
+        self.0
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        closed
+    }
+}

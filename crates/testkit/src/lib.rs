@@ -82,7 +82,7 @@ pub use catalog::*;
 pub use consul::{ttl_instance, Consul};
 pub use haproxy::*;
 pub use haproxy_supervisor::events::Event;
-pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response};
+pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response, Tunnel};
 pub use iptables::*;
 pub use load::{KeepAliveLoad, Load, LoadOptions, LoadReport};
 pub use process::*;
