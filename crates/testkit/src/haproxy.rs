@@ -144,7 +144,7 @@ impl Sampled {
     }
 }
 
-/// Samples the HAProxy processes (comm `haproxy`) that are children of a
+/// Samples the HAProxy processes (see [`is_haproxy`]) that are children of a
 /// parent every `every` on a thread of its own (direct children only: see
 /// [`child_pids`]); a process whose arguments hold `-c` is a config check,
 /// counted apart. A process that lives shorter than `every`
@@ -195,6 +195,19 @@ impl Drop for HaproxySampler {
     }
 }
 
+/// Whether a process of command name `comm` and arguments `args` is
+/// HAProxy: comm `haproxy`, or HAProxy run through a dynamic loader — the
+/// HAProxy 3.4 of [`crate::haproxy34`] is a wrapper that execs its rootfs's
+/// `ld-linux-x86-64.so.2 ... .../sbin/haproxy <args>`, whose comm is the
+/// loader's (`ld-linux-x86-64`), not `haproxy`.
+pub fn is_haproxy(comm: &str, args: &[String]) -> bool {
+    comm == "haproxy"
+        || (comm.starts_with("ld-linux")
+            && args
+                .iter()
+                .any(|a| Path::new(a).file_name().is_some_and(|n| n == "haproxy")))
+}
+
 /// One sample: `kinds` remembers per pid whether it is a serving process
 /// (true) or a check (false), so each pid's cmdline is read once.
 fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) {
@@ -206,14 +219,15 @@ fn sample_once(parent: i32, kinds: &mut BTreeMap<i32, bool>, out: &mut Sampled) 
                 // Between fork and exec a child still bears the parent's
                 // thread name: only an exec'd haproxy counts, and it is
                 // looked at again at the next sample until then.
-                if comm(pid).as_deref() != Some("haproxy") {
-                    continue;
-                }
+                let Some(name) = comm(pid) else { continue };
                 // A zombie (a check that exited, not reaped yet) has no
                 // command line: it is nothing.
                 let Some(args) = cmdline(pid).filter(|a| !a.is_empty()) else {
                     continue;
                 };
+                if !is_haproxy(&name, &args) {
+                    continue;
+                }
                 let serving = !args.iter().skip(1).any(|a| a == "-c");
                 kinds.insert(pid, serving);
                 if !serving {
