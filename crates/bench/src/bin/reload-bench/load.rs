@@ -12,7 +12,7 @@ use testkit::measure::{self, CpuSnapshot};
 use testkit::{HaproxySampler, Sampled};
 
 use crate::bare::Bare;
-use crate::scenarios::Changes;
+use crate::changes::Changes;
 use crate::{Args, Load, BUCKET_MS, HOST, SAMPLE_EVERY};
 
 /// What happens every `--reload-every-ms` during the window.
@@ -21,7 +21,8 @@ pub(crate) enum Action<'a> {
     /// A signal to a process (SIGHUP to the supervisor, SIGUSR2 to the
     /// master).
     Signal(i32, Signal),
-    /// The next server-only change, written atomically to the catalog file.
+    /// The next catalog change (server-only or structural), written
+    /// atomically to the catalog file.
     Catalog(&'a Path, &'a mut Changes),
     /// The bare loop's reload.
     Bare(&'a mut Bare),

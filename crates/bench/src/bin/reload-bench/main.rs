@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p bench --bin reload-bench -- [--duration-secs 8]
 //!     [--reload-every-ms 150] [--clients 50] [--out bench/results]
+//!     [--haproxy <path>] [--scenarios baseline,structural,structural-off]
 //! ```
 //!
 //! Runs as root: it first moves into its own network namespace (so it owns
@@ -44,10 +45,22 @@
 //! from /proc every 20 ms during the window: processes started is what
 //! live changes are to save.
 //!
+//! Two more change their catalog structurally (issue 20): every R ms, in
+//! turn, a new service, that service removed, and for `www` (under load) a
+//! balance change, a health-check change, a sticky (HTTP cookie) toggle and
+//! a new vhost. `structural`: live where HAProxy can (HAProxy 3.4: a
+//! backend added from a running profile, published, switched to by the
+//! hosts map; a removed one parked then deleted); `structural-off`: the
+//! same with `HAPROXY_NO_LIVE=true`. Every profile the rotation visits is
+//! running from the start (seed services, see `changes.rs`), on every
+//! scenario's catalog. `--haproxy <path>` runs the whole run on another
+//! HAProxy (3.4: `/opt/haproxy-supervisor/haproxy-3.4/haproxy`).
+//!
 //! Writes `results.md`, `results.json` and `reload-throughput.svg` into the
 //! output directory and prints the table. See bench/README.md.
 
 mod bare;
+mod changes;
 mod load;
 mod plot;
 mod report;
@@ -83,7 +96,7 @@ struct Args {
     #[arg(long, default_value_t = 8.0)]
     duration_secs: f64,
     /// Milliseconds between reload triggers (and catalog changes in the
-    /// `live` and `live-off` scenarios)
+    /// `live`, `live-off`, `structural` and `structural-off` scenarios)
     #[arg(long, default_value_t = 150)]
     reload_every_ms: u64,
     /// Per-request timeout (connect included), in milliseconds
@@ -100,11 +113,18 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "baseline,live,live-off,plain,syn-drop,seamless,inherit,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,inherit-ka,bare-ka,master-worker-ka"
+        default_value = "baseline,live,live-off,structural,structural-off,plain,syn-drop,seamless,inherit,bare,master-worker,baseline-ka,plain-ka,syn-drop-ka,seamless-ka,inherit-ka,bare-ka,master-worker-ka"
     )]
     scenarios: Vec<String>,
     #[command(flatten)]
     common: bench::Common,
+    /// The HAProxy binary of every scenario (the supervisor's
+    /// HAPROXY_BIN, `haproxy -W`, the bare loop); default: `haproxy` on
+    /// the PATH. The structural changes go live from HAProxy 3.4 on
+    /// (scripts/setup.sh installs one at
+    /// /opt/haproxy-supervisor/haproxy-3.4/haproxy)
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
     /// A template for the supervisor (HAPROXY_TEMPLATE) instead of the
     /// built-in one, for experiments; the master-worker row uses what it
     /// renders too
@@ -126,7 +146,10 @@ fn main() {
 }
 
 fn real_main(args: &mut Args) -> Result<(), String> {
-    let haproxy_bin = testkit::which("haproxy").ok_or("haproxy is not installed")?;
+    let haproxy_bin = match &args.haproxy {
+        Some(p) => p.clone(),
+        None => testkit::which("haproxy").ok_or("haproxy is not installed")?,
+    };
     if testkit::which("iptables").is_none() {
         return Err("iptables is not installed (needed by syn-drop)".into());
     }
@@ -144,6 +167,8 @@ fn real_main(args: &mut Args) -> Result<(), String> {
             "baseline"
                 | "live"
                 | "live-off"
+                | "structural"
+                | "structural-off"
                 | "plain"
                 | "syn-drop"
                 | "seamless"
@@ -165,9 +190,18 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         backends: [b1, b2, b3],
         addr: SocketAddr::from(([127, 0, 0, 1], args.common.http_port)),
     };
+    let version = testkit::haproxy_version(&haproxy_bin);
+    if args.scenarios.iter().any(|s| s.starts_with("structural"))
+        && !haproxy_supervisor::live::Caps::from_version(&version).dynamic_backends
+    {
+        eprintln!(
+            "reload-bench: {version}: no dynamic backends before HAProxy 3.4, every structural change reloads (--haproxy picks another HAProxy)"
+        );
+    }
     let meta = json!({
         "machine": measure::machine(),
-        "haproxy": testkit::haproxy_version(&haproxy_bin),
+        "haproxy": version,
+        "haproxy_bin": haproxy_bin.display().to_string(),
         "date": measure::now_utc(),
         "open_files_limit_hard": nofile_hard(),
     });
@@ -181,6 +215,10 @@ fn real_main(args: &mut Args) -> Result<(), String> {
                 "baseline" => String::new(),
                 "live" | "live-off" => format!(
                     ", a server-only catalog change every {} ms",
+                    args.reload_every_ms
+                ),
+                "structural" | "structural-off" => format!(
+                    ", a structural catalog change every {} ms",
                     args.reload_every_ms
                 ),
                 _ => format!(", a reload every {} ms", args.reload_every_ms),

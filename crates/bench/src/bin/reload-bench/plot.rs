@@ -33,7 +33,7 @@ pub(crate) fn series(o: &Outcome) -> Vec<(f64, f64)> {
 
 /// Throughput per 100 ms bucket: all scenarios in one chart on top, then
 /// one panel per reload scenario with its reload instants marked (the
-/// `live` panel: its live-change instants, and any reload in black), and
+/// `live` and `structural` panels: their live-change instants, and any reload in black), and
 /// the baseline in grey for reference.
 pub(crate) fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), String> {
     use plotters::prelude::*;
@@ -111,7 +111,7 @@ pub(crate) fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), Str
                 o.changes_written(),
                 o.live_applied,
                 o.reloads_done,
-                if split_ka(&o.name).0 == "live" && o.reloads_done > 0 {
+                if matches!(split_ka(&o.name).0, "live" | "structural") && o.reloads_done > 0 {
                     format!("{}; black: reload done", o.marks_are)
                 } else {
                     o.marks_are.to_string()
@@ -144,11 +144,12 @@ pub(crate) fn plot(path: &Path, args: &Args, outs: &[Outcome]) -> Result<(), Str
             .y_label_formatter(&|v| format!("{v:.0}"))
             .draw()
             .map_err(|e| e.to_string())?;
-        let (marks, reloads_apart): (&[f64], &[f64]) = if split_ka(&o.name).0 == "live" {
-            (&o.live_marks, &o.reload_marks)
-        } else {
-            (&o.reload_marks, &[])
-        };
+        let (marks, reloads_apart): (&[f64], &[f64]) =
+            if matches!(split_ka(&o.name).0, "live" | "structural") {
+                (&o.live_marks, &o.reload_marks)
+            } else {
+                (&o.reload_marks, &[])
+            };
         chart
             .draw_series(
                 marks

@@ -6,7 +6,8 @@ use std::thread;
 use serde_json::json;
 use testkit::measure;
 
-use crate::scenarios::{Outcome, CHANGE_KINDS};
+use crate::changes::{CHANGE_KINDS, SEEDS, STRUCTURAL_KINDS};
+use crate::scenarios::Outcome;
 use crate::{Args, BUCKET_MS, SAMPLE_EVERY};
 
 /// The baseline a row's ratios are to: `baseline-ka` for keep-alive rows.
@@ -81,8 +82,21 @@ pub(crate) fn per_reload(o: &Outcome, base: Option<&Outcome>) -> Option<PerReloa
     if !o.reloads() {
         return None;
     }
+    per_event(o, base, o.reloads_done)
+}
+
+/// [`per_reload`] per catalog change written instead (a change row, live
+/// or not): what each change cost beyond serving and idling.
+pub(crate) fn per_change(o: &Outcome, base: Option<&Outcome>) -> Option<PerReload> {
+    if !o.changes || o.changes_written() == 0 {
+        return None;
+    }
+    per_event(o, base, o.changes_written())
+}
+
+fn per_event(o: &Outcome, base: Option<&Outcome>, events: usize) -> Option<PerReload> {
     let b = base?;
-    let n = o.reloads_done as f64;
+    let n = events as f64;
     let (bc, c) = (b.cpu?, o.cpu?);
     let base_hap_per_req = b.haproxy_cpu_s()? / (b.ok_in_window().max(1) as f64);
     let haproxy_s = (o.haproxy_cpu_s()? - base_hap_per_req * o.ok_in_window() as f64) / n;
@@ -113,7 +127,8 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
         "{} clients, each opening a new TCP connection per request (`Connection: close`), or in \
          the `-ka` rows keeping one HTTP/1.1 keep-alive connection (a new one only after \
          `Connection: close` or a failure; no retry), {} s per scenario, a reload (`live`, \
-         `live-off`: a server-only catalog change) every {} ms; request timeout {} ms; ratios \
+         `live-off`: a server-only catalog change; `structural`, `structural-off`: a \
+         structural one) every {} ms; request timeout {} ms; ratios \
          are to `baseline` (`-ka` rows: to `baseline-ka`); HAProxy processes sampled under the \
          supervisor (master) every {} ms; {}; {}; run {}.\n\n",
         args.clients,
@@ -225,10 +240,36 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
                 t.last().copied().unwrap_or(0.0)
             ));
         }
+        if !o.live_op_kinds.is_empty() {
+            notes.push(format!(
+                "live changes with each operation: {}",
+                counts(&o.live_op_kinds)
+            ));
+        }
+        if o.backends_deleted > 0 {
+            notes.push(format!(
+                "{} backends taken out live logged deleted",
+                o.backends_deleted
+            ));
+        }
         if o.live_failed > 0 {
             notes.push(format!(
-                "{} live changes failed (reloaded instead)",
-                o.live_failed
+                "{} live changes failed (reloaded instead): {}",
+                o.live_failed,
+                counts(&o.live_failures)
+            ));
+        }
+        if !o.structural_reasons.is_empty() {
+            notes.push(format!(
+                "found structural (a reload after the reload wait): {}",
+                counts(&o.structural_reasons)
+            ));
+        }
+        if let Some(pc) = per_change(o, baseline_of(outs, o)) {
+            notes.push(format!(
+                "CPU per change beyond the baseline's: supervisor {}, HAProxy {} (`haproxy -c` included)",
+                opt_fmt(pc.supervisor_s, |v| format!("{:.1} ms", v * 1e3)),
+                format_args!("{:.1} ms", pc.haproxy_s * 1e3)
             ));
         }
         if let Some(sm) = &o.sampled {
@@ -280,6 +321,39 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
         let (brps, _, bp99) = base_figs(o);
         s.push_str(&format!(
             "- live-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
+            o.load.failed(),
+            o.reloads_done,
+            o.changes_written(),
+            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            ratio(o.rps(), brps) * 100.0,
+            ratio(o.lat_ms(0.99), bp99),
+        ));
+    }
+    if let Some(o) = find("structural") {
+        let (brps, _, bp99) = base_figs(o);
+        let r = ratio(o.rps(), brps);
+        let p = ratio(o.lat_ms(0.99), bp99);
+        let started = o.started_sampled().unwrap_or(usize::MAX);
+        s.push_str(&format!(
+            "- structural (issue 20, HAProxy 3.4): {} structural changes written, {} applied live, {} reloads; 0 failed → {} ({}); throughput ≥98% of baseline → {:.1}% ({}); p99 ≤ 1.2× baseline → {:.2}× ({}); 0 HAProxy processes started → {} sampled, {} logged ({})\n",
+            o.changes_written(),
+            o.live_applied,
+            o.reloads_done,
+            o.load.failed(),
+            met(o.load.failed() == 0),
+            r * 100.0,
+            met(r >= 0.98),
+            p,
+            met(p <= 1.2),
+            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "not".into()),
+            o.started_logged,
+            met(started == 0 && o.started_logged == 0 && o.live_applied > 0),
+        ));
+    }
+    if let Some(o) = find("structural-off") {
+        let (brps, _, bp99) = base_figs(o);
+        s.push_str(&format!(
+            "- structural-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
             o.load.failed(),
             o.reloads_done,
             o.changes_written(),
@@ -453,6 +527,14 @@ pub(crate) fn cpu_markdown(outs: &[Outcome]) -> String {
     s
 }
 
+/// `k×n, ...` of a count map.
+fn counts(m: &std::collections::BTreeMap<String, usize>) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k}×{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn met(b: bool) -> &'static str {
     if b {
         "met"
@@ -501,6 +583,14 @@ pub(crate) fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) ->
                     "live_failed": o.live_failed,
                     "live_took_ms": o.live_took_ms,
                     "live_marks_s": o.live_marks,
+                    "live_changes_with_op_kind": o.live_op_kinds,
+                    "live_failures": o.live_failures,
+                    "structural_reasons": o.structural_reasons,
+                    "backends_logged_deleted": o.backends_deleted,
+                    "cpu_per_change_beyond_baseline": per_change(o, base).map(|p| json!({
+                        "supervisor_s": p.supervisor_s,
+                        "haproxy_s": p.haproxy_s,
+                    })),
                 })),
                 "haproxy_processes": {
                     "started_sampled": o.started_sampled(),
@@ -573,6 +663,10 @@ pub(crate) fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) ->
             "duration_s": args.duration_secs,
             "reload_every_ms": args.reload_every_ms,
             "catalog_change_cycle": CHANGE_KINDS,
+            "structural_change_cycle": STRUCTURAL_KINDS,
+            "seed_services": SEEDS.iter().map(|(name, leastconn, healthcheck, sticky)| json!({
+                "name": name, "leastconn": leastconn, "healthcheck": healthcheck, "sticky": sticky,
+            })).collect::<Vec<_>>(),
             "timeout_ms": args.timeout_ms,
             "warmup_ms": args.warmup_ms,
             "connection": "new TCP connection per request (Connection: close), closed-loop; -ka rows: one HTTP/1.1 keep-alive connection per client, a new one only after Connection: close or a failure, no retry",

@@ -9,11 +9,11 @@ use std::thread;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use serde_json::json;
 use testkit::measure;
 use testkit::{http, Event, Proc, Sampled};
 
 use crate::bare::Bare;
+use crate::changes::{Changes, Rotation};
 use crate::load::{drive, Action, CpuUse};
 use crate::{Args, Load, BUCKET_MS, HOST};
 
@@ -25,75 +25,6 @@ pub(crate) enum Target {
     MasterWorker(Proc),
     /// HAProxy alone, reloaded by the bench's minimal loop.
     Bare(Bare),
-}
-
-/// The server-only catalog changes of the `live` and `live-off` scenarios.
-/// Service `www` starts with `www-1` on backend 0 and `www-2` on backend 1;
-/// each [`Changes::advance`] makes the next change of [`CHANGE_KINDS`],
-/// round and round. `www-1` always passes, so some server always serves.
-pub(crate) struct Changes {
-    pub(crate) backends: [SocketAddr; 3],
-    pub(crate) step: usize,
-    /// `www-1`'s weight: 1 and 3 in turn.
-    pub(crate) weight1: u32,
-    /// `www-2`'s check.
-    pub(crate) passing2: bool,
-    /// `www-3`, when present: on backend 2, or moved to backend 1's port.
-    pub(crate) www3: Option<SocketAddr>,
-}
-
-/// One round of changes, in order.
-pub(crate) const CHANGE_KINDS: [&str; 6] = [
-    "add",        // www-3 added on backend 2
-    "weight",     // www-1's weight 1 ↔ 3
-    "check-fail", // www-2 not passing: leaves the rendered config
-    "move",       // www-3 moved to backend 1's port
-    "check-pass", // www-2 passing again
-    "remove",     // www-3 removed
-];
-
-impl Changes {
-    pub(crate) fn new(backends: [SocketAddr; 3]) -> Changes {
-        Changes {
-            backends,
-            step: 0,
-            weight1: 1,
-            passing2: true,
-            www3: None,
-        }
-    }
-
-    /// The catalog file's content for the current state.
-    pub(crate) fn catalog(&self) -> serde_json::Value {
-        let inst = |id: &str, a: SocketAddr, weight: u32, passing: bool| {
-            json!({"id": id, "address": a.ip().to_string(), "port": a.port(),
-                   "weight": weight, "passing": passing,
-                   "tags": ["HAPROXY.ENABLE=true"]})
-        };
-        let mut instances = vec![
-            inst("www-1", self.backends[0], self.weight1, true),
-            inst("www-2", self.backends[1], 1, self.passing2),
-        ];
-        if let Some(a) = self.www3 {
-            instances.push(inst("www-3", a, 1, true));
-        }
-        json!({"services": [{"name": "www", "instances": instances}]})
-    }
-
-    /// Makes the next change; returns its kind.
-    pub(crate) fn advance(&mut self) -> &'static str {
-        let kind = CHANGE_KINDS[self.step % CHANGE_KINDS.len()];
-        match kind {
-            "add" => self.www3 = Some(self.backends[2]),
-            "weight" => self.weight1 = if self.weight1 == 1 { 3 } else { 1 },
-            "check-fail" => self.passing2 = false,
-            "move" => self.www3 = Some(self.backends[1]),
-            "check-pass" => self.passing2 = true,
-            _ => self.www3 = None,
-        }
-        self.step += 1;
-        kind
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +60,17 @@ pub(crate) struct Outcome {
     pub(crate) live_took_ms: Vec<f64>,
     /// "live change failed; reloading instead" events in the window.
     pub(crate) live_failed: usize,
+    /// Per live change applied, its operation kinds (`add_backend`,
+    /// `publish`, `replace_map`, ...): how many changes had each.
+    pub(crate) live_op_kinds: BTreeMap<String, usize>,
+    /// Live failures by operation and error.
+    pub(crate) live_failures: BTreeMap<String, usize>,
+    /// Why changes were found structural (`structural_change` events'
+    /// `reason`), with counts.
+    pub(crate) structural_reasons: BTreeMap<String, usize>,
+    /// Backends taken out live that the supervisor logged deleted
+    /// (`parked_deleted` without a server: servers log it at debug level).
+    pub(crate) backends_deleted: usize,
     /// HAProxy processes that appeared during the window, sampled from
     /// /proc (serving processes; `haproxy -c` apart).
     pub(crate) sampled: Option<Sampled>,
@@ -177,7 +119,8 @@ pub(crate) struct Bench {
     pub(crate) haproxy_bin: PathBuf,
     pub(crate) work: PathBuf,
     /// Three demo backends; every supervisor scenario starts on the same
-    /// catalog ([`Changes::new`]'s: `www-1` and `www-2` on the first two).
+    /// catalog ([`Changes::initial`]: `www-1` and `www-2` on the first two,
+    /// the seed services on the third).
     pub(crate) backends: [SocketAddr; 3],
     pub(crate) addr: SocketAddr,
 }
@@ -194,7 +137,7 @@ impl Bench {
     ) -> Result<Proc, String> {
         let dir = self.work.join(name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let catalog = Changes::new(self.backends).catalog();
+        let catalog = Changes::initial(self.backends);
         testkit::try_write_atomic(catalog_file, catalog.to_string().as_bytes())?;
         let mut cmd = testkit::bench_command(
             &dir,
@@ -302,13 +245,31 @@ impl Bench {
                 "supervisor (seamless), the same changes with HAPROXY_NO_LIVE=true: each reloads"
                     .to_string(),
             ),
+            "structural" => (
+                Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
+                "supervisor (seamless), a structural catalog change (service added, removed, \
+                 balance, health check, sticky, vhost), live where HAProxy can"
+                    .to_string(),
+            ),
+            "structural-off" => (
+                Target::Supervisor(self.start_supervisor(
+                    name,
+                    "seamless",
+                    &catalog_file,
+                    false,
+                )?),
+                "supervisor (seamless), the same structural changes with HAPROXY_NO_LIVE=true: \
+                 each reloads"
+                    .to_string(),
+            ),
             "master-worker" => (
                 Target::MasterWorker(self.start_master_worker(name)?),
                 format!("haproxy -W alone, SIGUSR2 to the master; {clients}"),
             ),
             other => return Err(format!("unknown scenario {other:?}")),
         };
-        let changes_scenario = matches!(kind, "live" | "live-off");
+        let changes_scenario =
+            matches!(kind, "live" | "live-off" | "structural" | "structural-off");
         let pid = match &target {
             Target::Supervisor(p) | Target::MasterWorker(p) => p.pid(),
             // The bare loop's processes are the bench's children.
@@ -325,10 +286,17 @@ impl Bench {
             )?;
         }
         let duration = Duration::from_secs_f64(self.args.duration_secs);
-        let mut changes = Changes::new(self.backends);
+        let rotation = if kind.starts_with("structural") {
+            Rotation::Structural
+        } else {
+            Rotation::Server
+        };
+        let mut changes = Changes::new(self.backends, rotation);
         let action = match (&mut target, kind) {
             (_, "baseline") => Action::Nothing,
-            (_, "live" | "live-off") => Action::Catalog(&catalog_file, &mut changes),
+            (_, "live" | "live-off" | "structural" | "structural-off") => {
+                Action::Catalog(&catalog_file, &mut changes)
+            }
             (Target::Supervisor(_), _) => Action::Signal(pid, Signal::SIGHUP),
             (Target::MasterWorker(_), _) => Action::Signal(pid, Signal::SIGUSR2),
             (Target::Bare(b), _) => Action::Bare(b),
@@ -367,6 +335,10 @@ impl Bench {
             live_marks: Vec::new(),
             live_took_ms: Vec::new(),
             live_failed: 0,
+            live_op_kinds: BTreeMap::new(),
+            live_failures: BTreeMap::new(),
+            structural_reasons: BTreeMap::new(),
+            backends_deleted: 0,
             sampled: driven.sampled,
             started_logged: 0,
             keepalive,
@@ -398,14 +370,36 @@ impl Bench {
                             pids.insert(pid);
                         }
                     }
+                    let field = |k: &str| {
+                        l.fields
+                            .get(k)
+                            .and_then(|v| v.as_str())
+                            .unwrap_or("")
+                            .to_string()
+                    };
                     if l.event == Some(Event::LiveApplied) {
                         out.live_applied += 1;
                         out.live_marks.push(l.at - start);
                         out.live_took_ms.extend(took);
+                        for k in field("kinds").split(',').filter(|k| !k.is_empty()) {
+                            *out.live_op_kinds.entry(k.to_string()).or_default() += 1;
+                        }
                         continue;
                     }
                     if l.event == Some(Event::LiveFailed) {
                         out.live_failed += 1;
+                        let what = format!("{}: {}", field("op"), field("error"));
+                        *out.live_failures.entry(what).or_default() += 1;
+                        continue;
+                    }
+                    if l.event == Some(Event::StructuralChange) {
+                        *out.structural_reasons.entry(field("reason")).or_default() += 1;
+                        continue;
+                    }
+                    if l.event == Some(Event::ParkedDeleted) {
+                        if l.fields.get("server").is_none() {
+                            out.backends_deleted += 1;
+                        }
                         continue;
                     }
                     if trigger != Some(counted) {
@@ -427,9 +421,9 @@ impl Bench {
                     .iter()
                     .filter(|l| l.event == Some(Event::ConfigInvalid))
                     .count();
-                if kind == "live" {
+                if kind == "live" || kind == "structural" {
                     out.marks_are = "live change applied";
-                } else if kind == "live-off" {
+                } else if kind == "live-off" || kind == "structural-off" {
                     out.marks_are = "catalog reload done";
                 }
                 p.stop(Duration::from_secs(15));
