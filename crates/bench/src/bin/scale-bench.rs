@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p bench --bin scale-bench -- [--changes 60]
 //!     [--sizes 100,1000,10000] [--out bench/results]
+//!     [--haproxy34 /opt/haproxy-supervisor/haproxy-3.4/haproxy]
 //! ```
 //!
 //! Runs as root in its own network namespace (see `reload-bench`). Three
@@ -19,9 +20,16 @@
 //!   instances turning critical until no more requests reach it, and passing
 //!   again until one does; the TTL check of a service's only instance
 //!   critical until its host answers 503, passing until 200. Structural (a
-//!   reload): a new service registered until its host answers 200. Per phase
-//!   the live changes applied, the catalog reloads and the HAProxy processes
+//!   reload before HAProxy 3.4): a new service registered until its host
+//!   answers 200, then deregistered until it answers 503. Per phase the
+//!   live changes applied, the catalog reloads and the HAProxy processes
 //!   started (sampled from /proc every 20 ms) are counted.
+//! - **dynamic backends** (`--haproxy34 <path>`, issue 20): the same new
+//!   service → 200 and removed → 503, on a second Consul and supervisor
+//!   running HAProxy 3.4, where both are live (a backend added from the
+//!   running profile, published, routed by the hosts map; removed: taken
+//!   out of the map, parked, deleted). Printed beside the reloads of the
+//!   first HAProxy.
 //! - **scale**: the supervisor on a catalog file of N services × 3
 //!   instances: time from start to the checked config and to HAProxy
 //!   serving, the supervisor's peak RSS (VmHWM), and every host answering.
@@ -80,6 +88,12 @@ struct Args {
     /// Skip the Consul propagation part
     #[arg(long)]
     skip_propagation: bool,
+    /// An HAProxy 3.4 (or later) binary: also time a new service → routed
+    /// and a removed service → 503 on it, where both are live (dynamic
+    /// backends); scripts/setup.sh installs one at
+    /// /opt/haproxy-supervisor/haproxy-3.4/haproxy
+    #[arg(long)]
+    haproxy34: Option<PathBuf>,
     /// Skip the scale part
     #[arg(long)]
     skip_scale: bool,
@@ -127,12 +141,22 @@ fn real_main(args: Args) -> Result<(), String> {
     } else {
         Some(propagation(&env)?)
     };
+    let dynamic = match &args.haproxy34 {
+        Some(bin) => Some(dynamic_backends(&env, bin)?),
+        None => None,
+    };
     let scale = if args.skip_scale {
         None
     } else {
         Some(scale(&env)?)
     };
-    let md = markdown(&args, &meta, propagation.as_ref(), scale.as_ref());
+    let md = markdown(
+        &args,
+        &meta,
+        propagation.as_ref(),
+        dynamic.as_ref(),
+        scale.as_ref(),
+    );
     let j = json!({
         "bench": "scale-bench",
         "meta": meta,
@@ -148,6 +172,7 @@ fn real_main(args: Args) -> Result<(), String> {
             },
         },
         "propagation": propagation,
+        "dynamic_backends": dynamic,
         "scale": scale,
     });
     args.common
@@ -440,52 +465,16 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         })?;
     phases.push(ph);
 
-    // Structural: new services.
-    let (reg, ph) = phase(pid, "new service (structural)", || {
-        let mut reg = Series::default();
-        for i in 0..n {
-            let name = format!("reg-{i:03}");
-            let host = format!("{name}.{DOM}");
-            let t0 = Instant::now();
-            consul.register(
-                &json!({"ID": format!("{name}-1"), "Name": name, "Address": "127.0.0.1",
-                            "Port": port, "Tags": ["HAPROXY.ENABLE=true"]}),
-            );
-            reg.record(until_status(env, &host, 200, t0, timeout));
-            thread::sleep(gap);
-        }
-        Ok((reg, n))
+    // Structural (before HAProxy 3.4): new services, each removed again.
+    let ((reg, dereg), ph) = phase(pid, "new service / service removed (structural)", || {
+        Ok((services_come_and_go(env, &consul, n, gap, timeout), 2 * n))
     })?;
     phases.push(ph);
 
     // Let the last change log, then count events per phase.
     thread::sleep(Duration::from_millis(300));
     let lines = testkit::json_lines(&sup.log_text());
-    let count = |ph: &Phase, f: &dyn Fn(&testkit::LogLine) -> bool| {
-        lines
-            .iter()
-            .filter(|l| l.at >= ph.from && l.at <= ph.to && f(l))
-            .count()
-    };
-    let catalog_reload = |l: &testkit::LogLine| {
-        l.event == Some(Event::ReloadDone)
-            && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("catalog")
-    };
-    let phases_json: Vec<_> = phases
-        .iter()
-        .map(|ph| {
-            json!({
-                "phase": ph.name,
-                "changes": ph.changes,
-                "live_changes_applied": count(ph, &|l| l.event == Some(Event::LiveApplied)),
-                "live_changes_failed": count(ph, &|l| l.event == Some(Event::LiveFailed)),
-                "catalog_reloads": count(ph, &catalog_reload),
-                "haproxy_started_sampled": ph.started_sampled,
-                "haproxy_checks_sampled": ph.checks_sampled,
-                "secs": ph.to - ph.from,
-            })
-        })
-        .collect();
+    let phases_json = phase_counts(&lines, &phases);
     let reloads = lines.iter().filter(|l| catalog_reload(l)).count();
     sup.stop(Duration::from_secs(15));
     consul.stop();
@@ -501,7 +490,189 @@ fn propagation(env: &Env) -> Result<serde_json::Value, String> {
         "critical_to_503": only_crit.json(),
         "passing_to_200": only_pass.json(),
         "register_to_200": reg.json(),
+        "deregister_to_503": dereg.json(),
     }))
+}
+
+/// A reload done for a catalog change.
+fn catalog_reload(l: &testkit::LogLine) -> bool {
+    l.event == Some(Event::ReloadDone)
+        && l.fields.get("trigger").and_then(|v| v.as_str()) == Some("catalog")
+}
+
+/// Per phase, what the supervisor logged in its window and what was
+/// sampled.
+fn phase_counts(lines: &[testkit::LogLine], phases: &[Phase]) -> Vec<serde_json::Value> {
+    let count = |ph: &Phase, f: &dyn Fn(&testkit::LogLine) -> bool| {
+        lines
+            .iter()
+            .filter(|l| l.at >= ph.from && l.at <= ph.to && f(l))
+            .count()
+    };
+    phases
+        .iter()
+        .map(|ph| {
+            json!({
+                "phase": ph.name,
+                "changes": ph.changes,
+                "live_changes_applied": count(ph, &|l| l.event == Some(Event::LiveApplied)),
+                "live_changes_failed": count(ph, &|l| l.event == Some(Event::LiveFailed)),
+                "catalog_reloads": count(ph, &catalog_reload),
+                "haproxy_started_sampled": ph.started_sampled,
+                "haproxy_checks_sampled": ph.checks_sampled,
+                "secs": ph.to - ph.from,
+            })
+        })
+        .collect()
+}
+
+/// `n` times: a new service `reg-<i>` (one instance on web-1, the default
+/// profile) registered, timed until its host answers 200; after `gap`,
+/// deregistered, timed until its host answers 503 (no route); `gap`.
+fn services_come_and_go(
+    env: &Env,
+    consul: &Consul,
+    n: usize,
+    gap: Duration,
+    timeout: Duration,
+) -> (Series, Series) {
+    let port = env.backend.port();
+    let (mut reg, mut dereg) = (Series::default(), Series::default());
+    for i in 0..n {
+        let name = format!("reg-{i:03}");
+        let id = format!("{name}-1");
+        let host = format!("{name}.{DOM}");
+        let t0 = Instant::now();
+        consul.register(&json!({"ID": id, "Name": name, "Address": "127.0.0.1",
+                                "Port": port, "Tags": ["HAPROXY.ENABLE=true"]}));
+        reg.record(until_status(env, &host, 200, t0, timeout));
+        thread::sleep(gap);
+        let t0 = Instant::now();
+        consul.deregister(&id);
+        dereg.record(until_status(env, &host, 503, t0, timeout));
+        thread::sleep(gap);
+    }
+    (reg, dereg)
+}
+
+/// Part (a) again on HAProxy 3.4 (`bin`): new services and their removal,
+/// live there. Its own Consul and supervisor; `www` runs the default
+/// profile from the start, so a new service's backend is made from a
+/// running profile.
+fn dynamic_backends(env: &Env, bin: &Path) -> Result<serde_json::Value, String> {
+    let version = testkit::haproxy_version(bin);
+    if !haproxy_supervisor::live::Caps::from_version(&version).dynamic_backends {
+        return Err(format!(
+            "--haproxy34 {}: {version}: no dynamic backends (HAProxy 3.4 or later needed)",
+            bin.display()
+        ));
+    }
+    let dir = env.work.join("dynamic-backends");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut consul = Consul::start();
+    eprintln!("scale-bench: dynamic backends ({version}): consul ready");
+    consul.register(
+        &json!({"ID": "www-1", "Name": "www", "Address": "127.0.0.1",
+                            "Port": env.backend.port(), "Tags": ["HAPROXY.ENABLE=true"]}),
+    );
+    let mut cmd = testkit::bench_command(&dir, DOM, env.args.common.http_port, bin);
+    cmd.env("CONSUL_HTTP_ADDR", consul.addr());
+    let mut sup = Proc::spawn(cmd, Some(&dir.join("supervisor.log")), false)?;
+    sup.wait_log(Duration::from_secs(30), |t| {
+        testkit::log_has_event(t, Event::ReloadDone)
+    })?;
+    if !http::wait_status(
+        &env.addr,
+        &format!("www.{DOM}"),
+        200,
+        Duration::from_secs(15),
+    ) {
+        return Err("dynamic backends: www does not answer 200".into());
+    }
+    let timeout = Duration::from_secs(10);
+    // The same pacing as the reloads' phase, so the two compare.
+    let gap = Duration::from_millis(300);
+    let n = env.args.changes;
+    let ((reg, dereg), ph) = phase(
+        sup.pid(),
+        "new service / service removed (HAProxy 3.4: live)",
+        || Ok((services_come_and_go(env, &consul, n, gap, timeout), 2 * n)),
+    )?;
+    thread::sleep(Duration::from_millis(300));
+    let log = sup.log_text();
+    let lines = testkit::json_lines(&log);
+    let phases_json = phase_counts(&lines, &[ph]);
+    let count = |e: Event| lines.iter().filter(|l| l.event == Some(e)).count();
+    let live_kinds: std::collections::BTreeMap<String, usize> = lines
+        .iter()
+        .filter(|l| l.event == Some(Event::LiveApplied))
+        .flat_map(|l| {
+            l.fields
+                .get("kinds")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .fold(Default::default(), |mut m, k| {
+            *m.entry(k).or_default() += 1;
+            m
+        });
+    let structural: Vec<String> = lines
+        .iter()
+        .filter(|l| l.event == Some(Event::StructuralChange))
+        .filter_map(|l| l.fields.get("reason").and_then(|v| v.as_str()))
+        .map(str::to_string)
+        .collect();
+    // The removed services' backends are deleted once drained: none left.
+    let sock = dir.join("run/admin.sock");
+    let left = |s: &Path| {
+        admin(s, "show backend").map(|t| {
+            t.lines()
+                .filter(|l| l.trim_start().starts_with("reg-"))
+                .count()
+        })
+    };
+    let t = Instant::now();
+    let mut reg_backends_left = left(&sock);
+    while reg_backends_left.as_ref().is_ok_and(|n| *n > 0) && t.elapsed() < timeout {
+        thread::sleep(Duration::from_millis(50));
+        reg_backends_left = left(&sock);
+    }
+    sup.stop(Duration::from_secs(15));
+    consul.stop();
+    testkit::wait_port_free(env.args.common.http_port);
+    Ok(json!({
+        "haproxy": version,
+        "haproxy_bin": bin.display().to_string(),
+        "settings": "defaults (HAPROXY_RELOAD_WAIT 100ms:1s, HAPROXY_LIVE_WAIT 10ms, live changes on)",
+        "phases": phases_json,
+        "register_to_200": reg.json(),
+        "deregister_to_503": dereg.json(),
+        "catalog_reloads": lines.iter().filter(|l| catalog_reload(l)).count(),
+        "live_changes_applied": count(Event::LiveApplied),
+        "live_changes_with_op_kind": live_kinds,
+        "structural_reasons": structural,
+        // Backends log their deletion at info level, servers at debug.
+        "backends_logged_deleted": lines
+            .iter()
+            .filter(|l| l.event == Some(Event::ParkedDeleted) && l.fields.get("server").is_none())
+            .count(),
+        "removed_services_backends_left": reg_backends_left.map_err(|e| e.to_string()).ok(),
+    }))
+}
+
+/// One command on HAProxy's admin socket; its answer.
+fn admin(sock: &Path, cmd: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(sock)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+    c.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    c.read_to_string(&mut out)?;
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -823,7 +994,7 @@ fn f(v: &serde_json::Value) -> f64 {
 
 /// The propagation rows: JSON key, the kind of change (SPEC §10:
 /// server-only changes go live, structural ones reload), label.
-const ROWS: [(&str, &str, &str); 7] = [
+const ROWS: [(&str, &str, &str); 8] = [
     (
         "instance_added_to_routed",
         "server-only",
@@ -859,12 +1030,64 @@ const ROWS: [(&str, &str, &str); 7] = [
         "structural",
         "new service registered → its host answers 200",
     ),
+    (
+        "deregister_to_503",
+        "structural",
+        "service deregistered → its host answers 503",
+    ),
 ];
+
+/// One timing row: `| label | how | n | timeouts | failed polls | p50 |
+/// p90 | p99 | min | max |`.
+fn timing_row(label: &str, how: &str, r: &serde_json::Value) -> String {
+    format!(
+        "| {label} | {how} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        r["n"],
+        r["timeouts"],
+        r["failed_polls"].as_u64().unwrap_or(0),
+        f(&r["p50_ms"]),
+        f(&r["p90_ms"]),
+        f(&r["p99_ms"]),
+        f(&r["min_ms"]),
+        f(&r["max_ms"]),
+    )
+}
+
+const TIMING_HEADER: &str = "| change | kind | n | timeouts (10 s) | failed polls | p50 ms | p90 ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|\n";
+
+const PHASE_HEADER: &str = "| phase | Consul changes | live changes applied | live changes failed | catalog reloads | HAProxy processes started (sampled every 20 ms) | `haproxy -c` seen |\n|---|---|---|---|---|---|---|\n";
+
+fn phase_rows(phases: &serde_json::Value) -> String {
+    let mut s = String::new();
+    for ph in phases.as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            ph["phase"].as_str().unwrap_or(""),
+            ph["changes"],
+            ph["live_changes_applied"],
+            ph["live_changes_failed"],
+            ph["catalog_reloads"],
+            ph["haproxy_started_sampled"],
+            ph["haproxy_checks_sampled"],
+        ));
+    }
+    s
+}
+
+/// `HAProxy 3.4.7-1` from `haproxy -v`'s line.
+fn short_version(v: &serde_json::Value) -> String {
+    let words: Vec<&str> = v.as_str().unwrap_or("").split_whitespace().collect();
+    match words.as_slice() {
+        [name, "version", ver, ..] => format!("{name} {ver}"),
+        _ => words.join(" "),
+    }
+}
 
 fn markdown(
     args: &Args,
     meta: &serde_json::Value,
     prop: Option<&serde_json::Value>,
+    dynamic: Option<&serde_json::Value>,
     scale: Option<&serde_json::Value>,
 ) -> String {
     let mut s = format!(
@@ -880,41 +1103,20 @@ fn markdown(
             "## Change → routing (Consul `agent -dev`, default settings: HAPROXY_RELOAD_WAIT 100ms:1s, HAPROXY_LIVE_WAIT 10ms, live changes on; polled every {} ms with real requests)\n\n",
             args.poll_ms
         ));
-        s.push_str("| change | kind | n | timeouts (10 s) | failed polls | p50 ms | p90 ms | p99 ms | min ms | max ms |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        s.push_str(TIMING_HEADER);
         for (key, how, label) in ROWS {
             let r = &p[key];
             if r.is_null() {
                 continue;
             }
-            s.push_str(&format!(
-                "| {label} | {how} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
-                r["n"],
-                r["timeouts"],
-                r["failed_polls"].as_u64().unwrap_or(0),
-                f(&r["p50_ms"]),
-                f(&r["p90_ms"]),
-                f(&r["p99_ms"]),
-                f(&r["min_ms"]),
-                f(&r["max_ms"]),
-            ));
+            s.push_str(&timing_row(label, how, r));
         }
         s.push_str(&format!(
             "\n\"No more requests\" = the first of {NONE_IN_A_ROW} answers in a row from the other instance; \
              \"failed polls\" = polling requests without a 200 while waiting (there should be none).\n\n"
         ));
-        s.push_str("| phase | Consul changes | live changes applied | live changes failed | catalog reloads | HAProxy processes started (sampled every 20 ms) | `haproxy -c` seen |\n|---|---|---|---|---|---|---|\n");
-        for ph in p["phases"].as_array().into_iter().flatten() {
-            s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                ph["phase"].as_str().unwrap_or(""),
-                ph["changes"],
-                ph["live_changes_applied"],
-                ph["live_changes_failed"],
-                ph["catalog_reloads"],
-                ph["haproxy_started_sampled"],
-                ph["haproxy_checks_sampled"],
-            ));
-        }
+        s.push_str(PHASE_HEADER);
+        s.push_str(&phase_rows(&p["phases"]));
         s.push('\n');
         for (key, what, limit) in [
             ("instance_added_to_routed", "new instance → routed", 50.0),
@@ -935,6 +1137,72 @@ fn markdown(
             goals.push(format!(
                 "- {what} p99 < {limit:.0} ms ({n} changes, {to} timeouts): {p99:.0} ms ({})",
                 if p99 < limit && n > 0 && to == 0 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            ));
+        }
+    }
+    if let Some(d) = dynamic {
+        s.push_str(&format!(
+            "## New and removed services: reload ({}) against live ({}: dynamic backends)\n\n\
+             The same changes, paced alike (300 ms between them), on a Consul and supervisor of \
+             each HAProxy; 3.4 makes a new service's backend from the running default profile \
+             (`add backend`, `add server`, `publish backend`, hosts map swap) and takes a removed \
+             one out of the map, parks it and deletes it.\n\n",
+            short_version(&meta["haproxy"]),
+            short_version(&d["haproxy"]),
+        ));
+        s.push_str(TIMING_HEADER);
+        let v26 = short_version(&meta["haproxy"]);
+        let v34 = short_version(&d["haproxy"]);
+        for (key, label) in [
+            (
+                "register_to_200",
+                "new service registered → its host answers 200",
+            ),
+            (
+                "deregister_to_503",
+                "service deregistered → its host answers 503",
+            ),
+        ] {
+            if let Some(p) = prop.filter(|p| !p[key].is_null()) {
+                s.push_str(&timing_row(label, &format!("reload ({v26})"), &p[key]));
+            }
+            s.push_str(&timing_row(label, &format!("live ({v34})"), &d[key]));
+        }
+        s.push('\n');
+        s.push_str(PHASE_HEADER);
+        s.push_str(&phase_rows(&d["phases"]));
+        s.push_str(&format!(
+            "\nLive changes with each operation: {}; removed services' backends the supervisor \
+             logged deleted (`parked_deleted`): {}; left in HAProxy afterwards (`show backend`): \
+             {}; changes found structural: {}.\n\n",
+            d["live_changes_with_op_kind"]
+                .as_object()
+                .map(|m| m
+                    .iter()
+                    .map(|(k, v)| format!("{k}×{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            d["backends_logged_deleted"],
+            d["removed_services_backends_left"],
+            d["structural_reasons"].as_array().map_or(0, Vec::len),
+        ));
+        for (key, what) in [
+            ("register_to_200", "new service → routed"),
+            ("deregister_to_503", "service removed → 503"),
+        ] {
+            let p99 = f(&d[key]["p99_ms"]);
+            let n = d[key]["n"].as_u64().unwrap_or(0);
+            let to = d[key]["timeouts"].as_u64().unwrap_or(0);
+            let started = d["phases"][0]["haproxy_started_sampled"].as_u64();
+            goals.push(format!(
+                "- {v34}, {what} p99 < 50 ms, live ({n} changes, {to} timeouts, {} HAProxy processes started): {p99:.0} ms ({})",
+                started.map_or("–".to_string(), |n| n.to_string()),
+                if p99 < 50.0 && n > 0 && to == 0 && started == Some(0) {
                     "met"
                 } else {
                     "missed"
