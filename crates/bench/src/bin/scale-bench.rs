@@ -628,18 +628,17 @@ fn dynamic_backends(env: &Env, bin: &Path) -> Result<serde_json::Value, String> 
         .collect();
     // The removed services' backends are deleted once drained: none left.
     let sock = dir.join("run/admin.sock");
-    let left = |s: &Path| {
-        admin(s, "show backend").map(|t| {
-            t.lines()
-                .filter(|l| l.trim_start().starts_with("reg-"))
-                .count()
-        })
+    let left = || {
+        testkit::admin(&sock, "show backend")
+            .lines()
+            .filter(|l| l.trim_start().starts_with("reg-"))
+            .count()
     };
     let t = Instant::now();
-    let mut reg_backends_left = left(&sock);
-    while reg_backends_left.as_ref().is_ok_and(|n| *n > 0) && t.elapsed() < timeout {
+    let mut reg_backends_left = left();
+    while reg_backends_left > 0 && t.elapsed() < timeout {
         thread::sleep(Duration::from_millis(50));
-        reg_backends_left = left(&sock);
+        reg_backends_left = left();
     }
     sup.stop(Duration::from_secs(15));
     consul.stop();
@@ -660,19 +659,8 @@ fn dynamic_backends(env: &Env, bin: &Path) -> Result<serde_json::Value, String> 
             .iter()
             .filter(|l| l.event == Some(Event::ParkedDeleted) && l.fields.get("server").is_none())
             .count(),
-        "removed_services_backends_left": reg_backends_left.map_err(|e| e.to_string()).ok(),
+        "removed_services_backends_left": reg_backends_left,
     }))
-}
-
-/// One command on HAProxy's admin socket; its answer.
-fn admin(sock: &Path, cmd: &str) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut c = std::os::unix::net::UnixStream::connect(sock)?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
-    c.write_all(format!("{cmd}\n").as_bytes())?;
-    let mut out = String::new();
-    c.read_to_string(&mut out)?;
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------
