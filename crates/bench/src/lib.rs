@@ -76,3 +76,27 @@ pub fn main(name: &str, run: impl FnOnce() -> Result<(), String>) {
         std::process::exit(1);
     }
 }
+
+/// How busy the machine is, for the report: `/proc/loadavg`'s three load
+/// averages and, where the kernel has it, the share of the last 60 s in
+/// which some task waited for a CPU (`/proc/pressure/cpu`, `some avg60`).
+/// Another job on the machine shows here, and moves every figure.
+pub fn machine_load() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into());
+    let pressure = std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("some "))?
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("avg60="))
+                .map(str::to_string)
+        });
+    match pressure {
+        Some(p) => format!("load average {load}, CPU pressure (some, avg60) {p}%"),
+        None => format!("load average {load}"),
+    }
+}

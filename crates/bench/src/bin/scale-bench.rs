@@ -130,11 +130,12 @@ fn real_main(args: Args) -> Result<(), String> {
         backend,
         backend2,
     };
-    let meta = json!({
+    let mut meta = json!({
         "machine": measure::machine(),
         "haproxy": testkit::haproxy_version(&haproxy_bin),
         "consul": consul_version(),
         "date": measure::now_utc(),
+        "machine_load_at_start": bench::machine_load(),
     });
     let propagation = if args.skip_propagation {
         None
@@ -150,6 +151,7 @@ fn real_main(args: Args) -> Result<(), String> {
     } else {
         Some(scale(&env)?)
     };
+    meta["machine_load_at_end"] = json!(bench::machine_load());
     let md = markdown(
         &args,
         &meta,
@@ -1079,11 +1081,13 @@ fn markdown(
     scale: Option<&serde_json::Value>,
 ) -> String {
     let mut s = format!(
-        "{}; {}; {}; run {}.\n\n",
+        "{}; {}; {}; run {}.\n\nMachine at the start: {}; at the end: {} (another job on it moves every figure).\n\n",
         meta["machine"].as_str().unwrap_or(""),
         meta["haproxy"].as_str().unwrap_or(""),
         meta["consul"].as_str().unwrap_or(""),
-        meta["date"].as_str().unwrap_or("")
+        meta["date"].as_str().unwrap_or(""),
+        meta["machine_load_at_start"].as_str().unwrap_or("?"),
+        meta["machine_load_at_end"].as_str().unwrap_or("?"),
     );
     let mut goals = Vec::new();
     if let Some(p) = prop {

@@ -198,7 +198,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
             "reload-bench: {version}: no dynamic backends before HAProxy 3.4, every structural change reloads (--haproxy picks another HAProxy)"
         );
     }
-    let meta = json!({
+    let mut meta = json!({
         "machine": measure::machine(),
         "haproxy": version,
         "haproxy_bin": haproxy_bin.display().to_string(),
@@ -206,7 +206,11 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         "open_files_limit_hard": nofile_hard(),
     });
     let mut outs = Vec::new();
+    let mut load_before = serde_json::Map::new();
     for name in &args.scenarios {
+        let load = bench::machine_load();
+        eprintln!("reload-bench: {name}: machine before: {load}");
+        load_before.insert(name.clone(), json!(load));
         eprintln!(
             "reload-bench: {name}: {} clients for {} s{}",
             args.clients,
@@ -257,6 +261,8 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         thread::sleep(Duration::from_millis(args.settle_ms));
     }
 
+    meta["machine_load_before"] = json!(load_before);
+    meta["machine_load_at_end"] = json!(bench::machine_load());
     let md = markdown(args, &outs, &meta);
     let j = to_json(args, &outs, meta);
     args.common

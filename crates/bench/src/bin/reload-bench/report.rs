@@ -140,6 +140,16 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
         meta["haproxy"].as_str().unwrap_or(""),
         meta["date"].as_str().unwrap_or(""),
     ));
+    if let Some(m) = meta["machine_load_before"].as_object() {
+        s.push_str(&format!(
+            "Machine before each scenario (another job on it moves every figure): {}; at the end: {}.\n\n",
+            m.iter()
+                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            meta["machine_load_at_end"].as_str().unwrap_or("?")
+        ));
+    }
     s.push_str("| scenario | reloads done (sent) | changes written | live changes applied | HAProxy processes started (sampled / logged) | connections opened | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
     s.push_str(
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
