@@ -42,9 +42,28 @@ pub(crate) struct CpuUse {
     pub(crate) below_s: f64,
     /// The machine's busy CPU seconds (all CPUs) in the window.
     pub(crate) machine_busy_s: Option<f64>,
+    /// What of [`CpuUse::machine_busy_s`] the bench's own process tree
+    /// (clients, demo backends, supervisor, HAProxy, everything below) did
+    /// not use: other jobs on the machine (and the kernel's work not
+    /// charged to a process), CPU seconds.
+    pub(crate) others_s: Option<f64>,
     /// The bare loop's own CPU seconds (the bench thread that spawns the
     /// processes and waits for them): its counterpart of the supervisor's.
     pub(crate) loop_own_s: Option<f64>,
+}
+
+/// CPU seconds used so far by this process and everything below it: the
+/// own and reaped-children times of each live process of the tree (a
+/// process that exits is in its parent's reaped times once reaped; every
+/// parent of the tree outlives the window). Walks /proc: only taken at the
+/// window's two ends.
+pub(crate) fn tree_cpu_s() -> f64 {
+    let me = std::process::id() as i32;
+    std::iter::once(me)
+        .chain(testkit::descendants_of(me).into_iter().map(|p| p.pid))
+        .filter_map(measure::proc_cpu)
+        .map(|c| c.own + c.reaped)
+        .sum()
 }
 
 /// CPU seconds the calling thread has used.
@@ -116,6 +135,7 @@ pub(crate) fn drive(
     let sampler = sample.map(|pid| HaproxySampler::start(pid, SAMPLE_EVERY));
     let cpu0 = cpu_snapshot(&action, sample);
     let machine0 = measure::machine_cpu();
+    let tree0 = tree_cpu_s();
     let loop0 = loop_cpu_s(&action);
     let wall0 = SystemTime::now();
     let clients = LoadRun::start_with(addr, HOST, &options);
@@ -167,6 +187,7 @@ pub(crate) fn drive(
     }
     let cpu1 = cpu_snapshot(&action, sample);
     let machine1 = measure::machine_cpu();
+    let tree1 = tree_cpu_s();
     let loop1 = loop_cpu_s(&action);
     let mut load = clients.stop();
     let cpu = match (cpu0, cpu1) {
@@ -178,6 +199,9 @@ pub(crate) fn drive(
             root_own_s: (!matches!(action, Action::Bare(_))).then(|| a.root_until(&b)),
             below_s: a.below_until(&b),
             machine_busy_s: machine0.zip(machine1).map(|(x, y)| y.0 - x.0),
+            others_s: machine0
+                .zip(machine1)
+                .map(|(x, y)| (y.0 - x.0) - (tree1 - tree0)),
             loop_own_s: loop0.zip(loop1).map(|(a, b)| b - a),
         }),
         _ => None,

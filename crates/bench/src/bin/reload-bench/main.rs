@@ -249,10 +249,11 @@ fn real_main(args: &mut Args) -> Result<(), String> {
                 String::new()
             },
             match o.cpu {
-                Some(_) => format!(
-                    ", CPU s: supervisor {}, haproxy {}",
+                Some(c) => format!(
+                    ", CPU s: supervisor {}, haproxy {}, other jobs {}",
                     opt_fmt(o.supervisor_cpu_s(), |v| format!("{v:.2}")),
-                    opt_fmt(o.haproxy_cpu_s(), |v| format!("{v:.2}"))
+                    opt_fmt(o.haproxy_cpu_s(), |v| format!("{v:.2}")),
+                    opt_fmt(c.others_s, |v| format!("{v:.2}"))
                 ),
                 None => String::new(),
             },

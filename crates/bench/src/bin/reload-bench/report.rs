@@ -140,16 +140,6 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
         meta["haproxy"].as_str().unwrap_or(""),
         meta["date"].as_str().unwrap_or(""),
     ));
-    if let Some(m) = meta["machine_load_before"].as_object() {
-        s.push_str(&format!(
-            "Machine before each scenario (another job on it moves every figure): {}; at the end: {}.\n\n",
-            m.iter()
-                .map(|(k, v)| format!("{k}: {}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join("; "),
-            meta["machine_load_at_end"].as_str().unwrap_or("?")
-        ));
-    }
     s.push_str("| scenario | reloads done (sent) | changes written | live changes applied | HAProxy processes started (sampled / logged) | connections opened | ok | failed | refused | reset | timeout | non-2xx | req/s | × baseline | worst 100 ms req/s | p50 ms | p99 ms | p99.9 ms | max ms | p50 × base | p99 × base |\n");
     s.push_str(
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -467,25 +457,28 @@ pub(crate) fn cpu_markdown(outs: &[Outcome]) -> String {
          or the bare loop's processes): those alive at the end as they stand, minus \
          what those alive at the start had used before it, plus those that exited in between, \
          whole (the parent's `cutime+cstime`: the kernel adds a child's CPU there when it is \
-         reaped). The bare row's \"supervisor\" is its loop: the CPU time of the bench thread \
+         reaped). Other jobs: the machine's busy time (/proc/stat) less the bench's whole process \
+         tree's (clients, backends, supervisor, HAProxy), at the window's two ends; near 0 on a \
+         quiet machine. The bare row's \"supervisor\" is its loop: the CPU time of the bench thread \
          that spawns the processes and waits for them (`CLOCK_THREAD_CPUTIME_ID`). Per reload: \
          HAProxy's beyond serving the row's requests at its baseline's CPU per request, the \
          supervisor's beyond its idle rate in the baseline.\n\n",
     );
-    s.push_str(&format!("| scenario | reloads done | machine busy, CPUs of {} | supervisor (bare: its loop) CPU s | HAProxy CPU s | HAProxy µs per ok request | supervisor (loop) ms per reload | HAProxy ms per reload beyond serving | total ms per reload |\n", thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
-    s.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str(&format!("| scenario | reloads done | machine busy, CPUs of {} | of which other jobs, CPUs | supervisor (bare: its loop) CPU s | HAProxy CPU s | HAProxy µs per ok request | supervisor (loop) ms per reload | HAProxy ms per reload beyond serving | total ms per reload |\n", thread::available_parallelism().map(|n| n.get()).unwrap_or(0)));
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     for o in outs {
         let Some(c) = o.cpu else { continue };
         let pr = per_reload(o, baseline_of(outs, o));
         let total = pr.map(PerReload::total);
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             o.name,
             o.reloads_done,
             opt_fmt(c.machine_busy_s, |b| format!(
                 "{:.2}",
                 b / c.window_s.max(1e-9)
             )),
+            opt_fmt(c.others_s, |b| format!("{:.2}", b / c.window_s.max(1e-9))),
             opt_fmt(o.supervisor_cpu_s(), |v| format!("{v:.2}")),
             opt_fmt(o.haproxy_cpu_s(), |v| format!("{v:.2}")),
             opt_fmt(o.haproxy_cpu_s(), |v| format!(
@@ -571,6 +564,7 @@ pub(crate) fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) ->
                 "cpu": o.cpu.map(|c| json!({
                     "window_s": c.window_s,
                     "machine_busy_s": c.machine_busy_s,
+                    "other_jobs_s": c.others_s,
                     "supervisor_s": o.supervisor_cpu_s(),
                     "supervisor_is_bare_loop_thread": c.loop_own_s.is_some(),
                     "haproxy_s": o.haproxy_cpu_s(),
