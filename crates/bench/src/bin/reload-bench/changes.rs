@@ -41,17 +41,20 @@ pub(crate) const STRUCTURAL_KINDS: [&str; 6] = [
 /// answers it).
 pub(crate) const HEALTH_PATH: &str = "/health";
 
-/// The seed services: name, leastconn, health check, sticky. Together with
-/// `www`'s own (round robin, no check, not sticky) they are every profile
-/// the structural rotation visits; `seed-plain` keeps the default profile
-/// in the config while `www` is elsewhere.
-pub(crate) const SEEDS: [(&str, bool, bool, bool); 6] = [
+/// The seed services: name, leastconn, health check, sticky: every
+/// combination of the three options `www` toggles, so that the full
+/// rotation and any part of it (`--structural-kinds`) stay in running
+/// profiles; `seed-plain` keeps the default profile in the config while
+/// `www` is elsewhere.
+pub(crate) const SEEDS: [(&str, bool, bool, bool); 8] = [
     ("seed-plain", false, false, false),
     ("seed-lc", true, false, false),
-    ("seed-lc-hc", true, true, false),
-    ("seed-lc-hc-sticky", true, true, true),
-    ("seed-hc-sticky", false, true, true),
+    ("seed-hc", false, true, false),
     ("seed-sticky", false, false, true),
+    ("seed-lc-hc", true, true, false),
+    ("seed-lc-sticky", true, false, true),
+    ("seed-hc-sticky", false, true, true),
+    ("seed-lc-hc-sticky", true, true, true),
 ];
 
 /// Which round of changes a scenario makes.
@@ -67,7 +70,10 @@ pub(crate) enum Rotation {
 /// next change of its rotation, round and round. `www-1` always passes, so
 /// some server of `www` always serves.
 pub(crate) struct Changes {
-    pub(crate) rotation: Rotation,
+    /// The kinds made, in order, round and round: [`CHANGE_KINDS`], or
+    /// [`STRUCTURAL_KINDS`] (or the part of them `--structural-kinds`
+    /// keeps).
+    pub(crate) kinds: Vec<&'static str>,
     pub(crate) backends: [SocketAddr; 3],
     pub(crate) step: usize,
     /// `www-1`'s weight: 1 and 3 in turn.
@@ -107,9 +113,20 @@ fn inst(id: &str, a: SocketAddr, weight: u32, passing: bool, tags: &[String]) ->
 }
 
 impl Changes {
-    pub(crate) fn new(backends: [SocketAddr; 3], rotation: Rotation) -> Changes {
+    /// The rotation's changes; `only`, when not empty, keeps the kinds it
+    /// names.
+    pub(crate) fn new(backends: [SocketAddr; 3], rotation: Rotation, only: &[String]) -> Changes {
+        let all: &[&'static str] = match rotation {
+            Rotation::Server => &CHANGE_KINDS,
+            Rotation::Structural => &STRUCTURAL_KINDS,
+        };
+        let kinds = all
+            .iter()
+            .copied()
+            .filter(|k| only.is_empty() || only.iter().any(|o| o == k))
+            .collect();
         Changes {
-            rotation,
+            kinds,
             backends,
             step: 0,
             weight1: 1,
@@ -125,15 +142,7 @@ impl Changes {
 
     /// The catalog every supervisor scenario starts on.
     pub(crate) fn initial(backends: [SocketAddr; 3]) -> Value {
-        Changes::new(backends, Rotation::Server).catalog()
-    }
-
-    /// The kinds of this rotation, in order.
-    pub(crate) fn kinds(&self) -> &'static [&'static str] {
-        match self.rotation {
-            Rotation::Server => &CHANGE_KINDS,
-            Rotation::Structural => &STRUCTURAL_KINDS,
-        }
+        Changes::new(backends, Rotation::Server, &[]).catalog()
     }
 
     /// The catalog file's content for the current state.
@@ -166,9 +175,9 @@ impl Changes {
 
     /// Makes the next change; returns its kind.
     pub(crate) fn advance(&mut self) -> &'static str {
-        let kinds = self.kinds();
-        let kind = kinds[self.step % kinds.len()];
-        let round = self.step / kinds.len();
+        let n = self.kinds.len().max(1);
+        let kind = self.kinds.get(self.step % n).copied().unwrap_or("none");
+        let round = self.step / n;
         match kind {
             "add" => self.www3 = Some(self.backends[2]),
             "weight" => self.weight1 = if self.weight1 == 1 { 3 } else { 1 },
@@ -181,7 +190,8 @@ impl Changes {
             "balance" => self.leastconn = !self.leastconn,
             "healthcheck" => self.healthcheck = !self.healthcheck,
             "sticky" => self.sticky = !self.sticky,
-            _ => self.alt_vhost = Some(round),
+            "vhost" => self.alt_vhost = Some(round),
+            _ => {}
         }
         self.step += 1;
         kind
@@ -194,21 +204,35 @@ mod tests {
     use haproxy_supervisor::model::Catalog;
 
     /// Every profile `www` is in during two rounds of the structural
-    /// rotation is one a seed has: nothing the rotation does needs a
-    /// profile that does not run.
+    /// rotation, or of any part of it, is one a seed has: nothing the
+    /// rotation does needs a profile that does not run.
     #[test]
     fn the_structural_rotation_stays_in_seeded_profiles() {
         let b: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let mut c = Changes::new([b, b, b], Rotation::Structural);
         let seeded: Vec<(bool, bool, bool)> =
             SEEDS.iter().map(|(_, l, h, s)| (*l, *h, *s)).collect();
+        for mask in 0..1u32 << STRUCTURAL_KINDS.len() {
+            let only: Vec<String> = STRUCTURAL_KINDS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, k)| k.to_string())
+                .collect();
+            let mut c = Changes::new([b, b, b], Rotation::Structural, &only);
+            for _ in 0..2 * STRUCTURAL_KINDS.len() {
+                c.advance();
+                assert!(seeded.contains(&(c.leastconn, c.healthcheck, c.sticky)));
+                let catalog = Catalog::parse_file(&c.catalog().to_string()).unwrap();
+                assert!(catalog.services.contains_key("www"));
+            }
+        }
+        // Two rounds of the whole rotation bring `www` back to where it
+        // started.
+        let mut c = Changes::new([b, b, b], Rotation::Structural, &[]);
         for _ in 0..2 * STRUCTURAL_KINDS.len() {
             c.advance();
-            assert!(seeded.contains(&(c.leastconn, c.healthcheck, c.sticky)));
-            let catalog = Catalog::parse_file(&c.catalog().to_string()).unwrap();
-            assert!(catalog.services.contains_key("www"));
         }
-        // Two rounds bring `www` back to where it started.
         assert!(!c.leastconn && !c.healthcheck && !c.sticky);
+        assert_eq!(c.new_service, None);
     }
 }

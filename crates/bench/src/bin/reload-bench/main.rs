@@ -125,6 +125,11 @@ struct Args {
     /// /opt/haproxy-supervisor/haproxy-3.4/haproxy)
     #[arg(long)]
     haproxy: Option<PathBuf>,
+    /// Only these kinds of the structural rotation, comma-separated
+    /// (service-add, service-remove, balance, healthcheck, sticky, vhost;
+    /// default: all), to see what each costs
+    #[arg(long, value_delimiter = ',')]
+    structural_kinds: Vec<String>,
     /// A template for the supervisor (HAPROXY_TEMPLATE) instead of the
     /// built-in one, for experiments; the master-worker row uses what it
     /// renders too
@@ -180,6 +185,16 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         }
     }
 
+    if let Some(k) = args
+        .structural_kinds
+        .iter()
+        .find(|k| !changes::STRUCTURAL_KINDS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown structural change kind {k:?} (one of {})",
+            changes::STRUCTURAL_KINDS.join(", ")
+        ));
+    }
     let work = args.common.scratch_dir("reload-bench")?;
     let web = ["web-1", "web-2", "web-3"].map(Backend::start);
     let [b1, b2, b3] = [&web[0], &web[1], &web[2]].map(Backend::socket_addr);

@@ -667,7 +667,11 @@ pub(crate) fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) ->
             "duration_s": args.duration_secs,
             "reload_every_ms": args.reload_every_ms,
             "catalog_change_cycle": CHANGE_KINDS,
-            "structural_change_cycle": STRUCTURAL_KINDS,
+            "structural_change_cycle": if args.structural_kinds.is_empty() {
+                STRUCTURAL_KINDS.iter().map(|k| k.to_string()).collect()
+            } else {
+                args.structural_kinds.clone()
+            },
             "seed_services": SEEDS.iter().map(|(name, leastconn, healthcheck, sticky)| json!({
                 "name": name, "leastconn": leastconn, "healthcheck": healthcheck, "sticky": sticky,
             })).collect::<Vec<_>>(),

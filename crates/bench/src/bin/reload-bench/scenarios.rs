@@ -291,7 +291,7 @@ impl Bench {
         } else {
             Rotation::Server
         };
-        let mut changes = Changes::new(self.backends, rotation);
+        let mut changes = Changes::new(self.backends, rotation, &self.args.structural_kinds);
         let action = match (&mut target, kind) {
             (_, "baseline") => Action::Nothing,
             (_, "live" | "live-off" | "structural" | "structural-off") => {
