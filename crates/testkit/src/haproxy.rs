@@ -99,16 +99,29 @@ pub fn in_my_netns(name: &str) -> Vec<i32> {
         .collect()
 }
 
+/// HAProxy processes of this network namespace ([`is_haproxy`]: the 3.4
+/// wrapper's too, whose comm is its loader's).
+pub fn haproxies_in_my_netns() -> Vec<i32> {
+    let mut v = in_my_netns("haproxy");
+    v.extend(
+        in_my_netns("ld-linux-x86-64")
+            .into_iter()
+            .filter(|p| cmdline(*p).is_some_and(|a| is_haproxy("ld-linux-x86-64", &a))),
+    );
+    v.sort_unstable();
+    v
+}
+
 /// SIGKILLs every HAProxy of this network namespace and waits until they
 /// are gone (end-of-test cleanup of orphans).
 pub fn kill_haproxies_in_my_netns() {
-    for p in in_my_netns("haproxy") {
+    for p in haproxies_in_my_netns() {
         let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
     }
     wait_until(
         Duration::from_secs(5),
         "orphaned haproxy processes gone",
-        || in_my_netns("haproxy").is_empty(),
+        || haproxies_in_my_netns().is_empty(),
     );
 }
 
@@ -118,7 +131,7 @@ pub struct OrphanGuard;
 
 impl Drop for OrphanGuard {
     fn drop(&mut self) {
-        for p in in_my_netns("haproxy") {
+        for p in haproxies_in_my_netns() {
             let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
         }
     }
