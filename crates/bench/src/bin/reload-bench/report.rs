@@ -296,71 +296,48 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
 
     s.push_str("\nGoals (figures, not assertions):\n\n");
     let find = |n: &str| outs.iter().find(|o| o.name == n);
-    if let Some(o) = find("live") {
-        let (brps, _, bp99) = base_figs(o);
-        let r = ratio(o.rps(), brps);
-        let p = ratio(o.lat_ms(0.99), bp99);
-        let started = o.started_sampled().unwrap_or(usize::MAX);
-        s.push_str(&format!(
-            "- live: {} server-only changes written, {} applied live, {} reloads; 0 failed → {} ({}); throughput ≥98% of baseline → {:.1}% ({}); p99 ≤ 1.2× baseline → {:.2}× ({}); 0 HAProxy processes started → {} sampled, {} logged ({})\n",
-            o.changes_written(),
-            o.live_applied,
-            o.reloads_done,
-            o.load.failed(),
-            met(o.load.failed() == 0),
-            r * 100.0,
-            met(r >= 0.98),
-            p,
-            met(p <= 1.2),
-            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "not".into()),
-            o.started_logged,
-            met(started == 0 && o.started_logged == 0 && o.live_applied > 0),
-        ));
-    }
-    if let Some(o) = find("live-off") {
-        let (brps, _, bp99) = base_figs(o);
-        s.push_str(&format!(
-            "- live-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
-            o.load.failed(),
-            o.reloads_done,
-            o.changes_written(),
-            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
-            ratio(o.rps(), brps) * 100.0,
-            ratio(o.lat_ms(0.99), bp99),
-        ));
-    }
-    if let Some(o) = find("structural") {
-        let (brps, _, bp99) = base_figs(o);
-        let r = ratio(o.rps(), brps);
-        let p = ratio(o.lat_ms(0.99), bp99);
-        let started = o.started_sampled().unwrap_or(usize::MAX);
-        s.push_str(&format!(
-            "- structural (issue 20, HAProxy 3.4): {} structural changes written, {} applied live, {} reloads; 0 failed → {} ({}); throughput ≥98% of baseline → {:.1}% ({}); p99 ≤ 1.2× baseline → {:.2}× ({}); 0 HAProxy processes started → {} sampled, {} logged ({})\n",
-            o.changes_written(),
-            o.live_applied,
-            o.reloads_done,
-            o.load.failed(),
-            met(o.load.failed() == 0),
-            r * 100.0,
-            met(r >= 0.98),
-            p,
-            met(p <= 1.2),
-            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "not".into()),
-            o.started_logged,
-            met(started == 0 && o.started_logged == 0 && o.live_applied > 0),
-        ));
-    }
-    if let Some(o) = find("structural-off") {
-        let (brps, _, bp99) = base_figs(o);
-        s.push_str(&format!(
-            "- structural-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
-            o.load.failed(),
-            o.reloads_done,
-            o.changes_written(),
-            o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
-            ratio(o.rps(), brps) * 100.0,
-            ratio(o.lat_ms(0.99), bp99),
-        ));
+    // Each changes scenario, then the same changes as reloads (`-off`).
+    for (name, label, what) in [
+        ("live", "live", "server-only"),
+        (
+            "structural",
+            "structural (issue 20, HAProxy 3.4)",
+            "structural",
+        ),
+    ] {
+        if let Some(o) = find(name) {
+            let (brps, _, bp99) = base_figs(o);
+            let r = ratio(o.rps(), brps);
+            let p = ratio(o.lat_ms(0.99), bp99);
+            let started = o.started_sampled().unwrap_or(usize::MAX);
+            s.push_str(&format!(
+                "- {label}: {} {what} changes written, {} applied live, {} reloads; 0 failed → {} ({}); throughput ≥98% of baseline → {:.1}% ({}); p99 ≤ 1.2× baseline → {:.2}× ({}); 0 HAProxy processes started → {} sampled, {} logged ({})\n",
+                o.changes_written(),
+                o.live_applied,
+                o.reloads_done,
+                o.load.failed(),
+                met(o.load.failed() == 0),
+                r * 100.0,
+                met(r >= 0.98),
+                p,
+                met(p <= 1.2),
+                o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "not".into()),
+                o.started_logged,
+                met(started == 0 && o.started_logged == 0 && o.live_applied > 0),
+            ));
+        }
+        if let Some(o) = find(&format!("{name}-off")) {
+            let (brps, _, bp99) = base_figs(o);
+            s.push_str(&format!(
+                "- {name}-off (the same changes, each a reload): {} failed, {} reloads for {} changes, {} HAProxy processes started (sampled), {:.1}% of baseline throughput, p99 {:.2}× baseline\n",
+                o.load.failed(),
+                o.reloads_done,
+                o.changes_written(),
+                o.started_sampled().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+                ratio(o.rps(), brps) * 100.0,
+                ratio(o.lat_ms(0.99), bp99),
+            ));
+        }
     }
     if let Some(o) = find("seamless") {
         let (brps, _, bp99) = base_figs(o);
