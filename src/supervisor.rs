@@ -547,8 +547,10 @@ impl Perform for Executor {
             } => Some(self.await_listening(id, pid, config.config(), &old).await),
             Action::RollBack { config, epoch } => Some(self.roll_back(config, epoch).await),
             Action::ApplyLive { ops } => {
+                // One connection for the whole change.
+                let rt = self.runtime.session();
                 for (i, op) in ops.iter().enumerate() {
-                    let applied = self.apply(op).await;
+                    let applied = Self::apply(&rt, op).await;
                     self.status.live_op(op.kind(), applied.is_ok());
                     if let Err(e) = applied {
                         return Some(Input::LiveDone(Err(LiveFailure {
@@ -999,9 +1001,8 @@ impl Executor {
         }
     }
 
-    /// One live operation.
-    async fn apply(&self, op: &Op) -> Result<(), RuntimeError> {
-        let rt = &self.runtime;
+    /// One live operation, on `rt` (the change's session).
+    async fn apply(rt: &RuntimeApi, op: &Op) -> Result<(), RuntimeError> {
         match op {
             Op::AddServer {
                 backend,
@@ -1054,10 +1055,11 @@ impl Executor {
         servers: Vec<(String, String)>,
         backends: Vec<String>,
     ) -> Input {
+        let rt = self.runtime.session();
         let mut deleted = Vec::new();
         let mut kept: BTreeSet<String> = BTreeSet::new();
         for (backend, server) in servers {
-            match self.runtime.del_server(&backend, &server).await {
+            match rt.del_server(&backend, &server).await {
                 Ok(()) => {
                     log!(
                         debug,
@@ -1079,7 +1081,7 @@ impl Executor {
         }
         let mut gone = Vec::new();
         for backend in backends.into_iter().filter(|b| !kept.contains(b)) {
-            match self.runtime.del_backend(&backend).await {
+            match rt.del_backend(&backend).await {
                 Ok(()) => {
                     log!(
                         info,

@@ -542,3 +542,77 @@ fn del_server_is_busy_while_a_request_is_in_flight() {
     ka.write_all(req).unwrap();
     assert_eq!(read_response(&mut ka).map(|r| r.0), Some(503));
 }
+
+/// `CumConns` of `show info`: every connection HAProxy accepted, the
+/// admin socket's included.
+fn accepted(h: &Haproxy) -> u64 {
+    let info = h.block(h.api.command("show info")).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("CumConns: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no CumConns in {info:?}"))
+}
+
+#[test]
+fn a_session_runs_every_call_on_one_connection_and_answers_as_a_plain_client() {
+    netns::enter();
+    let (one, two) = (Backend::start("one"), Backend::start("two"));
+    let config = [
+        roundrobin("be_default", &[("one", &one)]),
+        roundrobin("be_two", &[]),
+    ]
+    .concat();
+    let h = Haproxy::start(&config, "");
+    let map = h.map_path();
+    let session = h.api.session();
+
+    // One change's worth of calls, with payloads (`add map <<`, in several
+    // requests) and refusals in between: the answers read as a plain
+    // client's, and HAProxy accepted one connection for all of them.
+    let before = accepted(&h);
+    h.block(session.add_server(
+        "be_two",
+        "two",
+        "127.0.0.1",
+        two.port(),
+        &strings(&["weight", "5"]),
+    ))
+    .unwrap();
+    assert_refused(
+        h.block(session.set_weight("be_two", "two", 300)),
+        "between 0 and 256",
+    );
+    assert_refused(h.block(session.command("frobnicate")), "Unknown command");
+    let routes: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("host-{i:04}.example.test"), "be_two".to_string()))
+        .chain([("two.test".to_string(), "be_two".to_string())])
+        .collect();
+    h.block(session.replace_map(&map, &routes)).unwrap();
+    assert_eq!(h.block(session.show_map(&map)).unwrap(), routes);
+    h.block(session.set_weight("be_two", "two", 7)).unwrap();
+    let st = h.block(session.servers_state(Some("be_two"))).unwrap();
+    assert_eq!(st.server("be_two", "two").unwrap().weight, 7);
+    assert_eq!(
+        h.block(session.servers_state(Some("be_two"))).unwrap().rows,
+        h.block(h.api.servers_state(Some("be_two"))).unwrap().rows,
+    );
+    assert_eq!(
+        h.block(session.command("show servers state be_two"))
+            .unwrap(),
+        h.block(h.api.command("show servers state be_two")).unwrap(),
+    );
+    // `before` was counted by one plain connection, this count by another
+    // and the comparison above by a third: the session's is the fourth.
+    assert_eq!(accepted(&h) - before, 4, "connections accepted");
+    assert_eq!(bodies("two.test", 3), only("two", 3));
+    assert_eq!(bodies("host-0999.example.test", 3), only("two", 3));
+
+    // The connection ends under the session (here by `quit`): that call
+    // fails, and the next one connects again and works.
+    assert!(h.block(session.command("quit")).is_err());
+    h.block(session.set_state("be_two", "two", AdminState::Maint))
+        .unwrap();
+    h.block(session.del_server("be_two", "two")).unwrap();
+    assert_eq!(h.servers("be_two"), Vec::<String>::new());
+    assert_eq!(bodies("two.test", 2), only("HTTP 503", 2));
+}
