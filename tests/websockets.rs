@@ -121,3 +121,98 @@ fn an_idle_websocket_is_closed_after_timeout_tunnel() {
         "closed after {after:?}, before timeout tunnel"
     );
 }
+
+/// The `www` service on `backends` (instance `www-<port>`, its weight).
+fn www(backends: &[(&Backend, u32)]) -> serde_json::Value {
+    let instances: Vec<serde_json::Value> = backends
+        .iter()
+        .map(|(b, w)| {
+            serde_json::json!({
+                "id": format!("www-{}", b.port()),
+                "address": "127.0.0.1",
+                "port": b.port(),
+                "tags": ["HAPROXY.ENABLE=true"],
+                "weight": w,
+            })
+        })
+        .collect();
+    serde_json::json!({ "name": "www", "instances": instances })
+}
+
+#[test]
+fn fifty_websockets_across_a_hundred_live_changes_then_reloads_reported() {
+    let (_orphans, [a, b, c, d, e], files) = isolated::<5>();
+    write_catalog(&files.catalog(), &[www(&[(&a, 1), (&b, 1)])]);
+    let mut envs = env("inherit");
+    envs.push(("HAPROXY_HARD_STOP_AFTER", "3s".into()));
+    let sup = spawn_serving(&files.render_args(), &envs);
+    let pid = logged_serving_pid(&sup).expect("a serving pid");
+    let mut tunnels: Vec<Tunnel> = (0..50).map(|_| Tunnel::open(WWW)).collect();
+
+    // 100 live changes: instances c and d come and go (set into
+    // maintenance and deleted once idle), a's and b's weights move; the
+    // tunnels sit on a and b. After each applied change every tunnel
+    // echoes.
+    let live = |sup: &Supervisor| sup.events(Event::LiveApplied).len();
+    let mut cut = Vec::new();
+    for i in 0..100u32 {
+        let wa = 1 + i % 5;
+        let wb = 1 + (i / 3) % 4;
+        let mut set = vec![(&a, wa), (&b, wb)];
+        if i % 4 < 2 {
+            set.push((&c, 1));
+        }
+        if i % 6 >= 3 {
+            set.push((&d, 2));
+        }
+        let before = live(&sup);
+        write_catalog(&files.catalog(), &[www(&set)]);
+        wait_until(T, "the change applied live", || live(&sup) > before);
+        cut.extend(echo_all(&mut tunnels, &format!("live change {i}")));
+    }
+    assert!(cut.is_empty(), "tunnels cut by live changes: {cut:?}");
+    assert_eq!(logged_serving_pid(&sup), Some(pid), "a process started");
+    assert_eq!(done_count(&sup), 1, "a live change reloaded");
+    println!("50 websockets across 100 live changes: 0 cut, HAProxy pid {pid} throughout");
+
+    // Reloads (a new service each, on 2.6): the 50 stay with the first
+    // process, which serves them until hard-stop-after (3 s) ends it;
+    // reported: how many are cut, and when.
+    let first_reload = Instant::now();
+    for (n, svc) in [("api", &e), ("api2", &e), ("api3", &e)].iter().enumerate() {
+        write_catalog(
+            &files.catalog(),
+            &[www(&[(&a, 1), (&b, 1)]), service(svc.0, &[svc.1], &[])],
+        );
+        wait_done(&sup, 2 + n, T);
+    }
+    let reloads_took = first_reload.elapsed();
+    let mut cut_after: Vec<Option<Duration>> = vec![None; tunnels.len()];
+    while cut_after.iter().any(Option::is_none) && first_reload.elapsed() < Duration::from_secs(15)
+    {
+        for (t, cut) in tunnels.iter_mut().zip(cut_after.iter_mut()) {
+            if cut.is_none() && t.echo("ping\n").is_err() {
+                *cut = Some(first_reload.elapsed());
+            }
+        }
+    }
+    let mut times: Vec<Duration> = cut_after.iter().flatten().copied().collect();
+    times.sort();
+    let (first, last) = (times.first().copied(), times.last().copied());
+    println!(
+        "50 websockets across 3 reloads ({reloads_took:?} for the three): {} cut, the first {first:?} and the last {last:?} after the first reload (hard-stop-after 3s)",
+        times.len()
+    );
+    assert_eq!(
+        times.len(),
+        50,
+        "tunnels never cut: the old process did not stop"
+    );
+    assert!(
+        first.unwrap() >= Duration::from_millis(1500),
+        "a tunnel was cut {first:?} after the first reload, long before hard-stop-after (3s)"
+    );
+    // New ones go to the serving process.
+    let mut fresh = Tunnel::open(WWW);
+    fresh.echo("fresh\n").expect("a tunnel on the new process");
+}
