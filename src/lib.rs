@@ -91,6 +91,7 @@ pub mod plan;
 pub mod policy;
 pub mod process;
 pub mod render;
+pub mod rules;
 pub mod runtime;
 pub mod settings;
 pub mod signals;

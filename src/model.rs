@@ -140,6 +140,9 @@ pub struct Service {
     /// redirect to HTTPS (when TLS is on).
     pub https_redirect: bool,
     pub servers: Vec<Server>,
+    /// Per-service rules (`HAPROXY.PATH.STRIP`, `HAPROXY.ALLOW`, ...):
+    /// data the running HAProxy reads from maps ([`crate::rules`]).
+    pub rules: crate::rules::Rules,
 }
 
 /// A validated server line.
@@ -569,6 +572,17 @@ fn build_service(
         }
     };
 
+    let rules = crate::rules::parse(&tags.values, path.as_deref(), mode == Mode::Http)
+        .map_err(|b| invalid(&b.tag, b.message))?;
+    if frontend_port.is_some() && !rules.is_empty() {
+        // The rules are read on the shared frontend: a port of its own
+        // would be a way around them (an allow-list, say).
+        return Err(invalid(
+            "HAPROXY.FRONTEND.PORT",
+            "a service with rules (HAPROXY.ALLOW, HAPROXY.AUTH, ...) is served on the shared frontend only",
+        ));
+    }
+
     let mut instances: Vec<&Instance> = cs
         .instances
         .iter()
@@ -628,7 +642,13 @@ fn build_service(
         sticky,
         https_redirect,
         servers,
+        rules,
     })
+}
+
+/// [`strict_int`] for the other modules that read tags.
+pub(crate) fn strict_int_pub(s: &str, min: u32, max: u32) -> Option<u32> {
+    strict_int(s, min, max)
 }
 
 /// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
@@ -656,7 +676,7 @@ fn parse_tags<'a>(
             warn(t, "HAPROXY tag without '=value'; ignored".into());
             continue;
         };
-        if !KNOWN_TAGS.contains(&key) {
+        if !KNOWN_TAGS.contains(&key) && !crate::rules::is_rule_tag(key) {
             warn(key, "unknown HAPROXY tag (a typo?); ignored".into());
             continue;
         }

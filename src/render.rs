@@ -61,9 +61,53 @@ struct MapPaths {
     paths: Option<String>,
 }
 
+/// The map files of the per-service rules ([`crate::rules`]), each set
+/// only while some service uses that kind of rule (the template has its
+/// lines only then).
+#[derive(Serialize, Default)]
+struct RuleMaps {
+    /// Whether any rule map is set.
+    any: bool,
+    strip: Option<String>,
+    /// The depths a `strip` line exists for (1 to
+    /// [`crate::rules::MAX_STRIP_DEPTH`]).
+    strip_depths: Vec<StripDepth>,
+    prefix: Option<String>,
+    host: Option<String>,
+    timeout: Option<String>,
+    redirect: Option<String>,
+    allow_on: Option<String>,
+    allow_nets: Option<String>,
+    allow_pairs: Option<String>,
+    deny_nets: Option<String>,
+    deny_pairs: Option<String>,
+    auth_on: Option<String>,
+    auth: Option<String>,
+    rate: Option<String>,
+    request_headers: Vec<HeaderRule>,
+    response_headers: Vec<HeaderRule>,
+}
+
+/// Removing `depth` leading path segments keeps the path's fields (split
+/// at `/`, the first one empty) from `field` on.
+#[derive(Serialize)]
+struct StripDepth {
+    depth: usize,
+    field: usize,
+}
+
+/// A header set from a map: its name and the map.
+#[derive(Serialize)]
+struct HeaderRule {
+    name: String,
+    map: String,
+}
+
 #[derive(Serialize)]
 struct TemplateContext<'a> {
     vars: &'a HaproxyVars,
+    /// The per-service rules' maps.
+    rules: RuleMaps,
     admin_socket: String,
     /// Where the supervisor puts the serving generation's server state
     /// before a reload (beside the admin socket).
@@ -116,6 +160,8 @@ pub struct Profile {
     pub cookie: bool,
     /// Plain HTTP redirected to HTTPS (`HAPROXY.HTTPS_REDIRECT` with TLS on).
     pub https_redirect: bool,
+    /// gzip for text types (`HAPROXY.COMPRESS`).
+    pub compress: bool,
 }
 
 impl Profile {
@@ -129,6 +175,7 @@ impl Profile {
             healthcheck: s.healthcheck.clone(),
             cookie: s.sticky && s.mode == Mode::Http,
             https_redirect: tls && s.https_redirect && s.mode == Mode::Http,
+            compress: s.rules.compress && s.mode == Mode::Http,
         };
         let mode = match s.mode {
             Mode::Http => "http",
@@ -140,7 +187,7 @@ impl Profile {
             p.healthcheck.as_deref().unwrap_or(""),
             p.cookie,
             p.https_redirect,
-        );
+        ) + if p.compress { "|compress" } else { "" };
         p.name = format!("be_{mode}_{}", short_hash(&key));
         p
     }
@@ -154,6 +201,7 @@ impl Profile {
             && self.healthcheck.is_none()
             && !self.cookie
             && !self.https_redirect
+            && !self.compress
     }
 
     /// The backend name of a service made from this profile.
@@ -296,8 +344,63 @@ impl Renderer {
             maps.insert(n.clone(), t);
             Some(n)
         };
+        let rules = {
+            let with_rules: Vec<(&str, &crate::rules::Rules)> = routed
+                .iter()
+                .filter(|r| r.service.mode == Mode::Http && !r.service.rules.is_empty())
+                .map(|r| (r.backend.as_str(), &r.service.rules))
+                .collect();
+            let mut rm = RuleMaps::default();
+            for (role, entries) in crate::rules::maps(&with_rules) {
+                let text: String = entries.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+                let name = format!("{role}-{}.map", short_hash(&text));
+                let path = self.maps_dir.join(&name).display().to_string();
+                maps.insert(name, text);
+                rm.any = true;
+                let slot = match role.as_str() {
+                    "rule_strip" => &mut rm.strip,
+                    "rule_prefix" => &mut rm.prefix,
+                    "rule_host" => &mut rm.host,
+                    "rule_timeout" => &mut rm.timeout,
+                    "rule_redirect" => &mut rm.redirect,
+                    "rule_allow_on" => &mut rm.allow_on,
+                    "rule_allow_nets" => &mut rm.allow_nets,
+                    "rule_allow_pairs" => &mut rm.allow_pairs,
+                    "rule_deny_nets" => &mut rm.deny_nets,
+                    "rule_deny_pairs" => &mut rm.deny_pairs,
+                    "rule_auth_on" => &mut rm.auth_on,
+                    "rule_auth" => &mut rm.auth,
+                    "rule_rate" => &mut rm.rate,
+                    other => {
+                        let (list, name) = match other.strip_prefix("rule_reqhdr_") {
+                            Some(n) => (&mut rm.request_headers, n),
+                            None => (
+                                &mut rm.response_headers,
+                                other.strip_prefix("rule_reshdr_").unwrap_or(other),
+                            ),
+                        };
+                        list.push(HeaderRule {
+                            name: name.to_string(),
+                            map: path,
+                        });
+                        continue;
+                    }
+                };
+                *slot = Some(path);
+            }
+            if rm.strip.is_some() {
+                rm.strip_depths = (1..=crate::rules::MAX_STRIP_DEPTH)
+                    .map(|depth| StripDepth {
+                        depth,
+                        field: depth + 2,
+                    })
+                    .collect();
+            }
+            rm
+        };
         let ctx = TemplateContext {
             vars,
+            rules,
             admin_socket: self.admin_socket.display().to_string(),
             server_state_file: server_state_path(&self.admin_socket).display().to_string(),
             maps: MapPaths {

@@ -215,6 +215,119 @@ fn file_cases() -> Vec<Case> {
             cases.push(next(key).with_tag(format!("{key}={v}")));
         }
     }
+    // Rule tags (issue 21): every value not exactly of its form.
+    let bad_hash = "g".repeat(64);
+    let rule_values: Vec<(&'static str, Vec<String>)> = vec![
+        (
+            "HAPROXY.PATH.STRIP",
+            vec!["yes-evil".into(), "true\n    http-request deny evil".into()],
+        ),
+        (
+            "HAPROXY.PATH.PREFIX",
+            vec![
+                "evil".into(),
+                "/v1 evil".into(),
+                "/v1\n    http-request deny evil".into(),
+                "/evil/".into(),
+                "/%[req.hdr(evil)]".into(),
+                "/evil\"x".into(),
+            ],
+        ),
+        (
+            "HAPROXY.BACKEND.HOST",
+            vec![
+                "evil host.example.com".into(),
+                "evil.example.com\n    use_backend x".into(),
+                "evil.example.com:99999".into(),
+                "%[req.hdr(evil)]".into(),
+            ],
+        ),
+        (
+            "HAPROXY.BACKEND.TIMEOUT",
+            vec![
+                "10 evil".into(),
+                "evil".into(),
+                "1s\n    timeout server evil".into(),
+                "25h".into(),
+            ],
+        ),
+        (
+            "HAPROXY.REDIRECT",
+            vec![
+                "301,https://evil.example.com/a b".into(),
+                "301,javascript:evil".into(),
+                "302,https://evil.example.com/?x=1".into(),
+                "301 https://evil.example.com".into(),
+                "301,https://evil.example.com/\"".into(),
+                "301,https://user@evil.example.com".into(),
+                "303,https://evil.example.com".into(),
+                "301,https://evil.example.com\n    http-request deny".into(),
+            ],
+        ),
+        (
+            "HAPROXY.ALLOW",
+            vec![
+                "10.0.0.0/8,evil".into(),
+                "10.0.0.1/8".into(),
+                "10.0.0.0/8\n    http-request deny evil".into(),
+                "".into(),
+            ],
+        ),
+        ("HAPROXY.DENY", vec!["evil".into(), "10.0.0.0/33".into()]),
+        (
+            "HAPROXY.AUTH",
+            vec![
+                "evil:clear-text-password".into(),
+                format!("evil:saltsalt:{bad_hash}"),
+                format!("evil:short:{}", "a".repeat(64)),
+                format!("evil:saltsalt:{}\n    http-request deny", "a".repeat(64)),
+            ],
+        ),
+        (
+            "HAPROXY.RATE_LIMIT",
+            vec!["evil".into(), "0".into(), "10\n    evil".into()],
+        ),
+        ("HAPROXY.COMPRESS", vec!["yes-evil".into()]),
+        (
+            "HAPROXY.REQUEST.HEADER.X-Team",
+            vec![
+                "two evil".into(),
+                "\"evil\"".into(),
+                "evil\n    http-request deny".into(),
+                "evil#x".into(),
+            ],
+        ),
+        (
+            "HAPROXY.RESPONSE.HEADER.X-Team",
+            vec!["two evil".into(), "evil\\x".into()],
+        ),
+        (
+            "HAPROXY.REQUEST.HEADER.Host",
+            vec!["evil.example.com".into()],
+        ),
+        (
+            "HAPROXY.REQUEST.HEADER.X-Forwarded-For",
+            vec!["6.6.6.6".into()],
+        ),
+        ("HAPROXY.RESPONSE.HEADER.x_evil", vec!["1".into()]),
+    ];
+    for (key, values) in &rule_values {
+        for v in values {
+            cases.push(next(key).with_tag(format!("{key}={v}")));
+        }
+    }
+    // Rules on a TCP service, and beside a frontend port of its own.
+    cases.push(
+        next("HAPROXY.RATE_LIMIT")
+            .with_tag("HAPROXY.PROTOCOL=tcp")
+            .with_tag("HAPROXY.FRONTEND.PORT=9100")
+            .with_tag("HAPROXY.RATE_LIMIT=5"),
+    );
+    cases.push(
+        next("HAPROXY.FRONTEND.PORT")
+            .with_tag("HAPROXY.FRONTEND.PORT=9101")
+            .with_tag("HAPROXY.ALLOW=10.0.0.0/8"),
+    );
     // Overlong path (no marker: over 256 characters of a valid alphabet).
     cases.push(next("HAPROXY.PATH").with_tag(format!("HAPROXY.PATH=/{}", "p".repeat(300))));
     // Overlong host name label.
@@ -264,6 +377,18 @@ fn good_services() -> Vec<Value> {
             "tags": ["HAPROXY.ENABLE=true", "HAPROXY.PROTOCOL=http",
                      "HAPROXY.BACKEND.BALANCE=leastconn", "HAPROXY.BACKEND.MAXCONN=100",
                      "HAPROXY.VHOST=good.example.com"]}]}),
+        // Every kind of rule, valid (issue 21).
+        json!({"name": "good-rules", "instances": [{
+            "id": "good-rules-1", "address": "10.0.0.6", "port": 80,
+            "tags": ["HAPROXY.ENABLE=true", "HAPROXY.VHOST=rules.example.com",
+                     "HAPROXY.PATH=/api/v1", "HAPROXY.PATH.STRIP=true", "HAPROXY.PATH.PREFIX=/x",
+                     "HAPROXY.BACKEND.HOST=inner.example.com:81", "HAPROXY.BACKEND.TIMEOUT=5s",
+                     "HAPROXY.REDIRECT=308,https://other.example.com/p",
+                     "HAPROXY.ALLOW=10.0.0.0/8,::1", "HAPROXY.DENY=10.1.0.0/16",
+                     format!("HAPROXY.AUTH=alice:saltsalt:{}", "0".repeat(64)),
+                     "HAPROXY.RATE_LIMIT=100", "HAPROXY.REQUEST.HEADER.X-Team=blue",
+                     "HAPROXY.RESPONSE.HEADER.Access-Control-Allow-Origin=*",
+                     "HAPROXY.COMPRESS=true"]}]}),
         json!({"name": "good-tcp", "instances": [{
             "id": "good-tcp-1", "address": "10.0.0.2", "port": 5432,
             "tags": ["HAPROXY.ENABLE=true", "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9000"]}]}),
@@ -409,7 +534,15 @@ fn hostile_catalog_file_entries_are_left_out_with_warnings() {
     // Only the valid services are rendered, and they are rendered fully.
     assert_eq!(
         backends(&config),
-        ["_no_route", "good", "good-tcp", "heavy", "typo", "typo2"],
+        [
+            "_no_route",
+            "good",
+            "good-rules",
+            "good-tcp",
+            "heavy",
+            "typo",
+            "typo2"
+        ],
         "config:\n{config}"
     );
     let good = backend_lines(&config, "good");
