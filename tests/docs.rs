@@ -11,6 +11,7 @@ use std::path::Path;
 
 use clap::CommandFactory;
 use haproxy_supervisor::model::KNOWN_TAGS;
+use haproxy_supervisor::rules::RULE_TAGS;
 use haproxy_supervisor::settings::Cli;
 
 fn read(rel: &str) -> String {
@@ -119,7 +120,11 @@ fn every_tag_is_in_the_tag_table_and_docs_tags_md() {
     let table = first_cell_names(&read("README.md"));
     let tags_md = read("docs/tags.md");
     let mut problems = Vec::new();
-    for tag in KNOWN_TAGS {
+    let headers = [
+        "HAPROXY.REQUEST.HEADER.<Name>",
+        "HAPROXY.RESPONSE.HEADER.<Name>",
+    ];
+    for tag in KNOWN_TAGS.iter().chain(RULE_TAGS).chain(&headers) {
         match table.get(*tag) {
             None => problems.push(format!(
                 "{tag} is not in the tag table of README.md (| `{tag}` | does | values | default |)"
@@ -137,7 +142,10 @@ fn every_tag_is_in_the_tag_table_and_docs_tags_md() {
         }
     }
     for name in table.keys().filter(|n| n.starts_with("HAPROXY.")) {
-        if !KNOWN_TAGS.contains(&name.as_str()) {
+        if !KNOWN_TAGS.contains(&name.as_str())
+            && !RULE_TAGS.contains(&name.as_str())
+            && !headers.contains(&name.as_str())
+        {
             problems.push(format!(
                 "README.md's tag table lists {name}, which the model does not know"
             ));

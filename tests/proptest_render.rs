@@ -23,11 +23,23 @@ use render_check::{check_rendered, fixed_renderer, renderer};
 /// Tag keys: every one the model knows, and some it does not.
 fn keys() -> Vec<&'static str> {
     let unknown = ["HAPROXY.BACKEND.MAXCON", "HAPROXY.", "haproxy.vhost"];
-    KNOWN_TAGS.iter().copied().chain(unknown).collect()
+    let headers = [
+        "HAPROXY.REQUEST.HEADER.X-Team",
+        "HAPROXY.RESPONSE.HEADER.X-Frame-Options",
+        "HAPROXY.REQUEST.HEADER.Host",
+    ];
+    KNOWN_TAGS
+        .iter()
+        .copied()
+        .chain(RULE_TAGS.iter().copied())
+        .chain(headers)
+        .chain(unknown)
+        .collect()
 }
 
 /// Every balance algorithm the model accepts.
 use haproxy_supervisor::model::{BALANCES, KNOWN_TAGS};
+use haproxy_supervisor::rules::RULE_TAGS;
 
 /// Characters that mean something to HAProxy, map files, shells or
 /// terminals, plus some that are harmless.
@@ -89,6 +101,38 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
         "HAPROXY.BACKEND.STICKY" => prop::sample::select(&["true", "false"][..])
             .prop_map(str::to_string)
             .boxed(),
+        "HAPROXY.PATH.STRIP" | "HAPROXY.COMPRESS" => prop::sample::select(&["true", "false"][..])
+            .prop_map(str::to_string)
+            .boxed(),
+        "HAPROXY.PATH.PREFIX" => "/[a-z0-9._~-]{1,8}(/[a-z0-9]{1,4}){0,2}".boxed(),
+        "HAPROXY.BACKEND.HOST" => "[a-z]{1,6}(\\.[a-z]{1,6}){0,2}(:[1-9][0-9]{0,3})?".boxed(),
+        "HAPROXY.BACKEND.TIMEOUT" => (1u32..100_000).prop_map(|n| format!("{n}ms")).boxed(),
+        "HAPROXY.REDIRECT" => (
+            prop::sample::select(&["301", "302", "307", "308", "303"][..]),
+            "https?://[a-z]{1,6}\\.com(:[1-9][0-9]{0,3})?(/[a-z0-9]{1,5}){0,2}/?",
+        )
+            .prop_map(|(c, u)| format!("{c},{u}"))
+            .boxed(),
+        "HAPROXY.ALLOW" | "HAPROXY.DENY" => {
+            prop::collection::vec((any::<[u8; 4]>(), 8u8..=32), 1..4)
+                .prop_map(|nets| {
+                    nets.iter()
+                        .map(|(ip, len)| {
+                            let net = ipnet::Ipv4Net::new(Ipv4Addr::from(*ip), *len)
+                                .unwrap()
+                                .trunc();
+                            net.to_string()
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .boxed()
+        }
+        "HAPROXY.AUTH" => ("[a-z]{1,8}", "[a-zA-Z0-9./]{8,12}", "[0-9a-f]{64}")
+            .prop_map(|(u, s, h)| format!("{u}:{s}:{h}"))
+            .boxed(),
+        "HAPROXY.RATE_LIMIT" => (1u32..=1_000_000).prop_map(|n| n.to_string()).boxed(),
+        k if k.contains(".HEADER.") => "[!-~]{1,12}".boxed(),
         _ => value().boxed(),
     };
     prop_oneof![8 => fitting, 1 => value()].boxed()
@@ -290,6 +334,7 @@ fn any_catalog_renders_a_config_haproxy_accepts() {
         ..ProptestConfig::default()
     });
     let accepted = std::cell::Cell::new(0usize);
+    let with_rules = std::cell::Cell::new(0usize);
     runner
         .run(&(catalog(), vars()), |(catalog, vars)| {
             let (desired, _) = Desired::build(&catalog, &Context::from(&vars));
@@ -299,9 +344,26 @@ fn any_catalog_renders_a_config_haproxy_accepts() {
             staged.abort();
             prop_assert!(valid, "haproxy -c: {}\n{}", msg, rendered.config);
             accepted.set(accepted.get() + desired.services.len());
+            with_rules.set(
+                with_rules.get()
+                    + desired
+                        .services
+                        .iter()
+                        .filter(|s| !s.rules.is_empty())
+                        .count(),
+            );
             Ok(())
         })
         .unwrap();
+    // ... and some of them with rules (issue 21).
+    eprintln!(
+        "services with rules accepted over the run: {}",
+        with_rules.get()
+    );
+    assert!(
+        with_rules.get() > 0,
+        "no service with rules was ever accepted"
+    );
     // The generator is not degenerate: some services got through.
     eprintln!("services accepted over the run: {}", accepted.get());
     assert!(accepted.get() > 0, "no service was ever accepted");

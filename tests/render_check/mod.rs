@@ -57,19 +57,93 @@ pub fn sections(config: &str) -> (Vec<(String, Vec<String>)>, Vec<String>) {
     (out, comments)
 }
 
-/// Replaces content-addressed map names by their kind, so configs with
-/// different maps compare.
+/// Replaces content-addressed map names by their kind (the file name
+/// before its hash: `hosts`, `paths`, `rule_strip`, `rule_reqhdr_x-team`,
+/// ...), so configs with different maps compare.
 pub fn normalize_maps(line: &str) -> String {
     let mut out = line.to_string();
-    for kind in ["hosts", "paths"] {
-        while let Some(start) = out.find(&format!("/etc/haproxy/maps/{kind}-")) {
-            let end = out[start..]
-                .find(".map")
-                .map_or(out.len(), |e| start + e + 4);
-            out.replace_range(start..end, &format!("<{kind} map>"));
-        }
+    let dir = "/etc/haproxy/maps/";
+    while let Some(start) = out.find(dir) {
+        let end = out[start..]
+            .find(".map")
+            .map_or(out.len(), |e| start + e + 4);
+        let name = &out[start + dir.len()..end];
+        let kind = name.rsplit_once('-').map_or(name, |(k, _)| k).to_string();
+        out.replace_range(start..end, &format!("<{kind} map>"));
     }
     out
+}
+
+/// A rule line of `app_http_in` with its header name (if any) replaced by
+/// `HDR`, after [`normalize_maps`]; None if the line is not a rule line.
+/// A header line must name the header its map is for.
+pub fn rule_line(norm: &str) -> Option<Result<(String, Option<String>), String>> {
+    // The template's comments on its rule lines.
+    const COMMENTS: &[&str] = &[
+        "    # Per-service rules",
+        "    # keyed by the backend the routing",
+        "    # a kind of rule no service",
+        "    # Basic authentication",
+        "    # Requests a second per client",
+        "    # requests count, so under",
+    ];
+    let is_rule = norm.contains("txn.r_")
+        || norm.contains("<rule_")
+        || norm.starts_with("    stick-table ")
+        || COMMENTS.iter().any(|c| norm.starts_with(c));
+    if !is_rule {
+        return None;
+    }
+    for (prefix, kind) in [
+        ("    http-request set-header ", "rule_reqhdr_"),
+        ("    http-response set-header ", "rule_reshdr_"),
+    ] {
+        if let Some(rest) = norm
+            .strip_prefix(prefix)
+            .filter(|_| norm.contains(&format!("<{kind}")))
+        {
+            let Some(name) = rest.split(' ').next() else {
+                return Some(Err(format!("no header name in {norm:?}")));
+            };
+            if !norm.contains(&format!("<{kind}{name} map>")) {
+                return Some(Err(format!(
+                    "header {name:?} read from another map: {norm:?}"
+                )));
+            }
+            let generic = norm
+                .replacen(&format!("{prefix}{name} "), &format!("{prefix}HDR "), 1)
+                .replace(&format!("<{kind}{name} map>"), &format!("<{kind}HDR map>"));
+            return Some(Ok((generic, Some(name.to_string()))));
+        }
+    }
+    Some(Ok((norm.to_string(), None)))
+}
+
+/// Every rule line the template can write in `app_http_in`, header names
+/// as `HDR`: rendered for one service with every rule.
+pub fn rule_lines(vars: &HaproxyVars) -> BTreeSet<String> {
+    let hash = "0".repeat(64);
+    let catalog = Catalog::parse_file(&format!(
+        r#"{{"services":[{{"name":"r","instances":[{{"id":"r1","address":"10.0.0.1","port":80,
+            "tags":["HAPROXY.ENABLE=true","HAPROXY.VHOST=r.example.com","HAPROXY.PATH=/p",
+            "HAPROXY.PATH.STRIP=true","HAPROXY.PATH.PREFIX=/x","HAPROXY.BACKEND.HOST=h.example.com",
+            "HAPROXY.BACKEND.TIMEOUT=5s","HAPROXY.REDIRECT=301,https://o.example.com",
+            "HAPROXY.ALLOW=10.0.0.0/8","HAPROXY.DENY=10.1.0.0/16",
+            "HAPROXY.AUTH=u:saltsalt:{hash}","HAPROXY.RATE_LIMIT=5",
+            "HAPROXY.REQUEST.HEADER.X-A=1","HAPROXY.RESPONSE.HEADER.X-B=2"]}}]}}]}}"#
+    ))
+    .unwrap();
+    let (d, w) = Desired::build(&catalog, &Context::from(vars));
+    assert!(w.is_empty(), "{w:?}");
+    let r = fixed_renderer().render(&d, vars).unwrap();
+    sections(&r.config)
+        .0
+        .into_iter()
+        .filter(|(h, _)| h == "frontend app_http_in from base")
+        .flat_map(|(_, lines)| lines)
+        .filter_map(|l| rule_line(&normalize_maps(&l)))
+        .map(|r| r.expect("the template's own header lines").0)
+        .collect()
 }
 
 /// The sections of the template itself, rendered with `vars` for no
@@ -169,6 +243,38 @@ pub fn check_structure(
         if let Some(skel) = plain.get(header) {
             // The template's own sections: exactly as for no service.
             if header == "frontend app_http_in from base" {
+                // The rule lines apart: each one the template writes, its
+                // header names those of accepted services.
+                let allowed = rule_lines(vars);
+                let headers: BTreeSet<String> = desired
+                    .services
+                    .iter()
+                    .flat_map(|s| {
+                        s.rules
+                            .request_headers
+                            .keys()
+                            .chain(s.rules.response_headers.keys())
+                            .cloned()
+                    })
+                    .collect();
+                let mut rest = Vec::new();
+                for l in &norm {
+                    match rule_line(l) {
+                        None => rest.push(l.clone()),
+                        Some(Err(e)) => prop_assert!(false, "{}", e),
+                        Some(Ok((generic, name))) => {
+                            prop_assert!(
+                                allowed.contains(&generic),
+                                "rule line {:?} is not the template's",
+                                l
+                            );
+                            if let Some(n) = name {
+                                prop_assert!(headers.contains(&n), "header {:?} of no service", n);
+                            }
+                        }
+                    }
+                }
+                let norm = rest;
                 prop_assert!(
                     &norm == skel || Some(&norm) == with_paths.get(header),
                     "app_http_in differs from the template: {:?}",
@@ -225,13 +331,20 @@ pub fn check_structure(
                 "tcp"
             };
             for l in lines {
-                let ok = literals.contains(l)
+                let rule_bound = l.starts_with("    compression ") || l.contains("txn.r_timeout");
+                let ok = (literals.contains(l) && !rule_bound)
                     || *l == format!("    mode {mode}")
                     || *l == format!("    balance {}", p.balance)
                     || *l == default_server
                     || p.healthcheck
                         .as_ref()
                         .is_some_and(|h| *l == format!("    option httpchk GET {h}"))
+                    || (l.starts_with("    compression ") && p.compress)
+                    || (l.starts_with("    http-request set-timeout server var(txn.r_timeout)")
+                        && desired
+                            .services
+                            .iter()
+                            .any(|s| s.rules.timeout_server_ms.is_some()))
                     || (p.https_redirect
                         && l.starts_with(
                             "    http-request redirect location https://%[var(txn.host)]",
@@ -440,8 +553,41 @@ pub fn check_rendered(
         prop_assert!(rest.is_empty(), "extra words in {:?}", line);
     }
 
+    // Rule maps: keys are backends (or `backend|x`, or networks), values
+    // of the rule's form.
+    for (name, text) in r.maps.iter().filter(|(n, _)| n.starts_with("rule_")) {
+        let kind = name.rsplit_once('-').map_or(name.as_str(), |(k, _)| k);
+        for line in text.lines() {
+            let w: Vec<&str> = line.split(' ').collect();
+            prop_assert_eq!(w.len(), 2, "{}: {:?}", name, line);
+            let (key, value) = (w[0], w[1]);
+            if kind.ends_with("_nets") {
+                prop_assert!(key.parse::<ipnet::IpNet>().is_ok(), "{}: {:?}", name, line);
+                prop_assert!(value.starts_with('n') && value[1..].parse::<u32>().is_ok());
+                continue;
+            }
+            let be = key.split('|').next().unwrap_or_default();
+            prop_assert!(want.iter().skip(1).any(|b| b == be), "{}: {:?}", name, line);
+            let ok = match kind {
+                "rule_strip" => matches!(value.parse::<u32>(), Ok(1..=8)),
+                "rule_timeout" | "rule_rate" => value.parse::<u64>().is_ok(),
+                "rule_prefix" => is_path(value),
+                "rule_host" => {
+                    let h = value.split(':').next().unwrap_or_default();
+                    hostname(h).as_deref() == Some(h)
+                }
+                "rule_redirect" => value.starts_with("30") && value.contains("|http"),
+                "rule_auth" => value.len() > 64 && value.as_bytes()[value.len() - 65] == b':',
+                _ => value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b"\"'\\#".contains(&b)),
+            };
+            prop_assert!(ok, "{}: {:?}", name, line);
+        }
+    }
+
     // Map lines: `key backend`, the backend of an accepted http service.
-    for (name, text) in &r.maps {
+    for (name, text) in r.maps.iter().filter(|(n, _)| !n.starts_with("rule_")) {
         for line in text.lines() {
             let w: Vec<&str> = line.split(' ').collect();
             prop_assert_eq!(w.len(), 2, "{}: {:?}", name, line);
