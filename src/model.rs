@@ -139,6 +139,12 @@ pub struct Service {
     /// `HAPROXY.HTTPS_REDIRECT=true`: plain HTTP answers a permanent
     /// redirect to HTTPS (when TLS is on).
     pub https_redirect: bool,
+    /// `HAPROXY.ROUTE.WEIGHT`: the service may share its route with one
+    /// other service that declares a weight too (canary, blue-green).
+    pub route_weight: Option<u32>,
+    /// `HAPROXY.ROUTE.STICKY=true`: a shared route sends a client (by
+    /// address) to the same side while the weights stay.
+    pub route_sticky: bool,
     pub servers: Vec<Server>,
     /// Per-service rules (`HAPROXY.PATH.STRIP`, `HAPROXY.ALLOW`, ...):
     /// data the running HAProxy reads from maps ([`crate::rules`]).
@@ -217,6 +223,20 @@ pub struct Desired {
     /// The HTTPS bind, when certificates are served (filled by the
     /// supervisor from [`crate::tls`], not from the catalog).
     pub tls: Option<TlsFrontend>,
+    /// Routes two services share by weight (canary, blue-green), sorted.
+    pub splits: Vec<Split>,
+}
+
+/// A route (its hosts and path) held by `owner` and shared with `other`:
+/// `percent` of its requests go to `other` (`HAPROXY.ROUTE.WEIGHT` of
+/// each: other / (owner + other); 0 when both are 0), drawn per request
+/// or, when `sticky`, from the client's address.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Split {
+    pub owner: String,
+    pub other: String,
+    pub percent: u32,
+    pub sticky: bool,
 }
 
 pub const TAG_PREFIX: &str = "HAPROXY.";
@@ -231,6 +251,8 @@ pub const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.BACKEND.HEALTHCHECK",
     "HAPROXY.BACKEND.STICKY",
     "HAPROXY.HTTPS_REDIRECT",
+    "HAPROXY.ROUTE.WEIGHT",
+    "HAPROXY.ROUTE.STICKY",
 ];
 pub const BALANCES: &[&str] = &[
     "roundrobin",
@@ -349,7 +371,10 @@ impl Desired {
         let mut ports: BTreeMap<u16, Option<String>> =
             ctx.reserved_ports.iter().map(|p| (*p, None)).collect();
         let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
-        let mut services = Vec::with_capacity(valid.len());
+        // Each route owner's routes, sorted, and the shared routes.
+        let mut owned: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let mut splits: Vec<Split> = Vec::new();
+        let mut services: Vec<Service> = Vec::with_capacity(valid.len());
         for (_, svc) in valid {
             let mut refuse = |tag: &str, message: String, held_by: Option<&String>| {
                 warnings.push(Warning {
@@ -395,10 +420,42 @@ impl Desired {
                 .iter()
                 .find_map(|r| routes.get(r).map(|owner| (r, owner)))
             {
+                // Canary / blue-green: both declare a weight, the
+                // newcomer claims exactly the owner's routes, and the
+                // owner shares with no one yet.
+                let owner_svc = services.iter().find(|s: &&Service| &s.name == owner);
+                let same_routes = owned.get(owner).is_some_and(|o| {
+                    let mut mine = my_routes.clone();
+                    mine.sort();
+                    *o == mine
+                });
+                if let Some(o) = owner_svc.filter(|o| {
+                    o.route_weight.is_some()
+                        && svc.route_weight.is_some()
+                        && same_routes
+                        && svc.frontend_port.is_none()
+                        && !splits.iter().any(|s: &Split| s.owner == o.name)
+                }) {
+                    let (wo, wn) = (o.route_weight.unwrap_or(0), svc.route_weight.unwrap_or(0));
+                    let percent = (wn * 100 + (wo + wn) / 2).checked_div(wo + wn).unwrap_or(0);
+                    splits.push(Split {
+                        owner: o.name.clone(),
+                        other: svc.name.clone(),
+                        percent,
+                        sticky: o.route_sticky || svc.route_sticky,
+                    });
+                    services.push(svc);
+                    continue;
+                }
+                let why = if svc.route_weight.is_some() {
+                    " (a shared route needs HAPROXY.ROUTE.WEIGHT on both, the same hosts and path, and no third service)"
+                } else {
+                    ""
+                };
                 refuse(
                     "HAPROXY.VHOST",
                     format!(
-                        "route {}{} is held by service {owner:?}, which claimed it first",
+                        "route {}{} is held by service {owner:?}, which claimed it first{why}",
                         r.0, r.1
                     ),
                     Some(owner),
@@ -408,6 +465,9 @@ impl Desired {
             if let Some(p) = svc.frontend_port {
                 ports.insert(p, Some(svc.name.clone()));
             }
+            let mut mine = my_routes.clone();
+            mine.sort();
+            owned.insert(svc.name.clone(), mine);
             for r in my_routes {
                 routes.insert(r, svc.name.clone());
             }
@@ -420,6 +480,10 @@ impl Desired {
             Desired {
                 services,
                 tls: None,
+                splits: {
+                    splits.sort();
+                    splits
+                },
             },
             warnings,
         )
@@ -572,6 +636,31 @@ fn build_service(
         }
     };
 
+    let route_weight = match tags.values.get("HAPROXY.ROUTE.WEIGHT") {
+        None => None,
+        Some(v) => Some(strict_int(v, 0, 100).ok_or_else(|| {
+            invalid(
+                "HAPROXY.ROUTE.WEIGHT",
+                format!("{v:?} is not an integer 0..=100"),
+            )
+        })?),
+    };
+    let route_sticky = match tags.values.get("HAPROXY.ROUTE.STICKY") {
+        None | Some(&"false") => false,
+        Some(&"true") => true,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.ROUTE.STICKY",
+                format!("{v:?} is not true or false"),
+            ))
+        }
+    };
+    if mode == Mode::Tcp && (route_weight.is_some() || route_sticky) {
+        return Err(invalid(
+            "HAPROXY.ROUTE.WEIGHT",
+            "only for HTTP services (a TCP service has its own port, no shared route)",
+        ));
+    }
     let rules = crate::rules::parse(&tags.values, path.as_deref(), mode == Mode::Http)
         .map_err(|b| invalid(&b.tag, b.message))?;
     if frontend_port.is_some() && !rules.is_empty() {
@@ -641,6 +730,8 @@ fn build_service(
         healthcheck,
         sticky,
         https_redirect,
+        route_weight,
+        route_sticky,
         servers,
         rules,
     })
@@ -849,6 +940,67 @@ mod tests {
             ["www-1", "www-2"]
         );
         assert_eq!(s.servers[0].address, "10.0.0.1:80");
+    }
+
+    #[test]
+    fn two_weighted_services_share_a_route_and_a_third_is_left_out() {
+        let tags = |w: &'static str| -> Vec<&'static str> {
+            vec!["HAPROXY.ENABLE=true", "HAPROXY.VHOST=app.example.com", w]
+        };
+        let c = catalog(&[
+            (
+                "blue",
+                vec![inst("b", "10.0.0.1", 80, &tags("HAPROXY.ROUTE.WEIGHT=75"))],
+            ),
+            (
+                "green",
+                vec![inst("g", "10.0.0.2", 80, &tags("HAPROXY.ROUTE.WEIGHT=25"))],
+            ),
+            (
+                "red",
+                vec![inst("r", "10.0.0.3", 80, &tags("HAPROXY.ROUTE.WEIGHT=5"))],
+            ),
+            (
+                "plain",
+                vec![inst("p", "10.0.0.4", 80, &tags("HAPROXY.PATH=/x"))],
+            ),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        let names: Vec<&str> = d.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["blue", "green", "plain"], "{w:?}");
+        assert_eq!(
+            d.splits,
+            [Split {
+                owner: "blue".into(),
+                other: "green".into(),
+                percent: 25,
+                sticky: false
+            }]
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(
+            (w[0].service.as_str(), w[0].tag.as_str()),
+            ("red", "HAPROXY.VHOST")
+        );
+        // Without a weight on both, the newcomer is left out, as before.
+        let c = catalog(&[
+            (
+                "blue",
+                vec![inst("b", "10.0.0.1", 80, &tags("HAPROXY.ROUTE.WEIGHT=75"))],
+            ),
+            (
+                "green",
+                vec![inst(
+                    "g",
+                    "10.0.0.2",
+                    80,
+                    &["HAPROXY.ENABLE=true", "HAPROXY.VHOST=app.example.com"],
+                )],
+            ),
+        ]);
+        let (d, w) = Desired::build(&c, &ctx());
+        assert_eq!(d.services.len(), 1);
+        assert!(d.splits.is_empty() && w.len() == 1, "{w:?}");
     }
 
     #[test]

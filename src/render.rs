@@ -84,6 +84,11 @@ struct RuleMaps {
     auth_on: Option<String>,
     auth: Option<String>,
     rate: Option<String>,
+    /// Shared routes: owner backend → the other backend, the percent of
+    /// requests it gets, and whether the draw is by client address.
+    split: Option<String>,
+    split_pct: Option<String>,
+    split_sticky: Option<String>,
     request_headers: Vec<HeaderRule>,
     response_headers: Vec<HeaderRule>,
 }
@@ -351,7 +356,29 @@ impl Renderer {
                 .map(|r| (r.backend.as_str(), &r.service.rules))
                 .collect();
             let mut rm = RuleMaps::default();
-            for (role, entries) in crate::rules::maps(&with_rules) {
+            let mut all = crate::rules::maps(&with_rules);
+            let backend_of = |name: &str| {
+                routed
+                    .iter()
+                    .find(|r| r.service.name == name)
+                    .map(|r| r.backend.clone())
+                    .unwrap_or_default()
+            };
+            for sp in &desired.splits {
+                let owner = backend_of(&sp.owner);
+                let put =
+                    |all: &mut BTreeMap<String, crate::rules::Entries>, role: &str, v: String| {
+                        all.entry(role.to_string())
+                            .or_default()
+                            .push((owner.clone(), v))
+                    };
+                put(&mut all, "rule_split", backend_of(&sp.other));
+                put(&mut all, "rule_split_pct", sp.percent.to_string());
+                if sp.sticky {
+                    put(&mut all, "rule_split_sticky", "1".into());
+                }
+            }
+            for (role, entries) in all {
                 let text: String = entries.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
                 let name = format!("{role}-{}.map", short_hash(&text));
                 let path = self.maps_dir.join(&name).display().to_string();
@@ -371,6 +398,9 @@ impl Renderer {
                     "rule_auth_on" => &mut rm.auth_on,
                     "rule_auth" => &mut rm.auth,
                     "rule_rate" => &mut rm.rate,
+                    "rule_split" => &mut rm.split,
+                    "rule_split_pct" => &mut rm.split_pct,
+                    "rule_split_sticky" => &mut rm.split_sticky,
                     other => {
                         let (list, name) = match other.strip_prefix("rule_reqhdr_") {
                             Some(n) => (&mut rm.request_headers, n),

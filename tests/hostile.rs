@@ -289,6 +289,16 @@ fn file_cases() -> Vec<Case> {
         ),
         ("HAPROXY.COMPRESS", vec!["yes-evil".into()]),
         (
+            "HAPROXY.ROUTE.WEIGHT",
+            vec![
+                "101".into(),
+                "evil".into(),
+                "-1".into(),
+                "50\n    evil".into(),
+            ],
+        ),
+        ("HAPROXY.ROUTE.STICKY", vec!["yes-evil".into()]),
+        (
             "HAPROXY.REQUEST.HEADER.X-Team",
             vec![
                 "two evil".into(),

@@ -132,6 +132,10 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             .prop_map(|(u, s, h)| format!("{u}:{s}:{h}"))
             .boxed(),
         "HAPROXY.RATE_LIMIT" => (1u32..=1_000_000).prop_map(|n| n.to_string()).boxed(),
+        "HAPROXY.ROUTE.WEIGHT" => (0u32..=100).prop_map(|n| n.to_string()).boxed(),
+        "HAPROXY.ROUTE.STICKY" => prop::sample::select(&["true", "false"][..])
+            .prop_map(str::to_string)
+            .boxed(),
         k if k.contains(".HEADER.") => "[!-~]{1,12}".boxed(),
         _ => value().boxed(),
     };

@@ -366,11 +366,32 @@ fn rule_values_change_live_under_load() {
             format!("HAPROXY.RATE_LIMIT={}", 100_000 + i),
             // The load comes from 127.0.0.1, allowed in every round; the
             // rest of the list moves.
-            format!("HAPROXY.ALLOW=127.0.0.1,10.{i}.0.0/16"),
-            format!("HAPROXY.DENY=192.168.{i}.0/24"),
+            format!("HAPROXY.ALLOW=127.0.0.1,127.0.1.{i},10.{i}.0.0/16"),
+            format!("HAPROXY.DENY=127.0.2.{i}"),
         ];
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        vec![service("www", &[&a], &[]), svc("ruled", echo, &tags)]
+        let salt = format!("saltsalt{i}");
+        let auth = format!(
+            "HAPROXY.AUTH=alice:{salt}:{}",
+            hash(&salt, &format!("pw{i}"))
+        );
+        let path = if i % 2 == 0 { "/a" } else { "/a/b" };
+        let code = if i % 2 == 0 { 307 } else { 308 };
+        vec![
+            service("www", &[&a], &[]),
+            svc("ruled", echo, &tags),
+            svc(
+                "moved",
+                echo,
+                &[&format!("HAPROXY.REDIRECT={code},https://r{i}.example.com")],
+            ),
+            svc("locked", echo, &[&auth]),
+            svc(
+                "stripped",
+                echo,
+                &[&format!("HAPROXY.PATH={path}"), "HAPROXY.PATH.STRIP=true"],
+            ),
+        ]
     };
     write_catalog(&files.catalog(), &catalog(0));
     let sup = spawn_serving(&files.render_args(), &env("inherit"));
@@ -401,11 +422,186 @@ fn rule_values_change_live_under_load() {
             head.contains(&format!("x-served-round: {i}")),
             "round {i}: {head}"
         );
+        // The allow and deny lists moved.
+        let from = |a: String| status("ruled.example.com", "/", &["--interface", &a]);
+        assert_eq!(from(format!("127.0.1.{i}")), 200, "round {i}");
+        assert_eq!(from(format!("127.0.1.{}", i - 1)), 403, "round {i}");
+        assert_eq!(from(format!("127.0.2.{i}")), 403, "round {i}");
+        // The redirect, the credentials and the stripped path moved.
+        let (code, head, _) = curl("moved.example.com", "/q", &[]);
+        assert_eq!(code, if i % 2 == 0 { 307 } else { 308 }, "round {i}");
+        assert!(
+            head.contains(&format!("location: https://r{i}.example.com/q")),
+            "round {i}: {head}"
+        );
+        let (pw, old_pw) = (format!("alice:pw{i}"), format!("alice:pw{}", i - 1));
+        assert_eq!(
+            status("locked.example.com", "/", &["-u", &pw]),
+            200,
+            "round {i}"
+        );
+        assert_eq!(
+            status("locked.example.com", "/", &["-u", &old_pw]),
+            401,
+            "round {i}"
+        );
+        let path = if i % 2 == 0 { "/a/z" } else { "/a/b/z" };
+        let (_, _, body) = curl("stripped.example.com", path, &[]);
+        assert!(body.starts_with("GET /z HTTP/1.1"), "round {i}: {body}");
     }
     let report = load.stop();
-    println!("10 rounds of rule values changed under load: {report}");
-    assert_eq!(report.failed(), 0, "{report}");
+    // (The bodies differ with every round: only the counts are shown.)
+    println!(
+        "10 rounds of rule values (prefix, host, headers, timeout, rate, allow, deny, redirect, auth, strip) changed under load: {} requests, {} ok, {} failed, {} non-2xx",
+        report.total(),
+        report.ok,
+        report.failed(),
+        report.non_2xx
+    );
+    assert_eq!(
+        report.failed(),
+        0,
+        "{} failed: {:?}",
+        report.failed(),
+        report.errors
+    );
     assert!(report.ok > 0);
     assert_eq!(logged_serving_pid(&sup), Some(pid), "a process started");
     assert_eq!(done_count(&sup), 1, "a rule value change reloaded");
+}
+
+/// Shares of `a` and `b` (percent of 2xx bodies) in a 1 s sample of load,
+/// new connection per request and keep-alive mixed.
+fn sample_share(host: &str, a: &str, b: &str) -> (f64, f64, u64) {
+    let close = Load::start(FRONT, host, 4);
+    let mut opts = LoadOptions::new(4);
+    opts.keepalive = true;
+    let ka = Load::start_with(FRONT.parse().unwrap(), host, &opts);
+    std::thread::sleep(Duration::from_secs(1)); // the sample's length, not a wait
+    let mut r = close.stop();
+    r.merge(ka.stop());
+    let n = r.ok.max(1) as f64;
+    let share = |k: &str| 100.0 * *r.bodies.get(k).unwrap_or(&0) as f64 / n;
+    (share(a), share(b), r.failed())
+}
+
+#[test]
+fn blue_green_by_weight_under_load_loses_nothing() {
+    let (_orphans, [w, v1, v2], files) = isolated::<3>();
+    let app = |name: &str, be: &Backend, weight: u32| {
+        service(
+            name,
+            &[be],
+            &[
+                "HAPROXY.VHOST=app.example.com",
+                &format!("HAPROXY.ROUTE.WEIGHT={weight}"),
+            ],
+        )
+    };
+    write_catalog(
+        &files.catalog(),
+        &[service("www", &[&w], &[]), app("blue", &v1, 100)],
+    );
+    let sup = spawn_serving(&files.render_args(), &env("inherit"));
+    // Under load all along: a new connection per request, and keep-alive.
+    let close = Load::start(FRONT, "app.example.com", 4);
+    let mut opts = LoadOptions::new(4);
+    opts.keepalive = true;
+    let ka = Load::start_with(FRONT.parse().unwrap(), "app.example.com", &opts);
+
+    // green registered with weight 0 (a new backend: a reload on 2.6),
+    // then 50 and 100 (live), then blue deregistered.
+    let live = |sup: &Supervisor| sup.events(Event::LiveApplied).len();
+    write_catalog(
+        &files.catalog(),
+        &[
+            service("www", &[&w], &[]),
+            app("blue", &v1, 100),
+            app("green", &v2, 0),
+        ],
+    );
+    wait_done(&sup, 2, T);
+    let mut steps = vec![(0u32, sample_share("app.example.com", "web-2", "web-3"))];
+    for (blue, green) in [(50u32, 50u32), (0, 100)] {
+        let before = live(&sup);
+        write_catalog(
+            &files.catalog(),
+            &[
+                service("www", &[&w], &[]),
+                app("blue", &v1, blue),
+                app("green", &v2, green),
+            ],
+        );
+        wait_until(T, "the new weights applied live", || live(&sup) > before);
+        steps.push((green, sample_share("app.example.com", "web-2", "web-3")));
+    }
+    let reloads_before = done_count(&sup);
+    write_catalog(
+        &files.catalog(),
+        &[service("www", &[&w], &[]), app("green", &v2, 100)],
+    );
+    wait_done(&sup, reloads_before + 1, T);
+    steps.push((100, sample_share("app.example.com", "web-2", "web-3")));
+    let mut report = close.stop();
+    report.merge(ka.stop());
+
+    for (want, (blue, green, failed)) in &steps {
+        println!("green weight {want}%: green {green:.1}%, blue {blue:.1}%, {failed} failed in the sample");
+    }
+    println!("blue-green under load (4 clients closing, 4 keep-alive): {report}");
+    assert_eq!(report.failed(), 0, "{report}");
+    assert_eq!(report.non_2xx, 0, "{report}");
+    for (want, (_, green, failed)) in &steps {
+        assert_eq!(*failed, 0);
+        assert!(
+            (green - *want as f64).abs() <= 5.0,
+            "green got {green:.1}% for a weight share of {want}%"
+        );
+    }
+    assert_eq!(
+        done_count(&sup),
+        3,
+        "reloads: start, green's backend, blue's removal (weights are live)"
+    );
+}
+
+#[test]
+fn a_sticky_split_keeps_each_client_on_one_side() {
+    let (_orphans, [w, v1, v2], files) = isolated::<3>();
+    let app = |name: &str, be: &Backend| {
+        service(
+            name,
+            &[be],
+            &[
+                "HAPROXY.VHOST=app.example.com",
+                "HAPROXY.ROUTE.WEIGHT=50",
+                "HAPROXY.ROUTE.STICKY=true",
+            ],
+        )
+    };
+    write_catalog(
+        &files.catalog(),
+        &[
+            service("www", &[&w], &[]),
+            app("blue", &v1),
+            app("green", &v2),
+        ],
+    );
+    let _sup = spawn_serving(&files.render_args(), &env("inherit"));
+    let mut sides = std::collections::BTreeMap::new();
+    for n in 2..42 {
+        let src = format!("127.0.0.{n}");
+        let seen: std::collections::BTreeSet<String> = (0..5)
+            .map(|_| {
+                curl("app.example.com", "/", &["--interface", &src])
+                    .2
+                    .trim()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(seen.len(), 1, "client {src} went to both sides: {seen:?}");
+        *sides.entry(seen.into_iter().next().unwrap()).or_insert(0) += 1;
+    }
+    println!("40 client addresses over a 50/50 sticky split: {sides:?}");
+    assert_eq!(sides.len(), 2, "{sides:?}");
 }

@@ -86,6 +86,8 @@ pub fn rule_line(norm: &str) -> Option<Result<(String, Option<String>), String>>
         "    # Basic authentication",
         "    # Requests a second per client",
         "    # requests count, so under",
+        "    # Canary / blue-green",
+        "    # sends this percent",
     ];
     let is_rule = norm.contains("txn.r_")
         || norm.contains("<rule_")
@@ -130,7 +132,12 @@ pub fn rule_lines(vars: &HaproxyVars) -> BTreeSet<String> {
             "HAPROXY.BACKEND.TIMEOUT=5s","HAPROXY.REDIRECT=301,https://o.example.com",
             "HAPROXY.ALLOW=10.0.0.0/8","HAPROXY.DENY=10.1.0.0/16",
             "HAPROXY.AUTH=u:saltsalt:{hash}","HAPROXY.RATE_LIMIT=5",
-            "HAPROXY.REQUEST.HEADER.X-A=1","HAPROXY.RESPONSE.HEADER.X-B=2"]}}]}}]}}"#
+            "HAPROXY.REQUEST.HEADER.X-A=1","HAPROXY.RESPONSE.HEADER.X-B=2"]}}]}},
+            {{"name":"s1","instances":[{{"id":"s1","address":"10.0.0.2","port":80,
+            "tags":["HAPROXY.ENABLE=true","HAPROXY.VHOST=s.example.com","HAPROXY.ROUTE.WEIGHT=1"]}}]}},
+            {{"name":"s2","instances":[{{"id":"s2","address":"10.0.0.3","port":80,
+            "tags":["HAPROXY.ENABLE=true","HAPROXY.VHOST=s.example.com","HAPROXY.ROUTE.WEIGHT=1",
+            "HAPROXY.ROUTE.STICKY=true"]}}]}}]}}"#
     ))
     .unwrap();
     let (d, w) = Desired::build(&catalog, &Context::from(vars));

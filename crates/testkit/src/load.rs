@@ -67,7 +67,8 @@ impl LoadReport {
         }
     }
 
-    fn merge(&mut self, other: LoadReport) {
+    /// Adds `other`'s counts to these (two loads run side by side).
+    pub fn merge(&mut self, other: LoadReport) {
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;
         self.refused += other.refused;
