@@ -375,8 +375,8 @@ fn rule_values_change_live_under_load() {
             "HAPROXY.AUTH=alice:{salt}:{}",
             hash(&salt, &format!("pw{i}"))
         );
-        let path = if i % 2 == 0 { "/a" } else { "/a/b" };
-        let code = if i % 2 == 0 { 307 } else { 308 };
+        let path = if i.is_multiple_of(2) { "/a" } else { "/a/b" };
+        let code = if i.is_multiple_of(2) { 307 } else { 308 };
         vec![
             service("www", &[&a], &[]),
             svc("ruled", echo, &tags),
@@ -429,7 +429,11 @@ fn rule_values_change_live_under_load() {
         assert_eq!(from(format!("127.0.2.{i}")), 403, "round {i}");
         // The redirect, the credentials and the stripped path moved.
         let (code, head, _) = curl("moved.example.com", "/q", &[]);
-        assert_eq!(code, if i % 2 == 0 { 307 } else { 308 }, "round {i}");
+        assert_eq!(
+            code,
+            if i.is_multiple_of(2) { 307 } else { 308 },
+            "round {i}"
+        );
         assert!(
             head.contains(&format!("location: https://r{i}.example.com/q")),
             "round {i}: {head}"
@@ -445,7 +449,11 @@ fn rule_values_change_live_under_load() {
             401,
             "round {i}"
         );
-        let path = if i % 2 == 0 { "/a/z" } else { "/a/b/z" };
+        let path = if i.is_multiple_of(2) {
+            "/a/z"
+        } else {
+            "/a/b/z"
+        };
         let (_, _, body) = curl("stripped.example.com", path, &[]);
         assert!(body.starts_with("GET /z HTTP/1.1"), "round {i}: {body}");
     }
