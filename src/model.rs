@@ -719,6 +719,10 @@ pub struct HaproxyVars {
     pub https_port: Option<u16>,
     /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
     pub hsts_max_age: Option<u32>,
+    /// `HAPROXY_PROXY_PROTOCOL_FROM`: the sources (canonical IPs and
+    /// networks) that must open every connection to a public frontend with
+    /// a PROXY protocol header; empty: none.
+    pub proxy_protocol_from: Vec<String>,
     /// Address part of the stats listener's `bind`: `*`, an IPv4 address
     /// or a bracketed IPv6 address.
     pub stats_bind: String,
