@@ -139,6 +139,10 @@ pub struct Service {
     /// `HAPROXY.HTTPS_REDIRECT=true`: plain HTTP answers a permanent
     /// redirect to HTTPS (when TLS is on).
     pub https_redirect: bool,
+    /// `HAPROXY.TLS=passthrough`: TLS for its hosts (`vhosts`) is passed
+    /// untouched to its servers on the HTTPS port, chosen by SNI. Its
+    /// backend is TCP (`mode` is [`Mode::Tcp`]), it has no frontend port.
+    pub passthrough: bool,
     pub servers: Vec<Server>,
 }
 
@@ -228,6 +232,7 @@ pub const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.BACKEND.HEALTHCHECK",
     "HAPROXY.BACKEND.STICKY",
     "HAPROXY.HTTPS_REDIRECT",
+    "HAPROXY.TLS",
 ];
 pub const BALANCES: &[&str] = &[
     "roundrobin",
@@ -269,6 +274,9 @@ pub struct Context {
     pub dom: Option<String>,
     /// Ports the config binds besides per-service frontends.
     pub reserved_ports: Vec<u16>,
+    /// The HTTPS port (`HAPROXY_CERTS_DIR` set): where TLS passthrough
+    /// services are served.
+    pub https_port: Option<u16>,
 }
 
 impl From<&HaproxyVars> for Context {
@@ -279,6 +287,7 @@ impl From<&HaproxyVars> for Context {
                 .into_iter()
                 .chain(v.https_port)
                 .collect(),
+            https_port: v.https_port,
         }
     }
 }
@@ -346,6 +355,10 @@ impl Desired {
         let mut ports: BTreeMap<u16, Option<String>> =
             ctx.reserved_ports.iter().map(|p| (*p, None)).collect();
         let mut routes: BTreeMap<(String, String), String> = BTreeMap::new();
+        // A host is one service's on the HTTPS port: a passthrough
+        // service's (SNI) or those of the HTTP routes on it.
+        let mut sni: BTreeMap<String, String> = BTreeMap::new();
+        let mut http_hosts: BTreeMap<String, String> = BTreeMap::new();
         let mut services = Vec::with_capacity(valid.len());
         for (_, svc) in valid {
             let mut refuse = |tag: &str, message: String, held_by: Option<&String>| {
@@ -402,8 +415,34 @@ impl Desired {
                 );
                 continue;
             }
+            let held = svc.vhosts.iter().find_map(|h| {
+                let owner = sni.get(h).map(|o| (o, " (TLS passthrough)")).or_else(|| {
+                    http_hosts
+                        .get(h)
+                        .filter(|_| svc.passthrough)
+                        .map(|o| (o, ""))
+                })?;
+                Some((h, owner))
+            });
+            if let Some((h, (owner, how))) = held {
+                let owner = owner.clone();
+                refuse(
+                    "HAPROXY.VHOST",
+                    format!("host {h} is held by service {owner:?}{how}, which claimed it first"),
+                    Some(&owner),
+                );
+                continue;
+            }
             if let Some(p) = svc.frontend_port {
                 ports.insert(p, Some(svc.name.clone()));
+            }
+            for h in &svc.vhosts {
+                let hosts = if svc.passthrough {
+                    &mut sni
+                } else {
+                    &mut http_hosts
+                };
+                hosts.entry(h.clone()).or_insert_with(|| svc.name.clone());
             }
             for r in my_routes {
                 routes.insert(r, svc.name.clone());
@@ -440,9 +479,22 @@ fn build_service(
     }
     let tags = parse_tags(&cs.tags, warn)?;
 
+    let passthrough = match tags.values.get("HAPROXY.TLS") {
+        None | Some(&"terminate") => false,
+        Some(&"passthrough") => true,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.TLS",
+                format!("{v:?} is not terminate or passthrough"),
+            ))
+        }
+    };
+    if passthrough {
+        passthrough_fits(&tags, ctx)?;
+    }
     let mode = match tags.values.get("HAPROXY.PROTOCOL") {
-        None | Some(&"http") => Mode::Http,
-        Some(&"tcp") => Mode::Tcp,
+        None | Some(&"http") if !passthrough => Mode::Http,
+        None | Some(&"tcp") => Mode::Tcp,
         Some(v) => {
             return Err(invalid(
                 "HAPROXY.PROTOCOL",
@@ -478,13 +530,13 @@ fn build_service(
             )
         })? as u16),
     };
-    if mode == Mode::Tcp && frontend_port.is_none() {
+    if mode == Mode::Tcp && frontend_port.is_none() && !passthrough {
         return Err(invalid(
             "HAPROXY.FRONTEND.PORT",
             "required when HAPROXY.PROTOCOL=tcp",
         ));
     }
-    let vhosts = if mode == Mode::Tcp {
+    let vhosts = if mode == Mode::Tcp && !passthrough {
         Vec::new()
     } else {
         match tags.values.get("HAPROXY.VHOST") {
@@ -627,8 +679,49 @@ fn build_service(
         healthcheck,
         sticky,
         https_redirect,
+        passthrough,
         servers,
     })
+}
+
+/// What `HAPROXY.TLS=passthrough` excludes: the service is reached on the
+/// HTTPS port by the SNI of its host names, with its TLS untouched, so
+/// nothing that reads HTTP or needs a port of its own applies.
+fn passthrough_fits(tags: &Tags, ctx: &Context) -> Result<(), Invalid> {
+    const WHY: &str = "HAPROXY.TLS=passthrough passes TLS untouched to the servers";
+    if ctx.https_port.is_none() {
+        return Err(invalid(
+            "HAPROXY.TLS",
+            "passthrough is served on the HTTPS port, and HAPROXY_CERTS_DIR is unset",
+        ));
+    }
+    for (tag, what) in [
+        (
+            "HAPROXY.PROTOCOL",
+            "only tcp (the default with passthrough) fits",
+        ),
+        (
+            "HAPROXY.FRONTEND.PORT",
+            "it is reached on the HTTPS port by SNI, not on a port of its own",
+        ),
+        ("HAPROXY.PATH", "HAProxy never sees the path"),
+        (
+            "HAPROXY.BACKEND.HEALTHCHECK",
+            "an HTTP check is not TLS; the TCP check is used",
+        ),
+        (
+            "HAPROXY.HTTPS_REDIRECT",
+            "the service is not served over plain HTTP",
+        ),
+    ] {
+        match tags.values.get(tag) {
+            None => {}
+            Some(&"tcp") if tag == "HAPROXY.PROTOCOL" => {}
+            Some(&"false") if tag == "HAPROXY.HTTPS_REDIRECT" => {}
+            Some(v) => return Err(invalid(tag, format!("{v:?}: {WHY}; {what}"))),
+        }
+    }
+    Ok(())
 }
 
 /// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
@@ -800,6 +893,7 @@ mod tests {
         Context {
             dom: Some("example.com".into()),
             reserved_ports: vec![8080, 4444],
+            https_port: Some(8443),
         }
     }
 
