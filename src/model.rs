@@ -1129,6 +1129,45 @@ mod tests {
     }
 
     #[test]
+    fn passthrough_fits_only_what_tls_passes() {
+        let svc = |tags: &[&str]| {
+            let mut t = vec!["HAPROXY.ENABLE=true", "HAPROXY.TLS=passthrough"];
+            t.extend_from_slice(tags);
+            catalog(&[("p", vec![inst("p1", "10.0.0.1", 443, &t)])])
+        };
+        let (d, w) = Desired::build(&svc(&["HAPROXY.VHOST=a.test"]), &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        assert!(d.services[0].passthrough && d.services[0].mode == Mode::Tcp);
+        assert_eq!(d.services[0].vhosts, ["a.test"]);
+        // The default host name, and an explicit tcp protocol.
+        let (d, w) = Desired::build(&svc(&["HAPROXY.PROTOCOL=tcp"]), &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(d.services[0].vhosts, ["p.example.com"]);
+        for (tag, bad) in [
+            ("HAPROXY.PROTOCOL", "HAPROXY.PROTOCOL=http"),
+            ("HAPROXY.FRONTEND.PORT", "HAPROXY.FRONTEND.PORT=9000"),
+            ("HAPROXY.PATH", "HAPROXY.PATH=/x"),
+            (
+                "HAPROXY.BACKEND.HEALTHCHECK",
+                "HAPROXY.BACKEND.HEALTHCHECK=/h",
+            ),
+            ("HAPROXY.HTTPS_REDIRECT", "HAPROXY.HTTPS_REDIRECT=true"),
+        ] {
+            let (d, w) = Desired::build(&svc(&[bad]), &ctx());
+            assert!(d.services.is_empty(), "{bad}");
+            assert_eq!((w.len(), w[0].tag.as_str()), (1, tag), "{w:?}");
+        }
+        // No HTTPS port: nowhere to serve it.
+        let no_https = Context {
+            https_port: None,
+            ..ctx()
+        };
+        let (d, w) = Desired::build(&svc(&[]), &no_https);
+        assert!(d.services.is_empty());
+        assert_eq!(w[0].tag, "HAPROXY.TLS");
+    }
+
+    #[test]
     fn warnings_cannot_forge_log_lines() {
         let c = catalog(&[(
             "www\nx",
