@@ -145,6 +145,10 @@ pub struct Service {
     /// `HAPROXY.ROUTE.STICKY=true`: a shared route sends a client (by
     /// address) to the same side while the weights stay.
     pub route_sticky: bool,
+    /// `HAPROXY.TLS=passthrough`: TLS for its hosts (`vhosts`) is passed
+    /// untouched to its servers on the HTTPS port, chosen by SNI. Its
+    /// backend is TCP (`mode` is [`Mode::Tcp`]), it has no frontend port.
+    pub passthrough: bool,
     pub servers: Vec<Server>,
     /// Per-service rules (`HAPROXY.PATH.STRIP`, `HAPROXY.ALLOW`, ...):
     /// data the running HAProxy reads from maps ([`crate::rules`]).
@@ -253,6 +257,7 @@ pub const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.HTTPS_REDIRECT",
     "HAPROXY.ROUTE.WEIGHT",
     "HAPROXY.ROUTE.STICKY",
+    "HAPROXY.TLS",
 ];
 pub const BALANCES: &[&str] = &[
     "roundrobin",
@@ -294,6 +299,9 @@ pub struct Context {
     pub dom: Option<String>,
     /// Ports the config binds besides per-service frontends.
     pub reserved_ports: Vec<u16>,
+    /// The HTTPS port (`HAPROXY_CERTS_DIR` set): where TLS passthrough
+    /// services are served.
+    pub https_port: Option<u16>,
 }
 
 impl From<&HaproxyVars> for Context {
@@ -304,6 +312,7 @@ impl From<&HaproxyVars> for Context {
                 .into_iter()
                 .chain(v.https_port)
                 .collect(),
+            https_port: v.https_port,
         }
     }
 }
@@ -375,6 +384,10 @@ impl Desired {
         let mut owned: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let mut splits: Vec<Split> = Vec::new();
         let mut services: Vec<Service> = Vec::with_capacity(valid.len());
+        // A host is one service's on the HTTPS port: a passthrough
+        // service's (SNI) or those of the HTTP routes on it.
+        let mut sni: BTreeMap<String, String> = BTreeMap::new();
+        let mut http_hosts: BTreeMap<String, String> = BTreeMap::new();
         for (_, svc) in valid {
             let mut refuse = |tag: &str, message: String, held_by: Option<&String>| {
                 warnings.push(Warning {
@@ -462,12 +475,38 @@ impl Desired {
                 );
                 continue;
             }
+            let held = svc.vhosts.iter().find_map(|h| {
+                let owner = sni.get(h).map(|o| (o, " (TLS passthrough)")).or_else(|| {
+                    http_hosts
+                        .get(h)
+                        .filter(|_| svc.passthrough)
+                        .map(|o| (o, ""))
+                })?;
+                Some((h, owner))
+            });
+            if let Some((h, (owner, how))) = held {
+                let owner = owner.clone();
+                refuse(
+                    "HAPROXY.VHOST",
+                    format!("host {h} is held by service {owner:?}{how}, which claimed it first"),
+                    Some(&owner),
+                );
+                continue;
+            }
             if let Some(p) = svc.frontend_port {
                 ports.insert(p, Some(svc.name.clone()));
             }
             let mut mine = my_routes.clone();
             mine.sort();
             owned.insert(svc.name.clone(), mine);
+            for h in &svc.vhosts {
+                let hosts = if svc.passthrough {
+                    &mut sni
+                } else {
+                    &mut http_hosts
+                };
+                hosts.entry(h.clone()).or_insert_with(|| svc.name.clone());
+            }
             for r in my_routes {
                 routes.insert(r, svc.name.clone());
             }
@@ -507,9 +546,22 @@ fn build_service(
     }
     let tags = parse_tags(&cs.tags, warn)?;
 
+    let passthrough = match tags.values.get("HAPROXY.TLS") {
+        None | Some(&"terminate") => false,
+        Some(&"passthrough") => true,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.TLS",
+                format!("{v:?} is not terminate or passthrough"),
+            ))
+        }
+    };
+    if passthrough {
+        passthrough_fits(&tags, ctx)?;
+    }
     let mode = match tags.values.get("HAPROXY.PROTOCOL") {
-        None | Some(&"http") => Mode::Http,
-        Some(&"tcp") => Mode::Tcp,
+        None | Some(&"http") if !passthrough => Mode::Http,
+        None | Some(&"tcp") => Mode::Tcp,
         Some(v) => {
             return Err(invalid(
                 "HAPROXY.PROTOCOL",
@@ -545,13 +597,13 @@ fn build_service(
             )
         })? as u16),
     };
-    if mode == Mode::Tcp && frontend_port.is_none() {
+    if mode == Mode::Tcp && frontend_port.is_none() && !passthrough {
         return Err(invalid(
             "HAPROXY.FRONTEND.PORT",
             "required when HAPROXY.PROTOCOL=tcp",
         ));
     }
-    let vhosts = if mode == Mode::Tcp {
+    let vhosts = if mode == Mode::Tcp && !passthrough {
         Vec::new()
     } else {
         match tags.values.get("HAPROXY.VHOST") {
@@ -732,6 +784,7 @@ fn build_service(
         https_redirect,
         route_weight,
         route_sticky,
+        passthrough,
         servers,
         rules,
     })
@@ -740,6 +793,46 @@ fn build_service(
 /// [`strict_int`] for the other modules that read tags.
 pub(crate) fn strict_int_pub(s: &str, min: u32, max: u32) -> Option<u32> {
     strict_int(s, min, max)
+}
+
+/// What `HAPROXY.TLS=passthrough` excludes: the service is reached on the
+/// HTTPS port by the SNI of its host names, with its TLS untouched, so
+/// nothing that reads HTTP or needs a port of its own applies.
+fn passthrough_fits(tags: &Tags, ctx: &Context) -> Result<(), Invalid> {
+    const WHY: &str = "HAPROXY.TLS=passthrough passes TLS untouched to the servers";
+    if ctx.https_port.is_none() {
+        return Err(invalid(
+            "HAPROXY.TLS",
+            "passthrough is served on the HTTPS port, and HAPROXY_CERTS_DIR is unset",
+        ));
+    }
+    for (tag, what) in [
+        (
+            "HAPROXY.PROTOCOL",
+            "only tcp (the default with passthrough) fits",
+        ),
+        (
+            "HAPROXY.FRONTEND.PORT",
+            "it is reached on the HTTPS port by SNI, not on a port of its own",
+        ),
+        ("HAPROXY.PATH", "HAProxy never sees the path"),
+        (
+            "HAPROXY.BACKEND.HEALTHCHECK",
+            "an HTTP check is not TLS; the TCP check is used",
+        ),
+        (
+            "HAPROXY.HTTPS_REDIRECT",
+            "the service is not served over plain HTTP",
+        ),
+    ] {
+        match tags.values.get(tag) {
+            None => {}
+            Some(&"tcp") if tag == "HAPROXY.PROTOCOL" => {}
+            Some(&"false") if tag == "HAPROXY.HTTPS_REDIRECT" => {}
+            Some(v) => return Err(invalid(tag, format!("{v:?}: {WHY}; {what}"))),
+        }
+    }
+    Ok(())
 }
 
 /// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
@@ -830,6 +923,10 @@ pub struct HaproxyVars {
     pub https_port: Option<u16>,
     /// `Strict-Transport-Security: max-age=N` on HTTPS answers.
     pub hsts_max_age: Option<u32>,
+    /// `HAPROXY_PROXY_PROTOCOL_FROM`: the sources (canonical IPs and
+    /// networks) that must open every connection to a public frontend with
+    /// a PROXY protocol header; empty: none.
+    pub proxy_protocol_from: Vec<String>,
     /// Address part of the stats listener's `bind`: `*`, an IPv4 address
     /// or a bracketed IPv6 address.
     pub stats_bind: String,
@@ -907,6 +1004,7 @@ mod tests {
         Context {
             dom: Some("example.com".into()),
             reserved_ports: vec![8080, 4444],
+            https_port: Some(8443),
         }
     }
 
@@ -1200,6 +1298,45 @@ mod tests {
         ]);
         let (d, w) = Desired::build(&c, &ctx());
         assert_eq!(names(&d), ["a", "c"], "{w:?}");
+    }
+
+    #[test]
+    fn passthrough_fits_only_what_tls_passes() {
+        let svc = |tags: &[&str]| {
+            let mut t = vec!["HAPROXY.ENABLE=true", "HAPROXY.TLS=passthrough"];
+            t.extend_from_slice(tags);
+            catalog(&[("p", vec![inst("p1", "10.0.0.1", 443, &t)])])
+        };
+        let (d, w) = Desired::build(&svc(&["HAPROXY.VHOST=a.test"]), &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        assert!(d.services[0].passthrough && d.services[0].mode == Mode::Tcp);
+        assert_eq!(d.services[0].vhosts, ["a.test"]);
+        // The default host name, and an explicit tcp protocol.
+        let (d, w) = Desired::build(&svc(&["HAPROXY.PROTOCOL=tcp"]), &ctx());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(d.services[0].vhosts, ["p.example.com"]);
+        for (tag, bad) in [
+            ("HAPROXY.PROTOCOL", "HAPROXY.PROTOCOL=http"),
+            ("HAPROXY.FRONTEND.PORT", "HAPROXY.FRONTEND.PORT=9000"),
+            ("HAPROXY.PATH", "HAPROXY.PATH=/x"),
+            (
+                "HAPROXY.BACKEND.HEALTHCHECK",
+                "HAPROXY.BACKEND.HEALTHCHECK=/h",
+            ),
+            ("HAPROXY.HTTPS_REDIRECT", "HAPROXY.HTTPS_REDIRECT=true"),
+        ] {
+            let (d, w) = Desired::build(&svc(&[bad]), &ctx());
+            assert!(d.services.is_empty(), "{bad}");
+            assert_eq!((w.len(), w[0].tag.as_str()), (1, tag), "{w:?}");
+        }
+        // No HTTPS port: nowhere to serve it.
+        let no_https = Context {
+            https_port: None,
+            ..ctx()
+        };
+        let (d, w) = Desired::build(&svc(&[]), &no_https);
+        assert!(d.services.is_empty());
+        assert_eq!(w[0].tag, "HAPROXY.TLS");
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct Rendered {
 struct MapPaths {
     hosts: String,
     paths: Option<String>,
+    /// SNI → backend of the TLS passthrough services; none without one.
+    sni: Option<String>,
 }
 
 /// The map files of the per-service rules ([`crate::rules`]), each set
@@ -131,6 +133,10 @@ struct TemplateContext<'a> {
     binds: BindAddrs,
     /// The HTTPS bind (`HAPROXY_CERTS_DIR` with a bundle served), or none.
     tls: Option<&'a crate::model::TlsFrontend>,
+    /// With TLS passthrough services, the socket (beside the admin
+    /// socket) the HTTPS bind of `app_http_in` listens on: the HTTPS port
+    /// hands it every connection it does not pass through.
+    tls_socket: String,
 }
 
 #[derive(Serialize)]
@@ -325,6 +331,17 @@ impl Renderer {
             }
         }
         hosts.sort();
+        let mut sni: Vec<(String, &str)> = routed
+            .iter()
+            .filter(|r| r.service.passthrough)
+            .flat_map(|r| {
+                r.service
+                    .vhosts
+                    .iter()
+                    .map(|h| (h.clone(), r.backend.as_str()))
+            })
+            .collect();
+        sni.sort();
         // map_beg returns the first match in file order: longest prefix first.
         paths.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         let to_text = |entries: &[(String, &str)]| {
@@ -428,6 +445,14 @@ impl Renderer {
             }
             rm
         };
+        let sni_name = if sni.is_empty() {
+            None
+        } else {
+            let t = to_text(&sni);
+            let n = format!("sni-{}.map", short_hash(&t));
+            maps.insert(n.clone(), t);
+            Some(n)
+        };
         let ctx = TemplateContext {
             vars,
             rules,
@@ -436,6 +461,7 @@ impl Renderer {
             maps: MapPaths {
                 hosts: self.maps_dir.join(&hosts_name).display().to_string(),
                 paths: paths_name.map(|n| self.maps_dir.join(n).display().to_string()),
+                sni: sni_name.map(|n| self.maps_dir.join(n).display().to_string()),
             },
             tcp_frontends: routed
                 .iter()
@@ -458,6 +484,11 @@ impl Renderer {
                 stats: binds.address(&vars.stats_bind, vars.stats_port),
             },
             tls: desired.tls.as_ref(),
+            tls_socket: self
+                .admin_socket
+                .with_file_name("tls-terminate.sock")
+                .display()
+                .to_string(),
         };
         let context = tera::Context::from_serialize(&ctx)
             .map_err(|e| RenderError::Render { detail: chain(&e) })?;

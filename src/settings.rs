@@ -224,6 +224,9 @@ pub struct Options {
     /// Port of the HTTPS bind of app_http_in, with HAPROXY_CERTS_DIR [default: 8443]
     #[arg(long, env = "HAPROXY_HTTPS_PORT", global = true)]
     pub https_port: Option<String>,
+    /// Sources (IPs and CIDRs, comma-separated) that must send a PROXY protocol header, v1 or v2 [default: none]
+    #[arg(long, env = "HAPROXY_PROXY_PROTOCOL_FROM", global = true)]
+    pub proxy_protocol_from: Option<String>,
     /// Strict-Transport-Security max-age (seconds) on HTTPS answers [default: none]
     #[arg(long, env = "HAPROXY_HSTS_MAX_AGE", global = true)]
     pub hsts_max_age: Option<String>,
@@ -537,6 +540,7 @@ impl Settings {
                     i32::MAX as u32,
                 )?),
             },
+            proxy_protocol_from: proxy_protocol_from(o.proxy_protocol_from.as_deref())?,
             user: None,
             group: None,
         };
@@ -844,6 +848,68 @@ fn stats_bind(v: Option<&str>) -> Result<String, SettingsError> {
             )),
         },
     }
+}
+
+/// `HAPROXY_PROXY_PROTOCOL_FROM`: a comma-separated list of IPv4 or IPv6
+/// addresses and networks (`10.0.0.0/8`, `192.168.1.5`, `2001:db8::/32`),
+/// nothing else (no spaces, no empty items, no host bits set in a
+/// network: `10.0.0.1/8` is a mistake for `10.0.0.0/8` or `10.0.0.1`).
+/// Written in canonical form, each once, in the order given.
+fn proxy_protocol_from(v: Option<&str>) -> Result<Vec<String>, SettingsError> {
+    use std::net::IpAddr;
+    let Some(s) = v.filter(|s| !s.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let n = names!(proxy_protocol_from);
+    let mut out: Vec<String> = Vec::new();
+    for item in s.split(',') {
+        let bad = |reason: String| err(n, s, format!("{item:?}: {reason}"));
+        if item.is_empty() {
+            return Err(bad("an empty item (a stray comma?)".into()));
+        }
+        let (addr, prefix) = match item.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (item, None),
+        };
+        let ip: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected an IPv4 or IPv6 address, or a network such as 10.0.0.0/8 or 2001:db8::/32".into()))?;
+        let bits: u32 = if ip.is_ipv4() { 32 } else { 128 };
+        let canonical = match prefix {
+            None => ip.to_string(),
+            Some(p) => {
+                let len = (!p.is_empty()
+                    && p.len() <= 3
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && (p == "0" || !p.starts_with('0')))
+                .then(|| p.parse::<u32>().ok())
+                .flatten()
+                .filter(|l| *l <= bits)
+                .ok_or_else(|| bad(format!("the prefix length must be 0..={bits}")))?;
+                let host_bits = |x: u128, width: u32| {
+                    if len == width {
+                        0
+                    } else {
+                        x & ((1u128 << (width - len)) - 1)
+                    }
+                };
+                let stray = match ip {
+                    IpAddr::V4(a) => host_bits(u32::from(a) as u128, 32),
+                    IpAddr::V6(a) => host_bits(u128::from(a), 128),
+                };
+                if stray != 0 {
+                    return Err(bad(format!(
+                        "host bits are set below the /{len} prefix (a network starts at its first address)"
+                    )));
+                }
+                format!("{ip}/{len}")
+            }
+        };
+        if !out.contains(&canonical) {
+            out.push(canonical);
+        }
+    }
+    Ok(out)
 }
 
 /// `HAPROXY_STATS_AUTH`: `user:password`, each part non-empty printable
@@ -1325,6 +1391,48 @@ mod tests {
         assert_eq!(e.var, "HAPROXY_HSTS_MAX_AGE");
         let s = with(|o| o.hsts_max_age = Some("31536000".into())).unwrap();
         assert_eq!(s.vars.hsts_max_age, Some(31536000));
+    }
+
+    #[test]
+    fn proxy_protocol_sources_are_parsed_strictly() {
+        assert!(with(|_| {}).unwrap().vars.proxy_protocol_from.is_empty());
+        let s = with(|o| {
+            o.proxy_protocol_from =
+                Some("10.0.0.0/8,192.168.1.5,2001:DB8::/32,::1,0.0.0.0/0,10.0.0.0/8".into())
+        })
+        .unwrap();
+        assert_eq!(
+            s.vars.proxy_protocol_from,
+            [
+                "10.0.0.0/8",
+                "192.168.1.5",
+                "2001:db8::/32",
+                "::1",
+                "0.0.0.0/0"
+            ]
+        );
+        for bad in [
+            "10.0.0.0/8,",
+            "10.0.0.0/8, 10.1.0.0/16",
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/08",
+            "10.0.0.0/",
+            "::/129",
+            "10.0.0",
+            "example.com",
+            "10.0.0.0/8 #",
+            "[::1]",
+            "10.0.0.0/8\n",
+        ] {
+            let e = with(|o| o.proxy_protocol_from = Some(bad.into())).unwrap_err();
+            assert_eq!(e.var, "HAPROXY_PROXY_PROTOCOL_FROM", "{bad}");
+        }
+        let e = with(|o| o.proxy_protocol_from = Some("10.0.0.1/8".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid HAPROXY_PROXY_PROTOCOL_FROM (--proxy-protocol-from) = \"10.0.0.1/8\": \"10.0.0.1/8\": host bits are set below the /8 prefix (a network starts at its first address)"
+        );
     }
 
     #[test]

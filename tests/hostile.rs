@@ -359,6 +359,17 @@ fn file_cases() -> Vec<Case> {
                 .with_tag(format!("HAPROXY.FRONTEND.PORT={port}")),
         );
     }
+    // HAPROXY.TLS: values that are not terminate or passthrough, and
+    // passthrough without HAPROXY_CERTS_DIR (no HTTPS port to serve it on).
+    for v in [
+        "PASSTHROUGH",
+        "passthrough ",
+        "",
+        "passthrough\n    bind *:6666 evil",
+        "passthrough",
+    ] {
+        cases.push(next("HAPROXY.TLS").with_tag(format!("HAPROXY.TLS={v}")));
+    }
     // tcp without a frontend port.
     cases.push(next("HAPROXY.FRONTEND.PORT").with_tag("HAPROXY.PROTOCOL=tcp"));
     // A port taken by the valid tcp service (listed or registered first).

@@ -23,18 +23,18 @@ use render_check::{check_rendered, fixed_renderer, renderer};
 /// Tag keys: every one the model knows, and some it does not.
 fn keys() -> Vec<&'static str> {
     let unknown = ["HAPROXY.BACKEND.MAXCON", "HAPROXY.", "haproxy.vhost"];
+    KNOWN_TAGS.iter().copied().chain(unknown).collect()
+}
+
+/// The rule tags (issue 21), drawn apart so that they do not crowd out
+/// the others.
+fn rule_keys() -> Vec<&'static str> {
     let headers = [
         "HAPROXY.REQUEST.HEADER.X-Team",
         "HAPROXY.RESPONSE.HEADER.X-Frame-Options",
         "HAPROXY.REQUEST.HEADER.Host",
     ];
-    KNOWN_TAGS
-        .iter()
-        .copied()
-        .chain(RULE_TAGS.iter().copied())
-        .chain(headers)
-        .chain(unknown)
-        .collect()
+    RULE_TAGS.iter().copied().chain(headers).collect()
 }
 
 /// Every balance algorithm the model accepts.
@@ -71,6 +71,7 @@ fn value() -> impl Strategy<Value = String> {
         1 => Just("http".to_string()),
         1 => Just("tcp".to_string()),
         1 => Just("true".to_string()),
+        1 => Just("passthrough".to_string()),
         2 => (0u64..2_000_000).prop_map(|n| n.to_string()),
         1 => prop::sample::select(&[8080u32, 4444, 9000, 9001, 65535, 65536, 0][..])
             .prop_map(|n| n.to_string()),
@@ -98,6 +99,9 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
         .boxed(),
         "HAPROXY.VHOST" => "[a-z]{1,6}(\\.[a-z]{1,6}){0,2}(,[a-z]{1,6}\\.com){0,2}".boxed(),
         "HAPROXY.PATH" | "HAPROXY.BACKEND.HEALTHCHECK" => "/[a-z0-9/._~%-]{0,12}".boxed(),
+        "HAPROXY.TLS" => prop::sample::select(&["terminate", "passthrough"][..])
+            .prop_map(str::to_string)
+            .boxed(),
         "HAPROXY.BACKEND.STICKY" => prop::sample::select(&["true", "false"][..])
             .prop_map(str::to_string)
             .boxed(),
@@ -145,6 +149,8 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
 fn tag() -> impl Strategy<Value = String> {
     prop_oneof![
         16 => prop::sample::select(keys())
+            .prop_flat_map(|k| value_for(k).prop_map(move |v| format!("{k}={v}"))),
+        3 => prop::sample::select(rule_keys())
             .prop_flat_map(|k| value_for(k).prop_map(move |v| format!("{k}={v}"))),
         1 => text(),
         1 => text().prop_map(|t| format!("HAPROXY.{t}")),
@@ -213,15 +219,48 @@ fn catalog() -> impl Strategy<Value = Catalog> {
     })
 }
 
+/// HAPROXY_PROXY_PROTOCOL_FROM as an operator may write it: networks and
+/// addresses (some with host bits or out-of-range prefixes), or anything.
+fn proxy_sources() -> impl Strategy<Value = Option<String>> {
+    let item = prop_oneof![
+        any::<[u8; 4]>().prop_map(|a| Ipv4Addr::from(a).to_string()),
+        (any::<[u8; 4]>(), 0u8..=34).prop_map(|(a, l)| format!("{}/{l}", Ipv4Addr::from(a))),
+        (0u8..=255, 8u8..=24).prop_map(|(a, l)| format!("{a}.0.0.0/{l}")),
+        any::<[u16; 8]>().prop_map(|a| Ipv6Addr::from(a).to_string()),
+        Just("2001:db8::/32".to_string()),
+        text(),
+    ];
+    prop_oneof![
+        2 => Just(None),
+        2 => prop::collection::vec(item, 1..4).prop_map(|v| Some(v.join(","))),
+        1 => text().prop_map(Some),
+    ]
+}
+
+/// The variables' values as settings validates them: only what it
+/// accepts reaches the template.
+fn validated_sources(raw: Option<String>) -> Vec<String> {
+    let o = haproxy_supervisor::settings::Options {
+        proxy_protocol_from: raw,
+        ..Default::default()
+    };
+    haproxy_supervisor::settings::Settings::from_options(&o)
+        .map(|s| s.vars.proxy_protocol_from)
+        .unwrap_or_default()
+}
+
 fn vars() -> impl Strategy<Value = HaproxyVars> {
     prop_oneof![
         3 => Just(Some("example.com".to_string())),
         1 => Just(None),
         1 => "[a-z]{1,8}\\.[a-z]{2,4}".prop_map(Some),
     ]
-    .prop_flat_map(|dom| (Just(dom), any::<bool>()))
-    .prop_map(|(dom, log_json)| HaproxyVars {
+    .prop_flat_map(|dom| (Just(dom), any::<bool>(), any::<bool>(), proxy_sources()))
+    .prop_map(|(dom, log_json, https, sources)| HaproxyVars {
         dom,
+        // HAPROXY_CERTS_DIR set: the HTTPS port, where passthrough is.
+        https_port: https.then_some(8443),
+        proxy_protocol_from: validated_sources(sources),
         // HAPROXY_LOG_FORMAT=json (settings pair the two).
         log_json,
         log_target: if log_json {
@@ -381,8 +420,16 @@ fn generator_yields_accepted_and_rejected_services() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let (mut exposed, mut accepted) = (0usize, 0usize);
-    for _ in 0..400 {
+    let (mut passthrough, mut sources) = (0usize, 0usize);
+    for _ in 0..1000 {
         let (catalog, vars) = (catalog(), vars()).new_tree(&mut runner).unwrap().current();
+        passthrough += Desired::build(&catalog, &Context::from(&vars))
+            .0
+            .services
+            .iter()
+            .filter(|s| s.passthrough)
+            .count();
+        sources += usize::from(!vars.proxy_protocol_from.is_empty());
         exposed += catalog
             .services
             .values()
@@ -394,7 +441,14 @@ fn generator_yields_accepted_and_rejected_services() {
             .len();
     }
     eprintln!("generator: {accepted} of {exposed} exposed services accepted");
-    assert!(exposed > 400, "too few exposed services: {exposed}");
+    // HAPROXY.TLS=passthrough and HAPROXY_PROXY_PROTOCOL_FROM get through
+    // too (so the renders above and `haproxy -c` see them).
+    eprintln!("generator: {passthrough} passthrough services, {sources} source lists");
+    assert!(
+        passthrough >= 5 && sources >= 100,
+        "{passthrough} {sources}"
+    );
+    assert!(exposed > 1000, "too few exposed services: {exposed}");
     let share = accepted as f64 / exposed as f64;
     assert!(
         (0.15..=0.85).contains(&share),
@@ -465,4 +519,78 @@ fn checker_rejects_injected_output() {
         text.push_str("evil.example.com evil\n");
     }
     assert!(check_rendered(&vars, &catalog, &desired, &warnings, &bad).is_err());
+}
+
+/// TLS passthrough services (with and without certificates served) and
+/// a PROXY protocol source list, beside HTTP and TCP services: `haproxy
+/// -c` accepts the config, and every line passes the checks above.
+#[test]
+fn passthrough_and_proxy_sources_render_a_config_haproxy_accepts() {
+    testkit::netns::enter();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("haproxy.cfg");
+    let r = renderer(&cfg, &dir.path().join("admin.sock"));
+    let catalog = Catalog::parse_file(
+        r#"{"services":[
+        {"name":"www","instances":[{"id":"w1","address":"10.0.0.1","port":80,"tags":["HAPROXY.ENABLE=true","HAPROXY.PATH=/api"]}]},
+        {"name":"raw","instances":[{"id":"r1","address":"10.0.0.2","port":80,"tags":["HAPROXY.ENABLE=true","HAPROXY.PROTOCOL=tcp","HAPROXY.FRONTEND.PORT=9000"]}]},
+        {"name":"sec","instances":[{"id":"s1","address":"10.0.0.3","port":443,"tags":["HAPROXY.ENABLE=true","HAPROXY.TLS=passthrough","HAPROXY.VHOST=a.test,b.test"]}]},
+        {"name":"sec2","instances":[{"id":"s2","address":"10.0.0.4","port":443,"tags":["HAPROXY.ENABLE=true","HAPROXY.TLS=passthrough","HAPROXY.PROTOCOL=tcp","HAPROXY.BACKEND.STICKY=true","HAPROXY.BACKEND.BALANCE=leastconn"]}]},
+        {"name":"bad","instances":[{"id":"x1","address":"10.0.0.5","port":443,"tags":["HAPROXY.ENABLE=true","HAPROXY.TLS=passthrough","HAPROXY.PATH=/x"]}]}
+    ]}"#,
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["www.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pem = dir.path().join("www.pem");
+    std::fs::write(&pem, format!("{}{}", cert.pem(), key.serialize_pem())).unwrap();
+    let crt_list = dir.path().join("crt-list");
+    std::fs::write(&crt_list, format!("{}\n", pem.display())).unwrap();
+    for (log_json, tls) in [(false, false), (true, false), (false, true), (true, true)] {
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            https_port: Some(8443),
+            log_json,
+            proxy_protocol_from: validated_sources(Some(
+                "10.0.0.0/8,192.168.1.5,2001:db8::/32".into(),
+            )),
+            ..HaproxyVars::default()
+        };
+        assert_eq!(vars.proxy_protocol_from.len(), 3);
+        let (mut desired, warnings) = Desired::build(&catalog, &Context::from(&vars));
+        assert_eq!(desired.services.len(), 4, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.service == "bad" && w.tag == "HAPROXY.PATH" && w.left_out),
+            "{warnings:?}"
+        );
+        if tls {
+            desired.tls = Some(haproxy_supervisor::model::TlsFrontend {
+                crt_list: crt_list.display().to_string(),
+            });
+        }
+        let rendered = r.render(&desired, &vars).unwrap();
+        assert!(rendered.config.contains("frontend app_https_in from base"));
+        assert_eq!(
+            rendered
+                .config
+                .matches("tcp-request connection expect-proxy layer4 if { src 10.0.0.0/8 192.168.1.5 2001:db8::/32 }")
+                .count(),
+            3,
+            "{}",
+            rendered.config
+        );
+        let staged = files::stage(&cfg, &rendered).expect("stage");
+        let (valid, msg) = testkit::haproxy_check(&staged.candidate);
+        staged.abort();
+        assert!(valid, "haproxy -c: {msg}\n{}", rendered.config);
+        if !tls {
+            let fixed = fixed_renderer().render(&desired, &vars).unwrap();
+            check_rendered(&vars, &catalog, &desired, &warnings, &fixed).unwrap();
+        }
+    }
 }

@@ -154,15 +154,22 @@ pub fn rule_lines(vars: &HaproxyVars) -> BTreeSet<String> {
 }
 
 /// The sections of the template itself, rendered with `vars` for no
-/// service and for one service with a path (the two shapes of the HTTP
-/// frontend), maps normalized.
-pub fn skeletons(vars: &HaproxyVars) -> [BTreeMap<String, Vec<String>>; 2] {
+/// service, for one service with a path (the two shapes of the HTTP
+/// frontend) and for one TLS passthrough service (the HTTPS port's SNI
+/// frontend and its default backend; none without an HTTPS port), maps
+/// normalized.
+pub fn skeletons(vars: &HaproxyVars) -> [BTreeMap<String, Vec<String>>; 3] {
     let with_path = Catalog::parse_file(
         r#"{"services":[{"name":"p","instances":[{"id":"p1","address":"10.0.0.1","port":80,
             "tags":["HAPROXY.ENABLE=true","HAPROXY.VHOST=p.example.com","HAPROXY.PATH=/p"]}]}]}"#,
     )
     .unwrap();
-    [Catalog::default(), with_path].map(|c| {
+    let with_sni = Catalog::parse_file(
+        r#"{"services":[{"name":"p","instances":[{"id":"p1","address":"10.0.0.1","port":80,
+            "tags":["HAPROXY.ENABLE=true","HAPROXY.VHOST=p.example.com","HAPROXY.TLS=passthrough"]}]}]}"#,
+    )
+    .unwrap();
+    [Catalog::default(), with_path, with_sni].map(|c| {
         let (d, _) = Desired::build(&c, &Context::from(vars));
         let r = fixed_renderer().render(&d, vars).unwrap();
         sections(&r.config)
@@ -199,7 +206,8 @@ pub fn check_structure(
             c
         );
     }
-    let [plain, with_paths] = skeletons(vars);
+    let [plain, with_paths, with_sni] = skeletons(vars);
+    let passthrough = desired.services.iter().any(|s| s.passthrough);
     let tcp: Vec<_> = desired
         .services
         .iter()
@@ -219,6 +227,20 @@ pub fn check_structure(
     .filter(|h| vars.stats_auth.is_some() || **h != "userlist _stats_users")
     .map(|h| h.to_string())
     .collect();
+    if passthrough {
+        let default = if desired.tls.is_some() {
+            "backend _tls_terminate from base"
+        } else {
+            "backend _tls_no_route from base"
+        };
+        want.splice(
+            3..3,
+            [
+                "frontend app_https_in from base".to_string(),
+                default.to_string(),
+            ],
+        );
+    }
     want.extend(tcp.iter().map(|s| {
         format!(
             "frontend {}_port_{} from base",
@@ -300,6 +322,20 @@ pub fn check_structure(
             } else {
                 prop_assert_eq!(&norm, skel, "section {} differs from the template", header);
             }
+        } else if let Some(skel) = with_sni.get(header) {
+            // The SNI frontend and its default backend: exactly as for
+            // one passthrough service, their map rendered.
+            prop_assert_eq!(&norm, skel, "section {} differs from the template", header);
+            for l in lines {
+                if let Some(p) = l.find("/etc/haproxy/maps/") {
+                    let name = l[p + 18..].split(')').next().unwrap_or_default();
+                    prop_assert!(
+                        r.maps.contains_key(name),
+                        "{:?} names a map not rendered",
+                        l
+                    );
+                }
+            }
         } else if let Some(s) = tcp.iter().find(|s| {
             *header
                 == format!(
@@ -318,15 +354,22 @@ pub fn check_structure(
             } else {
                 format!("    option {mode}log")
             };
-            prop_assert_eq!(
-                lines,
-                &vec![
-                    format!("    bind *:{}", s.frontend_port.unwrap()),
-                    format!("    mode {mode}"),
-                    log,
-                    format!("    default_backend {}", profile(s).backend_name(&s.name)),
-                ]
-            );
+            let mut want = vec![
+                format!("    bind *:{}", s.frontend_port.unwrap()),
+                format!("    mode {mode}"),
+                log,
+            ];
+            if !vars.proxy_protocol_from.is_empty() {
+                want.push(format!(
+                    "    tcp-request connection expect-proxy layer4 if {{ src {} }}",
+                    vars.proxy_protocol_from.join(" ")
+                ));
+            }
+            want.push(format!(
+                "    default_backend {}",
+                profile(s).backend_name(&s.name)
+            ));
+            prop_assert_eq!(lines, &want);
         } else if let Some(p) = profiles
             .iter()
             .find(|p| *header == format!("defaults {} from base", p.name))
@@ -339,7 +382,13 @@ pub fn check_structure(
             };
             for l in lines {
                 let rule_bound = l.starts_with("    compression ") || l.contains("txn.r_timeout");
-                let ok = (literals.contains(l) && !rule_bound)
+                // The SNI frontend's literal `mode tcp` and `tcp-request`
+                // lines are not a profile's.
+                let literal = literals.contains(l)
+                    && !rule_bound
+                    && !l.starts_with("    mode ")
+                    && !l.starts_with("    tcp-request ");
+                let ok = literal
                     || *l == format!("    mode {mode}")
                     || *l == format!("    balance {}", p.balance)
                     || *l == default_server
@@ -479,8 +528,21 @@ pub fn check_rendered(
         .filter_map(|l| l.strip_prefix("backend "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    prop_assert_eq!(backend_names.len(), 1 + desired.services.len());
-    let mut want: Vec<String> = vec!["_no_route".into()];
+    let passthrough = desired.services.iter().any(|s| s.passthrough);
+    let mut want: Vec<String> = Vec::new();
+    if passthrough {
+        want.push(
+            if desired.tls.is_some() {
+                "_tls_terminate"
+            } else {
+                "_tls_no_route"
+            }
+            .into(),
+        );
+    }
+    want.push("_no_route".into());
+    let specials = want.len();
+    prop_assert_eq!(backend_names.len(), specials + desired.services.len());
     want.extend(
         desired
             .services
@@ -510,6 +572,14 @@ pub fn check_rendered(
         }
         for h in &s.vhosts {
             prop_assert_eq!(hostname(h), Some(h.clone()));
+        }
+        // Passthrough: a TCP backend reached by SNI on the HTTPS port only.
+        if s.passthrough {
+            prop_assert!(vars.https_port.is_some());
+            prop_assert!(s.frontend_port.is_none() && s.path.is_none());
+            prop_assert!(s.healthcheck.is_none() && !s.https_redirect);
+            prop_assert_eq!(s.mode, haproxy_supervisor::model::Mode::Tcp);
+            prop_assert!(!s.vhosts.is_empty());
         }
     }
     for (name, cs) in &catalog.services {
@@ -574,7 +644,12 @@ pub fn check_rendered(
                 continue;
             }
             let be = key.split('|').next().unwrap_or_default();
-            prop_assert!(want.iter().skip(1).any(|b| b == be), "{}: {:?}", name, line);
+            prop_assert!(
+                want.iter().skip(specials).any(|b| b == be),
+                "{}: {:?}",
+                name,
+                line
+            );
             let ok = match kind {
                 "rule_strip" => matches!(value.parse::<u32>(), Ok(1..=8)),
                 "rule_timeout" | "rule_rate" => value.parse::<u64>().is_ok(),
@@ -593,13 +668,32 @@ pub fn check_rendered(
         }
     }
 
-    // Map lines: `key backend`, the backend of an accepted http service.
+    // A host is one service's: no passthrough host is routed over HTTP.
+    let sni_hosts: BTreeSet<&String> = desired
+        .services
+        .iter()
+        .filter(|s| s.passthrough)
+        .flat_map(|s| &s.vhosts)
+        .collect();
+    let http_hosts: BTreeSet<&String> = desired
+        .services
+        .iter()
+        .filter(|s| s.mode == haproxy_supervisor::model::Mode::Http)
+        .flat_map(|s| &s.vhosts)
+        .collect();
+    prop_assert!(
+        sni_hosts.is_disjoint(&http_hosts),
+        "hosts both passed through and routed: {:?}",
+        sni_hosts.intersection(&http_hosts).collect::<Vec<_>>()
+    );
+
+    // Map lines: `key backend`, the backend of an accepted service.
     for (name, text) in r.maps.iter().filter(|(n, _)| !n.starts_with("rule_")) {
         for line in text.lines() {
             let w: Vec<&str> = line.split(' ').collect();
             prop_assert_eq!(w.len(), 2, "{}: {:?}", name, line);
             prop_assert!(
-                want.iter().skip(1).any(|b| b == w[1]),
+                want.iter().skip(specials).any(|b| b == w[1]),
                 "{}: {:?}",
                 name,
                 line
