@@ -3,7 +3,7 @@
 //! that does not parse is a [`SettingsError`] naming the variable and the
 //! value; the binary exits with code 2 before anything starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -221,6 +221,9 @@ pub struct Options {
     /// Directory of PEM bundles (chain and key) served over HTTPS; unset: no TLS
     #[arg(long, env = "HAPROXY_CERTS_DIR", global = true)]
     pub certs_dir: Option<PathBuf>,
+    /// CA certificates (PEM) that backends served over TLS are verified against; unset: TLS backends need HAPROXY.BACKEND.TLS_VERIFY=none
+    #[arg(long, env = "HAPROXY_BACKEND_CA_FILE", global = true)]
+    pub backend_ca_file: Option<PathBuf>,
     /// Port of the HTTPS bind of app_http_in, with HAPROXY_CERTS_DIR [default: 8443]
     #[arg(long, env = "HAPROXY_HTTPS_PORT", global = true)]
     pub https_port: Option<String>,
@@ -539,6 +542,7 @@ impl Settings {
             },
             user: None,
             group: None,
+            backend_ca_file: backend_ca_file(o.backend_ca_file.as_deref())?,
         };
         if let Some(p) = vars.https_port {
             if p == vars.http_port || p == vars.stats_port {
@@ -831,6 +835,36 @@ fn haproxy_user(v: Option<&str>) -> Result<HaproxyUser, SettingsError> {
 }
 
 /// `HAPROXY_STATS_BIND`: an IP address (unset or empty: every address).
+/// `HAPROXY_BACKEND_CA_FILE`: an absolute path HAProxy can take verbatim
+/// (no space, quote or `#`), of a readable file holding at least one PEM
+/// certificate. Read at start so a typo stops the supervisor with a clear
+/// message instead of every TLS backend failing its checks.
+fn backend_ca_file(v: Option<&Path>) -> Result<Option<String>, SettingsError> {
+    let Some(p) = v.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let n = names!(backend_ca_file);
+    let shown = p.display().to_string();
+    let s = p
+        .to_str()
+        .filter(|s| crate::syntax::is_path(s))
+        .ok_or_else(|| {
+            err(
+                n,
+                &shown,
+                "expected an absolute path of letters, digits and /._~%!$&*+,;=:@-",
+            )
+        })?;
+    let text = std::fs::read(p).map_err(|e| err(n, &shown, format!("cannot read it: {e}")))?;
+    if !text
+        .windows(27)
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(err(n, &shown, "holds no PEM certificate"));
+    }
+    Ok(Some(s.to_string()))
+}
+
 fn stats_bind(v: Option<&str>) -> Result<String, SettingsError> {
     match v {
         None | Some("") => Ok("*".to_string()),
