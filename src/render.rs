@@ -182,7 +182,7 @@ impl Profile {
 /// The `default-server` keywords of a service's protocol to its servers.
 /// Every one is accepted by `add server` on HAProxy 2.6 (checked by
 /// tests/backend_proto.rs). Health checks follow the traffic explicitly
-/// (`check-ssl`, `check-send-proxy`, `check-proto h2`): a check in
+/// (`check-ssl` and `check-alpn`, `check-send-proxy`, `check-proto h2`): a check in
 /// another protocol than the server speaks would mark it down.
 pub fn server_keywords(s: &Service) -> Vec<String> {
     let mut k: Vec<String> = Vec::new();
@@ -190,14 +190,18 @@ pub fn server_keywords(s: &Service) -> Vec<String> {
     match s.backend_proto {
         BackendProto::H1 => {}
         BackendProto::H2c => push(&["proto", "h2"]),
-        BackendProto::H1Tls => push(&["ssl", "check-ssl", "alpn", "http/1.1"]),
-        BackendProto::H2Tls => push(&["ssl", "check-ssl", "alpn", "h2"]),
+        BackendProto::H1Tls => push(&[
+            "ssl",
+            "check-ssl",
+            "alpn",
+            "http/1.1",
+            "check-alpn",
+            "http/1.1",
+        ]),
+        BackendProto::H2Tls => push(&["ssl", "check-ssl", "alpn", "h2", "check-alpn", "h2"]),
     }
     if s.backend_proto.h2() && s.healthcheck.is_some() {
         push(&["check-proto", "h2"]);
-        if s.backend_proto.tls() {
-            push(&["check-alpn", "h2"]);
-        }
     }
     if let Some(tls) = &s.backend_tls {
         match &tls.ca_file {
@@ -538,8 +542,8 @@ mod tests {
         for want in [
             format!("{base}\n"),
             format!("{base} proto h2 check-proto h2\n"),
-            format!("{base} ssl check-ssl alpn h2 verify required ca-file /etc/ca.pem sni str(secure.internal) verifyhost secure.internal send-proxy-v2 check-send-proxy\n"),
-            format!("{base} ssl check-ssl alpn http/1.1 verify none send-proxy check-send-proxy\n"),
+            format!("{base} ssl check-ssl alpn h2 check-alpn h2 verify required ca-file /etc/ca.pem sni str(secure.internal) verifyhost secure.internal send-proxy-v2 check-send-proxy\n"),
+            format!("{base} ssl check-ssl alpn http/1.1 check-alpn http/1.1 verify none send-proxy check-send-proxy\n"),
         ] {
             assert_eq!(cfg.matches(&want).count(), 1, "{want}\n{cfg}");
         }

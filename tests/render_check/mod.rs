@@ -345,9 +345,9 @@ pub fn expected_default_server(s: &haproxy_supervisor::model::Service) -> String
         (P::H1, _) => "",
         (P::H2c, false) => " proto h2",
         (P::H2c, true) => " proto h2 check-proto h2",
-        (P::H1Tls, _) => " ssl check-ssl alpn http/1.1",
-        (P::H2Tls, false) => " ssl check-ssl alpn h2",
-        (P::H2Tls, true) => " ssl check-ssl alpn h2 check-proto h2 check-alpn h2",
+        (P::H1Tls, _) => " ssl check-ssl alpn http/1.1 check-alpn http/1.1",
+        (P::H2Tls, false) => " ssl check-ssl alpn h2 check-alpn h2",
+        (P::H2Tls, true) => " ssl check-ssl alpn h2 check-alpn h2 check-proto h2",
     });
     if let Some(t) = &s.backend_tls {
         assert!(is_path(t.ca_file.as_deref().unwrap_or("/")));
