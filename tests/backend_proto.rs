@@ -194,11 +194,22 @@ struct GrpcLoad {
 
 impl GrpcLoad {
     fn start(authority: &str, threads: usize) -> GrpcLoad {
+        GrpcLoad::start_rounds(authority, threads, 0)
+    }
+
+    /// `rounds` rounds of calls per thread (0: until [`GrpcLoad::stop`]).
+    fn start_rounds(authority: &str, threads: usize, rounds: usize) -> GrpcLoad {
         use std::io::BufRead;
         let mut cmd = Command::new(python());
-        cmd.args([&script("client.py"), FRONT, authority, &threads.to_string()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
+        cmd.args([
+            &script("client.py"),
+            FRONT,
+            authority,
+            &threads.to_string(),
+            &rounds.to_string(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
         die_with_parent(&mut cmd);
         let mut child = cmd.spawn().expect("spawn client.py");
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -316,6 +327,12 @@ fn grpc_over_h2c_and_tls_survives_reloads_and_live_changes() {
         "HAPROXY.VHOST=wrong.example.com",
         "HAPROXY.BACKEND.PROTO=h2-tls",
     ];
+    // The same impostor, unverified by name: served, with a warning.
+    let loose = [
+        "HAPROXY.VHOST=loose.example.com",
+        "HAPROXY.BACKEND.PROTO=h2-tls",
+        "HAPROXY.BACKEND.TLS_VERIFY=none",
+    ];
     let catalog = |second: bool, extra: bool| {
         let n = if second { 2 } else { 1 };
         let mut v = vec![
@@ -323,6 +340,7 @@ fn grpc_over_h2c_and_tls_survives_reloads_and_live_changes() {
             grpc_service("grpc", &[&g1, &g2][..n], &h2c),
             grpc_service("grpcs", &[&s1, &s2][..n], &h2tls),
             grpc_service("wrong", &[&impostor], &wrong),
+            grpc_service("loose", &[&impostor], &loose),
         ];
         if extra {
             v.push(service("other", &[&other], &[]));
@@ -397,4 +415,22 @@ fn grpc_over_h2c_and_tls_survives_reloads_and_live_changes() {
         }
     }
     println!("30 reloads and 100 live changes in {took:?}");
+
+    // TLS_VERIFY=none: served by the impostor, and a warning naming the
+    // service at every render (one per catalog change at least).
+    let summary = GrpcLoad::start_rounds("loose.example.com", 1, 20).stop();
+    assert_eq!(summary["failed"], 0, "{summary}");
+    assert!(
+        summary["servers"]["impostor"].as_u64().unwrap_or(0) > 0,
+        "{summary}"
+    );
+    let unverified = sup
+        .events(Event::Warning)
+        .iter()
+        .filter(|e| {
+            e["fields"]["service"] == "loose" && e["fields"]["tag"] == "HAPROXY.BACKEND.TLS_VERIFY"
+        })
+        .count();
+    println!("loose (TLS_VERIFY=none): served by the impostor; {unverified} warnings for 131 catalog changes");
+    assert!(unverified >= 131, "{unverified} warnings");
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """A gRPC load client for the tests: THREADS threads call demo.Demo (see
 server.py) in a loop through TARGET with :authority AUTHORITY until stdin
-closes, then print one JSON summary line.
+closes (or, given ROUNDS, for that many rounds each), then print one JSON
+summary line.
 
 Each round: Unary, Stream (3 messages), Bidi (3 messages), Fail (must end
 NOT_FOUND with its message and the x-demo-trailer trailer) and, every 10th
@@ -9,7 +10,7 @@ round, Slow with a 100 ms deadline on a 400 ms call (must end
 DEADLINE_EXCEEDED). A call that ends otherwise is a failure, recorded with
 its status and details.
 
-usage: client.py TARGET AUTHORITY THREADS
+usage: client.py TARGET AUTHORITY THREADS [ROUNDS]
 """
 import json
 import sys
@@ -20,6 +21,7 @@ import grpc
 
 def main():
     target, authority, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     stop = threading.Event()
     lock = threading.Lock()
     stats = {"ok": 0, "failed": 0, "deadline_exceeded": 0, "not_found": 0,
@@ -40,7 +42,7 @@ def main():
         failing = ch.unary_unary("/demo.Demo/Fail")
         slow = ch.unary_unary("/demo.Demo/Slow")
         n = 0
-        while not stop.is_set():
+        while not stop.is_set() and not (rounds and n >= rounds):
             n += 1
             try:
                 r = unary(b"hi", timeout=5)
@@ -84,8 +86,9 @@ def main():
     for t in ts:
         t.start()
     print("running", flush=True)
-    sys.stdin.read()
-    stop.set()
+    if not rounds:
+        sys.stdin.read()
+        stop.set()
     for t in ts:
         t.join()
     print(json.dumps(stats), flush=True)
