@@ -1362,6 +1362,34 @@ mod tests {
     }
 
     #[test]
+    fn the_backend_ca_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, empty) = (dir.path().join("ca.pem"), dir.path().join("empty.pem"));
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&empty, "").unwrap();
+        let s = with(|o| o.backend_ca_file = Some(ca.clone())).unwrap();
+        assert_eq!(s.vars.backend_ca_file.as_deref(), ca.to_str());
+        assert_eq!(with(|_| {}).unwrap().vars.backend_ca_file, None);
+        for (path, why) in [
+            (dir.path().join("missing.pem"), "cannot read it"),
+            (empty, "holds no PEM certificate"),
+            ("relative.pem".into(), "absolute path"),
+            (dir.path().join("a b.pem"), "absolute path"),
+        ] {
+            let e = with(|o| o.backend_ca_file = Some(path.clone())).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("HAPROXY_BACKEND_CA_FILE") && e.contains(why),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn stats_bind_is_an_ip_address() {
         assert_eq!(with(|_| {}).unwrap().vars.stats_bind, "*");
         let s = with(|o| o.stats_bind = Some("127.0.0.1".into())).unwrap();
