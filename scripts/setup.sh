@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Installs everything the demo, the tests and the benchmarks need on a fresh
 # Debian 12 machine: haproxy, iptables, consul (from Debian 11, see below),
-# curl, socat, wrk, openssl, iproute2, util-linux, prometheus (and promtool). Idempotent;
+# curl, socat, wrk, openssl, iproute2, util-linux, prometheus (and promtool),
+# h2load and nghttpd (nghttp2-client, nghttp2-server), python3-grpcio. Idempotent;
 # run as root.
 set -euo pipefail
 
 need_apt=()
-for pair in haproxy:haproxy iptables:iptables curl:curl socat:socat wrk:wrk openssl:openssl ip:iproute2 unshare:util-linux nsenter:util-linux ps:procps prometheus:prometheus promtool:prometheus; do
+for pair in haproxy:haproxy iptables:iptables curl:curl socat:socat wrk:wrk openssl:openssl ip:iproute2 unshare:util-linux nsenter:util-linux ps:procps prometheus:prometheus promtool:prometheus h2load:nghttp2-client nghttpd:nghttp2-server; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+
+# gRPC servers and clients of tests/backend_proto.rs (tests/grpc/*.py):
+# Debian's python3 with its grpc module.
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || need_apt+=(python3-grpcio)
 
 apt_updated=0
 apt_update() { if [ $apt_updated = 0 ]; then apt-get update -qq; apt_updated=1; fi; }

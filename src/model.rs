@@ -149,10 +149,77 @@ pub struct Service {
     /// untouched to its servers on the HTTPS port, chosen by SNI. Its
     /// backend is TCP (`mode` is [`Mode::Tcp`]), it has no frontend port.
     pub passthrough: bool,
+    /// `HAPROXY.BACKEND.PROTO`: how HAProxy speaks to the servers.
+    pub backend_proto: BackendProto,
+    /// How a TLS backend's certificate is checked: set exactly when
+    /// `backend_proto` is a TLS one.
+    pub backend_tls: Option<BackendTls>,
+    /// `HAPROXY.BACKEND.PROXY_PROTOCOL`: a PROXY protocol header on every
+    /// connection to the servers (their health checks too).
+    pub backend_proxy_protocol: Option<ProxyProtocol>,
     pub servers: Vec<Server>,
     /// Per-service rules (`HAPROXY.PATH.STRIP`, `HAPROXY.ALLOW`, ...):
     /// data the running HAProxy reads from maps ([`crate::rules`]).
     pub rules: crate::rules::Rules,
+}
+
+/// `HAPROXY.BACKEND.PROTO`. The names are those of the wire: `h1` and
+/// `h2c` (IANA's name for HTTP/2 over cleartext TCP), each with `-tls`
+/// when HAProxy opens TLS to the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum BackendProto {
+    /// HTTP/1.1 over TCP (the default; what the seed always did).
+    #[default]
+    #[serde(rename = "h1")]
+    H1,
+    /// HTTP/2 over cleartext TCP, with prior knowledge (gRPC servers).
+    #[serde(rename = "h2c")]
+    H2c,
+    /// HTTP/1.1 over TLS.
+    #[serde(rename = "h1-tls")]
+    H1Tls,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    #[serde(rename = "h2-tls")]
+    H2Tls,
+}
+
+pub const BACKEND_PROTOS: &[&str] = &["h1", "h2c", "h1-tls", "h2-tls"];
+
+impl BackendProto {
+    fn parse(s: &str) -> Option<BackendProto> {
+        Some(match s {
+            "h1" => BackendProto::H1,
+            "h2c" => BackendProto::H2c,
+            "h1-tls" => BackendProto::H1Tls,
+            "h2-tls" => BackendProto::H2Tls,
+            _ => return None,
+        })
+    }
+    pub fn tls(self) -> bool {
+        matches!(self, BackendProto::H1Tls | BackendProto::H2Tls)
+    }
+    pub fn h2(self) -> bool {
+        matches!(self, BackendProto::H2c | BackendProto::H2Tls)
+    }
+}
+
+/// The TLS to a backend: whom its certificate must come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendTls {
+    /// `HAPROXY_BACKEND_CA_FILE`; `None` only with
+    /// `HAPROXY.BACKEND.TLS_VERIFY=none` (no check at all).
+    pub ca_file: Option<String>,
+    /// `HAPROXY.BACKEND.TLS_NAME`: sent as SNI and required in the
+    /// certificate (`verifyhost`).
+    pub name: Option<String>,
+}
+
+/// `HAPROXY.BACKEND.PROXY_PROTOCOL`: `v1` (text) or `v2` (binary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    V1,
+    V2,
 }
 
 /// A validated server line.
@@ -258,6 +325,10 @@ pub const KNOWN_TAGS: &[&str] = &[
     "HAPROXY.ROUTE.WEIGHT",
     "HAPROXY.ROUTE.STICKY",
     "HAPROXY.TLS",
+    "HAPROXY.BACKEND.PROTO",
+    "HAPROXY.BACKEND.TLS_VERIFY",
+    "HAPROXY.BACKEND.TLS_NAME",
+    "HAPROXY.BACKEND.PROXY_PROTOCOL",
 ];
 pub const BALANCES: &[&str] = &[
     "roundrobin",
@@ -302,6 +373,8 @@ pub struct Context {
     /// The HTTPS port (`HAPROXY_CERTS_DIR` set): where TLS passthrough
     /// services are served.
     pub https_port: Option<u16>,
+    /// `HAPROXY_BACKEND_CA_FILE`.
+    pub backend_ca_file: Option<String>,
 }
 
 impl From<&HaproxyVars> for Context {
@@ -313,6 +386,7 @@ impl From<&HaproxyVars> for Context {
                 .chain(v.https_port)
                 .collect(),
             https_port: v.https_port,
+            backend_ca_file: v.backend_ca_file.clone(),
         }
     }
 }
@@ -723,6 +797,18 @@ fn build_service(
             "a service with rules (HAPROXY.ALLOW, HAPROXY.AUTH, ...) is served on the shared frontend only",
         ));
     }
+    let (backend_proto, backend_tls) = backend_protocol(&tags, mode, ctx, warn)?;
+    let backend_proxy_protocol = match tags.values.get("HAPROXY.BACKEND.PROXY_PROTOCOL") {
+        None => None,
+        Some(&"v1") => Some(ProxyProtocol::V1),
+        Some(&"v2") => Some(ProxyProtocol::V2),
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.PROXY_PROTOCOL",
+                format!("{v:?} is not v1 or v2"),
+            ))
+        }
+    };
 
     let mut instances: Vec<&Instance> = cs
         .instances
@@ -785,6 +871,9 @@ fn build_service(
         route_weight,
         route_sticky,
         passthrough,
+        backend_proto,
+        backend_tls,
+        backend_proxy_protocol,
         servers,
         rules,
     })
@@ -833,6 +922,78 @@ fn passthrough_fits(tags: &Tags, ctx: &Context) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// `HAPROXY.BACKEND.PROTO` with `HAPROXY.BACKEND.TLS_VERIFY` and
+/// `HAPROXY.BACKEND.TLS_NAME`. TLS verifies the certificate against
+/// `HAPROXY_BACKEND_CA_FILE` (never the system store: backends found in a
+/// catalog carry certificates of a private CA, and a public CA would vouch
+/// for anyone's); without one the service is left out unless it asks for
+/// no verification by name.
+fn backend_protocol(
+    tags: &Tags,
+    mode: Mode,
+    ctx: &Context,
+    warn: &mut impl FnMut(&str, String),
+) -> Result<(BackendProto, Option<BackendTls>), Invalid> {
+    let proto = match tags.values.get("HAPROXY.BACKEND.PROTO") {
+        None => BackendProto::H1,
+        Some(v) => BackendProto::parse(v).ok_or_else(|| {
+            invalid(
+                "HAPROXY.BACKEND.PROTO",
+                format!("{v:?} is not one of {}", BACKEND_PROTOS.join(", ")),
+            )
+        })?,
+    };
+    if proto != BackendProto::H1 && mode == Mode::Tcp {
+        return Err(invalid(
+            "HAPROXY.BACKEND.PROTO",
+            "applies to HTTP services only, not with HAPROXY.PROTOCOL=tcp",
+        ));
+    }
+    let verify = match tags.values.get("HAPROXY.BACKEND.TLS_VERIFY") {
+        None | Some(&"required") => true,
+        Some(&"none") => false,
+        Some(v) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.TLS_VERIFY",
+                format!("{v:?} is not required or none"),
+            ))
+        }
+    };
+    let name = match tags.values.get("HAPROXY.BACKEND.TLS_NAME") {
+        None => None,
+        Some(v) => Some(hostname(v).ok_or_else(|| {
+            invalid(
+                "HAPROXY.BACKEND.TLS_NAME",
+                format!("{v:?} is not a host name"),
+            )
+        })?),
+    };
+    if !proto.tls() {
+        for tag in ["HAPROXY.BACKEND.TLS_VERIFY", "HAPROXY.BACKEND.TLS_NAME"] {
+            if tags.values.contains_key(tag) {
+                warn(
+                    tag,
+                    "no effect without TLS to the backend (HAPROXY.BACKEND.PROTO=h1-tls or h2-tls); ignored"
+                        .into(),
+                );
+            }
+        }
+        return Ok((proto, None));
+    }
+    let ca_file = match (verify, &ctx.backend_ca_file) {
+        (false, _) => None,
+        (true, Some(f)) => Some(f.clone()),
+        (true, None) => {
+            return Err(invalid(
+                "HAPROXY.BACKEND.PROTO",
+                "TLS to the backend verifies its certificate against HAPROXY_BACKEND_CA_FILE, \
+                 which is unset (set it, or tag HAPROXY.BACKEND.TLS_VERIFY=none)",
+            ))
+        }
+    };
+    Ok((proto, Some(BackendTls { ca_file, name })))
 }
 
 /// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
@@ -936,6 +1097,9 @@ pub struct HaproxyVars {
     /// Resolved by `settings::Settings::build` from the machine's users.
     pub user: Option<String>,
     pub group: Option<String>,
+    /// `HAPROXY_BACKEND_CA_FILE`: the CA file backends served over TLS
+    /// are verified against (an absolute path, checked readable at start).
+    pub backend_ca_file: Option<String>,
 }
 
 /// A value that goes into the config but never into a log: `Debug` hides
@@ -1005,6 +1169,7 @@ mod tests {
             dom: Some("example.com".into()),
             reserved_ports: vec![8080, 4444],
             https_port: Some(8443),
+            backend_ca_file: None,
         }
     }
 
@@ -1298,6 +1463,103 @@ mod tests {
         ]);
         let (d, w) = Desired::build(&c, &ctx());
         assert_eq!(names(&d), ["a", "c"], "{w:?}");
+    }
+
+    fn one(tags: &[&str], ctx: &Context) -> (Option<Service>, Vec<Warning>) {
+        let mut all = vec!["HAPROXY.ENABLE=true"];
+        all.extend(tags);
+        let c = catalog(&[("g", vec![inst("g1", "10.0.0.1", 80, &all)])]);
+        let (mut d, w) = Desired::build(&c, ctx);
+        (d.services.pop(), w)
+    }
+
+    #[test]
+    fn backend_protocols() {
+        let with_ca = Context {
+            backend_ca_file: Some("/etc/ca.pem".into()),
+            ..ctx()
+        };
+        let (s, w) = one(&[], &ctx());
+        let s = s.unwrap();
+        assert!(w.is_empty());
+        assert_eq!(
+            (s.backend_proto, &s.backend_tls, s.backend_proxy_protocol),
+            (BackendProto::H1, &None, None)
+        );
+        let (s, w) = one(&["HAPROXY.BACKEND.PROTO=h2c"], &ctx());
+        assert!(w.is_empty());
+        assert_eq!(s.unwrap().backend_proto, BackendProto::H2c);
+        // TLS verifies against the CA file; without one, left out.
+        let (s, w) = one(&["HAPROXY.BACKEND.PROTO=h2-tls"], &ctx());
+        assert!(s.is_none());
+        assert_eq!(w[0].tag, "HAPROXY.BACKEND.PROTO");
+        assert!(w[0].left_out && w[0].message.contains("HAPROXY_BACKEND_CA_FILE"));
+        let (s, _) = one(
+            &[
+                "HAPROXY.BACKEND.PROTO=h2-tls",
+                "HAPROXY.BACKEND.TLS_NAME=Grpc.Internal",
+            ],
+            &with_ca,
+        );
+        assert_eq!(
+            s.unwrap().backend_tls,
+            Some(BackendTls {
+                ca_file: Some("/etc/ca.pem".into()),
+                name: Some("grpc.internal".into())
+            })
+        );
+        // No verification only by name, CA file or not.
+        for c in [&ctx(), &with_ca] {
+            let (s, _) = one(
+                &[
+                    "HAPROXY.BACKEND.PROTO=h1-tls",
+                    "HAPROXY.BACKEND.TLS_VERIFY=none",
+                ],
+                c,
+            );
+            assert_eq!(s.unwrap().backend_tls.unwrap().ca_file, None);
+        }
+        // TLS options without TLS: a warning, the service stays.
+        let (s, w) = one(&["HAPROXY.BACKEND.TLS_VERIFY=none"], &ctx());
+        assert!(s.unwrap().backend_tls.is_none());
+        assert!(!w[0].left_out && w[0].tag == "HAPROXY.BACKEND.TLS_VERIFY");
+        let (s, _) = one(&["HAPROXY.BACKEND.PROXY_PROTOCOL=v2"], &ctx());
+        assert_eq!(s.unwrap().backend_proxy_protocol, Some(ProxyProtocol::V2));
+        // Bad values leave the service out, naming the tag.
+        for (tag, proto) in [
+            ("HAPROXY.BACKEND.PROTO=h2", "HAPROXY.BACKEND.PROTO=h2"),
+            ("HAPROXY.BACKEND.PROTO=H1", "HAPROXY.BACKEND.PROTO=H1"),
+            (
+                "HAPROXY.BACKEND.PROXY_PROTOCOL=v3",
+                "HAPROXY.BACKEND.PROTO=h1",
+            ),
+            (
+                "HAPROXY.BACKEND.TLS_VERIFY=optional",
+                "HAPROXY.BACKEND.PROTO=h1-tls",
+            ),
+        ] {
+            let (s, w) = one(&[tag, proto], &with_ca);
+            assert!(s.is_none(), "{tag}");
+            assert!(tag.starts_with(&w[0].tag) && w[0].left_out, "{tag}: {w:?}");
+        }
+        let (s, w) = one(
+            &[
+                "HAPROXY.BACKEND.TLS_NAME=a b",
+                "HAPROXY.BACKEND.PROTO=h1-tls",
+            ],
+            &with_ca,
+        );
+        assert!(s.is_none() && w[0].tag == "HAPROXY.BACKEND.TLS_NAME");
+        // Only HTTP services speak a backend protocol.
+        let (s, w) = one(
+            &[
+                "HAPROXY.PROTOCOL=tcp",
+                "HAPROXY.FRONTEND.PORT=9000",
+                "HAPROXY.BACKEND.PROTO=h2c",
+            ],
+            &ctx(),
+        );
+        assert!(s.is_none() && w[0].tag == "HAPROXY.BACKEND.PROTO");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::files::{absolute, maps_dir, server_state_path, Output};
 use crate::model::HaproxyVars;
-use crate::model::{Desired, Mode, Service};
+use crate::model::{BackendProto, Desired, Mode, ProxyProtocol, Service};
 
 /// The built-in template, compiled into the binary.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/haproxy.cfg.tera");
@@ -173,6 +173,11 @@ pub struct Profile {
     pub https_redirect: bool,
     /// gzip for text types (`HAPROXY.COMPRESS`).
     pub compress: bool,
+    /// Keywords for the profile's `default-server` line, after the fixed
+    /// ones: the protocol to the servers (`HAPROXY.BACKEND.PROTO`, TLS,
+    /// PROXY protocol). On `default-server` so a server added at run time
+    /// gets them too ([`crate::live`] passes them to `add server`).
+    pub server_keywords: String,
 }
 
 impl Profile {
@@ -187,18 +192,28 @@ impl Profile {
             cookie: s.sticky && s.mode == Mode::Http,
             https_redirect: tls && s.https_redirect && s.mode == Mode::Http,
             compress: s.rules.compress && s.mode == Mode::Http,
+            server_keywords: server_keywords(s).join(" "),
         };
         let mode = match s.mode {
             Mode::Http => "http",
             Mode::Tcp => "tcp",
         };
-        let key = format!(
+        let mut key = format!(
             "{mode}|{}|{}|{}|{}",
             p.balance,
             p.healthcheck.as_deref().unwrap_or(""),
             p.cookie,
             p.https_redirect,
-        ) + if p.compress { "|compress" } else { "" };
+        );
+        if p.compress {
+            key.push_str("|compress");
+        }
+        // Only when set, so the profiles of services without them keep
+        // the names they had before these options existed.
+        if !p.server_keywords.is_empty() {
+            key.push('|');
+            key.push_str(&p.server_keywords);
+        }
         p.name = format!("be_{mode}_{}", short_hash(&key));
         p
     }
@@ -213,6 +228,7 @@ impl Profile {
             && !self.cookie
             && !self.https_redirect
             && !self.compress
+            && self.server_keywords.is_empty()
     }
 
     /// The backend name of a service made from this profile.
@@ -223,6 +239,47 @@ impl Profile {
             format!("{service}:{}", &self.name[self.name.len() - 12..])
         }
     }
+}
+
+/// The `default-server` keywords of a service's protocol to its servers.
+/// Every one is accepted by `add server` on HAProxy 2.6 (checked by
+/// tests/backend_proto.rs). Health checks follow the traffic explicitly
+/// (`check-ssl` and `check-alpn`, `check-send-proxy`, `check-proto h2`): a check in
+/// another protocol than the server speaks would mark it down.
+pub fn server_keywords(s: &Service) -> Vec<String> {
+    let mut k: Vec<String> = Vec::new();
+    let mut push = |words: &[&str]| k.extend(words.iter().map(|w| w.to_string()));
+    match s.backend_proto {
+        BackendProto::H1 => {}
+        BackendProto::H2c => push(&["proto", "h2"]),
+        BackendProto::H1Tls => push(&[
+            "ssl",
+            "check-ssl",
+            "alpn",
+            "http/1.1",
+            "check-alpn",
+            "http/1.1",
+        ]),
+        BackendProto::H2Tls => push(&["ssl", "check-ssl", "alpn", "h2", "check-alpn", "h2"]),
+    }
+    if s.backend_proto.h2() && s.healthcheck.is_some() {
+        push(&["check-proto", "h2"]);
+    }
+    if let Some(tls) = &s.backend_tls {
+        match &tls.ca_file {
+            Some(ca) => push(&["verify", "required", "ca-file", ca]),
+            None => push(&["verify", "none"]),
+        }
+        if let Some(name) = &tls.name {
+            push(&["sni", &format!("str({name})"), "verifyhost", name]);
+        }
+    }
+    match s.backend_proxy_protocol {
+        None => {}
+        Some(ProxyProtocol::V1) => push(&["send-proxy", "check-send-proxy"]),
+        Some(ProxyProtocol::V2) => push(&["send-proxy-v2", "check-send-proxy"]),
+    }
+    k
 }
 
 #[derive(Serialize)]
@@ -619,6 +676,47 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn backend_protocols_go_on_the_profiles_default_server_line() {
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            backend_ca_file: Some("/etc/ca.pem".into()),
+            ..HaproxyVars::default()
+        };
+        let c = Catalog::parse_file(
+            r#"{"services":[
+            {"name":"plain","instances":[{"id":"p1","address":"10.0.0.1","port":80,"tags":["HAPROXY.ENABLE=true"]}]},
+            {"name":"grpc","instances":[{"id":"g1","address":"10.0.0.2","port":80,"tags":["HAPROXY.ENABLE=true","HAPROXY.BACKEND.PROTO=h2c","HAPROXY.BACKEND.HEALTHCHECK=/health"]}]},
+            {"name":"secure","instances":[{"id":"s1","address":"10.0.0.3","port":443,"tags":["HAPROXY.ENABLE=true","HAPROXY.BACKEND.PROTO=h2-tls","HAPROXY.BACKEND.TLS_NAME=secure.internal","HAPROXY.BACKEND.PROXY_PROTOCOL=v2"]}]},
+            {"name":"loose","instances":[{"id":"l1","address":"10.0.0.4","port":443,"tags":["HAPROXY.ENABLE=true","HAPROXY.BACKEND.PROTO=h1-tls","HAPROXY.BACKEND.TLS_VERIFY=none","HAPROXY.BACKEND.PROXY_PROTOCOL=v1"]}]}
+        ]}"#,
+        )
+        .unwrap();
+        let (d, w) = Desired::build(&c, &Context::from(&vars));
+        assert!(w.is_empty(), "{w:?}");
+        let cfg = Renderer::new(
+            None,
+            Path::new("/etc/haproxy/haproxy.cfg"),
+            Path::new("/run/hs/admin.sock"),
+        )
+        .unwrap()
+        .render(&d, &vars)
+        .unwrap()
+        .config;
+        let base = "default-server inter 10s rise 2 fall 1 init-addr libc,none";
+        for want in [
+            format!("{base}\n"),
+            format!("{base} proto h2 check-proto h2\n"),
+            format!("{base} ssl check-ssl alpn h2 check-alpn h2 verify required ca-file /etc/ca.pem sni str(secure.internal) verifyhost secure.internal send-proxy-v2 check-send-proxy\n"),
+            format!("{base} ssl check-ssl alpn http/1.1 check-alpn http/1.1 verify none send-proxy check-send-proxy\n"),
+        ] {
+            assert_eq!(cfg.matches(&want).count(), 1, "{want}\n{cfg}");
+        }
+        // The plain service keeps its name; the others are named by profile.
+        assert!(cfg.contains("backend plain from "));
+        assert!(cfg.contains("backend grpc:"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! that does not parse is a [`SettingsError`] naming the variable and the
 //! value; the binary exits with code 2 before anything starts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -221,6 +221,9 @@ pub struct Options {
     /// Directory of PEM bundles (chain and key) served over HTTPS; unset: no TLS
     #[arg(long, env = "HAPROXY_CERTS_DIR", global = true)]
     pub certs_dir: Option<PathBuf>,
+    /// CA certificates (PEM) that backends served over TLS are verified against; unset: TLS backends need HAPROXY.BACKEND.TLS_VERIFY=none
+    #[arg(long, env = "HAPROXY_BACKEND_CA_FILE", global = true)]
+    pub backend_ca_file: Option<PathBuf>,
     /// Port of the HTTPS bind of app_http_in, with HAPROXY_CERTS_DIR [default: 8443]
     #[arg(long, env = "HAPROXY_HTTPS_PORT", global = true)]
     pub https_port: Option<String>,
@@ -543,6 +546,7 @@ impl Settings {
             proxy_protocol_from: proxy_protocol_from(o.proxy_protocol_from.as_deref())?,
             user: None,
             group: None,
+            backend_ca_file: backend_ca_file(o.backend_ca_file.as_deref())?,
         };
         if let Some(p) = vars.https_port {
             if p == vars.http_port || p == vars.stats_port {
@@ -835,6 +839,36 @@ fn haproxy_user(v: Option<&str>) -> Result<HaproxyUser, SettingsError> {
 }
 
 /// `HAPROXY_STATS_BIND`: an IP address (unset or empty: every address).
+/// `HAPROXY_BACKEND_CA_FILE`: an absolute path HAProxy can take verbatim
+/// (no space, quote or `#`), of a readable file holding at least one PEM
+/// certificate. Read at start so a typo stops the supervisor with a clear
+/// message instead of every TLS backend failing its checks.
+fn backend_ca_file(v: Option<&Path>) -> Result<Option<String>, SettingsError> {
+    let Some(p) = v.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let n = names!(backend_ca_file);
+    let shown = p.display().to_string();
+    let s = p
+        .to_str()
+        .filter(|s| crate::syntax::is_path(s))
+        .ok_or_else(|| {
+            err(
+                n,
+                &shown,
+                "expected an absolute path of letters, digits and /._~%!$&*+,;=:@-",
+            )
+        })?;
+    let text = std::fs::read(p).map_err(|e| err(n, &shown, format!("cannot read it: {e}")))?;
+    if !text
+        .windows(27)
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(err(n, &shown, "holds no PEM certificate"));
+    }
+    Ok(Some(s.to_string()))
+}
+
 fn stats_bind(v: Option<&str>) -> Result<String, SettingsError> {
     match v {
         None | Some("") => Ok("*".to_string()),
@@ -1433,6 +1467,34 @@ mod tests {
             e.to_string(),
             "invalid HAPROXY_PROXY_PROTOCOL_FROM (--proxy-protocol-from) = \"10.0.0.1/8\": \"10.0.0.1/8\": host bits are set below the /8 prefix (a network starts at its first address)"
         );
+    }
+
+    #[test]
+    fn the_backend_ca_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, empty) = (dir.path().join("ca.pem"), dir.path().join("empty.pem"));
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(&empty, "").unwrap();
+        let s = with(|o| o.backend_ca_file = Some(ca.clone())).unwrap();
+        assert_eq!(s.vars.backend_ca_file.as_deref(), ca.to_str());
+        assert_eq!(with(|_| {}).unwrap().vars.backend_ca_file, None);
+        for (path, why) in [
+            (dir.path().join("missing.pem"), "cannot read it"),
+            (empty, "holds no PEM certificate"),
+            ("relative.pem".into(), "absolute path"),
+            (dir.path().join("a b.pem"), "absolute path"),
+        ] {
+            let e = with(|o| o.backend_ca_file = Some(path.clone())).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.contains("HAPROXY_BACKEND_CA_FILE") && e.contains(why),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -547,7 +547,12 @@ fn what_runs_after_live_changes_is_what_the_file_on_disk_starts() {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
             on_disk.sort();
+            // ... and every service's servers (a server-only change leaves
+            // the hosts map as it was).
             on_disk == want
+                && state.iter().enumerate().all(|(i, sv)| {
+                    sv.is_none_or(|sv| server_lines(&cfg, names[i]).len() == sv.instances)
+                })
         });
         let fresh_sock = run.path("fresh.sock");
         let fresh_cfg = run.path("fresh.cfg");

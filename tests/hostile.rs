@@ -209,6 +209,37 @@ fn file_cases() -> Vec<Case> {
             "HAPROXY.BACKEND.STICKY",
             &["yes-evil", "true\n    cookie evil"],
         ),
+        (
+            "HAPROXY.BACKEND.PROTO",
+            &[
+                "h2",
+                "grpc",
+                "h2c ssl verify none",
+                "h2c\n    server evil 6.6.6.6:80",
+                // TLS verified, and no HAPROXY_BACKEND_CA_FILE here.
+                "h2-tls",
+            ],
+        ),
+        (
+            "HAPROXY.BACKEND.TLS_VERIFY",
+            &[
+                "optional",
+                "none\n    server evil 6.6.6.6:80",
+                "none ca-file /etc/passwd",
+            ],
+        ),
+        (
+            "HAPROXY.BACKEND.TLS_NAME",
+            &[
+                "evil name",
+                "x.com)\n    server evil 6.6.6.6:80",
+                "x.com) verify none",
+            ],
+        ),
+        (
+            "HAPROXY.BACKEND.PROXY_PROTOCOL",
+            &["v3", "v1 evil", "v2\n    server evil 6.6.6.6:80"],
+        ),
     ];
     for (key, values) in bad_values {
         for v in *values {
@@ -690,6 +721,9 @@ fn consul_cases() -> Vec<(Case, Value)> {
             "/health HTTP/1.1\r\nHost: evil",
         ),
         ("HAPROXY.BACKEND.STICKY", "yes-evil"),
+        ("HAPROXY.BACKEND.PROTO", "h2c\n    server evil 6.6.6.6:80"),
+        ("HAPROXY.BACKEND.TLS_VERIFY", "none verify none"),
+        ("HAPROXY.BACKEND.PROXY_PROTOCOL", "v2 send-proxy"),
     ] {
         add(next(key).with_tag(format!("{key}={v}")));
     }

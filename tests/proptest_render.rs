@@ -38,8 +38,26 @@ fn rule_keys() -> Vec<&'static str> {
 }
 
 /// Every balance algorithm the model accepts.
-use haproxy_supervisor::model::{BALANCES, KNOWN_TAGS};
+use haproxy_supervisor::model::{BACKEND_PROTOS, BALANCES, KNOWN_TAGS};
 use haproxy_supervisor::rules::RULE_TAGS;
+
+/// A CA file for `HAPROXY_BACKEND_CA_FILE` (`haproxy -c` loads it), made
+/// once per test process.
+fn ca_file() -> String {
+    static CA: std::sync::OnceLock<(tempfile::TempDir, String)> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let path = dir.path().join("backend-ca.pem");
+        std::fs::write(&path, p.self_signed(&key).unwrap().pem()).unwrap();
+        let path = path.to_str().unwrap().to_string();
+        (dir, path)
+    })
+    .1
+    .clone()
+}
 
 /// Characters that mean something to HAProxy, map files, shells or
 /// terminals, plus some that are harmless.
@@ -141,6 +159,16 @@ fn value_for(key: &'static str) -> BoxedStrategy<String> {
             .prop_map(str::to_string)
             .boxed(),
         k if k.contains(".HEADER.") => "[!-~]{1,12}".boxed(),
+        "HAPROXY.BACKEND.PROTO" => prop::sample::select(BACKEND_PROTOS)
+            .prop_map(str::to_string)
+            .boxed(),
+        "HAPROXY.BACKEND.TLS_VERIFY" => prop::sample::select(&["required", "none"][..])
+            .prop_map(str::to_string)
+            .boxed(),
+        "HAPROXY.BACKEND.TLS_NAME" => "[a-z]{1,6}(\\.[a-z]{1,6}){0,2}".boxed(),
+        "HAPROXY.BACKEND.PROXY_PROTOCOL" => prop::sample::select(&["v1", "v2"][..])
+            .prop_map(str::to_string)
+            .boxed(),
         _ => value().boxed(),
     };
     prop_oneof![8 => fitting, 1 => value()].boxed()
@@ -255,12 +283,22 @@ fn vars() -> impl Strategy<Value = HaproxyVars> {
         1 => Just(None),
         1 => "[a-z]{1,8}\\.[a-z]{2,4}".prop_map(Some),
     ]
-    .prop_flat_map(|dom| (Just(dom), any::<bool>(), any::<bool>(), proxy_sources()))
-    .prop_map(|(dom, log_json, https, sources)| HaproxyVars {
+    .prop_flat_map(|dom| {
+        (
+            Just(dom),
+            any::<bool>(),
+            any::<bool>(),
+            proxy_sources(),
+            any::<bool>(),
+        )
+    })
+    .prop_map(|(dom, log_json, https, sources, ca)| HaproxyVars {
         dom,
         // HAPROXY_CERTS_DIR set: the HTTPS port, where passthrough is.
         https_port: https.then_some(8443),
         proxy_protocol_from: validated_sources(sources),
+        // HAPROXY_BACKEND_CA_FILE: TLS backends verified, or left out.
+        backend_ca_file: ca.then(ca_file),
         // HAPROXY_LOG_FORMAT=json (settings pair the two).
         log_json,
         log_target: if log_json {
@@ -306,14 +344,24 @@ proptest! {
                     0..4,
                 ),
                 any::<bool>(),                             // explicit vhost
+                (
+                    prop::sample::select(BACKEND_PROTOS),
+                    any::<bool>(),                         // TLS_VERIFY=none
+                    prop::option::of("[a-z]{1,6}\\.[a-z]{1,6}"), // TLS_NAME
+                    prop::option::of(prop::sample::select(&["v1", "v2"][..])),
+                ),
             ),
             0..10,
         )
     ) {
-        let vars = HaproxyVars { dom: Some("example.com".into()), ..HaproxyVars::default() };
+        let vars = HaproxyVars {
+            dom: Some("example.com".into()),
+            backend_ca_file: Some(ca_file()),
+            ..HaproxyVars::default()
+        };
         let mut file = CatalogFile::default();
         let mut want_servers = BTreeMap::new();
-        for (i, (tcp, balance, maxconn, path, hc, sticky, insts, vhost)) in specs.iter().enumerate() {
+        for (i, (tcp, balance, maxconn, path, hc, sticky, insts, vhost, (proto, no_verify, tls_name, pp))) in specs.iter().enumerate() {
             let name = format!("svc-{i}");
             let mut tags = vec!["HAPROXY.ENABLE=true".to_string(), format!("HAPROXY.BACKEND.BALANCE={balance}")];
             if *tcp {
@@ -327,6 +375,18 @@ proptest! {
                 if let Some(p) = path {
                     tags.push(format!("HAPROXY.PATH={p}"));
                 }
+                tags.push(format!("HAPROXY.BACKEND.PROTO={proto}"));
+                if proto.ends_with("-tls") {
+                    if *no_verify {
+                        tags.push("HAPROXY.BACKEND.TLS_VERIFY=none".into());
+                    }
+                    if let Some(n) = tls_name {
+                        tags.push(format!("HAPROXY.BACKEND.TLS_NAME={n}"));
+                    }
+                }
+            }
+            if let Some(v) = pp {
+                tags.push(format!("HAPROXY.BACKEND.PROXY_PROTOCOL={v}"));
             }
             if let Some(m) = maxconn {
                 tags.push(format!("HAPROXY.BACKEND.MAXCONN={m}"));

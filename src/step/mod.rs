@@ -1171,6 +1171,24 @@ impl State {
         left_out.dedup_by(|a, b| a.service == b.service);
         self.left_out = left_out;
         self.log_warnings(&warnings);
+        // Not once while it lasts, as other warnings: every render that
+        // serves a backend unverified says so.
+        for svc in &desired.services {
+            if svc
+                .backend_tls
+                .as_ref()
+                .is_some_and(|t| t.ca_file.is_none())
+            {
+                log!(warn, Event::Warning,
+                    service = %svc.name,
+                    tag = "HAPROXY.BACKEND.TLS_VERIFY",
+                    reason = "TLS to the backend without verifying its certificate",
+                    left_out = false,
+                    "service {:?}: HAPROXY.BACKEND.TLS_VERIFY=none: TLS to its servers does not verify their certificates; anyone on the path can pose as them",
+                    svc.name
+                );
+            }
+        }
         let vars = self.fit_fd_limit(&desired);
         (desired, vars)
     }

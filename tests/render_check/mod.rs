@@ -374,7 +374,14 @@ pub fn check_structure(
             .iter()
             .find(|p| *header == format!("defaults {} from base", p.name))
         {
-            let default_server = "    default-server inter 10s rise 2 fall 1 init-addr libc,none";
+            // The protocol keywords, written out here from the tags'
+            // documented meaning (not by the renderer's own function).
+            let default_servers: BTreeSet<String> = desired
+                .services
+                .iter()
+                .filter(|s| profile(s).name == p.name)
+                .map(expected_default_server)
+                .collect();
             let mode = if p.mode == haproxy_supervisor::model::Mode::Http {
                 "http"
             } else {
@@ -391,7 +398,7 @@ pub fn check_structure(
                 let ok = literal
                     || *l == format!("    mode {mode}")
                     || *l == format!("    balance {}", p.balance)
-                    || *l == default_server
+                    || default_servers.contains(l)
                     || p.healthcheck
                         .as_ref()
                         .is_some_and(|h| *l == format!("    option httpchk GET {h}"))
@@ -495,6 +502,39 @@ pub fn is_rendered_address(a: &str) -> bool {
         host.parse::<Ipv4Addr>().is_ok() || hostname(host).as_deref() == Some(host)
     };
     port_ok && host_ok
+}
+
+/// A profile's `default-server` line for a service, as docs/tags.md and
+/// docs/tls.md say it is.
+pub fn expected_default_server(s: &haproxy_supervisor::model::Service) -> String {
+    use haproxy_supervisor::model::{BackendProto as P, ProxyProtocol};
+    let mut l = "    default-server inter 10s rise 2 fall 1 init-addr libc,none".to_string();
+    let hc = s.healthcheck.is_some();
+    l.push_str(match (s.backend_proto, hc) {
+        (P::H1, _) => "",
+        (P::H2c, false) => " proto h2",
+        (P::H2c, true) => " proto h2 check-proto h2",
+        (P::H1Tls, _) => " ssl check-ssl alpn http/1.1 check-alpn http/1.1",
+        (P::H2Tls, false) => " ssl check-ssl alpn h2 check-alpn h2",
+        (P::H2Tls, true) => " ssl check-ssl alpn h2 check-alpn h2 check-proto h2",
+    });
+    if let Some(t) = &s.backend_tls {
+        assert!(is_path(t.ca_file.as_deref().unwrap_or("/")));
+        match &t.ca_file {
+            Some(f) => l.push_str(&format!(" verify required ca-file {f}")),
+            None => l.push_str(" verify none"),
+        }
+        if let Some(n) = &t.name {
+            assert_eq!(hostname(n).as_ref(), Some(n));
+            l.push_str(&format!(" sni str({n}) verifyhost {n}"));
+        }
+    }
+    match s.backend_proxy_protocol {
+        None => {}
+        Some(ProxyProtocol::V1) => l.push_str(" send-proxy check-send-proxy"),
+        Some(ProxyProtocol::V2) => l.push_str(" send-proxy-v2 check-send-proxy"),
+    }
+    l
 }
 
 /// The properties every (desired, rendered) pair has, whatever the input.

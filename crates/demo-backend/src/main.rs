@@ -2,7 +2,7 @@
 //! the docker image test and the benchmarks.
 //!
 //! ```text
-//! demo-backend [--listen ADDR] [--name NAME]
+//! demo-backend [--listen ADDR] [--name NAME] [--proxy-protocol]
 //! ```
 //!
 //! * `--listen ADDR` (default `127.0.0.1:9001`); port 0 picks a free port.
@@ -10,7 +10,14 @@
 //!   so a caller can learn the port.
 //! * `--name NAME` (default `demo-backend`): every request gets `200 OK`,
 //!   `Content-Type: text/plain` and the body `NAME\n`; `GET /health` gets
-//!   `ok\n`.
+//!   `ok\n`; `GET /client` gets the client's address and port
+//!   (`127.0.0.2:40112\n`): the PROXY header's source with
+//!   `--proxy-protocol`, else the TCP peer's.
+//! * `--proxy-protocol`: every connection must start with a PROXY protocol
+//!   header, v1 (text) or v2 (binary), told apart by their signatures; a
+//!   connection without one is closed unanswered, as a server configured for
+//!   it does. `PROXY UNKNOWN` (v1) and the `LOCAL` command (v2, health
+//!   checks) carry no client: `/client` answers the TCP peer.
 //!
 //! Keep-alive is supported (HTTP/1.1 default, `Connection: close` honoured;
 //! HTTP/1.0 closes unless `Connection: keep-alive`), pipelined requests are
@@ -38,17 +45,20 @@ const READ_CHUNK: usize = 8 * 1024;
 
 const USAGE: &str = "usage: demo-backend [--listen ADDR] [--name NAME]\n\
   --listen ADDR  address to listen on (default 127.0.0.1:9001; port 0 = any free port)\n\
-  --name NAME    body of every response (default demo-backend)\n";
+  --name NAME    body of every response (default demo-backend)\n\
+  --proxy-protocol  require a PROXY protocol header (v1 or v2) on every connection\n";
 
 struct Args {
     listen: String,
     name: String,
+    proxy_protocol: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:9001".to_string(),
         name: "demo-backend".to_string(),
+        proxy_protocol: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,6 +75,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--listen" | "-l" => args.listen = value("--listen")?,
             "--name" | "-n" => args.name = value("--name")?,
+            "--proxy-protocol" => args.proxy_protocol = true,
             "--help" | "-h" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -141,6 +152,8 @@ impl Responses {
 struct Request {
     head_only: bool,
     health: bool,
+    /// `GET /client`: answered with the client's address.
+    client: bool,
     keep_alive: bool,
     content_length: usize,
     chunked: bool,
@@ -201,6 +214,7 @@ fn parse_head(head: &[u8]) -> Option<Request> {
     let mut req = Request {
         head_only: method == b"HEAD",
         health: path == b"/health",
+        client: path == b"/client",
         keep_alive: http11,
         content_length: 0,
         chunked: false,
@@ -236,18 +250,121 @@ fn parse_head(head: &[u8]) -> Option<Request> {
     Some(req)
 }
 
-async fn serve(mut stream: TcpStream, responses: Arc<Responses>) -> std::io::Result<()> {
+/// The v2 signature (12 bytes).
+const PP2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+/// A PROXY header at the start of `buf`: `Ok(Some((length, client)))` when
+/// complete (client `None` for `UNKNOWN`/`LOCAL`), `Ok(None)` when more
+/// bytes are needed, `Err` when it is no PROXY header.
+#[allow(clippy::type_complexity)]
+fn parse_proxy(buf: &[u8]) -> Result<Option<(usize, Option<SocketAddr>)>, ()> {
+    let n = buf.len().min(PP2_SIG.len());
+    if buf[..n] == PP2_SIG[..n] {
+        if buf.len() < 16 {
+            return Ok(None);
+        }
+        let len = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
+        if buf[12] >> 4 != 2 {
+            return Err(());
+        }
+        if buf.len() < len {
+            return Ok(None);
+        }
+        let body = &buf[16..len];
+        let client = match (buf[12] & 0xf, buf[13] >> 4) {
+            (0, _) => None,
+            (1, 1) if body.len() >= 12 => Some(SocketAddr::from((
+                [body[0], body[1], body[2], body[3]],
+                u16::from_be_bytes([body[8], body[9]]),
+            ))),
+            (1, 2) if body.len() >= 36 => {
+                let mut ip = [0u8; 16];
+                ip.copy_from_slice(&body[..16]);
+                Some(SocketAddr::from((
+                    ip,
+                    u16::from_be_bytes([body[32], body[33]]),
+                )))
+            }
+            (1, 0) => None,
+            _ => return Err(()),
+        };
+        return Ok(Some((len, client)));
+    }
+    let n = buf.len().min(6);
+    if buf[..n] != b"PROXY "[..n] {
+        return Err(());
+    }
+    // v1: at most 107 bytes, ending in CRLF.
+    let Some(end) = buf.windows(2).take(107).position(|w| w == b"\r\n") else {
+        return if buf.len() >= 107 { Err(()) } else { Ok(None) };
+    };
+    let line = std::str::from_utf8(&buf[..end]).map_err(|_| ())?;
+    let f: Vec<&str> = line.split(' ').collect();
+    let client = match f.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => None,
+        ["PROXY", "TCP4" | "TCP6", src, _dst, sport, _dport] => Some(SocketAddr::new(
+            src.parse().map_err(|_| ())?,
+            sport.parse().map_err(|_| ())?,
+        )),
+        _ => return Err(()),
+    };
+    Ok(Some((end + 2, client)))
+}
+
+/// Reads the PROXY header off `stream`: the client it names (or the
+/// peer's address) and the bytes read past it. `None`: not a PROXY
+/// header, or the peer closed first.
+async fn read_proxy(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<Option<SocketAddr>>> {
+    loop {
+        if !buf.is_empty() {
+            match parse_proxy(buf) {
+                Err(()) => return Ok(None),
+                Ok(Some((len, client))) => {
+                    buf.drain(..len);
+                    return Ok(Some(client));
+                }
+                Ok(None) => {}
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    responses: Arc<Responses>,
+    proxy_protocol: bool,
+) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let peer = stream.peer_addr().ok();
+    let client = if proxy_protocol {
+        match read_proxy(&mut stream, &mut buf).await? {
+            None => return Ok(()),
+            Some(c) => c.or(peer),
+        }
+    } else {
+        peer
+    };
+    // Bytes already read past the PROXY header are a request's.
+    let mut pending = !buf.is_empty();
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     // Bytes of a request body still to be discarded.
     let mut skip: usize = 0;
     // Where the search for the end of the current head resumes.
     let mut scanned: usize = 0;
     loop {
-        buf.reserve(READ_CHUNK);
-        if stream.read_buf(&mut buf).await? == 0 {
-            return Ok(());
+        if !std::mem::take(&mut pending) {
+            buf.reserve(READ_CHUNK);
+            if stream.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
         }
         if skip > 0 {
             let n = skip.min(buf.len());
@@ -286,13 +403,18 @@ async fn serve(mut stream: TcpStream, responses: Arc<Responses>) -> std::io::Res
                 return echo(stream).await;
             }
             let keep = resp.keep_alive && !resp.chunked;
-            let canned = match (resp.health, keep) {
-                (true, true) => &responses.health_keep,
-                (true, false) => &responses.health_close,
-                (false, true) => &responses.name_keep,
-                (false, false) => &responses.name_close,
-            };
-            out.extend_from_slice(canned.get(resp.head_only));
+            if resp.client {
+                let body = client.map_or("unknown\n".to_string(), |c| format!("{c}\n"));
+                out.extend_from_slice(Canned::new("200 OK", &body, keep).get(resp.head_only));
+            } else {
+                let canned = match (resp.health, keep) {
+                    (true, true) => &responses.health_keep,
+                    (true, false) => &responses.health_close,
+                    (false, true) => &responses.name_keep,
+                    (false, false) => &responses.name_close,
+                };
+                out.extend_from_slice(canned.get(resp.head_only));
+            }
             pos = head_end;
             if !keep {
                 close = true;
@@ -361,13 +483,13 @@ async fn linger(stream: &mut TcpStream, buf: &mut Vec<u8>) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
 }
 
-async fn run(listener: TcpListener, responses: Arc<Responses>) {
+async fn run(listener: TcpListener, responses: Arc<Responses>, proxy_protocol: bool) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let responses = Arc::clone(&responses);
                 tokio::spawn(async move {
-                    let _ = serve(stream, responses).await;
+                    let _ = serve(stream, responses, proxy_protocol).await;
                 });
             }
             Err(e) => {
@@ -417,7 +539,7 @@ async fn main() {
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     let responses = Arc::new(Responses::new(&args.name));
-    tokio::spawn(run(listener, responses));
+    tokio::spawn(run(listener, responses, args.proxy_protocol));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -473,6 +595,30 @@ mod tests {
                 .unwrap()
                 .upgrade
         );
+    }
+
+    #[test]
+    fn proxy_headers_v1_and_v2() {
+        let v1 = b"PROXY TCP4 127.0.0.2 127.0.0.1 40112 80\r\nGET";
+        assert_eq!(
+            parse_proxy(v1),
+            Ok(Some((41, Some("127.0.0.2:40112".parse().unwrap()))))
+        );
+        assert_eq!(parse_proxy(&v1[..20]), Ok(None));
+        assert_eq!(parse_proxy(b"PROXY UNKNOWN\r\n"), Ok(Some((15, None))));
+        assert_eq!(parse_proxy(b"GET / HTTP/1.1\r\n"), Err(()));
+        let mut v2 = PP2_SIG.to_vec();
+        v2.extend([
+            0x21, 0x11, 0, 12, 127, 0, 0, 3, 127, 0, 0, 1, 0x9c, 0x40, 0, 80,
+        ]);
+        assert_eq!(
+            parse_proxy(&v2),
+            Ok(Some((28, Some("127.0.0.3:40000".parse().unwrap()))))
+        );
+        assert_eq!(parse_proxy(&v2[..20]), Ok(None));
+        let mut local = PP2_SIG.to_vec();
+        local.extend([0x20, 0x00, 0, 0]);
+        assert_eq!(parse_proxy(&local), Ok(Some((16, None))));
     }
 
     #[test]

@@ -26,8 +26,14 @@ impl Backend {
     /// Starts a backend named `name` listening on `listen` (e.g. a fixed
     /// port inside a test's network namespace).
     pub fn start_at(name: &str, listen: &str) -> Backend {
+        Backend::start_with(name, listen, &[])
+    }
+
+    /// [`Backend::start_at`] with more arguments (`--proxy-protocol`).
+    pub fn start_with(name: &str, listen: &str, args: &[&str]) -> Backend {
         let mut cmd = Command::new(crate::backend_bin());
         cmd.args(["--listen", listen, "--name", name])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
