@@ -16,8 +16,8 @@
 //! - listed source, no header: closed without an answer (HAProxy logs
 //!   "Received something which does not look like a PROXY protocol header");
 //! - other source, PROXY header: the header is the request line of an HTTP
-//!   frontend: 400 Bad Request (on a TCP frontend it is data like any other,
-//!   see docs/variables.md);
+//!   frontend: 400 Bad Request; a TCP frontend reads the first bytes and
+//!   closes the connection (see docs/variables.md);
 //! - other source, no header: served as before, its own address.
 //!
 //! Run as root: `cargo test --release --test proxy_protocol`.
@@ -301,9 +301,31 @@ fn tcp_frontend_takes_the_client_address_from_trusted_proxies_only() {
         });
     }
     assert_eq!(exchange(trusted, TCP_PORT, b""), "");
-    // Another source without a header: served as before.
+    // Another source without a header: served as before, at once (its
+    // first byte cannot start a header).
+    let t0 = std::time::Instant::now();
     let a = exchange(untrusted, TCP_PORT, b"");
     assert_eq!(status(&a), Some(200), "{a}");
+    println!(
+        "TCP frontend, a source not listed without a header: answered in {:?}",
+        t0.elapsed()
+    );
+    // ... and with one (v1 or v2): refused, closed without reaching the
+    // backend.
+    for header in [
+        v1(Ipv4Addr::new(198, 51, 100, 6), TCP_PORT),
+        v2_tcp4(Ipv4Addr::new(198, 51, 100, 7), TCP_PORT),
+    ] {
+        assert_eq!(
+            exchange(untrusted, TCP_PORT, &header),
+            "",
+            "a header from {untrusted}"
+        );
+    }
+    assert!(
+        !sup.log().contains("198.51.100.6") && !sup.log().contains("198.51.100.7"),
+        "a refused header's address was used"
+    );
     sup.stop();
 }
 
