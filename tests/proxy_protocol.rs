@@ -22,11 +22,10 @@
 //!
 //! Run as root: `cargo test --release --test proxy_protocol`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::process::Command;
-use std::thread;
 use std::time::Duration;
 
 use testkit::*;
@@ -126,34 +125,11 @@ fn xff(answer: &str) -> Vec<String> {
 /// A backend that answers every HTTP request with the request head it
 /// received as the body; a raw TCP client gets the same.
 fn head_echo_backend() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = BufReader::new(&s);
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                let _ = (&s).write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                        head.len()
-                    )
-                    .as_bytes(),
-                );
-            });
-        }
-    });
-    port
+    HeadEcho {
+        prefix: "".into(),
+        pad: 0,
+    }
+    .start()
 }
 
 fn catalog(backend: u16) -> serde_json::Value {

@@ -6,62 +6,21 @@
 //! failed). The backend is an echo server in the test: its body is the
 //! request head it received. Run as root: `cargo test --release --test rules`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use testkit::*;
 
-/// An HTTP/1.1 server answering every request with `200` and, as a
-/// `text/plain` body, the request line and headers it received;
-/// a path with `/sleep/<ms>` in it waits that long first. One thread per connection,
-/// `Connection: close`. Lives as long as the test's process.
+/// The echo backend ([`HeadEcho`]): its body is the request head it got,
+/// padded so that compression has something to do.
 fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the echo server");
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let _ = answer(stream);
-            });
-        }
-    });
-    port
-}
-
-fn answer(stream: TcpStream) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
+    HeadEcho {
+        prefix: String::new(),
+        pad: 1000,
     }
-    // A padded body, so that compression has something to do.
-    let body = format!("{head}{}\n", "echo ".repeat(200));
-    if let Some(ms) = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.split("/sleep/").nth(1))
-        .and_then(|p| p.split('/').next())
-        .and_then(|p| p.parse::<u64>().ok())
-    {
-        std::thread::sleep(Duration::from_millis(ms));
-    }
-    let mut out = stream;
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    out.flush()
+    .start()
 }
 
 /// A catalog-file service on one instance at `127.0.0.1:<port>`.

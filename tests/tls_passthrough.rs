@@ -120,34 +120,11 @@ fn tls_backend(cert: &Issued) -> u16 {
 
 /// A plain HTTP backend that answers with the request head it got.
 fn head_echo_backend() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = BufReader::new(&s);
-                let mut head = String::from("terminated\n");
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line.trim().is_empty() {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                let _ = (&s).write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
-                        head.len()
-                    )
-                    .as_bytes(),
-                );
-            });
-        }
-    });
-    port
+    HeadEcho {
+        prefix: "terminated\n".into(),
+        pad: 0,
+    }
+    .start()
 }
 
 /// The subject line `openssl s_client -servername <sni>` prints for the

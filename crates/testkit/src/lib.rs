@@ -62,6 +62,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod consul;
+pub mod echo;
 pub mod haproxy;
 pub mod http;
 pub mod iptables;
@@ -80,6 +81,7 @@ use std::time::{Duration, Instant};
 pub use backend::Backend;
 pub use catalog::*;
 pub use consul::{ttl_instance, Consul};
+pub use echo::HeadEcho;
 pub use haproxy::*;
 pub use haproxy_supervisor::events::Event;
 pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response, Tunnel};
