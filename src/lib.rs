@@ -13,6 +13,7 @@
 //!
 //! ```text
 //! values:     syntax, duration, events, signals, logjson, runtime
+//!   → rules (per-service rules from tags, and their maps)
 //!   → model (catalog, desired state, HaproxyVars, TlsFrontend)
 //!   → files (atomic write, staging, paths) → render, tls, listeners
 //!   → live, policy (pure decisions) → discovery (Consul, file) → settings
@@ -32,6 +33,9 @@
 //!   (`HAPROXY_LOG_FORMAT=json`).
 //! - [`runtime`]: an async client for HAProxy's runtime API (the admin
 //!   socket): dynamic servers, weights, states, atomic map replacement.
+//! - [`rules`]: the per-service rule tags (`HAPROXY.ALLOW`,
+//!   `HAPROXY.PATH.STRIP`, ...), validated, and the map files the config
+//!   reads them from per request.
 //! - [`model`]: the catalog as discovered, the validated desired state
 //!   built from it, and the values of the config that come from the
 //!   supervisor (`HaproxyVars`, `TlsFrontend`); nothing from outside

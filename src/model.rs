@@ -14,6 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::syntax::strict_int;
 pub use crate::syntax::{
     hostname, is_path, is_server_name, is_service_name, is_syslog_address, MAX_NAME,
 };
@@ -879,11 +880,6 @@ fn build_service(
     })
 }
 
-/// [`strict_int`] for the other modules that read tags.
-pub(crate) fn strict_int_pub(s: &str, min: u32, max: u32) -> Option<u32> {
-    strict_int(s, min, max)
-}
-
 /// What `HAPROXY.TLS=passthrough` excludes: the service is reached on the
 /// HTTPS port by the SNI of its host names, with its TLS untouched, so
 /// nothing that reads HTTP or needs a port of its own applies.
@@ -994,18 +990,6 @@ fn backend_protocol(
         }
     };
     Ok((proto, Some(BackendTls { ca_file, name })))
-}
-
-/// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
-fn strict_int(s: &str, min: u32, max: u32) -> Option<u32> {
-    if s.is_empty()
-        || s.len() > 10
-        || !s.bytes().all(|b| b.is_ascii_digit())
-        || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse::<u32>().ok().filter(|n| (min..=max).contains(n))
 }
 
 fn parse_tags<'a>(

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::syntax::{hostname, is_path};
+use crate::syntax::{hostname, is_path, strict_int};
 
 /// Rule tags with a fixed name (header tags are prefixes, below).
 pub const RULE_TAGS: &[&str] = &[
@@ -208,14 +208,12 @@ pub fn parse(
             "HAPROXY.DENY" => r.deny = nets(key, value)?,
             "HAPROXY.AUTH" => r.auth = users(key, value)?,
             "HAPROXY.RATE_LIMIT" => {
-                r.rate_limit = Some(
-                    crate::model::strict_int_pub(value, 1, 1_000_000).ok_or_else(|| {
-                        bad(
-                            key,
-                            format!("{value:?} is not an integer 1..=1000000 (requests a second)"),
-                        )
-                    })?,
-                );
+                r.rate_limit = Some(strict_int(value, 1, 1_000_000).ok_or_else(|| {
+                    bad(
+                        key,
+                        format!("{value:?} is not an integer 1..=1000000 (requests a second)"),
+                    )
+                })?);
             }
             "HAPROXY.COMPRESS" => {
                 r.compress = match value {
@@ -253,7 +251,7 @@ pub fn parse(
 fn host_port(s: &str) -> Option<String> {
     match s.rsplit_once(':') {
         Some((h, p)) => {
-            let port = crate::model::strict_int_pub(p, 1, 65535)?;
+            let port = strict_int(p, 1, 65535)?;
             Some(format!("{}:{port}", hostname(h)?))
         }
         None => hostname(s),
@@ -278,10 +276,7 @@ fn redirect_url(s: &str) -> Option<String> {
         let ip: std::net::Ipv6Addr = ip.parse().ok()?;
         let port = match port {
             "" => String::new(),
-            p => format!(
-                ":{}",
-                crate::model::strict_int_pub(p.strip_prefix(':')?, 1, 65535)?
-            ),
+            p => format!(":{}", strict_int(p.strip_prefix(':')?, 1, 65535)?),
         };
         format!("[{ip}]{port}")
     } else {

@@ -116,3 +116,15 @@ mod tests {
         }
     }
 }
+
+/// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
+pub fn strict_int(s: &str, min: u32, max: u32) -> Option<u32> {
+    if s.is_empty()
+        || s.len() > 10
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse::<u32>().ok().filter(|n| (min..=max).contains(n))
+}
