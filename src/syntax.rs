@@ -82,6 +82,18 @@ pub fn is_syslog_address(s: &str) -> bool {
     host.parse::<Ipv4Addr>().is_ok() || host.parse::<Ipv6Addr>().is_ok() || hostname(host).is_some()
 }
 
+/// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
+pub fn strict_int(s: &str, min: u32, max: u32) -> Option<u32> {
+    if s.is_empty()
+        || s.len() > 10
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || (s.len() > 1 && s.starts_with('0'))
+    {
+        return None;
+    }
+    s.parse::<u32>().ok().filter(|n| (min..=max).contains(n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,16 +127,4 @@ mod tests {
             assert!(!is_syslog_address(bad), "{bad:?}");
         }
     }
-}
-
-/// A decimal integer without sign, leading zeros or spaces, in `min..=max`.
-pub fn strict_int(s: &str, min: u32, max: u32) -> Option<u32> {
-    if s.is_empty()
-        || s.len() > 10
-        || !s.bytes().all(|b| b.is_ascii_digit())
-        || (s.len() > 1 && s.starts_with('0'))
-    {
-        return None;
-    }
-    s.parse::<u32>().ok().filter(|n| (min..=max).contains(n))
 }
