@@ -790,7 +790,7 @@ fn build_service(
     }
     let rules = crate::rules::parse(&tags.values, path.as_deref(), mode == Mode::Http)
         .map_err(|b| invalid(&b.tag, b.message))?;
-    if frontend_port.is_some() && !rules.is_empty() {
+    if frontend_port.is_some() && rules.on_frontend() {
         // The rules are read on the shared frontend: a port of its own
         // would be a way around them (an allow-list, say).
         return Err(invalid(

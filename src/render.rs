@@ -426,7 +426,7 @@ impl Renderer {
         let rules = {
             let with_rules: Vec<(&str, &crate::rules::Rules)> = routed
                 .iter()
-                .filter(|r| r.service.mode == Mode::Http && !r.service.rules.is_empty())
+                .filter(|r| r.service.mode == Mode::Http && r.service.rules.on_frontend())
                 .map(|r| (r.backend.as_str(), &r.service.rules))
                 .collect();
             let mut rm = RuleMaps::default();

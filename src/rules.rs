@@ -103,9 +103,19 @@ pub struct AuthUser {
 }
 
 impl Rules {
-    /// True when the service has any rule that reads per-request data.
+    /// True when the service has no rule at all.
     pub fn is_empty(&self) -> bool {
         *self == Rules::default()
+    }
+
+    /// Whether the service has a rule the shared frontend applies: any
+    /// but `HAPROXY.COMPRESS`, which is in the backend's profile and so
+    /// applies on a frontend port of the service's own too.
+    pub fn on_frontend(&self) -> bool {
+        Rules {
+            compress: false,
+            ..self.clone()
+        } != Rules::default()
     }
 }
 
@@ -591,6 +601,11 @@ mod tests {
             parse(&values, None, false).is_err(),
             "a rule on a TCP service"
         );
+        // Compression is the backend's: no frontend rule.
+        let r = rules(&[("HAPROXY.COMPRESS", "true")], None).unwrap();
+        assert!(!r.is_empty() && !r.on_frontend());
+        let r = rules(&[("HAPROXY.RATE_LIMIT", "5")], None).unwrap();
+        assert!(r.on_frontend());
     }
 
     #[test]

@@ -601,9 +601,13 @@ fn a_session_runs_every_call_on_one_connection_and_answers_as_a_plain_client() {
             .unwrap(),
         h.block(h.api.command("show servers state be_two")).unwrap(),
     );
-    // `before` was counted by one plain connection, this count by another
-    // and the comparison above by a third: the session's is the fourth.
-    assert_eq!(accepted(&h) - before, 4, "connections accepted");
+    // Counted since `before` (its own connection included in it): the
+    // session's one, the two plain calls above, and this count's own: 4.
+    // The frontend's readiness probe from `Haproxy::start` may still be
+    // in the accept queue and count here too: 5. One connection per
+    // command, as a plain client does, would be over 20.
+    let delta = accepted(&h) - before;
+    assert!((4..=5).contains(&delta), "{delta} connections accepted");
     assert_eq!(bodies("two.test", 3), only("two", 3));
     assert_eq!(bodies("host-0999.example.test", 3), only("two", 3));
 
