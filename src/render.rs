@@ -412,17 +412,15 @@ impl Renderer {
             t
         };
         let mut maps = BTreeMap::new();
-        let hosts_text = to_text(&hosts);
-        let hosts_name = format!("hosts-{}.map", short_hash(&hosts_text));
-        maps.insert(hosts_name.clone(), hosts_text);
-        let paths_name = if paths.is_empty() {
-            None
-        } else {
-            let t = to_text(&paths);
-            let n = format!("paths-{}.map", short_hash(&t));
-            maps.insert(n.clone(), t);
-            Some(n)
+        // A map file is named by its role and a hash of its content
+        // (`<role>-<hash>.map`: live.rs finds the role before the last `-`).
+        let add_map = |maps: &mut BTreeMap<String, String>, role: &str, text: String| {
+            let name = format!("{role}-{}.map", short_hash(&text));
+            maps.insert(name.clone(), text);
+            name
         };
+        let hosts_name = add_map(&mut maps, "hosts", to_text(&hosts));
+        let paths_name = (!paths.is_empty()).then(|| add_map(&mut maps, "paths", to_text(&paths)));
         let rules = {
             let with_rules: Vec<(&str, &crate::rules::Rules)> = routed
                 .iter()
@@ -454,9 +452,8 @@ impl Renderer {
             }
             for (role, entries) in all {
                 let text: String = entries.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
-                let name = format!("{role}-{}.map", short_hash(&text));
+                let name = add_map(&mut maps, &role, text);
                 let path = self.maps_dir.join(&name).display().to_string();
-                maps.insert(name, text);
                 rm.any = true;
                 let slot = match role.as_str() {
                     "rule_strip" => &mut rm.strip,
@@ -502,14 +499,7 @@ impl Renderer {
             }
             rm
         };
-        let sni_name = if sni.is_empty() {
-            None
-        } else {
-            let t = to_text(&sni);
-            let n = format!("sni-{}.map", short_hash(&t));
-            maps.insert(n.clone(), t);
-            Some(n)
-        };
+        let sni_name = (!sni.is_empty()).then(|| add_map(&mut maps, "sni", to_text(&sni)));
         let ctx = TemplateContext {
             vars,
             rules,
