@@ -38,6 +38,9 @@ pub struct LoadReport {
     /// Latency of every 2xx request, µs, connect included (in the order of
     /// the clients; sort before taking quantiles).
     pub lat_us: Vec<u32>,
+    /// When each request of [`LoadReport::lat_us`] started, µs since the
+    /// load started (same order: take both before sorting either).
+    pub start_us: Vec<u32>,
     /// 2xx responses per [`LoadOptions::bucket`] since the start.
     pub buckets: Vec<u64>,
     /// Failed requests per [`LoadOptions::bucket`] since the start.
@@ -82,6 +85,7 @@ impl LoadReport {
             *self.statuses.entry(k).or_default() += v;
         }
         self.lat_us.extend(other.lat_us);
+        self.start_us.extend(other.start_us);
         add_buckets(&mut self.buckets, &other.buckets);
         add_buckets(&mut self.fail_buckets, &other.fail_buckets);
         self.connections += other.connections;
@@ -330,6 +334,7 @@ fn client(
 ) -> LoadReport {
     let mut r = LoadReport {
         lat_us: Vec::with_capacity(1 << 16),
+        start_us: Vec::with_capacity(1 << 16),
         ..LoadReport::default()
     };
     let mut conn = KeepAlive::default();
@@ -344,6 +349,10 @@ fn client(
         let end = Instant::now();
         let bucket = (end.saturating_duration_since(started).as_nanos() / bucket_ns) as usize;
         let ok = r.tally(result, end - start, bucket);
+        if ok {
+            let since = start.saturating_duration_since(started).as_micros();
+            r.start_us.push(since.min(u32::MAX as u128) as u32);
+        }
         progress.fetch_add(1, Ordering::SeqCst);
         if ok {
             continue;

@@ -52,6 +52,21 @@ pub(crate) struct CpuUse {
     pub(crate) loop_own_s: Option<f64>,
 }
 
+impl CpuUse {
+    /// Two windows' CPU as one (`--rounds`).
+    pub(crate) fn plus(self, o: CpuUse) -> CpuUse {
+        let sum = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a + b);
+        CpuUse {
+            window_s: self.window_s + o.window_s,
+            root_own_s: sum(self.root_own_s, o.root_own_s),
+            below_s: self.below_s + o.below_s,
+            machine_busy_s: sum(self.machine_busy_s, o.machine_busy_s),
+            others_s: sum(self.others_s, o.others_s),
+            loop_own_s: sum(self.loop_own_s, o.loop_own_s),
+        }
+    }
+}
+
 /// CPU seconds used so far by this process and everything below it: the
 /// own and reaped-children times of each live process of the tree (a
 /// process that exits is in its parent's reaped times once reaped; every
@@ -83,6 +98,9 @@ pub(crate) struct Driven {
     /// When the actions were taken (signal sent, catalog renamed into
     /// place), seconds since the start.
     pub(crate) sent: Vec<f64>,
+    /// Per ok request: (its start, µs since the load started; its latency,
+    /// µs).
+    pub(crate) requests: Vec<(u32, u32)>,
     /// Per catalog change, its kind.
     pub(crate) kinds: Vec<&'static str>,
     pub(crate) wall0: SystemTime,
@@ -210,6 +228,12 @@ pub(crate) fn drive(
     // Requests that ended after the window count in no bucket.
     load.buckets.resize(nbuckets, 0);
     load.fail_buckets.resize(nbuckets, 0);
+    let requests = load
+        .start_us
+        .iter()
+        .copied()
+        .zip(load.lat_us.iter().copied())
+        .collect();
     load.lat_us.sort_unstable();
     if let Some(e) = error {
         return Err(format!("catalog change: {e}"));
@@ -217,6 +241,7 @@ pub(crate) fn drive(
     Ok(Driven {
         load,
         sent,
+        requests,
         kinds,
         wall0,
         sampled,

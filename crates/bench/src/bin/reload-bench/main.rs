@@ -56,6 +56,14 @@
 //! scenario's catalog. `--haproxy <path>` runs the whole run on another
 //! HAProxy (3.4: `/opt/haproxy-supervisor/haproxy-3.4/haproxy`).
 //!
+//! `--rounds N` runs the whole list N times in turn: each row then pools
+//! its rounds (windows end to end, latencies together) and a table gives
+//! every round's ratios to that round's baseline, so the slow drift of a
+//! noisy machine weighs on every row alike. Each row that triggers
+//! something also says where its tail is: of its requests, the share
+//! slower than the baseline's p99, by how long after the latest trigger
+//! (and, live, after the latest change applied) they started.
+//!
 //! Writes `results.md`, `results.json` and `reload-throughput.svg` into the
 //! output directory and prints the table. See bench/README.md.
 
@@ -102,6 +110,12 @@ struct Args {
     /// Per-request timeout (connect included), in milliseconds
     #[arg(long, default_value_t = 5000)]
     timeout_ms: u64,
+    /// Runs the whole scenario list this many times in turn; each row then
+    /// pools its rounds (windows end to end, latencies together), and a
+    /// table gives each round's ratios to that round's baseline. Slow
+    /// drift of a noisy machine then weighs on every row alike
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Unmeasured load before each scenario, in milliseconds
     #[arg(long, default_value_t = 1000)]
     warmup_ms: u64,
@@ -220,31 +234,33 @@ fn real_main(args: &mut Args) -> Result<(), String> {
         "date": measure::now_utc(),
         "open_files_limit_hard": nofile_hard(),
     });
-    let mut outs = Vec::new();
+    let mut rounds: Vec<Vec<scenarios::Outcome>> = Vec::new();
     let mut load_before = serde_json::Map::new();
-    for name in &args.scenarios {
-        let load = bench::machine_load();
-        eprintln!("reload-bench: {name}: machine before: {load}");
-        load_before.insert(name.clone(), json!(load));
-        eprintln!(
-            "reload-bench: {name}: {} clients for {} s{}",
-            args.clients,
-            args.duration_secs,
-            match split_ka(name).0 {
-                "baseline" => String::new(),
-                "live" | "live-off" => format!(
-                    ", a server-only catalog change every {} ms",
-                    args.reload_every_ms
-                ),
-                "structural" | "structural-off" => format!(
-                    ", a structural catalog change every {} ms",
-                    args.reload_every_ms
-                ),
-                _ => format!(", a reload every {} ms", args.reload_every_ms),
-            }
-        );
-        let o = bench.run(name)?;
-        eprintln!(
+    for round in 1..=args.rounds.max(1) {
+        let mut outs = Vec::new();
+        for name in &args.scenarios {
+            let load = bench::machine_load();
+            eprintln!("reload-bench: {name}: machine before: {load}");
+            load_before.insert(format!("{name} (round {round})"), json!(load));
+            eprintln!(
+                "reload-bench: {name}: {} clients for {} s{}",
+                args.clients,
+                args.duration_secs,
+                match split_ka(name).0 {
+                    "baseline" => String::new(),
+                    "live" | "live-off" => format!(
+                        ", a server-only catalog change every {} ms",
+                        args.reload_every_ms
+                    ),
+                    "structural" | "structural-off" => format!(
+                        ", a structural catalog change every {} ms",
+                        args.reload_every_ms
+                    ),
+                    _ => format!(", a reload every {} ms", args.reload_every_ms),
+                }
+            );
+            let o = bench.run(name)?;
+            eprintln!(
             "reload-bench: {name}: {} ok, {} failed, {:.0} req/s, p99 {:.2} ms, {} reloads done of {} sent, {} changes written, {} applied live, HAProxy processes started: {} sampled, {} logged{}{}",
             o.load.ok,
             o.load.failed(),
@@ -273,13 +289,39 @@ fn real_main(args: &mut Args) -> Result<(), String> {
                 None => String::new(),
             },
         );
-        outs.push(o);
-        thread::sleep(Duration::from_millis(args.settle_ms));
+            outs.push(o);
+            thread::sleep(Duration::from_millis(args.settle_ms));
+        }
+        if args.rounds > 1 {
+            eprintln!("reload-bench: round {round} of {} done", args.rounds);
+        }
+        rounds.push(outs);
     }
+    let per_round = report::rounds_markdown(&rounds);
+    meta["rounds"] = json!(report::rounds_json(&rounds));
+    let outs: Vec<scenarios::Outcome> = args
+        .scenarios
+        .iter()
+        .map(|name| {
+            scenarios::Outcome::pool(
+                rounds
+                    .iter_mut()
+                    .map(|r| {
+                        let i = r
+                            .iter()
+                            .position(|o| &o.name == name)
+                            .expect("every round runs every scenario");
+                        r.remove(i)
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
 
     meta["machine_load_before"] = json!(load_before);
     meta["machine_load_at_end"] = json!(bench::machine_load());
-    let md = markdown(args, &outs, &meta);
+    let mut md = markdown(args, &outs, &meta);
+    md.push_str(&per_round);
     let j = to_json(args, &outs, meta);
     args.common
         .write_report("results", "reload-bench results", &md, &j)?;

@@ -132,7 +132,14 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
          are to `baseline` (`-ka` rows: to `baseline-ka`); HAProxy processes sampled under the \
          supervisor (master) every {} ms; {}; {}; run {}.\n\n",
         args.clients,
-        args.duration_secs,
+        if args.rounds > 1 {
+            format!(
+                "{} × {} rounds (the list run in turn, each row pooling its rounds)",
+                args.duration_secs, args.rounds
+            )
+        } else {
+            args.duration_secs.to_string()
+        },
         args.reload_every_ms,
         args.timeout_ms,
         SAMPLE_EVERY.as_millis(),
@@ -240,6 +247,18 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
                 t.last().copied().unwrap_or(0.0)
             ));
         }
+        let sent = if o.changes {
+            "change written"
+        } else {
+            "reload signal"
+        };
+        notes.extend(tail_by_phase(o, baseline_of(outs, o), &o.sent_at, sent));
+        notes.extend(tail_by_phase(
+            o,
+            baseline_of(outs, o),
+            &o.live_marks,
+            "change applied live",
+        ));
         if !o.live_op_kinds.is_empty() {
             notes.push(format!(
                 "live changes with each operation: {}",
@@ -662,4 +681,123 @@ pub(crate) fn to_json(args: &Args, outs: &[Outcome], meta: serde_json::Value) ->
         "scenarios": scenarios,
         "overhead_vs_bare": overhead,
     })
+}
+
+/// Where a row's tail is: of its requests, the share slower than its
+/// baseline's p99, by how long after the latest mark (`marks`, seconds
+/// since the load started) they started. Evenly 1 % when what the marks
+/// stand for costs the tail nothing.
+fn tail_by_phase(o: &Outcome, base: Option<&Outcome>, marks: &[f64], what: &str) -> Option<String> {
+    let base = base.filter(|b| b.name != o.name)?;
+    if marks.is_empty() {
+        return None;
+    }
+    let p99_us = measure::quantile(&base.load.lat_us, 0.99);
+    let marks_us: Vec<u64> = marks.iter().map(|s| (s * 1e6) as u64).collect();
+    const EDGES_MS: [u32; 9] = [0, 5, 10, 15, 20, 30, 40, 80, u32::MAX];
+    const N: usize = EDGES_MS.len() - 1;
+    let mut slow = [0u64; N];
+    let mut all = [0u64; N];
+    for &(start, lat) in &o.requests {
+        let i = marks_us.partition_point(|&t| t <= u64::from(start));
+        let Some(last) = i.checked_sub(1).map(|i| marks_us[i]) else {
+            continue;
+        };
+        let ms = ((u64::from(start) - last) / 1000) as u32;
+        let b = EDGES_MS.windows(2).position(|w| ms < w[1]).unwrap_or(N - 1);
+        all[b] += 1;
+        slow[b] += u64::from(lat > p99_us);
+    }
+    let bins: Vec<String> = (0..N)
+        .map(|i| {
+            let label = if EDGES_MS[i + 1] == u32::MAX {
+                format!("≥{} ms", EDGES_MS[i])
+            } else {
+                format!("{}–{} ms", EDGES_MS[i], EDGES_MS[i + 1])
+            };
+            format!(
+                "{label} {:.1} % of {}",
+                100.0 * slow[i] as f64 / all[i].max(1) as f64,
+                all[i]
+            )
+        })
+        .collect();
+    Some(format!(
+        "requests slower than the baseline's p99 ({:.2} ms), by when they started after the latest {what}: {}",
+        p99_us as f64 / 1000.0,
+        bins.join(", ")
+    ))
+}
+
+/// Each round's ratios to its own round's baseline (`--rounds`): (row,
+/// per round: × baseline throughput, p99 × baseline).
+fn per_round(rounds: &[Vec<Outcome>]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .filter(|o| !o.name.starts_with("baseline"))
+        .map(|o| {
+            let figs = rounds
+                .iter()
+                .filter_map(|r| {
+                    let x = r.iter().find(|x| x.name == o.name)?;
+                    let b = baseline_of(r, x)?;
+                    Some((
+                        ratio(x.rps(), b.rps()),
+                        ratio(x.lat_ms(0.99), b.lat_ms(0.99)),
+                    ))
+                })
+                .collect();
+            (o.name.clone(), figs)
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The per-round table; empty for one round.
+pub(crate) fn rounds_markdown(rounds: &[Vec<Outcome>]) -> String {
+    if rounds.len() < 2 {
+        return String::new();
+    }
+    let mut s = format!(
+        "\nPer round ({} rounds, the scenario list run in turn; each ratio to that round's baseline; the rows above pool the rounds):\n\n| scenario | × baseline per round | median | p99 × baseline per round | median |\n|---|---|---|---|---|\n",
+        rounds.len()
+    );
+    for (name, figs) in per_round(rounds) {
+        let list = |f: &dyn Fn(&(f64, f64)) -> f64| {
+            figs.iter()
+                .map(|x| format!("{:.2}", f(x)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        s.push_str(&format!(
+            "| {name} | {} | {:.2} | {} | {:.2} |\n",
+            list(&|x| x.0),
+            median(figs.iter().map(|x| x.0).collect()),
+            list(&|x| x.1),
+            median(figs.iter().map(|x| x.1).collect()),
+        ));
+    }
+    s
+}
+
+pub(crate) fn rounds_json(rounds: &[Vec<Outcome>]) -> serde_json::Value {
+    json!(per_round(rounds)
+        .into_iter()
+        .map(|(name, figs)| json!({
+            "scenario": name,
+            "x_baseline": figs.iter().map(|x| x.0).collect::<Vec<_>>(),
+            "p99_x_baseline": figs.iter().map(|x| x.1).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>())
 }

@@ -58,6 +58,9 @@ pub(crate) struct Outcome {
     pub(crate) live_applied: usize,
     pub(crate) live_marks: Vec<f64>,
     pub(crate) live_took_ms: Vec<f64>,
+    /// Per ok request: its start (µs since the load started) and latency
+    /// (µs).
+    pub(crate) requests: Vec<(u32, u32)>,
     /// "live change failed; reloading instead" events in the window.
     pub(crate) live_failed: usize,
     /// Per live change applied, its operation kinds (`add_backend`,
@@ -334,6 +337,7 @@ impl Bench {
             live_applied: 0,
             live_marks: Vec::new(),
             live_took_ms: Vec::new(),
+            requests: driven.requests,
             live_failed: 0,
             live_op_kinds: BTreeMap::new(),
             live_failures: BTreeMap::new(),
@@ -499,5 +503,72 @@ pub(crate) fn split_ka(name: &str) -> (&str, bool) {
     match name.strip_suffix("-ka") {
         Some(k) => (k, true),
         None => (name, false),
+    }
+}
+
+fn add_counts(into: &mut BTreeMap<String, usize>, from: &BTreeMap<String, usize>) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+impl Outcome {
+    /// The rounds of one scenario (`--rounds`) as one row: their windows
+    /// end to end (times shifted by the windows before), counts summed,
+    /// latencies pooled.
+    pub(crate) fn pool(rounds: Vec<Outcome>) -> Outcome {
+        let mut it = rounds.into_iter();
+        let mut p = it.next().expect("at least one round");
+        for o in it {
+            let shift = p.duration;
+            let shift_us = (shift * 1e6) as u32;
+            let at = |v: &[f64]| v.iter().map(|t| t + shift).collect::<Vec<_>>();
+            // Buckets run on: this round's window follows the last.
+            let (buckets, fails) = (o.load.buckets.clone(), o.load.fail_buckets.clone());
+            let (b0, f0) = (p.load.buckets.clone(), p.load.fail_buckets.clone());
+            let elapsed = p.load.elapsed + o.load.elapsed;
+            p.load.merge(o.load);
+            p.load.elapsed = elapsed;
+            p.load.buckets = [b0, buckets].concat();
+            p.load.fail_buckets = [f0, fails].concat();
+            p.load.lat_us.sort_unstable();
+            p.duration += o.duration;
+            p.reloads_sent += o.reloads_sent;
+            p.sent_at.extend(at(&o.sent_at));
+            p.reloads_done += o.reloads_done;
+            p.failed_reloads += o.failed_reloads;
+            p.reload_marks.extend(at(&o.reload_marks));
+            add_counts(&mut p.strategies, &o.strategies);
+            p.took_ms.extend(o.took_ms);
+            add_counts(&mut p.change_kinds, &o.change_kinds);
+            p.live_applied += o.live_applied;
+            p.live_marks.extend(at(&o.live_marks));
+            p.live_took_ms.extend(o.live_took_ms);
+            p.requests
+                .extend(o.requests.iter().map(|&(s, l)| (s + shift_us, l)));
+            p.live_failed += o.live_failed;
+            add_counts(&mut p.live_op_kinds, &o.live_op_kinds);
+            add_counts(&mut p.live_failures, &o.live_failures);
+            add_counts(&mut p.structural_reasons, &o.structural_reasons);
+            p.backends_deleted += o.backends_deleted;
+            p.sampled = match (p.sampled.take(), o.sampled) {
+                (Some(mut a), Some(b)) => {
+                    a.initial.extend(b.initial);
+                    a.seen.extend(b.seen);
+                    a.checks += b.checks;
+                    a.samples += b.samples;
+                    Some(a)
+                }
+                (a, b) => a.or(b),
+            };
+            p.started_logged += o.started_logged;
+            p.cpu = match (p.cpu, o.cpu) {
+                (Some(a), Some(b)) => Some(a.plus(b)),
+                (a, b) => a.or(b),
+            };
+            p.spawn_errors += o.spawn_errors;
+            p.alerts += o.alerts;
+        }
+        p
     }
 }
