@@ -13,6 +13,7 @@ use testkit::{HaproxySampler, Sampled};
 
 use crate::bare::Bare;
 use crate::changes::Changes;
+use crate::floor::Floor;
 use crate::{Args, Load, BUCKET_MS, HOST, SAMPLE_EVERY};
 
 /// What happens every `--reload-every-ms` during the window.
@@ -26,6 +27,9 @@ pub(crate) enum Action<'a> {
     Catalog(&'a Path, &'a mut Changes),
     /// The bare loop's reload.
     Bare(&'a mut Bare),
+    /// The next structural change, made by the bench's own runtime-API
+    /// commands (`structural-floor`).
+    Floor(&'a mut Floor, &'a mut Changes),
 }
 
 /// CPU used during a measured window (see [`CpuSnapshot`]).
@@ -188,6 +192,13 @@ pub(crate) fn drive(
                     kinds.push(kind);
                 }
                 Action::Bare(b) => b.reload(),
+                Action::Floor(f, changes) => {
+                    let kind = changes.advance();
+                    if let Err(e) = f.apply(kind, changes) {
+                        error.get_or_insert(format!("structural-floor: {e}"));
+                    }
+                    kinds.push(kind);
+                }
             }
             sent.push(t0.elapsed().as_secs_f64());
             // An action that outlasted its period (the bare loop's reload

@@ -56,6 +56,12 @@
 //! scenario's catalog. `--haproxy <path>` runs the whole run on another
 //! HAProxy (3.4: `/opt/haproxy-supervisor/haproxy-3.4/haproxy`).
 //!
+//! `structural-floor`: the same rotation made by the bench itself with
+//! the fewest runtime-API commands per change, on one connection, the
+//! supervisor idle beside it (floor.rs): what HAProxy itself costs for
+//! these changes, the floor under `structural` as `bare` is under the
+//! reload rows.
+//!
 //! `--rounds N` runs the whole list N times in turn: each row then pools
 //! its rounds (windows end to end, latencies together) and a table gives
 //! every round's ratios to that round's baseline, so the slow drift of a
@@ -69,6 +75,7 @@
 
 mod bare;
 mod changes;
+mod floor;
 mod load;
 mod plot;
 mod report;
@@ -188,6 +195,7 @@ fn real_main(args: &mut Args) -> Result<(), String> {
                 | "live-off"
                 | "structural"
                 | "structural-off"
+                | "structural-floor"
                 | "plain"
                 | "syn-drop"
                 | "seamless"

@@ -358,6 +358,17 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
             ));
         }
     }
+    if let (Some(o), Some(f)) = (find("structural"), find("structural-floor")) {
+        let (brps, _, bp99) = base_figs(o);
+        s.push_str(&format!(
+            "- structural against structural-floor (the same changes by the bench's fewest runtime-API commands, no supervisor work): × baseline {:.3} against {:.3} ({:+.1} points), p99 × baseline {:.2} against {:.2}\n",
+            ratio(o.rps(), brps),
+            ratio(f.rps(), brps),
+            (ratio(o.rps(), brps) - ratio(f.rps(), brps)) * 100.0,
+            ratio(o.lat_ms(0.99), bp99),
+            ratio(f.lat_ms(0.99), bp99),
+        ));
+    }
     if let Some(o) = find("seamless") {
         let (brps, _, bp99) = base_figs(o);
         let r = ratio(o.rps(), brps);

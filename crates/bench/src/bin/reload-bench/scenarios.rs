@@ -14,6 +14,7 @@ use testkit::{http, Event, Proc, Sampled};
 
 use crate::bare::Bare;
 use crate::changes::{Changes, Rotation};
+use crate::floor::Floor;
 use crate::load::{drive, Action, CpuUse};
 use crate::{Args, Load, BUCKET_MS, HOST};
 
@@ -265,14 +266,22 @@ impl Bench {
                  each reloads"
                     .to_string(),
             ),
+            "structural-floor" => (
+                Target::Supervisor(self.start_supervisor(name, "seamless", &catalog_file, true)?),
+                "supervisor idle (seamless); the structural changes made by the bench's own \
+                 runtime-API commands, the fewest per change, on one connection"
+                    .to_string(),
+            ),
             "master-worker" => (
                 Target::MasterWorker(self.start_master_worker(name)?),
                 format!("haproxy -W alone, SIGUSR2 to the master; {clients}"),
             ),
             other => return Err(format!("unknown scenario {other:?}")),
         };
-        let changes_scenario =
-            matches!(kind, "live" | "live-off" | "structural" | "structural-off");
+        let changes_scenario = matches!(
+            kind,
+            "live" | "live-off" | "structural" | "structural-off" | "structural-floor"
+        );
         let pid = match &target {
             Target::Supervisor(p) | Target::MasterWorker(p) => p.pid(),
             // The bare loop's processes are the bench's children.
@@ -295,8 +304,15 @@ impl Bench {
             Rotation::Server
         };
         let mut changes = Changes::new(self.backends, rotation, &self.args.structural_kinds);
+        let mut floor = match kind {
+            "structural-floor" => Some(Floor::start(&self.work.join(name), self.backends)?),
+            _ => None,
+        };
         let action = match (&mut target, kind) {
             (_, "baseline") => Action::Nothing,
+            (_, "structural-floor") => {
+                Action::Floor(floor.as_mut().expect("started above"), &mut changes)
+            }
             (_, "live" | "live-off" | "structural" | "structural-off") => {
                 Action::Catalog(&catalog_file, &mut changes)
             }
@@ -312,6 +328,22 @@ impl Bench {
             Some(pid),
             keepalive,
         )?;
+        if let Some(f) = &mut floor {
+            if !f.refused.is_empty() {
+                return Err(format!("structural-floor: HAProxy refused {:?}", f.refused));
+            }
+            let served = f.www_served()?;
+            if served == 0 {
+                return Err(
+                    "structural-floor: www's backend of now served nothing: the traffic did not follow"
+                        .to_string(),
+                );
+            }
+            eprintln!(
+                "reload-bench: {name}: {} runtime-API commands sent, none refused; www's backend of now served {served} requests",
+                f.sent
+            );
+        }
         // Let the last reload or change finish and log.
         thread::sleep(Duration::from_millis(500));
         let log = match &target {
