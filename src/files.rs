@@ -86,21 +86,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Replaces `path` with `bytes` (temporary file and rename, no fsync): for
 /// files that need to be whole but need not survive a power loss (the pid
-/// file, the server state). Each fsync costs tens of milliseconds on a busy
+/// file, the server state, the config and maps, see [`stage`]). Each fsync
+/// costs tens of milliseconds on a busy
 /// disk, and a reload would wait on them.
 pub fn write_replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = tmp_path(path);
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        share(&f)?;
-        f.write_all(bytes)?;
-    }
+    write_unsynced(&tmp, bytes)?;
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
@@ -116,15 +107,24 @@ fn tmp_path(path: &Path) -> PathBuf {
 
 /// Files we write are for HAProxy, which reads them as root before it drops
 /// privileges: owner only (the config may hold the stats password).
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn create_private(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = fs::OpenOptions::new()
+    let f = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
     share(&f)?;
+    Ok(f)
+}
+
+fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    create_private(path)?.write_all(bytes)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = create_private(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }
@@ -152,6 +152,13 @@ pub struct Staged {
 }
 
 /// Writes the maps (new names only) and a candidate config beside `target`.
+///
+/// Without fsync, as [`write_replace`]: everything staged here is
+/// rendered again from the catalog at every start, so nothing needs to
+/// survive a power loss, and HAProxy never sees a partial file (a rename
+/// puts each in place; ext4 also flushes a file replaced by rename). Under
+/// load each fsync took tens of milliseconds and showed in the clients'
+/// tail (reload-bench `structural`, bench/README.md).
 pub fn stage<'a>(target: &Path, rendered: impl Into<Output<'a>>) -> io::Result<Staged> {
     let rendered = rendered.into();
     let dir = maps_dir(target);
@@ -161,7 +168,7 @@ pub fn stage<'a>(target: &Path, rendered: impl Into<Output<'a>>) -> io::Result<S
     for (name, text) in rendered.maps {
         let p = dir.join(name);
         if fs::read(&p).ok().as_deref() != Some(text.as_bytes()) {
-            write_atomic(&p, text.as_bytes())?;
+            write_replace(&p, text.as_bytes())?;
             new_maps.push(p);
         }
     }
@@ -172,7 +179,7 @@ pub fn stage<'a>(target: &Path, rendered: impl Into<Output<'a>>) -> io::Result<S
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    write_synced(&candidate, rendered.config.as_bytes())?;
+    write_unsynced(&candidate, rendered.config.as_bytes())?;
     Ok(Staged {
         candidate,
         target: target.to_path_buf(),
@@ -187,7 +194,6 @@ impl Staged {
     pub fn commit<'a>(self, rendered: impl Into<Output<'a>>) -> io::Result<()> {
         let rendered = rendered.into();
         fs::rename(&self.candidate, &self.target)?;
-        sync_dir(&self.target)?;
         if let Ok(entries) = fs::read_dir(maps_dir(&self.target)) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();

@@ -985,7 +985,7 @@ impl Executor {
         let mut written = disk.lock().await;
         *written = epoch;
         let result = if cfg.maps.is_empty() {
-            crate::files::write_atomic(&self.running_file, cfg.config.as_bytes())
+            crate::files::write_replace(&self.running_file, cfg.config.as_bytes())
         } else {
             crate::files::stage(&self.running_file, cfg).and_then(|st| st.commit(cfg))
         };
