@@ -126,7 +126,7 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
     s.push_str(&format!(
         "{} clients, each opening a new TCP connection per request (`Connection: close`), or in \
          the `-ka` rows keeping one HTTP/1.1 keep-alive connection (a new one only after \
-         `Connection: close` or a failure; no retry), {} s per scenario, a reload (`live`, \
+         `Connection: close` or a failure; no retry), {} per scenario, a reload (`live`, \
          `live-off`: a server-only catalog change; `structural`, `structural-off`: a \
          structural one) every {} ms; request timeout {} ms; ratios \
          are to `baseline` (`-ka` rows: to `baseline-ka`); HAProxy processes sampled under the \
@@ -134,11 +134,11 @@ pub(crate) fn markdown(args: &Args, outs: &[Outcome], meta: &serde_json::Value) 
         args.clients,
         if args.rounds > 1 {
             format!(
-                "{} × {} rounds (the list run in turn, each row pooling its rounds)",
+                "{} s × {} rounds (the list run in turn, each row pooling its rounds)",
                 args.duration_secs, args.rounds
             )
         } else {
-            args.duration_secs.to_string()
+            format!("{} s", args.duration_secs)
         },
         args.reload_every_ms,
         args.timeout_ms,
