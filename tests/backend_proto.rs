@@ -238,48 +238,18 @@ impl Drop for GrpcLoad {
     }
 }
 
-/// A CA made in the test, issuing server certificates.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// `<dir>/<name>.pem` and `<dir>/<name>-key.pem` for `sans`.
-    fn issue(
-        &self,
-        dir: &std::path::Path,
-        name: &str,
-        sans: &[&str],
-    ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+/// `<dir>/<name>.pem` and `<dir>/<name>-key.pem`: a server certificate
+/// for `sans` from `ca`.
+fn server_cert(
+    ca: &TestCa,
+    dir: &std::path::Path,
+    name: &str,
+    sans: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    ca.issue(sans, name, |p| {
         p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.pem")),
-            dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
+    })
+    .write(dir, name)
 }
 
 fn grpc_service(name: &str, servers: &[&GrpcServer], tags: &[&str]) -> serde_json::Value {
@@ -305,10 +275,15 @@ fn grpc_over_h2c_and_tls_survives_reloads_and_live_changes() {
     let (_orphans, [www, other], files) = isolated::<2>();
     let pki = files.path("pki");
     std::fs::create_dir_all(&pki).unwrap();
-    let ca = Ca::new("backend CA");
-    std::fs::write(pki.join("ca.pem"), ca.cert.pem()).unwrap();
-    let good = ca.issue(&pki, "grpcs", &["grpcs.internal", "127.0.0.1"]);
-    let bad = Ca::new("another CA").issue(&pki, "impostor", &["grpcs.internal", "127.0.0.1"]);
+    let ca = TestCa::new("backend CA");
+    ca.write(&pki.join("ca.pem"));
+    let good = server_cert(&ca, &pki, "grpcs", &["grpcs.internal", "127.0.0.1"]);
+    let bad = server_cert(
+        &TestCa::new("another CA"),
+        &pki,
+        "impostor",
+        &["grpcs.internal", "127.0.0.1"],
+    );
     let (g1, g2) = (GrpcServer::start("g1", None), GrpcServer::start("g2", None));
     let tls = Some((good.0.as_path(), good.1.as_path()));
     let (s1, s2) = (GrpcServer::start("s1", tls), GrpcServer::start("s2", tls));

@@ -380,6 +380,10 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
     let b1 = Backend::start("web-1");
     let b2 = Backend::start("web-2");
     cluster.register(&cluster.client, "web-1", b1.port());
+    // HAProxy's log of any request that fails, to say how it failed.
+    let failures = SyslogSink::start("127.0.0.1:5514", |l| {
+        l.contains(r#""event":"http_request""#) && !l.contains(r#""status":200"#)
+    });
     let sup = spawn(&cluster.client.url(), &[("HAPROXY_CONSUL_MAX_STALE", "2s")]);
     until_routed(&sup, "web-1", Instant::now());
     let load = Load::start(FRONT, WWW, 8);
@@ -410,7 +414,12 @@ fn the_client_agent_killed_under_load_fails_no_request_and_recovery_is_within_a_
         "web-2 routed {recovered:?} after the agent's return (limit {RETURN:?}); log:\n{}",
         sup.log()
     );
-    assert_eq!(report.failed(), 0, "failed requests: {report}");
+    assert_eq!(
+        report.failed(),
+        0,
+        "failed requests: {report}; HAProxy logged:\n{}",
+        failures.lines().join("\n")
+    );
     assert!(!events(&sup, Event::ConsulRecovered).is_empty());
 }
 
@@ -477,49 +486,19 @@ fn an_address_list_fails_over_to_the_next_agent_and_back() {
 // TLS, ACLs and bad input
 // ---------------------------------------------------------------------------
 
-/// A CA made in the test.
-struct Ca {
-    cert: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    /// A certificate for `sans` (IP addresses or names), valid until
-    /// `not_after`, for servers and clients; written as `<dir>/<name>.pem`
-    /// and `<dir>/<name>-key.pem`.
-    fn issue(&self, dir: &Path, name: &str, sans: &[&str], not_after: time::OffsetDateTime) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-        let mut p = rcgen::CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+/// A certificate for `sans` (IP addresses or names) from `ca`, valid until
+/// `not_after`, for servers and clients; written as `<dir>/<name>.pem` and
+/// `<dir>/<name>-key.pem`.
+fn issue(ca: &TestCa, dir: &Path, name: &str, sans: &[&str], not_after: time::OffsetDateTime) {
+    ca.issue(sans, name, |p| {
         p.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         p.not_after = not_after;
         p.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
-    }
-
-    fn write(&self, path: &Path) {
-        std::fs::write(path, self.cert.pem()).unwrap();
-    }
+    })
+    .write(dir, name);
 }
 
 const MASTER: &str = "6b3c59f1-1a2b-4c3d-8e9f-000000000001";
@@ -583,21 +562,23 @@ fn tls_with_client_certificates_and_acls_and_bad_input_named_by_setting() {
     let pki = dir.path().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     let forever = time::OffsetDateTime::now_utc() + time::Duration::days(30);
-    let ca = Ca::new("test CA");
+    let ca = TestCa::new("test CA");
     ca.write(&pki.join("ca.pem"));
-    ca.issue(
+    issue(
+        &ca,
         &pki,
         "server",
         &["127.0.0.1", "server.dc1.consul", "localhost"],
         forever,
     );
-    ca.issue(&pki, "admin", &["admin"], forever);
+    issue(&ca, &pki, "admin", &["admin"], forever);
     // The supervisor's own certificate expires during the test.
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(35);
     let expiry = Instant::now() + Duration::from_secs(35);
-    ca.issue(&pki, "supervisor", &["supervisor"], expires);
-    let other = Ca::new("another CA");
-    other.issue(
+    issue(&ca, &pki, "supervisor", &["supervisor"], expires);
+    let other = TestCa::new("another CA");
+    issue(
+        &other,
         &pki,
         "impostor",
         &["127.0.0.1", "server.dc1.consul"],

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
+use testkit::pki::Issued;
 use testkit::*;
 
 const HTTPS: u16 = 8443;
@@ -29,43 +30,18 @@ const T: Duration = Duration::from_secs(15);
 // Certificates
 // ---------------------------------------------------------------------------
 
-/// A test CA that issues host certificates.
+/// A test CA that issues host certificates, its certificate in a file.
 struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: TestCa,
     dir: tempfile::TempDir,
-}
-
-/// An issued certificate and its key, as PEM, and the certificate's DER
-/// (what a client sees).
-struct Issued {
-    cert: String,
-    key: String,
-    der: Vec<u8>,
-}
-
-impl Issued {
-    fn bundle(&self) -> String {
-        format!("{}{}", self.cert, self.key)
-    }
 }
 
 impl Pki {
     fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "haproxy-supervisor test CA");
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = p.self_signed(&ca_key).unwrap();
+        let ca = TestCa::new("haproxy-supervisor test CA");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { ca, ca_key, dir }
+        ca.write(&dir.path().join("ca.pem"));
+        Pki { ca, dir }
     }
 
     fn ca_file(&self) -> PathBuf {
@@ -79,23 +55,15 @@ impl Pki {
     }
 
     fn issue_valid(&self, host: &str, generation: u64, expired: Option<()>) -> Issued {
-        let mut p = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, host.to_string());
-        p.distinguished_name
-            .push(rcgen::DnType::OrganizationName, format!("gen{generation}"));
-        p.serial_number = Some(rcgen::SerialNumber::from(1000 + generation));
-        if expired.is_some() {
-            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2020, 1, 2);
-        }
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Issued {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            der: cert.der().to_vec(),
-        }
+        self.ca.issue(&[host], host, |p| {
+            p.distinguished_name
+                .push(rcgen::DnType::OrganizationName, format!("gen{generation}"));
+            p.serial_number = Some(rcgen::SerialNumber::from(1000 + generation));
+            if expired.is_some() {
+                p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                p.not_after = rcgen::date_time_ymd(2020, 1, 2);
+            }
+        })
     }
 }
 
@@ -207,7 +175,7 @@ fn tls_config(pki: Option<&Pki>) -> Arc<rustls::ClientConfig> {
         Some(pki) => {
             let mut roots = rustls::RootCertStore::empty();
             roots
-                .add(CertificateDer::from(pki.ca.der().to_vec()))
+                .add(CertificateDer::from(pki.ca.cert.der().to_vec()))
                 .unwrap();
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -750,7 +718,7 @@ fn broken_bundles_are_errors_naming_the_file_and_the_served_certificates_stay() 
     };
 
     // A key that does not match its certificate, replacing a good bundle.
-    put(&certs, "a.pem", &format!("{}{}", a2.cert, a.key));
+    put(&certs, "a.pem", &format!("{}{}", a2.cert, a.key_pem()));
     let e = wait_event(&sup, Event::CertRejected, |e| file_is(e, "a.pem"));
     let err = e["fields"]["error"].as_str().unwrap_or("");
     assert!(err.contains("does not match"), "{e}");

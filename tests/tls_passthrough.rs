@@ -16,51 +16,30 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use testkit::pki::Issued;
 use testkit::*;
 
 const HTTPS: u16 = 8443;
 const HTTP: u16 = 8080;
 const T: Duration = Duration::from_secs(15);
 
+/// The test CA, its certificate in a file.
 struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: TestCa,
     dir: tempfile::TempDir,
-}
-
-struct Issued {
-    cert: String,
-    key: rcgen::KeyPair,
-    der: Vec<u8>,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "haproxy-supervisor test CA");
-        let ca = p.self_signed(&ca_key).unwrap();
+        let ca = TestCa::new("haproxy-supervisor test CA");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Pki { ca, ca_key, dir }
+        ca.write(&dir.path().join("ca.pem"));
+        Pki { ca, dir }
     }
 
     /// A certificate for `hosts`, its subject's CN the first of them.
     fn issue(&self, hosts: &[&str]) -> Issued {
-        let mut p =
-            rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, hosts[0].to_string());
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        Issued {
-            cert: cert.pem(),
-            der: cert.der().to_vec(),
-            key,
-        }
+        self.ca.issue(hosts, hosts[0], |_| {})
     }
 
     fn ca_file(&self) -> String {
@@ -198,11 +177,7 @@ fn sni_picks_passthrough_or_termination_on_one_port() {
     let files = Files::new();
     let certs = files.path("certs");
     std::fs::create_dir(&certs).unwrap();
-    std::fs::write(
-        certs.join("term.pem"),
-        format!("{}{}", proxy_cert.cert, proxy_cert.key.serialize_pem()),
-    )
-    .unwrap();
+    std::fs::write(certs.join("term.pem"), proxy_cert.bundle()).unwrap();
     let echo = head_echo_backend();
     let tls = tls_backend(&backend_cert);
     let web = serde_json::json!({"name": "web", "instances": [instance("web-1", echo, &["HAPROXY.VHOST=term.test"])]});
@@ -324,11 +299,7 @@ fn a_host_claimed_twice_stays_with_the_first() {
     let files = Files::new();
     let certs = files.path("certs");
     std::fs::create_dir(&certs).unwrap();
-    std::fs::write(
-        certs.join("term.pem"),
-        format!("{}{}", proxy_cert.cert, proxy_cert.key.serialize_pem()),
-    )
-    .unwrap();
+    std::fs::write(certs.join("term.pem"), proxy_cert.bundle()).unwrap();
     let echo = head_echo_backend();
     let tls = tls_backend(&backend_cert);
     // Listed first: senior.

@@ -69,8 +69,10 @@ pub mod iptables;
 pub mod load;
 pub mod measure;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod supervisor;
+pub mod syslog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,8 +89,10 @@ pub use haproxy_supervisor::events::Event;
 pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response, Tunnel};
 pub use iptables::*;
 pub use load::{KeepAliveLoad, Load, LoadOptions, LoadReport};
+pub use pki::TestCa;
 pub use process::*;
 pub use supervisor::*;
+pub use syslog::SyslogSink;
 
 // ---------------------------------------------------------------------------
 // Prerequisites and polling
