@@ -31,21 +31,15 @@ const T: Duration = Duration::from_secs(15);
 // ---------------------------------------------------------------------------
 
 /// A test CA that issues host certificates, its certificate in a file.
-struct Pki {
-    ca: TestCa,
-    dir: tempfile::TempDir,
-}
+struct Pki(CaFile);
 
 impl Pki {
     fn new() -> Pki {
-        let ca = TestCa::new("haproxy-supervisor test CA");
-        let dir = tempfile::tempdir().unwrap();
-        ca.write(&dir.path().join("ca.pem"));
-        Pki { ca, dir }
+        Pki(CaFile::new("haproxy-supervisor test CA"))
     }
 
     fn ca_file(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
+        self.0.path()
     }
 
     /// A certificate for `host`; `generation` goes into the subject's O and
@@ -55,7 +49,7 @@ impl Pki {
     }
 
     fn issue_valid(&self, host: &str, generation: u64, expired: Option<()>) -> Issued {
-        self.ca.issue(&[host], host, |p| {
+        self.0.issue(&[host], host, |p| {
             p.distinguished_name
                 .push(rcgen::DnType::OrganizationName, format!("gen{generation}"));
             p.serial_number = Some(rcgen::SerialNumber::from(1000 + generation));
@@ -175,7 +169,7 @@ fn tls_config(pki: Option<&Pki>) -> Arc<rustls::ClientConfig> {
         Some(pki) => {
             let mut roots = rustls::RootCertStore::empty();
             roots
-                .add(CertificateDer::from(pki.ca.cert.der().to_vec()))
+                .add(CertificateDer::from(pki.0.cert.der().to_vec()))
                 .unwrap();
             builder.with_root_certificates(roots).with_no_client_auth()
         }

@@ -23,28 +23,9 @@ const HTTPS: u16 = 8443;
 const HTTP: u16 = 8080;
 const T: Duration = Duration::from_secs(15);
 
-/// The test CA, its certificate in a file.
-struct Pki {
-    ca: TestCa,
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca = TestCa::new("haproxy-supervisor test CA");
-        let dir = tempfile::tempdir().unwrap();
-        ca.write(&dir.path().join("ca.pem"));
-        Pki { ca, dir }
-    }
-
-    /// A certificate for `hosts`, its subject's CN the first of them.
-    fn issue(&self, hosts: &[&str]) -> Issued {
-        self.ca.issue(hosts, hosts[0], |_| {})
-    }
-
-    fn ca_file(&self) -> String {
-        self.dir.path().join("ca.pem").display().to_string()
-    }
+/// A certificate for `hosts` from `ca`, its subject's CN the first of them.
+fn issue(ca: &TestCa, hosts: &[&str]) -> Issued {
+    ca.issue(hosts, hosts[0], |_| {})
 }
 
 /// A backend that terminates TLS itself with `cert`, and answers every
@@ -124,7 +105,7 @@ fn subject(sni: &str) -> String {
 }
 
 /// curl, verifying against the test CA; the body, or the error.
-fn curl(pki: &Pki, host: &str, extra: &[&str]) -> Result<String, String> {
+fn curl(pki: &CaFile, host: &str, extra: &[&str]) -> Result<String, String> {
     let out = Command::new(require("curl"))
         .args([
             "-sS",
@@ -132,7 +113,7 @@ fn curl(pki: &Pki, host: &str, extra: &[&str]) -> Result<String, String> {
             "--max-time",
             "5",
             "--cacert",
-            &pki.ca_file(),
+            &pki.path().display().to_string(),
         ])
         .arg("--resolve")
         .arg(format!("{host}:{HTTPS}:127.0.0.1"))
@@ -171,9 +152,9 @@ fn write(path: &Path, services: &[serde_json::Value]) {
 fn sni_picks_passthrough_or_termination_on_one_port() {
     netns::enter();
     let _orphans = OrphanGuard;
-    let pki = Pki::new();
-    let proxy_cert = pki.issue(&["term.test"]);
-    let backend_cert = pki.issue(&["pass.test", "pass2.test", "pass3.test"]);
+    let pki = CaFile::new("haproxy-supervisor test CA");
+    let proxy_cert = issue(&pki, &["term.test"]);
+    let backend_cert = issue(&pki, &["pass.test", "pass2.test", "pass3.test"]);
     let files = Files::new();
     let certs = files.path("certs");
     std::fs::create_dir(&certs).unwrap();
@@ -293,9 +274,9 @@ fn sni_picks_passthrough_or_termination_on_one_port() {
 fn a_host_claimed_twice_stays_with_the_first() {
     netns::enter();
     let _orphans = OrphanGuard;
-    let pki = Pki::new();
-    let proxy_cert = pki.issue(&["term.test"]);
-    let backend_cert = pki.issue(&["pass.test"]);
+    let pki = CaFile::new("haproxy-supervisor test CA");
+    let proxy_cert = issue(&pki, &["term.test"]);
+    let backend_cert = issue(&pki, &["pass.test"]);
     let files = Files::new();
     let certs = files.path("certs");
     std::fs::create_dir(&certs).unwrap();

@@ -89,7 +89,7 @@ pub use haproxy_supervisor::events::Event;
 pub use http::{http_get, http_raw, http_request, HttpError, KeepAlive, Response, Tunnel};
 pub use iptables::*;
 pub use load::{KeepAliveLoad, Load, LoadOptions, LoadReport};
-pub use pki::TestCa;
+pub use pki::{CaFile, TestCa};
 pub use process::*;
 pub use supervisor::*;
 pub use syslog::SyslogSink;

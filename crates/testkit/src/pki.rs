@@ -89,3 +89,32 @@ impl TestCa {
         }
     }
 }
+
+/// A [`TestCa`] whose certificate is also in a file of its own (what
+/// `curl --cacert`, `HAPROXY_BACKEND_CA_FILE` and the like read); the
+/// file goes with it.
+pub struct CaFile {
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl CaFile {
+    pub fn new(name: &str) -> CaFile {
+        let ca = TestCa::new(name);
+        let dir = tempfile::tempdir().unwrap();
+        ca.write(&dir.path().join("ca.pem"));
+        CaFile { ca, dir }
+    }
+
+    /// The CA certificate's file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+impl std::ops::Deref for CaFile {
+    type Target = TestCa;
+    fn deref(&self) -> &TestCa {
+        &self.ca
+    }
+}
